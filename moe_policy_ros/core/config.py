@@ -1,0 +1,411 @@
+"""Runtime configuration schema (pydantic v2), loaded from a ROS 2 parameter file.
+
+One YAML file feeds both ``ros2 launch`` and the package's own bringup runner. It uses the ROS
+parameter file layout::
+
+    /**:
+      ros__parameters:
+        robot: {...}
+        cameras: {...}
+    moe_policy:
+      ros__parameters:
+        policy: {...}
+
+Values under ``/**`` apply to every node; a node's own section (by node name) overrides them.
+ROS parameters cannot hold lists of maps, so repeated structures use the ros2_controllers
+"map" style: a list of names plus one sub-map per name (``robot.arms: [left_arm, right_arm]``
+and ``robot.left_arm.joints: [...]``). Per-joint limits are parallel lists aligned with
+``joints``.
+
+Every validation error names the field path and the bad value (:class:`ConfigError`).
+Units: seconds, Hz, radians (rad/s, rad/s^2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_NODE_NAME = "moe_policy"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names field and value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- robot
+
+
+class JointLimits(_Strict):
+    """Limits of one joint (rad, rad/s, rad/s^2; grippers in their joint's unit)."""
+
+    name: str
+    min_position: float
+    max_position: float
+    max_velocity: float = Field(gt=0)
+    max_acceleration: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> JointLimits:
+        if not self.min_position < self.max_position:
+            raise ValueError(
+                f"joint {self.name!r}: min_position {self.min_position} must be below "
+                f"max_position {self.max_position}"
+            )
+        return self
+
+
+class ArmConfig(_Strict):
+    """One arm: its joints (in command order) and its controller topics."""
+
+    name: str
+    joints: tuple[JointLimits, ...] = Field(min_length=1)
+    trajectory_topic: str
+    command_topic: str
+
+    @property
+    def joint_names(self) -> list[str]:
+        return [j.name for j in self.joints]
+
+
+class RobotConfig(_Strict):
+    arms: tuple[ArmConfig, ...] = Field(min_length=1)
+    joint_states_topic: str = "/joint_states"
+    joint_states_max_age_s: float = Field(default=0.2, gt=0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RobotConfig:
+        names = [j for arm in self.arms for j in arm.joint_names]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"joint names must be unique across arms; repeated: {dup}")
+        arm_names = [a.name for a in self.arms]
+        if len(set(arm_names)) != len(arm_names):
+            raise ValueError(f"arm names must be unique: {arm_names}")
+        return self
+
+    @property
+    def joint_names(self) -> list[str]:
+        return [j for arm in self.arms for j in arm.joint_names]
+
+    @property
+    def joints(self) -> list[JointLimits]:
+        return [j for arm in self.arms for j in arm.joints]
+
+    def arm(self, name: str) -> ArmConfig:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(f"no arm named {name!r}; arms are {[a.name for a in self.arms]}")
+
+
+# --------------------------------------------------------------------------- cameras
+
+
+class CameraConfig(_Strict):
+    """One camera input: where it comes from and what the policy expects of it."""
+
+    name: str
+    topic: str
+    message_type: Literal["Image", "CompressedImage"] = "Image"
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    encoding: Literal["rgb8", "bgr8", "mono8"] = "rgb8"
+    max_age_s: float = Field(default=0.2, gt=0)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class RoutingConfig(_Strict):
+    """Routing strategy applied to the router outputs at inference.
+
+    ``strategy`` empty means the bundle's default. ``dense`` activates every expert; ``topk``
+    the ``k`` largest gates; ``mass`` the smallest set whose gate mass (``linear``: sum of
+    gates, ``quadratic``: sum of squared gates over the sum of all squared gates) reaches
+    ``tau``, clamped to ``k_min..k_max``; ``sticky`` keeps the incumbent set (chosen by
+    ``sticky_base``) unless a challenger's gate beats the weakest incumbent by ``margin``,
+    and never switches before ``min_dwell_chunks`` chunks.
+    """
+
+    strategy: Literal["", "dense", "topk", "mass", "sticky"] = ""
+    k: int = Field(default=2, ge=1)
+    tau: float = Field(default=0.9, gt=0, le=1)
+    k_min: int = Field(default=1, ge=1)
+    k_max: int = Field(default=0, ge=0, description="0 = number of experts")
+    mass: Literal["linear", "quadratic"] = "linear"
+    sticky_base: Literal["topk", "mass"] = "topk"
+    margin: float = Field(default=0.1, ge=0)
+    min_dwell_chunks: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> RoutingConfig:
+        if self.k_max and self.k_max < self.k_min:
+            raise ValueError(f"k_max {self.k_max} must be >= k_min {self.k_min}")
+        return self
+
+
+class ExecutionConfig(_Strict):
+    """How chunks reach the controllers.
+
+    ``chunk``: one JointTrajectory per arm per new chunk. ``stream``: one Float64MultiArray
+    per arm per control tick from the chunk scheduler; overlapping chunks are merged by
+    ``merge`` (``ensemble``: ACT temporal ensembling with weights exp(-ensemble_decay * i),
+    i = age rank of the chunk, oldest first; ``blend``: crossfade from the old chunk to the new
+    over ``blend_steps`` control steps; ``replace``: the newest chunk wins).
+    """
+
+    mode: Literal["chunk", "stream"] = "stream"
+    merge: Literal["ensemble", "blend", "replace"] = "blend"
+    ensemble_decay: float = Field(default=0.01, ge=0)
+    blend_steps: int = Field(default=5, ge=1)
+    latency_compensation: bool = True
+
+
+class PolicyConfig(_Strict):
+    bundle: str = Field(min_length=1, description="bundle directory; relative = package share")
+    sha256: str = Field(default="", description="pinned manifest SHA-256; empty = not pinned")
+    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "torch"] = "auto"
+    device: str = "cpu"
+    routing: RoutingConfig = RoutingConfig()
+    control_rate_hz: float = Field(default=50.0, gt=0, le=2000)
+    inference_rate_hz: float = Field(default=10.0, gt=0, le=1000)
+    execution: ExecutionConfig = ExecutionConfig()
+    warmup_runs: int = Field(default=3, ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if v and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
+            raise ValueError(f"sha256 must be 64 hex digits, got {v!r}")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _rates(self) -> PolicyConfig:
+        if self.inference_rate_hz > self.control_rate_hz:
+            raise ValueError(
+                f"inference_rate_hz {self.inference_rate_hz} must not exceed "
+                f"control_rate_hz {self.control_rate_hz}"
+            )
+        return self
+
+    @property
+    def control_period_s(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+
+class SafetyConfig(_Strict):
+    """Safety filter limits, applied to every outgoing command in every mode."""
+
+    max_position_deviation: float = Field(default=0.5, gt=0, description="rad from measured")
+    velocity_scale: float = Field(default=1.0, gt=0, le=1, description="fraction of limit")
+    acceleration_scale: float = Field(default=1.0, gt=0, le=1, description="fraction of limit")
+    overrun_action: Literal["finish_chunk_then_hold", "hold"] = "finish_chunk_then_hold"
+    ood_action: Literal["ignore", "warn", "hold"] = "warn"
+    ood_energy_threshold: float = Field(default=math.inf, description="Di-BM min energy above")
+    hold_on_stale_inputs: bool = True
+
+
+class HandoverConfig(_Strict):
+    """Teleop/autonomy handover (bumpless transfer, override, deadman)."""
+
+    initial_mode: Literal["HOLD", "TELEOP", "AUTONOMY"] = "HOLD"
+    blend_time_s: float = Field(default=1.0, ge=0)
+    override_threshold: float = Field(default=0.3, gt=0, description="rad teleop vs policy")
+    deadman_required: bool = False
+    deadman_timeout_s: float = Field(default=0.5, gt=0)
+    engage_max_distance: float = Field(default=0.5, gt=0, description="rad first action gap")
+    teleop_topic: str = "/teleop/joint_command"
+    deadman_topic: str = "/teleop/deadman"
+
+
+class RuntimeConfig(_Strict):
+    """Everything the policy node needs, validated once at configure."""
+
+    robot: RobotConfig
+    cameras: tuple[CameraConfig, ...] = ()
+    policy: PolicyConfig
+    safety: SafetyConfig = SafetyConfig()
+    handover: HandoverConfig = HandoverConfig()
+
+    @model_validator(mode="after")
+    def _cams(self) -> RuntimeConfig:
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must be unique: {names}")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_error(err: ValidationError, data: Mapping[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        value = e.get("input", "<missing>")
+        if e["type"] == "missing":
+            lines.append(f"{loc}: required field is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg} (got {value!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _limit_list(arm: str, sub: Mapping[str, Any], key: str, n: int) -> list[Any]:
+    vals = sub.get(key)
+    if vals is None:
+        raise ConfigError(f"robot.{arm}.{key}: required per-joint list is missing")
+    if not isinstance(vals, (list, tuple)):
+        raise ConfigError(f"robot.{arm}.{key}: must be a list of {n} numbers (got {vals!r})")
+    if len(vals) != n:
+        raise ConfigError(
+            f"robot.{arm}.{key}: has {len(vals)} values for {n} joints (got {list(vals)!r})"
+        )
+    return list(vals)
+
+
+def _robot_from_params(p: Mapping[str, Any]) -> dict[str, Any]:
+    arms = p.get("arms")
+    if not isinstance(arms, (list, tuple)) or not arms:
+        raise ConfigError(f"robot.arms: must be a non-empty list of arm names (got {arms!r})")
+    out_arms = []
+    for arm in arms:
+        sub = p.get(arm)
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"robot.{arm}: arm listed in robot.arms has no section (got {sub!r})")
+        joints = sub.get("joints")
+        if not isinstance(joints, (list, tuple)) or not joints:
+            raise ConfigError(f"robot.{arm}.joints: must be a non-empty list (got {joints!r})")
+        n = len(joints)
+        cols = {
+            k: _limit_list(arm, sub, k, n)
+            for k in ("min_position", "max_position", "max_velocity", "max_acceleration")
+        }
+        extra = set(sub) - {"joints", "trajectory_topic", "command_topic", *cols}
+        if extra:
+            raise ConfigError(f"robot.{arm}: unknown keys {sorted(extra)}")
+        out_arms.append(
+            {
+                "name": arm,
+                "joints": [{"name": j, **{k: cols[k][i] for k in cols}} for i, j in enumerate(joints)],
+                "trajectory_topic": sub.get("trajectory_topic", f"/{arm}_controller/joint_trajectory"),
+                "command_topic": sub.get("command_topic", f"/{arm}_controller/commands"),
+            }
+        )
+    rest = {k: v for k, v in p.items() if k not in ("arms", *arms)}
+    return {"arms": out_arms, **rest}
+
+
+def _cameras_from_params(p: Mapping[str, Any]) -> list[dict[str, Any]]:
+    names = p.get("names", [])
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(f"cameras.names: must be a list of camera names (got {names!r})")
+    extra = set(p) - {"names", *names}
+    if extra:
+        raise ConfigError(f"cameras: sections {sorted(extra)} are not listed in cameras.names")
+    out = []
+    for name in names:
+        sub = p.get(name)
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"cameras.{name}: camera listed in cameras.names has no section")
+        out.append({"name": name, **sub})
+    return out
+
+
+def params_for_node(doc: Mapping[str, Any], node_name: str = DEFAULT_NODE_NAME) -> dict[str, Any]:
+    """Merge the ``/**`` section and the node's own section of a ROS parameter file."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"parameter file must be a mapping at top level (got {type(doc).__name__})")
+    merged: dict[str, Any] = {}
+    keys = ["/**", node_name, "/" + node_name.lstrip("/")]
+    found = False
+    for key in keys:
+        section = doc.get(key)
+        if section is None:
+            continue
+        if not isinstance(section, Mapping) or "ros__parameters" not in section:
+            raise ConfigError(f"{key}: expected a 'ros__parameters' mapping")
+        _deep_merge(merged, section["ros__parameters"] or {})
+        found = True
+    if not found:
+        raise ConfigError(
+            f"parameter file has no '/**' or '{node_name}' section with ros__parameters "
+            f"(top-level keys: {sorted(doc)})"
+        )
+    return merged
+
+
+def _deep_merge(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, Mapping) and isinstance(dst.get(k), dict):
+            _deep_merge(dst[k], v)
+        elif isinstance(v, Mapping):
+            dst[k] = {}
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn ROS dotted parameter names (``policy.routing.k``) into nested dicts."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"parameter {key!r} conflicts with a scalar at {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def config_from_params(params: Mapping[str, Any]) -> RuntimeConfig:
+    """Validate nested ROS parameters (one node's view) into a :class:`RuntimeConfig`."""
+    known = {"robot", "cameras", "policy", "safety", "handover"}
+    data = {k: v for k, v in params.items() if k in known}
+    if "robot" not in data:
+        raise ConfigError("robot: required section is missing")
+    if not isinstance(data["robot"], Mapping):
+        raise ConfigError(f"robot: must be a mapping (got {data['robot']!r})")
+    data["robot"] = _robot_from_params(data["robot"])
+    cams = data.get("cameras")
+    if cams is not None:
+        if not isinstance(cams, Mapping):
+            raise ConfigError(f"cameras: must be a mapping with 'names' (got {cams!r})")
+        data["cameras"] = _cameras_from_params(cams)
+    try:
+        return RuntimeConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, data)) from None
+
+
+def load_param_file(path: str | Path, node_name: str = DEFAULT_NODE_NAME) -> dict[str, Any]:
+    """Read a ROS parameter file and return the merged parameters one node sees."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file not found: {p}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"parameter file {p} is not valid YAML: {err}") from None
+    return params_for_node(doc, node_name)
+
+
+def load_config(path: str | Path, node_name: str = DEFAULT_NODE_NAME) -> RuntimeConfig:
+    """Load and validate the runtime configuration from a ROS parameter file."""
+    params = load_param_file(path, node_name)
+    try:
+        return config_from_params(params)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

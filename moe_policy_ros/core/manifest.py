@@ -1,0 +1,205 @@
+"""The bundle manifest (``policy.yaml``): what a bundle contains and promises.
+
+A bundle is a directory::
+
+    models/<name>/
+      policy.yaml        # this manifest
+      encoder.onnx       # encoder/router stage
+      experts.onnx       # expert stage (or denoise.onnx for diffusion/flow families)
+
+Graph contracts (batch size is fixed to 1; static shapes so that TensorRT and CUDA graphs
+apply):
+
+* encoder stage inputs: ``image_<camera>`` float32 [1, C, H, W] (already normalised by the
+  runtime as ``(x / 255 - mean) / std`` per channel) and ``proprio`` float32 [1, P]
+  (normalised ``(q - mean) / std``). Outputs: ``context`` float32 [1, D], ``gate_logits``
+  float32 [1, E], and per family ``adapter_weights`` [1, E] (adamoe), ``energies`` [1, E]
+  (dibm), ``latent`` [1, Z] (lar), ``basis`` [1, E, H*A, R] (smp, orthonormal columns across
+  all experts).
+* expert stage, direct families (adamoe, dibm, lar, dense): inputs ``context`` [1, D],
+  ``expert_idx`` int64 [k] and ``expert_weights`` float32 [k]; output ``actions`` float32
+  [1, H, A] (normalised), equal to sum_j weights[j] * expert_{idx[j]}(context). The graph
+  gathers the active experts' weights, so its cost grows with k.
+* expert stage, flow family (smp): one denoising step. Inputs ``context`` [1, D],
+  ``expert_idx`` int64 [k], ``x_t`` float32 [1, k, R], ``t`` float32 [1]; output ``velocity``
+  float32 [1, k, R]. The runtime integrates x from noise (t = 0) to data (t = 1) with
+  ``sampler.steps`` Euler steps, then combines actions = sum_j w_j * basis[idx_j] @ x_j.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moe_policy_ros.core.config import RoutingConfig
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "policy.yaml"
+Family = Literal["adamoe", "smp", "dibm", "lar", "dense"]
+FAMILIES: tuple[str, ...] = ("adamoe", "smp", "dibm", "lar", "dense")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, corrupt, tampered or does not match its manifest."""
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CameraSpec(_M):
+    name: str
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[3] = 3
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+class ProprioSpec(_M):
+    joints: tuple[str, ...] = Field(min_length=1)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _lens(self) -> ProprioSpec:
+        n = len(self.joints)
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(
+                f"proprio mean/std need {n} values (got {len(self.mean)}/{len(self.std)})"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"proprio std must be positive (got {list(self.std)})")
+        return self
+
+
+class ObservationSpec(_M):
+    cameras: tuple[CameraSpec, ...] = ()
+    proprio: ProprioSpec
+
+
+class ActionSpec(_M):
+    dim: int = Field(gt=0)
+    joints: tuple[str, ...]
+    chunk_length: int = Field(gt=0, description="H, control steps per chunk")
+    control_period_s: float = Field(gt=0)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _lens(self) -> ActionSpec:
+        if len(self.joints) != self.dim:
+            raise ValueError(f"action joints has {len(self.joints)} names for dim {self.dim}")
+        if len(self.mean) != self.dim or len(self.std) != self.dim:
+            raise ValueError(f"action mean/std need {self.dim} values")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"action std must be positive (got {list(self.std)})")
+        return self
+
+
+class ExpertsSpec(_M):
+    count: int = Field(ge=1)
+    labels: tuple[str, ...]
+
+    @model_validator(mode="after")
+    def _labels(self) -> ExpertsSpec:
+        if len(self.labels) != self.count:
+            raise ValueError(f"experts.labels has {len(self.labels)} labels for {self.count}")
+        return self
+
+
+class SamplerSpec(_M):
+    kind: Literal["flow_euler", "ddim"] = "flow_euler"
+    steps: int = Field(ge=1)
+    rank: int = Field(ge=1, description="R, coefficients per skill")
+
+
+class StageFile(_M):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Provenance(_M):
+    exporter: str = ""
+    created: str = ""
+    torch_version: str = ""
+    onnx_opset: int = 0
+    source: str = ""
+    parity_max_abs_err: float | None = None
+    notes: str = ""
+
+
+class Manifest(_M):
+    format_version: int
+    name: str
+    family: Family
+    observation: ObservationSpec
+    action: ActionSpec
+    experts: ExpertsSpec
+    routing: RoutingConfig
+    context_dim: int = Field(gt=0)
+    latent_dim: int = 0
+    sampler: SamplerSpec | None = None
+    stages: dict[str, StageFile]
+    provenance: Provenance = Provenance()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is not supported "
+                f"(this runtime reads {FORMAT_VERSION})"
+            )
+        if not self.routing.strategy:
+            raise ValueError("routing.strategy: a bundle must name its default strategy")
+        need = {"encoder", "experts"}
+        if set(self.stages) != need:
+            raise ValueError(f"stages must be exactly {sorted(need)} (got {sorted(self.stages)})")
+        if self.family == "smp" and self.sampler is None:
+            raise ValueError("family smp needs a sampler section (kind, steps, rank)")
+        if self.family != "smp" and self.sampler is not None:
+            raise ValueError(f"family {self.family} takes no sampler section")
+        if self.family == "lar" and self.latent_dim <= 0:
+            raise ValueError("family lar needs latent_dim > 0")
+        return self
+
+    @property
+    def is_flow(self) -> bool:
+        return self.family == "smp"
+
+
+def parse_manifest(data: Any, source: str = MANIFEST_NAME) -> Manifest:
+    """Validate manifest data; errors name the file, field and bad value."""
+    if not isinstance(data, dict):
+        raise BundleError(f"{source}: manifest must be a mapping (got {type(data).__name__})")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+            parts.append(f"{loc}: {msg}{got}")
+        raise BundleError(f"{source}: invalid manifest:\n  " + "\n  ".join(parts)) from None
+
+
+def read_manifest(bundle_dir: str | Path) -> Manifest:
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{path}: bundle manifest not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise BundleError(f"{path}: not valid YAML: {err}") from None
+    return parse_manifest(data, str(path))
+
+
+def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
+    path = Path(bundle_dir) / MANIFEST_NAME
+    data = manifest.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
