@@ -144,6 +144,9 @@ class Manifest(_M):
     latent_dim: int = 0
     sampler: SamplerSpec | None = None
     stages: dict[str, StageFile]
+    checkpoint: StageFile | None = Field(
+        default=None, description="weights-only torch checkpoint for the torch backend"
+    )
     provenance: Provenance = Provenance()
 
     @model_validator(mode="after")
