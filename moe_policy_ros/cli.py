@@ -1,0 +1,103 @@
+"""`moe-policy-ros`: the command-line tool.
+
+Subcommands import their implementation lazily, so `inspect` or `up` work on a robot
+computer without torch, and `export` works on a training machine without ROS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> (module, add-arguments function, run function, help)
+_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "export": (
+        "moe_policy_ros.models.export",
+        "add_export_arguments",
+        "run_export",
+        "export a checkpoint or a fresh reference model to a bundle (parity-checked)",
+    ),
+    "inspect": (
+        "moe_policy_ros.inspect_bundle",
+        "add_inspect_arguments",
+        "run_inspect",
+        "verify a bundle and print what it contains",
+    ),
+    "bench": (
+        "moe_policy_ros.benchmark",
+        "add_bench_arguments",
+        "run_bench",
+        "time each inference stage of a bundle under a routing strategy",
+    ),
+    "check-config": (
+        "moe_policy_ros.check_config",
+        "add_arguments",
+        "run",
+        "validate a ROS parameter file against the runtime schema",
+    ),
+    "up": (
+        "moe_policy_ros.bringup",
+        "add_arguments",
+        "run",
+        "start the node graph from a parameter file (no ros2 launch needed)",
+    ),
+    "monitor": (
+        "moe_policy_ros.monitor",
+        "add_arguments",
+        "run",
+        "live terminal view of mode, experts, gates, latency and rates",
+    ),
+    "demo": (
+        "moe_policy_ros.demo",
+        "add_arguments",
+        "run",
+        "simulated dual-arm robot + bundled model for ~30 s, then a report",
+    ),
+}
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; only ``selected``'s module is imported (all when None)."""
+    parser = argparse.ArgumentParser(
+        prog="moe-policy-ros",
+        description="ROS 2 runtime for Mixture-of-Experts manipulation policies",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, add_fn, _run_fn, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module, _run=_run_fn)
+        if selected is not None and name != selected:
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            continue
+        try:
+            add: Callable[[argparse.ArgumentParser], None] = getattr(
+                importlib.import_module(module), add_fn
+            )
+        except ImportError as err:
+            # Keep the command listed; running it reports what is missing.
+            p.set_defaults(_import_error=f"{name}: {err}")
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            continue
+        add(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in _COMMANDS else None)
+    args = parser.parse_args(argv)
+    missing = getattr(args, "_import_error", None)
+    if missing:
+        print(f"moe-policy-ros {missing}", file=sys.stderr)
+        return 2
+    run: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(args._module), args._run
+    )
+    return int(run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
