@@ -226,6 +226,10 @@ class HandoverConfig(_Strict):
     engage_max_distance: float = Field(default=0.5, gt=0, description="rad first action gap")
     teleop_topic: str = "/teleop/joint_command"
     deadman_topic: str = "/teleop/deadman"
+    teleop_max_age_s: float = Field(default=0.2, gt=0, description="s; older teleop is stale")
+    require_teleop_to_engage: bool = Field(
+        default=True, description="refuse AUTONOMY without a fresh teleop command (override)"
+    )
 
 
 class RuntimeConfig(_Strict):
