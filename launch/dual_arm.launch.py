@@ -1,0 +1,84 @@
+"""Bring up the MoE policy node (and RealSense cameras) for a dual-arm robot.
+
+    ros2 launch moe_policy_ros dual_arm.launch.py params_file:=/path/params.yaml
+
+The node graph comes from the parameter file through ``moe_policy_ros.graph.node_graph``, the
+same function ``moe-policy-ros up`` uses, so both start the same nodes from the same file:
+the ``moe_policy`` lifecycle node always, ``aloha_sim`` when ``sim`` is true (see
+``sim_dual_arm.launch.py``), and one ``realsense_camera`` per ``realsense_<camera>`` section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchContext, LaunchDescription
+from moe_policy_ros.graph import node_graph, read_params_doc
+
+ARGUMENTS = (
+    ("namespace", "", "Top-level namespace for every node"),
+    ("params_file", "", "ROS 2 parameter file (default: the package's config/dual_arm.yaml)"),
+    ("model", "", "Bundle directory overriding policy.bundle (empty: keep the file's)"),
+    ("use_sim_time", "false", "Use /clock (simulation) time"),
+    ("log_level", "info", "Log level of every node"),
+    ("autostart", "true", "Configure and activate the policy node on start"),
+    ("enclave", "", "SROS2 enclave (empty: security off), e.g. /moe_policy_ros/moe_policy"),
+    ("sim", "false", "Also start the aloha_sim simulated robot"),
+    ("respawn", "false", "Respawn nodes that exit"),
+)
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _nodes(context: LaunchContext, default_params: str) -> list[Node]:
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    params_file = arg("params_file") or default_params
+    specs = node_graph(read_params_doc(params_file), sim=_truthy(arg("sim")) or None)
+    ros_args = ["--log-level", arg("log_level")]
+    if arg("enclave"):
+        ros_args += ["--enclave", arg("enclave")]
+    actions: list[Node] = []
+    for spec in specs:
+        overrides: dict[str, object] = {"use_sim_time": _truthy(arg("use_sim_time"))}
+        overrides.update(spec.parameters)
+        if spec.lifecycle:
+            overrides["autostart"] = _truthy(arg("autostart"))
+            if arg("model"):
+                overrides["policy.bundle"] = arg("model")
+        common = dict(
+            package="moe_policy_ros",
+            executable=spec.executable,
+            name=spec.name,
+            namespace=arg("namespace"),
+            parameters=[params_file, overrides],
+            remappings=list(spec.remappings),
+            ros_arguments=ros_args,
+            respawn=_truthy(arg("respawn")),
+            respawn_delay=2.0,
+            output="screen",
+            emulate_tty=True,
+        )
+        actions.append(LifecycleNode(**common) if spec.lifecycle else Node(**common))
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = Path(FindPackageShare("moe_policy_ros").find("moe_policy_ros"))
+    default_params = str(share / "config" / "dual_arm.yaml")
+    ld = LaunchDescription()
+    ld.add_action(SetEnvironmentVariable("RCUTILS_LOGGING_BUFFERED_STREAM", "1"))
+    for name, default, description in ARGUMENTS:
+        ld.add_action(DeclareLaunchArgument(name, default_value=default, description=description))
+    ld.add_action(OpaqueFunction(function=_nodes, args=[default_params]))
+    return ld
+
+

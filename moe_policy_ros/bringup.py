@@ -1,0 +1,223 @@
+"""`moe-policy-ros up PARAMS.yaml`: start the node graph where `ros2 launch` is not installed.
+
+It starts the same nodes as ``launch/dual_arm.launch.py`` (and ``sim_dual_arm.launch.py`` for
+a file with an ``aloha_sim`` section) from the same parameter file (see
+:mod:`moe_policy_ros.graph`), each as its own process, drives the policy node's lifecycle to
+active through its ``change_state`` service (like nav2's lifecycle manager with autostart),
+optionally respawns a process that dies, and on SIGINT/SIGTERM deactivates the policy and
+stops every child (SIGINT, then SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moe_policy_ros.core.config import ConfigError
+from moe_policy_ros.graph import NodeSpec, node_graph, read_params_doc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("params", help="ROS 2 parameter file (the one the launch file takes)")
+    parser.add_argument("--namespace", default="", help="namespace for every node")
+    parser.add_argument("--model", default="", help="override policy.bundle")
+    parser.add_argument("--sim", choices=("auto", "on", "off"), default="auto",
+                        help="start aloha_sim (auto: when the file has an aloha_sim section)")
+    parser.add_argument("--no-autostart", action="store_true",
+                        help="leave the policy node unconfigured")
+    parser.add_argument("--respawn", action="store_true", help="restart a node that exits")
+    parser.add_argument("--use-sim-time", action="store_true")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--enclave", default="", help="SROS2 enclave for every node")
+    parser.add_argument("--duration", type=float, default=0.0,
+                        help="stop after this many seconds (0 = run until signalled)")
+    parser.add_argument("--activate-timeout", type=float, default=60.0,
+                        help="seconds to wait for configure+activate")
+
+
+@dataclass
+class _Child:
+    spec: NodeSpec
+    cmd: list[str]
+    proc: subprocess.Popen[bytes]
+    restarts: int = 0
+
+
+def _command(spec: NodeSpec, args: argparse.Namespace, params: Path) -> list[str]:
+    cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
+           "--params-file", str(params), "--log-level", args.log_level]
+    if args.namespace:
+        cmd += ["-r", f"__ns:=/{args.namespace.strip('/')}"]
+    for src, dst in spec.remappings:
+        cmd += ["-r", f"{src}:={dst}"]
+    for k, v in spec.parameters.items():
+        cmd += ["-p", f"{k}:={v}"]
+    if args.use_sim_time:
+        cmd += ["-p", "use_sim_time:=true"]
+    if spec.name == "moe_policy" and args.model:
+        cmd += ["-p", f"policy.bundle:={args.model}"]
+    if args.enclave:
+        cmd += ["--enclave", args.enclave]
+    return cmd
+
+
+def _spawn(spec: NodeSpec, cmd: list[str]) -> subprocess.Popen[bytes]:
+    print(f"[up] starting {spec.name}: {' '.join(cmd[2:4])}", flush=True)
+    return subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+
+
+def _stop(children: list[_Child], grace_s: float = 5.0) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        alive = [c for c in children if c.proc.poll() is None]
+        if not alive:
+            return
+        for c in alive:
+            try:
+                os.killpg(c.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        for c in alive:
+            try:
+                c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class _LifecycleClient:
+    """Drives a lifecycle node through its services (rclpy imported lazily)."""
+
+    def __init__(self, node_fqn: str) -> None:
+        import rclpy
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self._rclpy = rclpy
+        self._context = rclpy.context.Context()
+        rclpy.init(context=self._context)
+        self._node = rclpy.create_node("moe_policy_ros_up", context=self._context)
+        self._change = self._node.create_client(ChangeState, f"{node_fqn}/change_state")
+        self._get = self._node.create_client(GetState, f"{node_fqn}/get_state")
+        self._ChangeState = ChangeState
+        self._GetState = GetState
+
+    def _call(self, client: Any, req: Any, timeout: float) -> Any:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {client.srv_name} not available after {timeout:.0f} s")
+        fut = client.call_async(req)
+        self._rclpy.spin_until_future_complete(self._node, fut, timeout_sec=timeout)
+        if not fut.done():
+            raise TimeoutError(f"service {client.srv_name} did not answer in {timeout:.0f} s")
+        return fut.result()
+
+    def state(self, timeout: float) -> str:
+        return str(self._call(self._get, self._GetState.Request(), timeout).current_state.label)
+
+    def transition(self, transition_id: int, timeout: float) -> bool:
+        req = self._ChangeState.Request()
+        req.transition.id = transition_id
+        return bool(self._call(self._change, req, timeout).success)
+
+    def close(self) -> None:
+        self._node.destroy_node()
+        self._rclpy.try_shutdown(context=self._context)
+
+
+def _bring_up(fqn: str, timeout: float) -> tuple[bool, str]:
+    from lifecycle_msgs.msg import Transition
+
+    client = _LifecycleClient(fqn)
+    try:
+        state = client.state(timeout)
+        if state == "unconfigured":
+            if not client.transition(Transition.TRANSITION_CONFIGURE, timeout):
+                return False, f"{fqn}: configure failed (see its log and /diagnostics)"
+            state = client.state(timeout)
+        if state == "inactive":
+            if not client.transition(Transition.TRANSITION_ACTIVATE, timeout):
+                return False, f"{fqn}: activate failed"
+            state = client.state(timeout)
+        return state == "active", f"{fqn}: {state}"
+    finally:
+        client.close()
+
+
+def _shut_down_policy(fqn: str) -> None:
+    from lifecycle_msgs.msg import Transition
+
+    try:
+        client = _LifecycleClient(fqn)
+    except Exception:
+        return
+    try:
+        if client.state(2.0) == "active":
+            client.transition(Transition.TRANSITION_DEACTIVATE, 2.0)
+    except Exception:
+        pass
+    finally:
+        client.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    params = Path(args.params).resolve()
+    try:
+        doc = read_params_doc(params)
+        sim = None if args.sim == "auto" else args.sim == "on"
+        specs = node_graph(doc, sim=sim)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def _signal(_s: int, _f: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _signal)
+    signal.signal(signal.SIGTERM, _signal)
+    children = []
+    for spec in specs:
+        cmd = _command(spec, args, params)
+        children.append(_Child(spec, cmd, _spawn(spec, cmd)))
+    ns = f"/{args.namespace.strip('/')}" if args.namespace else ""
+    policy_fqn = f"{ns}/moe_policy"
+    rc = 0
+    try:
+        if not args.no_autostart:
+            ok, msg = _bring_up(policy_fqn, args.activate_timeout)
+            print(f"[up] {msg}", flush=True)
+            if not ok:
+                rc = 1
+                stop.set()
+        t_end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
+        while not stop.is_set() and time.monotonic() < t_end:
+            stop.wait(0.2)
+            for c in children:
+                code = c.proc.poll()
+                if code is None or stop.is_set():
+                    continue
+                if args.respawn:
+                    c.restarts += 1
+                    print(f"[up] {c.spec.name} exited ({code}); respawn #{c.restarts}",
+                          flush=True)
+                    time.sleep(1.0)
+                    c.proc = _spawn(c.spec, c.cmd)
+                    if c.spec.lifecycle and not args.no_autostart:
+                        ok, msg = _bring_up(policy_fqn, args.activate_timeout)
+                        print(f"[up] {msg}", flush=True)
+                else:
+                    print(f"[up] {c.spec.name} exited ({code}); stopping", flush=True)
+                    rc = code or 1
+                    stop.set()
+    finally:
+        if any(c.spec.lifecycle and c.proc.poll() is None for c in children):
+            _shut_down_policy(policy_fqn)
+        _stop(children)
+        print("[up] all nodes stopped", flush=True)
+    return rc

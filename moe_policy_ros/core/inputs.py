@@ -1,0 +1,191 @@
+"""Latest-sample buffers for the policy's inputs, with staleness by source stamp.
+
+Subscription callbacks only store the newest sample (with its header stamp and receive
+time); the inference worker assembles an observation from whatever is newest, and the control
+loop asks which sources are stale. Staleness is measured from ``header.stamp`` against the
+node clock (never deadline QoS on a driver's topic), so a driver that republishes old frames
+is still caught.
+
+A sample that fails validation (missing joints, NaN, wrong image size) is *rejected*: it
+never replaces the last good sample, it is counted, and the last error is kept for
+``/diagnostics``. The last good sample then ages out and the robot holds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """An input message is malformed; the message names the bad value."""
+
+
+@dataclass
+class SourceStatus:
+    """Per-source counters for diagnostics."""
+
+    name: str
+    max_age_s: float
+    received: int = 0
+    rejected: int = 0
+    last_error: str = ""
+    last_stamp_ns: int | None = None
+    last_received_ns: int | None = None
+    _arrivals: deque[int] = field(default_factory=lambda: deque(maxlen=50))
+
+    def rate_hz(self) -> float:
+        """Arrival rate of accepted samples over the recent window."""
+        if len(self._arrivals) < 2:
+            return 0.0
+        span = self._arrivals[-1] - self._arrivals[0]
+        return (len(self._arrivals) - 1) * 1e9 / span if span > 0 else 0.0
+
+    def age_s(self, now_ns: int) -> float | None:
+        if self.last_stamp_ns is None:
+            return None
+        return (now_ns - self.last_stamp_ns) / 1e9
+
+
+@dataclass(frozen=True)
+class JointSample:
+    positions: np.ndarray  # float64, robot joint order
+    velocities: np.ndarray | None
+    stamp_ns: int
+
+
+@dataclass(frozen=True)
+class ImageSample:
+    image: np.ndarray  # uint8 HxWx3 RGB
+    stamp_ns: int
+
+
+JOINTS = "joint_states"
+
+
+class InputBuffer:
+    """Thread-safe store of the newest joint state and camera images."""
+
+    def __init__(
+        self,
+        joint_names: Sequence[str],
+        joint_max_age_s: float,
+        cameras: dict[str, float],
+    ) -> None:
+        self._joint_names = list(joint_names)
+        self._index = {n: i for i, n in enumerate(self._joint_names)}
+        self._lock = threading.Lock()
+        self._joints: JointSample | None = None
+        self._images: dict[str, ImageSample] = {}
+        self.status: dict[str, SourceStatus] = {JOINTS: SourceStatus(JOINTS, joint_max_age_s)}
+        for cam, age in cameras.items():
+            self.status[cam] = SourceStatus(cam, age)
+
+    # ------------------------------------------------------------------ writers
+
+    def put_joint_state(
+        self,
+        names: Sequence[str],
+        positions: Sequence[float],
+        velocities: Sequence[float],
+        stamp_ns: int,
+        now_ns: int,
+    ) -> JointSample:
+        """Map a JointState onto the robot's joint order; extra joints are ignored."""
+        try:
+            sample = self._map_joints(names, positions, velocities, stamp_ns)
+        except InputError as err:
+            self.reject(JOINTS, str(err))
+            raise
+        with self._lock:
+            self._joints = sample
+            self._accept(JOINTS, stamp_ns, now_ns)
+        return sample
+
+    def _map_joints(
+        self,
+        names: Sequence[str],
+        positions: Sequence[float],
+        velocities: Sequence[float],
+        stamp_ns: int,
+    ) -> JointSample:
+        names = list(names)
+        if len(positions) != len(names):
+            raise InputError(
+                f"JointState has {len(names)} names but {len(positions)} positions"
+            )
+        if velocities and len(velocities) != len(names):
+            raise InputError(
+                f"JointState has {len(names)} names but {len(velocities)} velocities"
+            )
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise InputError(f"JointState repeats joint names {dup}")
+        missing = [n for n in self._joint_names if n not in names]
+        if missing:
+            raise InputError(f"JointState lacks joints {missing}")
+        pos_in = np.asarray(positions, dtype=np.float64)
+        order = [names.index(n) for n in self._joint_names]
+        pos = pos_in[order]
+        bad = [self._joint_names[i] for i in np.flatnonzero(~np.isfinite(pos))]
+        if bad:
+            raise InputError(f"JointState has non-finite positions for {bad}")
+        vel = None
+        if velocities:
+            vel = np.asarray(velocities, dtype=np.float64)[order]
+            if not np.all(np.isfinite(vel)):
+                vel = None
+        if stamp_ns <= 0:
+            raise InputError(f"JointState header.stamp is zero or negative ({stamp_ns} ns)")
+        return JointSample(pos, vel, stamp_ns)
+
+    def put_image(self, camera: str, image: np.ndarray, stamp_ns: int, now_ns: int) -> None:
+        if camera not in self.status:
+            raise InputError(f"unknown camera {camera!r}")
+        if stamp_ns <= 0:
+            err = InputError(f"{camera}: header.stamp is zero or negative ({stamp_ns} ns)")
+            self.reject(camera, str(err))
+            raise err
+        with self._lock:
+            self._images[camera] = ImageSample(image, stamp_ns)
+            self._accept(camera, stamp_ns, now_ns)
+
+    def reject(self, source: str, error: str) -> None:
+        with self._lock:
+            st = self.status[source]
+            st.rejected += 1
+            st.last_error = error
+
+    def _accept(self, source: str, stamp_ns: int, now_ns: int) -> None:
+        st = self.status[source]
+        st.received += 1
+        st.last_stamp_ns = stamp_ns
+        st.last_received_ns = now_ns
+        st._arrivals.append(now_ns)
+
+    # ------------------------------------------------------------------ readers
+
+    def joints(self) -> JointSample | None:
+        with self._lock:
+            return self._joints
+
+    def images(self) -> dict[str, ImageSample]:
+        with self._lock:
+            return dict(self._images)
+
+    def stale(self, now_ns: int) -> list[str]:
+        """Sources with no sample yet or older than their max age, with the reason."""
+        out = []
+        with self._lock:
+            for st in self.status.values():
+                age = st.age_s(now_ns)
+                if age is None:
+                    out.append(f"{st.name}: no data")
+                elif age > st.max_age_s or math.isnan(age):
+                    out.append(f"{st.name}: {age:.3f} s old > {st.max_age_s:.3f} s")
+        return out

@@ -1,0 +1,805 @@
+"""The policy node (lifecycle node ``moe_policy``, executable ``policy_node``).
+
+Threads and who owns what:
+
+* the executor thread(s) run subscription callbacks, which only decode and store the newest
+  sample (:class:`~moe_policy_ros.core.inputs.InputBuffer`), services and the 1 Hz
+  diagnostics timer;
+* the **inference worker** assembles an observation at ``inference_rate_hz``, runs the MoE
+  policy (ONNX Runtime releases the GIL) and hands the chunk to the scheduler;
+* the **control loop** ticks at ``control_rate_hz`` on absolute monotonic deadlines. It never
+  waits for inference: it reads the scheduler, arbitrates modes (teleop/autonomy/hold/estop),
+  passes every command through the safety filter and publishes what was actually sent.
+
+Lifecycle: ``configure`` validates the parameters with the core schema, verifies and loads the
+bundle, warms the backend and creates the ROS interfaces; ``activate`` starts the worker and
+the control loop (publishers are lifecycle publishers, so nothing is sent while inactive);
+``deactivate`` stops them; ``cleanup`` releases everything. A failed configure (bad parameter,
+tampered bundle) leaves the node unconfigured and alive, with the reason in the log and on
+``/diagnostics``; fix the parameter and configure again.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.publisher import Publisher
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int32MultiArray, String
+from std_msgs.msg import MultiArrayDimension as Dim
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from moe_policy_ros.core.backends import make_backend
+from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
+from moe_policy_ros.core.clock import MonotonicClock
+from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
+from moe_policy_ros.core.handover import CommandArbiter, Mode
+from moe_policy_ros.core.imageconv import ImageError, image_from_compressed, image_from_raw
+from moe_policy_ros.core.inputs import InputBuffer, InputError
+from moe_policy_ros.core.manifest import BundleError
+from moe_policy_ros.core.runtime import MoEPolicy
+from moe_policy_ros.core.safety import SafetyFilter
+from moe_policy_ros.core.scheduler import ChunkScheduler
+from moe_policy_ros.core.stats import JitterMeter, LatencyWindow, RateMeter
+from moe_policy_ros.core.types import Observation, PolicyOutput
+from moe_policy_ros.nodes.common import (
+    COMMAND_QOS,
+    LATCHED_QOS,
+    MONITOR_QOS,
+    SENSOR_QOS,
+    diag_status,
+    nested_parameters,
+    ns_to_stamp,
+    resolve_share_path,
+    spin_node,
+    stamp_to_ns,
+)
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+
+
+@dataclass
+class _Chunk:
+    """A chunk in robot joint order, ready for the control loop."""
+
+    actions: np.ndarray  # [H, J] robot joint order
+    start_step: int  # actions[i] is for control step start_step + i
+    stamp_ns: int  # observation time (ROS clock)
+    published: bool = False
+
+
+class PolicyNode(LifecycleNode):
+    """Runs an MoE policy bundle in a fixed-rate control loop; see the module docstring."""
+
+    def __init__(self, node_name: str = "moe_policy", **kwargs: Any) -> None:
+        self._cfg: RuntimeConfig | None = None
+        self._bundle: LoadedBundle | None = None
+        self._policy: MoEPolicy | None = None
+        self._inputs: InputBuffer | None = None
+        self._scheduler: ChunkScheduler | None = None
+        self._arbiter: CommandArbiter | None = None
+        self._safety: SafetyFilter | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._configure_error = ""
+        self._entities: list[Any] = []
+        self._pubs: dict[str, Publisher] = {}
+        super().__init__(
+            node_name,
+            automatically_declare_parameters_from_overrides=True,
+            allow_undeclared_parameters=True,
+            **kwargs,
+        )
+        self._mono = MonotonicClock()
+        # /diagnostics exists from construction, so a failed configure is visible in rqt.
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self._reset_stats()
+        self.get_logger().info("moe_policy node created; waiting for configure")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate parameters, load and warm the bundle, create interfaces.
+
+        SUCCESS -> inactive; FAILURE -> unconfigured (reason logged and on /diagnostics).
+        """
+        try:
+            self._configure()
+        except (ConfigError, BundleError, ValueError, RuntimeError, OSError) as err:
+            self._configure_error = str(err)
+            self.get_logger().error(f"configure failed: {err}")
+            self._destroy_interfaces()
+            return TransitionCallbackReturn.FAILURE
+        self._configure_error = ""
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start the inference worker and the control loop; enable the publishers."""
+        self._reset_stats()
+        self._stop.clear()
+        assert self._scheduler is not None and self._policy is not None
+        self._scheduler.clear()
+        self._policy.reset()
+        self._threads = [
+            threading.Thread(target=self._inference_loop, name="inference", daemon=True),
+            threading.Thread(target=self._control_loop, name="control", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        self.get_logger().info("activated: control loop and inference worker running")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop output first, then the threads."""
+        ret = super().on_deactivate(state)
+        self._stop_threads()
+        self.get_logger().info("deactivated: no commands are published")
+        return ret
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_threads()
+        self._destroy_interfaces()
+        self._cfg = self._bundle = self._policy = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Any state -> finalized: stop threads, release everything."""
+        self._stop_threads()
+        self._destroy_interfaces()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_threads()
+        return TransitionCallbackReturn.SUCCESS
+
+    # ------------------------------------------------------------------ configure
+
+    def _configure(self) -> None:
+        cfg = config_from_params(nested_parameters(self))
+        bundle_path = resolve_share_path(cfg.policy.bundle)
+        bundle = load_bundle(bundle_path, expected_sha256=cfg.policy.sha256)
+        m = bundle.manifest
+        robot_joints = cfg.robot.joint_names
+        unknown = [j for j in (*m.action.joints, *m.observation.proprio.joints)
+                   if j not in robot_joints]
+        if unknown:
+            raise ConfigError(
+                f"bundle {bundle_path} uses joints {sorted(set(unknown))} that robot.arms "
+                f"does not have (robot joints: {robot_joints})"
+            )
+        cams = {c.name: c for c in cfg.cameras}
+        for spec in m.observation.cameras:
+            cam = cams.get(spec.name)
+            if cam is None:
+                raise ConfigError(
+                    f"bundle camera {spec.name!r} is not configured (cameras.names: "
+                    f"{sorted(cams)})"
+                )
+            if (cam.height, cam.width) != (spec.height, spec.width):
+                raise ConfigError(
+                    f"cameras.{spec.name}: size {cam.width}x{cam.height} differs from the "
+                    f"bundle's {spec.width}x{spec.height}"
+                )
+        backend = make_backend(cfg.policy.backend, device=cfg.policy.device)
+        policy = MoEPolicy(bundle, backend, routing=cfg.policy.routing)
+        t0 = time.perf_counter()
+        policy.warmup(cfg.policy.warmup_runs)
+        warm_ms = (time.perf_counter() - t0) * 1e3
+        self._cfg, self._bundle, self._policy = cfg, bundle, policy
+        self._backend_name = backend.name
+        self._action_idx = np.array([robot_joints.index(j) for j in m.action.joints])
+        self._proprio_idx = np.array(
+            [robot_joints.index(j) for j in m.observation.proprio.joints]
+        )
+        used = {s.name for s in m.observation.cameras}
+        self._inputs = InputBuffer(
+            robot_joints,
+            cfg.robot.joint_states_max_age_s,
+            {c.name: c.max_age_s for c in cfg.cameras if c.name in used},
+        )
+        self._scheduler = ChunkScheduler(
+            len(robot_joints),
+            merge=cfg.policy.execution.merge,
+            ensemble_decay=cfg.policy.execution.ensemble_decay,
+            blend_steps=cfg.policy.execution.blend_steps,
+        )
+        period = cfg.policy.control_period_s
+        self._safety = SafetyFilter(cfg.robot, cfg.safety, period)
+        self._arbiter = CommandArbiter(cfg.robot, cfg.handover, cfg.safety, self._mono, period)
+        self._create_interfaces(cfg)
+        self.get_logger().info(
+            f"configured: bundle {m.name} ({m.family}, {m.experts.count} experts, "
+            f"H={m.action.chunk_length}) backend={backend.name} warm-up "
+            f"{cfg.policy.warmup_runs} runs in {warm_ms:.0f} ms; control "
+            f"{cfg.policy.control_rate_hz:g} Hz, inference {cfg.policy.inference_rate_hz:g} Hz, "
+            f"mode {cfg.policy.execution.mode}"
+        )
+
+    def _create_interfaces(self, cfg: RuntimeConfig) -> None:
+        sensors = ReentrantCallbackGroup()
+        priority = MutuallyExclusiveCallbackGroup()
+        e = self._entities
+        e.append(
+            self.create_subscription(
+                JointState, cfg.robot.joint_states_topic, self._on_joint_state, SENSOR_QOS,
+                callback_group=sensors,
+            )
+        )
+        for cam in cfg.cameras:
+            if cam.name not in self._inputs.status:  # type: ignore[union-attr]
+                continue
+            msg_type = Image if cam.message_type == "Image" else CompressedImage
+            e.append(
+                self.create_subscription(
+                    msg_type, cam.topic,
+                    lambda msg, name=cam.name: self._on_image(name, msg),
+                    SENSOR_QOS, callback_group=sensors,
+                )
+            )
+        h = cfg.handover
+        e.append(self.create_subscription(
+            JointState, h.teleop_topic, self._on_teleop, SENSOR_QOS, callback_group=sensors))
+        e.append(self.create_subscription(
+            Bool, h.deadman_topic, self._on_deadman, SENSOR_QOS, callback_group=sensors))
+        lp = self.create_lifecycle_publisher
+        pubs = self._pubs
+        for arm in cfg.robot.arms:
+            if cfg.policy.execution.mode == "chunk":
+                pubs[f"traj/{arm.name}"] = lp(JointTrajectory, arm.trajectory_topic, COMMAND_QOS)
+            else:
+                pubs[f"cmd/{arm.name}"] = lp(Float64MultiArray, arm.command_topic, COMMAND_QOS)
+        pubs["gates"] = lp(Float32MultiArray, "~/router/gates", MONITOR_QOS)
+        pubs["active"] = lp(Int32MultiArray, "~/router/active", MONITOR_QOS)
+        pubs["dominant"] = lp(String, "~/router/dominant", MONITOR_QOS)
+        pubs["shadow/gates"] = lp(Float32MultiArray, "~/shadow/router/gates", MONITOR_QOS)
+        pubs["shadow/active"] = lp(Int32MultiArray, "~/shadow/router/active", MONITOR_QOS)
+        pubs["shadow/dominant"] = lp(String, "~/shadow/router/dominant", MONITOR_QOS)
+        pubs["shadow/command"] = lp(JointState, "~/shadow/command", MONITOR_QOS)
+        pubs["command"] = lp(JointState, "~/command", MONITOR_QOS)
+        # The mode is latched and published in every lifecycle state.
+        pubs["mode"] = self.create_publisher(String, "~/mode", LATCHED_QOS)
+        srv = self.create_service
+        e += [
+            srv(SetBool, "~/engage_autonomy", self._srv_engage, callback_group=priority),
+            srv(Trigger, "~/hold", self._srv_hold, callback_group=priority),
+            srv(Trigger, "~/estop", self._srv_estop, callback_group=priority),
+            srv(Trigger, "~/reset_estop", self._srv_reset_estop, callback_group=priority),
+        ]
+        self._last_mode_published = ""
+        self._publish_mode()
+
+    def _destroy_interfaces(self) -> None:
+        for ent in self._entities:
+            if hasattr(ent, "topic_name") and hasattr(ent, "handle") and hasattr(ent, "callback"):
+                self.destroy_subscription(ent)
+            elif hasattr(ent, "srv_type"):
+                self.destroy_service(ent)
+        self._entities = []
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs = {}
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _now_ns(self) -> int:
+        return int(self.get_clock().now().nanoseconds)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        inputs = self._inputs
+        if inputs is None:
+            return
+        try:
+            inputs.put_joint_state(
+                msg.name, msg.position, msg.velocity, stamp_to_ns(msg.header.stamp),
+                self._now_ns(),
+            )
+        except InputError as err:
+            self.get_logger().warn(f"rejected /joint_states: {err}", throttle_duration_sec=2.0)
+
+    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
+        inputs, cfg = self._inputs, self._cfg
+        if inputs is None or cfg is None:
+            return
+        cam = next(c for c in cfg.cameras if c.name == camera)
+        try:
+            if isinstance(msg, Image):
+                if msg.encoding != cam.encoding and msg.encoding not in ("rgb8", "bgr8"):
+                    raise ImageError(
+                        f"encoding {msg.encoding!r} is not supported (expected {cam.encoding!r})"
+                    )
+                img = image_from_raw(
+                    msg.height, msg.width, msg.encoding, msg.step, bytes(msg.data),
+                    expect_size=(cam.height, cam.width),
+                )
+            else:
+                img = image_from_compressed(msg.format, bytes(msg.data))
+                if img.shape[:2] != (cam.height, cam.width):
+                    raise ImageError(
+                        f"size {img.shape[1]}x{img.shape[0]} differs from the expected "
+                        f"{cam.width}x{cam.height}"
+                    )
+            inputs.put_image(camera, img, stamp_to_ns(msg.header.stamp), self._now_ns())
+        except (ImageError, InputError) as err:
+            inputs.reject(camera, str(err))
+            self.get_logger().warn(f"rejected image from {cam.topic}: {err}",
+                                   throttle_duration_sec=2.0)
+
+    def _on_teleop(self, msg: JointState) -> None:
+        if self._cfg is None or self._arbiter is None:
+            return
+        names = self._cfg.robot.joint_names
+        try:
+            if len(msg.position) != len(msg.name):
+                raise InputError(f"{len(msg.name)} names but {len(msg.position)} positions")
+            index = {n: i for i, n in enumerate(msg.name)}
+            missing = [n for n in names if n not in index]
+            if missing:
+                raise InputError(f"teleop command lacks joints {missing}")
+            q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
+        except InputError as err:
+            self.get_logger().warn(f"rejected teleop command: {err}", throttle_duration_sec=2.0)
+            return
+        stamp = stamp_to_ns(msg.header.stamp) or self._now_ns()
+        self._arbiter.set_teleop(q, self._mono.now_ns(), stamp)
+
+    def _on_deadman(self, msg: Bool) -> None:
+        if self._arbiter is not None:
+            self._arbiter.set_deadman(bool(msg.data), self._mono.now_ns())
+
+    # ------------------------------------------------------------------ services
+
+    def _srv_engage(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
+        if self._arbiter is None:
+            res.success, res.message = False, "node is not configured"
+            return res
+        if req.data and self._state_machine.current_state[1] != "active":
+            res.success, res.message = False, "node is not active"
+            return res
+        ok, msg = self._arbiter.request_engage(bool(req.data), self._mono.now_ns())
+        res.success, res.message = ok, msg
+        self._publish_mode()
+        return res
+
+    def _trigger(self, fn_name: str, res: Trigger.Response) -> Trigger.Response:
+        if self._arbiter is None:
+            res.success, res.message = False, "node is not configured"
+            return res
+        ok, msg = getattr(self._arbiter, fn_name)(self._mono.now_ns())
+        res.success, res.message = ok, msg
+        self._publish_mode()
+        return res
+
+    def _srv_hold(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        return self._trigger("request_hold", res)
+
+    def _srv_estop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        return self._trigger("request_estop", res)
+
+    def _srv_reset_estop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        return self._trigger("request_reset_estop", res)
+
+    def _publish_mode(self) -> None:
+        pub = self._pubs.get("mode")
+        if pub is None or self._arbiter is None:
+            return
+        mode = self._arbiter.mode.value
+        if mode != self._last_mode_published:
+            pub.publish(String(data=mode))
+            self._last_mode_published = mode
+
+    # ------------------------------------------------------------------ stats
+
+    def _reset_stats(self) -> None:
+        self._infer_latency = LatencyWindow(200)
+        self._expert_latency = LatencyWindow(200)
+        self._obs_to_cmd = LatencyWindow(200)
+        self._control_rate = RateMeter(200)
+        self._jitter = JitterMeter(200)
+        self._infer_count = 0
+        self._infer_errors = 0
+        self._infer_overruns = 0
+        self._last_infer_error = ""
+        self._switches: list[float] = []  # monotonic seconds of switches (last minute)
+        self._usage: np.ndarray | None = None
+        self._active_count = LatencyWindow(200)
+        self._entropy = 0.0
+        self._last_output: PolicyOutput | None = None
+        self._step = 0
+        self._step_anchor: tuple[int, int] = (0, 0)  # (control step, ROS ns) of last tick
+
+    # ------------------------------------------------------------------ inference worker
+
+    def _inference_loop(self) -> None:
+        cfg = self._cfg
+        assert cfg is not None
+        period_ns = int(1e9 / cfg.policy.inference_rate_hz)
+        deadline = self._mono.now_ns()
+        while not self._stop.is_set():
+            deadline += period_ns
+            try:
+                self._infer_once()
+            except Exception as err:
+                self._infer_errors += 1
+                self._last_infer_error = f"{type(err).__name__}: {err}"
+                self.get_logger().error(
+                    f"inference failed: {self._last_infer_error}", throttle_duration_sec=2.0
+                )
+            now = self._mono.now_ns()
+            if now > deadline:
+                # Overrun: count it and re-anchor instead of bursting to catch up.
+                self._infer_overruns += 1
+                if self._arbiter is not None:
+                    self._arbiter.note_overrun(now)
+                deadline = now
+            self._stop.wait(max(0.0, (deadline - self._mono.now_ns()) / 1e9))
+
+    def _infer_once(self) -> None:
+        cfg, inputs, policy, bundle = self._cfg, self._inputs, self._policy, self._bundle
+        assert cfg is not None and inputs is not None and policy is not None
+        assert bundle is not None
+        now_ros = self._now_ns()
+        if inputs.stale(now_ros):
+            return
+        joints = inputs.joints()
+        images = inputs.images()
+        assert joints is not None
+        stamps = [joints.stamp_ns, *(s.stamp_ns for s in images.values())]
+        obs = Observation(
+            images={k: v.image for k, v in images.items()},
+            proprio=joints.positions[self._proprio_idx].astype(np.float32),
+            stamp_ns=min(stamps),
+        )
+        out = policy.infer(obs)
+        self._infer_count += 1
+        self._infer_latency.add(out.timings_ms.get("total", 0.0))
+        self._expert_latency.add(out.timings_ms.get("experts", 0.0))
+        dec = out.decision
+        if self._usage is None:
+            self._usage = np.zeros(bundle.manifest.experts.count)
+        self._usage[dec.active] += 1
+        self._active_count.add(float(dec.k))
+        self._entropy = dec.state.entropy
+        if dec.state.switched:
+            self._switches.append(time.monotonic())
+        self._last_output = out
+        ood = self._is_ood(out)
+        assert self._arbiter is not None
+        self._arbiter.note_policy(out, ood, self._mono.now_ns())
+
+        # Chunk in robot joint order; joints the policy does not command hold their
+        # measured position.
+        actions = np.repeat(joints.positions[None, :], out.actions.shape[0], axis=0)
+        actions[:, self._action_idx] = out.actions
+        period_ns = int(1e9 * cfg.policy.control_period_s)
+        step_now, ros_at_step = self._step_anchor
+        elapsed_steps = max(0, (ros_at_step - obs.stamp_ns) // period_ns)
+        obs_step = step_now - int(elapsed_steps)
+        if not cfg.policy.execution.latency_compensation:
+            obs_step = self._step
+        start = obs_step + 1
+        if not np.all(np.isfinite(actions)):
+            self._arbiter.note_nonfinite(self._mono.now_ns())
+            self.get_logger().error(
+                "policy output contains NaN/Inf: holding", throttle_duration_sec=2.0
+            )
+            return
+        assert self._scheduler is not None
+        with self._lock:
+            newest = self._scheduler.newest_start
+            if newest is not None and start < newest:
+                start = newest
+            self._scheduler.add_chunk(start, actions)
+            self._pending_chunk = _Chunk(actions, start, obs.stamp_ns)
+        self._publish_router(out, shadow=self._arbiter.mode == Mode.TELEOP)
+
+    def _is_ood(self, out: PolicyOutput) -> bool:
+        cfg = self._cfg
+        assert cfg is not None
+        energies = out.decision.state.energies
+        if energies is None or cfg.safety.ood_action == "ignore":
+            return False
+        return bool(np.min(energies) > cfg.safety.ood_energy_threshold)
+
+    def _publish_router(self, out: PolicyOutput, shadow: bool) -> None:
+        bundle = self._bundle
+        assert bundle is not None
+        labels = list(bundle.manifest.experts.labels)
+        dec = out.decision
+        gates = Float32MultiArray()
+        gates.layout.dim = [Dim(label="experts:" + ",".join(labels), size=len(labels),
+                                stride=len(labels))]
+        gates.data = [float(g) for g in dec.state.gates]
+        active = Int32MultiArray(data=[int(i) for i in dec.active])
+        dominant = String(data=labels[dec.dominant])
+        prefixes = ["", "shadow/"] if shadow else [""]
+        for p in prefixes:
+            self._pubs[p + "gates"].publish(gates)
+            self._pubs[p + "active"].publish(active)
+            self._pubs[p + "dominant"].publish(dominant)
+
+    # ------------------------------------------------------------------ control loop
+
+    def _control_loop(self) -> None:
+        cfg = self._cfg
+        assert cfg is not None
+        period_ns = int(1e9 * cfg.policy.control_period_s)
+        t0 = self._mono.now_ns()
+        step = 0
+        self._pending_chunk: _Chunk | None = None
+        while not self._stop.is_set():
+            deadline = t0 + step * period_ns
+            wait = (deadline - self._mono.now_ns()) / 1e9
+            if wait > 0 and self._stop.wait(wait):
+                break
+            now = self._mono.now_ns()
+            self._control_rate.add(now)
+            self._jitter.add(now, period_ns / 1e9)
+            try:
+                self._tick(step)
+            except Exception as err:
+                self.get_logger().error(
+                    f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
+                )
+            step += 1
+            behind = (self._mono.now_ns() - t0) // period_ns
+            if behind > step:  # missed ticks: skip them, never burst
+                step = int(behind)
+
+    def _tick(self, step: int) -> None:
+        cfg, inputs, sched = self._cfg, self._inputs, self._scheduler
+        arb, safety = self._arbiter, self._safety
+        assert cfg is not None and inputs is not None and sched is not None
+        assert arb is not None and safety is not None
+        now_ros = self._now_ns()
+        self._step = step
+        self._step_anchor = (step, now_ros)
+        now = self._mono.now_ns()
+        joints = inputs.joints()
+        measured = None if joints is None else joints.positions
+        stale = inputs.stale(now_ros) if cfg.safety.hold_on_stale_inputs else []
+        with self._lock:
+            proposal = sched.action_at(step)
+            remaining = sched.remaining(step)
+            sched.prune(step)
+            pending = self._pending_chunk
+        decision = arb.tick(
+            now,
+            policy_command=proposal,
+            chunk_remaining=remaining,
+            measured=measured,
+            stale=stale,
+        )
+        result = safety.filter(decision.command, measured)
+        arb.note_sent(result.sent, result.hold, result.reason, now)
+        self._publish_mode()
+        if result.sent is None:
+            return
+        sent = result.sent
+        mode_pub_stamp = ns_to_stamp(now_ros)
+        cmd = JointState()
+        cmd.header.stamp = mode_pub_stamp
+        cmd.name = cfg.robot.joint_names
+        cmd.position = [float(x) for x in sent]
+        self._pubs["command"].publish(cmd)
+        if decision.shadow is not None:
+            sh = JointState()
+            sh.header.stamp = mode_pub_stamp
+            sh.name = cfg.robot.joint_names
+            sh.position = [float(x) for x in decision.shadow]
+            self._pubs["shadow/command"].publish(sh)
+        if cfg.policy.execution.mode == "stream":
+            self._publish_stream(sent)
+        else:
+            self._publish_chunk_mode(step, decision.source, sent, pending, now_ros)
+        if pending is not None and decision.source == "policy":
+            self._obs_to_cmd.add((now_ros - pending.stamp_ns) / 1e6)
+
+    def _publish_stream(self, sent: np.ndarray) -> None:
+        cfg = self._cfg
+        assert cfg is not None
+        offset = 0
+        for arm in cfg.robot.arms:
+            n = len(arm.joints)
+            self._pubs[f"cmd/{arm.name}"].publish(
+                Float64MultiArray(data=[float(x) for x in sent[offset:offset + n]])
+            )
+            offset += n
+
+    def _publish_chunk_mode(
+        self, step: int, source: str, sent: np.ndarray, pending: _Chunk | None, now_ros: int
+    ) -> None:
+        """JointTrajectory per arm: the whole (filtered) chunk when a new one arrives under
+        AUTONOMY, otherwise a one-point trajectory at the filtered command (teleop, hold)."""
+        cfg, safety = self._cfg, self._safety
+        assert cfg is not None and safety is not None
+        period = cfg.policy.control_period_s
+        if source == "policy" and pending is not None and not pending.published:
+            pending.published = True
+            first = max(step, pending.start_step)
+            points = safety.filter_sequence(
+                pending.actions[first - pending.start_step:], sent
+            )
+            offset_s = (first - pending.start_step) * period
+            stamp_ns = pending.stamp_ns
+            times = [offset_s + (i + 1) * period for i in range(points.shape[0])]
+            # Anchor the first point at the command just sent.
+            points = np.vstack([sent[None, :], points])
+            times = [offset_s, *times]
+            self._publish_trajectories(points, times, stamp_ns)
+        elif source != "policy":
+            self._publish_trajectories(sent[None, :], [period], now_ros)
+
+    def _publish_trajectories(
+        self, points: np.ndarray, times_s: list[float], stamp_ns: int
+    ) -> None:
+        cfg = self._cfg
+        assert cfg is not None
+        offset = 0
+        for arm in cfg.robot.arms:
+            n = len(arm.joints)
+            msg = JointTrajectory()
+            msg.header.stamp = ns_to_stamp(stamp_ns)
+            msg.joint_names = arm.joint_names
+            for row, t in zip(points, times_s, strict=True):
+                pt = JointTrajectoryPoint()
+                pt.positions = [float(x) for x in row[offset:offset + n]]
+                sec = math.floor(t)
+                pt.time_from_start.sec = int(sec)
+                pt.time_from_start.nanosec = round((t - sec) * 1e9)
+                msg.points.append(pt)
+            self._pubs[f"traj/{arm.name}"].publish(msg)
+            offset += n
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        name = self.get_name()
+        hw = "moe_policy_ros"
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        state = self._state_machine.current_state[1]
+        if self._configure_error:
+            msg.status.append(diag_status(
+                f"{name}: lifecycle", ERROR, f"configure failed: {self._configure_error}",
+                {"state": state}, hw))
+        else:
+            msg.status.append(diag_status(f"{name}: lifecycle", OK, state, {"state": state}, hw))
+        if self._cfg is not None and self._inputs is not None:
+            msg.status.extend(self._diag_sections(name, hw, state))
+        self._diag_pub.publish(msg)
+
+    def _diag_sections(self, name: str, hw: str, state: str) -> list[DiagnosticStatus]:
+        cfg, inputs = self._cfg, self._inputs
+        assert cfg is not None and inputs is not None
+        now_ros = self._now_ns()
+        out = []
+        # inputs
+        stale = inputs.stale(now_ros)
+        vals: list[tuple[str, Any]] = []
+        level = OK
+        for st in inputs.status.values():
+            age = st.age_s(now_ros)
+            vals += [
+                (f"{st.name} rate (Hz)", st.rate_hz()),
+                (f"{st.name} age (s)", "n/a" if age is None else age),
+                (f"{st.name} received", st.received),
+                (f"{st.name} rejected", st.rejected),
+            ]
+            if st.last_error:
+                vals.append((f"{st.name} last error", st.last_error))
+                level = max(level, WARN)
+        msg_txt = "all inputs fresh"
+        if stale:
+            level, msg_txt = ERROR if state == "active" else WARN, "stale: " + "; ".join(stale)
+        out.append(diag_status(f"{name}: inputs", level, msg_txt, vals, hw))
+        # inference
+        lat = self._infer_latency
+        level = OK if self._infer_errors == 0 else WARN
+        txt = f"{self._backend_name}, p50 {lat.percentile(50):.1f} ms"
+        if self._last_infer_error:
+            txt += f"; last error: {self._last_infer_error}"
+        out.append(diag_status(f"{name}: inference", level, txt, [
+            ("backend", self._backend_name),
+            ("bundle", self._bundle.manifest.name if self._bundle else ""),
+            ("chunks", self._infer_count),
+            ("latency median (ms)", lat.percentile(50)),
+            ("latency p99 (ms)", lat.percentile(99)),
+            ("expert stage median (ms)", self._expert_latency.percentile(50)),
+            ("overruns", self._infer_overruns),
+            ("errors", self._infer_errors),
+            ("inference rate (Hz)", cfg.policy.inference_rate_hz),
+        ], hw))
+        # router
+        bundle = self._bundle
+        assert bundle is not None
+        labels = bundle.manifest.experts.labels
+        cutoff = time.monotonic() - 60.0
+        self._switches = [t for t in self._switches if t >= cutoff]
+        usage = self._usage if self._usage is not None else np.zeros(len(labels))
+        share = usage / max(1.0, float(usage.sum()))
+        rvals: list[tuple[str, Any]] = [
+            ("family", bundle.manifest.family),
+            ("strategy", self._policy.strategy_name if self._policy else ""),
+            ("active experts (mean)", self._active_count.mean()),
+            ("entropy (nats)", self._entropy),
+            ("switches per minute", len(self._switches)),
+        ]
+        rvals += [(f"usage {lbl}", float(s)) for lbl, s in zip(labels, share, strict=True)]
+        last = self._last_output
+        if last is not None:
+            rvals.append(("dominant", labels[last.decision.dominant]))
+            if last.decision.state.energies is not None:
+                rvals.append(("min energy", float(np.min(last.decision.state.energies))))
+        out.append(diag_status(f"{name}: router", OK, f"{self._active_count.mean():.2f} active",
+                               rvals, hw))
+        # control loop
+        rate = self._control_rate.rate_hz()
+        target = cfg.policy.control_rate_hz
+        level = OK
+        if state == "active" and rate < 0.9 * target:
+            level = WARN
+        out.append(diag_status(f"{name}: control loop", level,
+                               f"{rate:.1f} Hz (target {target:g} Hz)", [
+            ("achieved rate (Hz)", rate),
+            ("target rate (Hz)", target),
+            ("period jitter p99 (ms)", self._jitter.p99_s() * 1e3),
+            ("obs-to-command p50 (ms)", self._obs_to_cmd.percentile(50)),
+            ("obs-to-command p99 (ms)", self._obs_to_cmd.percentile(99)),
+            ("execution", cfg.policy.execution.mode),
+        ], hw))
+        # safety and mode
+        assert self._safety is not None and self._arbiter is not None
+        s_level, s_msg, s_vals = self._safety.diagnostics()
+        a_level, a_msg, a_vals = self._arbiter.diagnostics()
+        out.append(diag_status(f"{name}: safety", max(s_level, a_level),
+                               f"{s_msg}; {a_msg}", {**s_vals, **a_vals}, hw))
+        return out
+
+    # ------------------------------------------------------------------ teardown
+
+    def _stop_threads(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2.0)
+        self._threads = []
+
+
+def _autostart(node: PolicyNode) -> None:
+    """Configure then activate, as a lifecycle manager with autostart would."""
+    ret = node.trigger_configure()
+    if ret != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error("autostart: configure failed; node stays unconfigured")
+        return
+    node.trigger_activate()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = PolicyNode()
+    param = node.get_parameter_or("autostart", None)
+    if param is not None and bool(param.value):
+        timer = None
+
+        def _once() -> None:
+            assert timer is not None
+            timer.cancel()
+            _autostart(node)
+
+        timer = node.create_timer(0.1, _once)
+    spin_node(node, num_threads=3)
+
+
+if __name__ == "__main__":
+    main()
