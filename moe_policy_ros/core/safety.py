@@ -357,8 +357,9 @@ class SafetyFilter:
                     )
                 else:
                     ivs.append(
-                        Intervention(NO_COMMAND, Level.WARN, "no command available: holding",
-                                     hold=True)
+                        Intervention(
+                            NO_COMMAND, Level.WARN, "no command available: holding", hold=True
+                        )
                     )
                 hazard = True
             else:

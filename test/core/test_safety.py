@@ -1,0 +1,374 @@
+"""Safety filter: invariants under randomized inputs, hazards, holds, counters, diagnostics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from moe_policy_ros.core.config import ArmConfig, JointLimits, RobotConfig, SafetyConfig
+from moe_policy_ros.core.safety import (
+    ACCELERATION,
+    DEVIATION,
+    INVALID,
+    INVALID_MEASURED,
+    NO_COMMAND,
+    OOD,
+    OVERRUN,
+    POSITION,
+    STALE,
+    TOL,
+    VELOCITY,
+    Level,
+    SafetyFilter,
+    brake_step,
+    stale_inputs,
+)
+
+DT = 0.02  # s, 50 Hz
+
+
+def make_robot() -> RobotConfig:
+    def arm(name: str, n: int) -> ArmConfig:
+        joints = tuple(
+            JointLimits(
+                name=f"{name}_j{i}",
+                min_position=-1.0 - 0.5 * i,
+                max_position=1.0 + 0.25 * i,
+                max_velocity=2.0 + i,
+                max_acceleration=10.0 + 5 * i,
+            )
+            for i in range(n)
+        )
+        return ArmConfig(name=name, joints=joints, trajectory_topic="/t", command_topic="/c")
+
+    return RobotConfig(arms=(arm("left", 3), arm("right", 2)))
+
+
+ROBOT = make_robot()
+N = len(ROBOT.joint_names)
+QMIN = np.array([j.min_position for j in ROBOT.joints])
+QMAX = np.array([j.max_position for j in ROBOT.joints])
+
+
+def make_filter(**kw: object) -> SafetyFilter:
+    return SafetyFilter(ROBOT, SafetyConfig(**kw), DT)  # type: ignore[arg-type]
+
+
+def test_brake_step_formula() -> None:
+    # s + s^2/(2D) = g at the bound; D = 0.01, g = 0.04 -> s = 0.01*(sqrt(9)-1) = 0.02
+    s = brake_step(np.array([0.04, 0.0, -1.0]), np.array([0.01, 0.01, 0.01]))
+    assert s == pytest.approx([0.02, 0.0, 0.0])
+
+
+def test_feasible_command_passes_unchanged() -> None:
+    f = make_filter()
+    # starts at rest: 0.94 rad/s and 2.96 rad/s^2 peak, within every joint's limits
+    for tk in np.arange(0, 2.0, DT):
+        cmd = 0.3 * (1 - np.cos(np.pi * tk)) * np.ones(N)
+        r = f.filter(cmd, cmd)
+        assert r.sent is not None
+        np.testing.assert_allclose(r.sent, cmd, atol=1e-12)
+        assert r.interventions == () and r.level == Level.OK and not r.hold
+    assert all(v == 0 for v in f.counts.values())
+
+
+def _random_command(rng: np.random.Generator, prev: np.ndarray) -> np.ndarray:
+    kind = rng.integers(0, 6)
+    if kind == 0:
+        return prev + rng.normal(0, 0.01, N)  # small, mostly feasible
+    if kind == 1:
+        return rng.uniform(-5, 5, N)  # jumps and out-of-range
+    if kind == 2:
+        return rng.choice([1e300, -1e300, 1e9, -1e9, 0.0], N)  # huge
+    if kind == 3:
+        bad = prev.copy()
+        bad[rng.integers(0, N)] = rng.choice([np.nan, np.inf, -np.inf])
+        return bad
+    if kind == 4:
+        return np.where(rng.random(N) < 0.5, QMAX + 0.5, QMIN - 0.5)  # run into limits
+    return prev + rng.normal(0, 0.2, N)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_randomized_invariants(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cfg = dict(
+        max_position_deviation=float(rng.uniform(0.05, 1.0)),
+        velocity_scale=float(rng.uniform(0.1, 1.0)),
+        acceleration_scale=float(rng.uniform(0.1, 1.0)),
+        overrun_action=str(rng.choice(["finish_chunk_then_hold", "hold"])),
+        ood_action=str(rng.choice(["ignore", "warn", "hold"])),
+        ood_energy_threshold=1.0,
+    )
+    f = make_filter(**cfg)
+    vdt = f.max_step
+    adt2 = f.max_dstep
+    dev = f.cfg.max_position_deviation
+    sent: list[np.ndarray] = []
+    dev_acted: list[np.ndarray] = []
+    measured = rng.uniform(QMIN, QMAX)
+    prev = measured.copy()
+    for _ in range(600):
+        # the robot follows the last command with lag, sometimes noise, sometimes a bump
+        if sent:
+            measured = measured + 0.5 * (sent[-1] - measured) + rng.normal(0, 0.005, N)
+        if rng.random() < 0.02:
+            measured = measured + rng.normal(0, 0.5, N)  # collision / bump: far from command
+        meas_in: np.ndarray | None = measured.copy()
+        r_m = rng.random()
+        if r_m < 0.03:
+            meas_in = None
+        elif r_m < 0.05:
+            assert meas_in is not None
+            meas_in[rng.integers(0, N)] = np.nan
+        proposed: np.ndarray | None = _random_command(rng, prev)
+        if rng.random() < 0.05:
+            proposed = None
+        r = f.filter(
+            proposed,
+            meas_in,
+            stale=("cam",) if rng.random() < 0.03 else (),
+            overrun=bool(rng.random() < 0.05),
+            ood_energy=float(rng.choice([0.0, 2.0, np.nan])) if rng.random() < 0.1 else None,
+            hold_reason="HOLD" if rng.random() < 0.05 else "",
+        )
+        if r.sent is None:
+            assert not sent  # only possible before anything was ever sent
+            continue
+        q = r.sent
+        prev = q
+        acted = np.zeros(N, dtype=bool)
+        for iv in r.interventions:
+            if iv.kind == DEVIATION:
+                acted |= np.isin(ROBOT.joint_names, iv.joints)
+        assert np.all(np.isfinite(q))
+        assert np.all(q >= QMIN - TOL) and np.all(q <= QMAX + TOL)
+        if meas_in is not None and np.all(np.isfinite(meas_in)):
+            reachable = (meas_in + dev >= QMIN) & (meas_in - dev <= QMAX)
+            assert np.all(np.abs(q - meas_in)[reachable] <= dev + TOL)
+        ref1 = sent[-1] if sent else None
+        if ref1 is not None:
+            ok_v = ~acted
+            assert np.all(np.abs(q - ref1)[ok_v] <= vdt[ok_v] + TOL)
+        if len(sent) >= 2:
+            ok_a = ~acted & ~dev_acted[-1]
+            acc = np.abs(q - 2 * sent[-1] + sent[-2])
+            assert np.all(acc[ok_a] <= adt2[ok_a] + TOL), (acc - adt2)[ok_a].max()
+        sent.append(q)
+        dev_acted.append(acted)
+    assert len(sent) > 500
+
+
+def test_first_command_starts_from_measured_at_rest() -> None:
+    f = make_filter()
+    m = np.full(N, 0.1)
+    r = f.filter(np.full(N, 0.9), m)
+    assert r.sent is not None
+    # from rest: the first step is limited by the acceleration bound A dt^2
+    np.testing.assert_allclose(r.sent, m + f.max_dstep)
+    assert ACCELERATION in r.kinds()
+
+
+def test_nothing_sent_without_anchor() -> None:
+    f = make_filter()
+    r = f.filter(np.zeros(N), None)
+    assert r.sent is None and r.hold and r.hazard_hold
+    assert STALE in r.kinds()
+    assert "nothing sent" in r.message
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_in_command_holds_with_error(bad: float) -> None:
+    f = make_filter()
+    m = np.zeros(N)
+    f.filter(np.zeros(N), m)
+    cmd = np.zeros(N)
+    cmd[2] = bad
+    r = f.filter(cmd, m)
+    assert r.hold and r.hazard_hold and r.level == Level.ERROR
+    assert r.kinds() == (INVALID,)
+    assert r.sent is not None and np.all(np.isfinite(r.sent))
+    np.testing.assert_allclose(r.sent, 0.0)
+    assert f.counts[INVALID] == 1
+
+
+def test_wrong_shape_command_is_invalid() -> None:
+    f = make_filter()
+    r = f.filter(np.zeros(N + 1), np.zeros(N))
+    assert r.hold and r.level == Level.ERROR and INVALID in r.kinds()
+
+
+def test_invalid_measured_holds_with_error() -> None:
+    f = make_filter()
+    f.filter(np.zeros(N), np.zeros(N))
+    m = np.zeros(N)
+    m[0] = np.nan
+    r = f.filter(np.zeros(N), m)
+    assert r.hold and r.level == Level.ERROR and INVALID_MEASURED in r.kinds()
+
+
+def test_hold_brakes_without_jump_then_stays() -> None:
+    f = make_filter()
+    # accelerate joint 0 for a while
+    q = np.zeros(N)
+    r = f.filter(q, q)
+    for _ in range(20):
+        assert r.sent is not None
+        r = f.filter(np.full(N, 0.9), r.sent)
+    assert r.sent is not None
+    moving = f.last_step.copy()
+    assert np.all(moving > 0)
+    predicted = f.hold_position
+    assert predicted is not None
+    seq = []
+    for _ in range(60):
+        r = f.filter(np.full(N, -0.9), r.sent, hold_reason="HOLD")
+        assert r.hold and not r.hazard_hold and r.level == Level.OK
+        assert r.interventions == ()
+        assert r.sent is not None
+        seq.append(r.sent)
+    steps = np.diff(np.array(seq), axis=0)
+    assert np.all(steps >= -TOL)  # decelerates monotonically, never reverses or jumps
+    assert np.all(np.abs(np.diff(steps, axis=0)) <= f.max_dstep + TOL)
+    np.testing.assert_allclose(seq[-1], seq[-2])  # stopped
+    np.testing.assert_allclose(seq[-1], predicted)
+
+
+def test_stale_inputs_hold_or_warn() -> None:
+    f = make_filter()
+    m = np.zeros(N)
+    f.filter(m, m)
+    r = f.filter(m, m, stale=("top",))
+    assert r.hold and r.hazard_hold and r.kinds() == (STALE,) and r.level == Level.WARN
+    assert "top" in r.message
+    g = make_filter(hold_on_stale_inputs=False)
+    g.filter(m, m)
+    r = g.filter(m, m, stale=("top",))
+    assert not r.hold and r.kinds() == (STALE,)
+
+
+def test_measured_unavailable_always_holds() -> None:
+    f = make_filter(hold_on_stale_inputs=False)
+    m = np.zeros(N)
+    f.filter(m, m)
+    r = f.filter(np.full(N, 0.1), None)
+    assert r.hold and STALE in r.kinds() and "joint_states" in r.message
+    assert r.sent is not None and np.allclose(r.sent, 0.0)
+
+
+def test_overrun_finish_chunk_then_hold() -> None:
+    f = make_filter(overrun_action="finish_chunk_then_hold")
+    m = np.zeros(N)
+    f.filter(m, m)
+    r = f.filter(m, m, overrun=True)  # chunk still has actions: warn, keep going
+    assert not r.hold and r.kinds() == (OVERRUN,) and r.level == Level.WARN
+    r = f.filter(None, m, overrun=True)  # chunk finished
+    assert r.hold and r.hazard_hold and r.kinds() == (OVERRUN,)
+    assert "chunk finished" in r.message
+    assert f.counts[OVERRUN] == 2
+
+
+def test_overrun_hold_immediately() -> None:
+    f = make_filter(overrun_action="hold")
+    m = np.zeros(N)
+    f.filter(m, m)
+    r = f.filter(m, m, overrun=True)
+    assert r.hold and r.hazard_hold and r.kinds() == (OVERRUN,)
+
+
+def test_no_command_holds() -> None:
+    f = make_filter()
+    m = np.zeros(N)
+    f.filter(m, m)
+    r = f.filter(None, m)
+    assert r.hold and r.kinds() == (NO_COMMAND,)
+
+
+@pytest.mark.parametrize(
+    ("action", "energy", "hold", "counted"),
+    [
+        ("warn", 2.0, False, True),
+        ("hold", 2.0, True, True),
+        ("ignore", 2.0, False, False),
+        ("hold", 0.5, False, False),
+        ("warn", math.nan, False, True),
+    ],
+)
+def test_ood(action: str, energy: float, hold: bool, counted: bool) -> None:
+    f = make_filter(ood_action=action, ood_energy_threshold=1.0)
+    m = np.zeros(N)
+    f.filter(m, m)
+    r = f.filter(m, m, ood_energy=energy)
+    assert r.hold is hold
+    assert (OOD in r.kinds()) is counted
+    if counted:
+        assert r.level == Level.WARN and "out of distribution" in r.message
+
+
+def test_position_limit_clamp_and_braking() -> None:
+    f = make_filter()
+    q = np.zeros(N)
+    r = f.filter(q, q)
+    seq: list[np.ndarray] = []
+    for _ in range(300):
+        assert r.sent is not None
+        r = f.filter(QMAX + 1.0, r.sent)
+        assert r.sent is not None and np.all(r.sent <= QMAX + TOL)
+        seq.append(r.sent)
+    assert POSITION in r.kinds()
+    np.testing.assert_allclose(seq[-1], QMAX, atol=1e-6)
+    a = np.abs(np.diff(np.array(seq), 2, axis=0))
+    assert np.all(a <= f.max_dstep + TOL)
+
+
+def test_velocity_and_deviation_interventions_counted() -> None:
+    f = make_filter(max_position_deviation=0.05)
+    q = np.zeros(N)
+    f.filter(q, q)
+    for _ in range(30):
+        r = f.filter(np.full(N, 0.9), q)  # measured stuck at 0: deviation binds
+        assert r.sent is not None and np.all(np.abs(r.sent) <= 0.05 + TOL)
+    assert f.counts[DEVIATION] > 0
+    g = make_filter()
+    r = g.filter(q, q)
+    for _ in range(30):
+        assert r.sent is not None
+        r = g.filter(np.full(N, 0.9), r.sent)
+    assert g.counts[VELOCITY] > 0 and g.counts[ACCELERATION] > 0
+
+
+def test_diagnostics_reports_worst_since_last_read() -> None:
+    f = make_filter()
+    m = np.zeros(N)
+    f.filter(m, m)
+    level, msg, values = f.diagnostics()
+    assert level == Level.OK and msg == "ok" and values["ticks"] == "1"
+    bad = np.full(N, np.nan)
+    f.filter(bad, m)
+    f.filter(m, m)  # back to ok on this tick, but the ERROR is reported once
+    level, msg, values = f.diagnostics()
+    assert level == Level.ERROR and "NaN" in msg
+    assert values[f"count.{INVALID}"] == "1" and values["holds_entered"] == "1"
+    level, _, _ = f.diagnostics()
+    assert level == Level.OK
+
+
+def test_reset_forgets_anchor() -> None:
+    f = make_filter()
+    f.filter(np.zeros(N), np.zeros(N))
+    f.reset()
+    assert f.last_sent is None and not f.holding
+    r = f.filter(np.full(N, 0.5), np.full(N, 0.5))
+    assert r.sent is not None and np.allclose(r.sent, 0.5)
+
+
+def test_stale_inputs_helper() -> None:
+    now = 1_000_000_000
+    out = stale_inputs(
+        now,
+        {"top": now - 300_000_000, "joint_states": now - 100_000_000, "wrist": None},
+        {"top": 0.25, "joint_states": 0.2, "wrist": 0.25},
+    )
+    assert out == ("top", "wrist")
