@@ -1,0 +1,124 @@
+"""Size and shape configuration of the reference models (plain dict <-> dataclass).
+
+The dict form is what ``checkpoint.pt`` stores (only str/int/float/list/dict values, so that
+``torch.load(weights_only=True)`` reads it) and what :func:`moe_policy_ros.models.build_model`
+takes. Unknown keys are rejected with a message naming them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+FAMILIES: tuple[str, ...] = ("adamoe", "smp", "dibm", "lar", "dense")
+DIRECT_FAMILIES: tuple[str, ...] = ("adamoe", "dibm", "lar", "dense")
+
+
+@dataclass(frozen=True)
+class CameraShape:
+    """One camera input of the encoder: name and image size in pixels (3 channels)."""
+
+    name: str
+    height: int
+    width: int
+
+
+def _default_cameras() -> tuple[CameraShape, ...]:
+    return (CameraShape("top", 96, 128),)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of a reference model.
+
+    ``num_experts`` E (forced to 1 for ``dense``), ``chunk_length`` H, ``action_dim`` A,
+    ``context_dim`` D, ``expert_hidden``/``expert_depth`` width and number of hidden layers of
+    each expert MLP, ``top_k`` the default active-set size (for ``dense``: the number of
+    experts whose active parameter count the dense head matches), ``latent_dim`` Z (lar),
+    ``rank`` R skill coefficients per expert and ``sampler_steps`` Euler steps (smp).
+    """
+
+    family: str
+    num_experts: int = 8
+    cameras: tuple[CameraShape, ...] = field(default_factory=_default_cameras)
+    proprio_dim: int = 14
+    action_dim: int = 14
+    chunk_length: int = 20
+    context_dim: int = 128
+    expert_hidden: int = 128
+    expert_depth: int = 1
+    trunk_layers: int = 2
+    trunk_heads: int = 4
+    vision_channels: int = 16
+    top_k: int = 2
+    latent_dim: int = 16
+    rank: int = 4
+    sampler_steps: int = 10
+    basis_mixtures: int = 4
+    time_dim: int = 16
+    energy_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES} (got {self.family!r})")
+        if self.family == "dense" and self.num_experts != 1:
+            object.__setattr__(self, "num_experts", 1)
+        positive = (
+            "num_experts", "proprio_dim", "action_dim", "chunk_length", "context_dim",
+            "expert_hidden", "expert_depth", "trunk_layers", "trunk_heads", "vision_channels",
+            "top_k", "latent_dim", "rank", "sampler_steps", "basis_mixtures", "time_dim",
+            "energy_hidden",
+        )  # fmt: skip
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if not self.cameras:
+            raise ValueError("cameras: at least one camera is needed")
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must be unique: {names}")
+        if self.context_dim % self.trunk_heads:
+            raise ValueError(
+                f"context_dim {self.context_dim} must be divisible by trunk_heads "
+                f"{self.trunk_heads}"
+            )
+        if self.time_dim % 2:
+            raise ValueError(f"time_dim must be even (got {self.time_dim})")
+        if self.family != "dense" and self.top_k > self.num_experts:
+            raise ValueError(f"top_k {self.top_k} exceeds num_experts {self.num_experts}")
+        if self.family == "smp" and self.num_experts * self.rank > self.flat_action_dim:
+            raise ValueError(
+                f"smp: num_experts*rank = {self.num_experts * self.rank} orthonormal columns "
+                f"do not fit in H*A = {self.flat_action_dim}"
+            )
+
+    @property
+    def flat_action_dim(self) -> int:
+        """H * A, the length of a flattened action chunk."""
+        return self.chunk_length * self.action_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cameras"] = [
+            {"name": c.name, "height": c.height, "width": c.width} for c in self.cameras
+        ]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        if "family" not in data:
+            raise ValueError("model config needs 'family'")
+        kw = dict(data)
+        if "cameras" in kw:
+            cams = []
+            for c in kw["cameras"]:
+                if isinstance(c, CameraShape):
+                    cams.append(c)
+                else:
+                    cams.append(CameraShape(str(c["name"]), int(c["height"]), int(c["width"])))
+            kw["cameras"] = tuple(cams)
+        return cls(**kw)
