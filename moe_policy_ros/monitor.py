@@ -48,7 +48,8 @@ def render(state: MonitorState, width: int = 80, color: bool = True) -> str:
 
     mode_color = {"AUTONOMY": "32", "TELEOP": "36", "HOLD": "33", "ESTOP": "41;97"}
     lines = [
-        c("1", "moe_policy_ros monitor") + f"   mode: {c(mode_color.get(state.mode, '0'), state.mode)}"
+        c("1", "moe_policy_ros monitor")
+        + f"   mode: {c(mode_color.get(state.mode, '0'), state.mode)}"
         f"   chunks: {state.chunks}   dominant: {state.dominant or '-'}",
         "",
     ]
@@ -56,7 +57,7 @@ def render(state: MonitorState, width: int = 80, color: bool = True) -> str:
     labels = state.labels or [str(i) for i in range(len(state.gates))]
     for i, g in enumerate(state.gates):
         on = i in state.active
-        n = int(round(g * bar_w))
+        n = round(g * bar_w)
         bar = "#" * n + "." * (bar_w - n)
         name = labels[i] if i < len(labels) else str(i)
         mark = c("32", "*") if on else " "
