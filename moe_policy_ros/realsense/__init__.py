@@ -1,0 +1,1 @@
+"""pyrealsense2 helpers for the camera node: frame sources and timestamp mapping (no ROS)."""
