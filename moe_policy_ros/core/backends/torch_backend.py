@@ -1,0 +1,166 @@
+"""Torch backend: runs the reference model rebuilt from the bundle's weights-only checkpoint.
+
+The stage graphs are not executed; instead ``load_stage`` finds the bundle that holds the ONNX
+file, verifies it (:func:`~moe_policy_ros.core.bundle.load_bundle`, which hashes the checkpoint
+too), rebuilds the reference model with ``moe_policy_ros.models.export.load_checkpoint``
+(``torch.load(weights_only=True)``: no arbitrary unpickling) and runs ``encoder_module`` or
+``expert_module``, whose positional inputs and outputs match the ONNX graph's, under
+``torch.inference_mode``. On a GPU the encoder stage (static shapes) is captured into a CUDA
+graph after a warm-up and replayed.
+
+Useful as the parity reference and for debugging; production runs ONNX Runtime or TensorRT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moe_policy_ros.core.backends.base import BackendUnavailable, parse_device
+from moe_policy_ros.core.backends.onnx_io import bundle_dir_of, graph_io
+
+__all__ = ["TorchBackend", "TorchStage", "reference_model"]
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailable(
+            "torch backend: torch is not installed (pip install -r requirements/torch.txt); "
+            "use backend onnxruntime or tensorrt instead"
+        ) from None
+    return torch
+
+
+def reference_model(bundle: Any) -> Any:
+    """The torch reference model of a verified bundle (eval mode, on the CPU)."""
+    _import_torch()
+    if bundle.checkpoint_path is None:
+        raise BackendUnavailable(
+            f"torch backend: bundle {bundle.path} lists no checkpoint in policy.yaml "
+            "(re-export it with the checkpoint to use the torch backend)"
+        )
+    try:
+        from moe_policy_ros.models import export as mexport
+    except ImportError as err:
+        raise BackendUnavailable(
+            f"torch backend: moe_policy_ros.models.export is unavailable ({err})"
+        ) from None
+    model = mexport.load_checkpoint(bundle.checkpoint_path)  # torch.load(weights_only=True)
+    model.eval()
+    return model
+
+
+class TorchStage:
+    def __init__(self, torch: Any, module: Any, input_names: list[str], output_names: list[str],
+                 device: Any, cuda_graph: bool) -> None:
+        self._torch = torch
+        self.module = module
+        self.input_names = input_names
+        self.output_names = output_names
+        self._device = device
+        self._use_graph = cuda_graph
+        self._graph: Any = None
+        self._static_in: list[Any] = []
+        self._static_out: list[Any] = []
+        self._graph_key: tuple[tuple[int, ...], ...] | None = None
+
+    def _call(self, args: list[Any]) -> list[Any]:
+        out = self.module(*args)
+        if isinstance(out, dict):
+            return [out[n] for n in self.output_names]
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        if len(outs) != len(self.output_names):
+            raise RuntimeError(
+                f"torch stage returned {len(outs)} outputs, the graph has "
+                f"{len(self.output_names)} ({self.output_names})"
+            )
+        return outs
+
+    def _capture(self, args: list[Any]) -> None:
+        torch = self._torch
+        self._static_in = [a.clone() for a in args]
+        side = torch.cuda.Stream(device=self._device)
+        side.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._call(self._static_in)
+        torch.cuda.current_stream(self._device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static_out = self._call(self._static_in)
+        self._graph = graph
+        self._graph_key = tuple(tuple(a.shape) for a in args)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"stage inputs missing: {missing} (expected {self.input_names})")
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self._device)
+                    for n in self.input_names]
+            if self._use_graph:
+                key = tuple(tuple(a.shape) for a in args)
+                if self._graph is None or key != self._graph_key:
+                    self._capture(args)
+                for s, a in zip(self._static_in, args, strict=True):
+                    s.copy_(a)
+                self._graph.replay()
+                outs = self._static_out
+            else:
+                outs = self._call(args)
+            return {n: o.detach().cpu().numpy().copy()
+                    for n, o in zip(self.output_names, outs, strict=True)}
+
+
+class TorchBackend:
+    """``torch`` kind: the reference model, on the CPU or a CUDA GPU."""
+
+    def __init__(self, device: str = "cpu", *, cuda_graphs: bool = True) -> None:
+        torch = _import_torch()
+        self._torch = torch
+        kind, index = parse_device(device)
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(
+                f"torch backend: device {device!r} requested but torch {torch.__version__} "
+                f"sees no CUDA GPU (CUDA build: {torch.version.cuda})"
+            )
+        self.device = torch.device("cuda", index) if kind == "cuda" else torch.device("cpu")
+        self.cuda_graphs = cuda_graphs and kind == "cuda"
+        self.name = "torch-cuda" if kind == "cuda" else "torch-cpu"
+        self._models: dict[Path, Any] = {}
+
+    def describe(self) -> str:
+        dev = str(self.device)
+        if self.device.type == "cuda":
+            dev += f" ({self._torch.cuda.get_device_name(self.device)})"
+        graphs = ", CUDA graph for the encoder" if self.cuda_graphs else ""
+        return f"{self.name} (torch {self._torch.__version__}, {dev}, inference_mode{graphs})"
+
+    def _model(self, onnx_path: Path) -> Any:
+        from moe_policy_ros.core.bundle import load_bundle
+
+        root = bundle_dir_of(onnx_path)
+        if root is None:
+            raise BackendUnavailable(
+                f"torch backend: {onnx_path} is not inside a bundle (no policy.yaml above it); "
+                "the torch backend needs the bundle's checkpoint"
+            )
+        if root not in self._models:
+            model = reference_model(load_bundle(root))
+            self._models[root] = model.to(self.device)
+        return self._models[root]
+
+    def load_stage(self, name: str, onnx_path: Path) -> TorchStage:
+        model = self._model(Path(onnx_path))
+        attr = {"encoder": "encoder_module", "experts": "expert_module"}.get(name)
+        if attr is None:
+            raise ValueError(f"torch backend: unknown stage {name!r} (encoder or experts)")
+        module = getattr(model, attr)
+        ins, outs, _ = graph_io(Path(onnx_path))
+        return TorchStage(self._torch, module, ins, outs, self.device,
+                          cuda_graph=self.cuda_graphs and name == "encoder")
