@@ -148,7 +148,7 @@ class AlohaSimNode(Node):
         self._cam_period_ns = round(1e9 / cam_rate) if cam_rate > 0 else 0
         self._cameras = self._camera_configs() if cam_rate > 0 else []
         if not self._publish_clock and self._rtf != 1.0:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"real_time_factor {self._rtf} without publish_clock: trajectories are timed "
                 "on the ROS clock, so motion will not match simulated time"
             )
@@ -305,7 +305,7 @@ class AlohaSimNode(Node):
         try:
             kept = follower.set_trajectory(trajectory_from_msg(msg))
         except TrajectoryError as err:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"/{arm}_controller/joint_trajectory ignored: {err}", throttle_duration_sec=1.0
             )
             return
@@ -315,7 +315,7 @@ class AlohaSimNode(Node):
         follower = self._arms[arm][0]
         n = len(msg.data)
         if n != len(follower.joint_names):
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"/{arm}_controller/commands ignored: got {n} values, expected "
                 f"{len(follower.joint_names)} for {list(follower.joint_names)}",
                 throttle_duration_sec=1.0,
@@ -324,7 +324,7 @@ class AlohaSimNode(Node):
         try:
             follower.set_command(list(msg.data))
         except TrajectoryError as err:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"/{arm}_controller/commands ignored: {err}", throttle_duration_sec=1.0
             )
 
@@ -419,7 +419,7 @@ class AlohaSimNode(Node):
             if lag > _MAX_LAG_S * 1e9:
                 if now_wall - lag_warned_ns > 5e9:
                     lag_warned_ns = now_wall
-                    self.get_logger().warn(
+                    self.get_logger().warning(
                         f"physics is {lag * 1e-9:.2f} s behind real_time_factor {rtf}; "
                         "dropping the backlog"
                     )

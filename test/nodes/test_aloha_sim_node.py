@@ -20,10 +20,12 @@ if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_a
     pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
 
 from builtin_interfaces.msg import Duration  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.client import Client  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
@@ -249,6 +251,33 @@ def test_reset_service_restores_the_start_pose(
     wait_for(lambda: abs(probe.position("left_waist") or 1.0) < 0.02, 5.0, "start pose")
     assert abs(probe.positions()["right_waist"]) < 0.05
     _alive(sim_process)
+
+
+def test_malformed_trajectory_is_logged_and_ignored(
+    probe: Probe, sim_process: subprocess.Popen[bytes]
+) -> None:
+    pub = probe.traj_pub["right_arm"]
+    wait_for(lambda: pub.get_subscription_count() > 0, 10.0, "trajectory subscriber")
+    before = probe.position("right_elbow")
+    msg = JointTrajectory()
+    msg.joint_names = [*JOINTS[7:13], "right_pinky"]
+    msg.points = [JointTrajectoryPoint(positions=[0.0] * 7, time_from_start=Duration(sec=1))]
+    pub.publish(msg)
+    wait_for(lambda: "unknown joint names ['right_pinky']" in _log(sim_process), 5.0, "warning")
+    assert probe.position("right_elbow") == pytest.approx(before, abs=0.02)
+    _alive(sim_process)
+
+
+def test_reset_uses_the_seed_parameter(probe: Probe) -> None:
+    client: Client[Any, Any] = probe.node.create_client(SetParameters, "/aloha_sim/set_parameters")
+    assert client.wait_for_service(timeout_sec=10.0)
+    req = SetParameters.Request(parameters=[Parameter("seed", value=7).to_parameter_msg()])
+    future = client.call_async(req)
+    reply = wait_for(lambda: future.result() if future.done() else None, 10.0, "set seed")
+    assert reply.results[0].successful
+    future = probe.reset.call_async(Trigger.Request())
+    result = wait_for(lambda: future.result() if future.done() else None, 10.0, "reset reply")
+    assert result.success and "seed 7" in result.message
 
 
 def test_sigint_shuts_down_cleanly(sim_process: subprocess.Popen[bytes], probe: Probe) -> None:
