@@ -57,6 +57,7 @@ class ModelConfig:
     basis_mixtures: int = 4
     time_dim: int = 16
     energy_hidden: int = 64
+    router_gain: float = 1.0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -77,6 +78,8 @@ class ModelConfig:
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must be unique: {names}")
+        if not self.router_gain > 0:
+            raise ValueError(f"router_gain must be positive (got {self.router_gain})")
         if self.context_dim % self.trunk_heads:
             raise ValueError(
                 f"context_dim {self.context_dim} must be divisible by trunk_heads "

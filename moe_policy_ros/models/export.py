@@ -419,7 +419,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME:HxW",
         help="camera input (repeatable; default top:96x128)",
     )
+    parser.add_argument(
+        "--router-gain", type=float, default=None, help="scale of the router's initial weights"
+    )
     parser.add_argument("--control-period", type=float, default=0.02, help="s per step")
+    for what in ("action", "proprio"):
+        for stat, dflt in (("mean", "0"), ("std", "1")):
+            parser.add_argument(
+                f"--{what}-{stat}",
+                default=None,
+                metavar="V[,V...]",
+                help=f"{what} normalisation {stat}: one value for all joints or one per joint "
+                f"(default {dflt})",
+            )
     parser.add_argument(
         "--routing",
         choices=("dense", "topk", "mass", "sticky"),
@@ -440,6 +452,13 @@ def _parse_camera(text: str) -> CameraShape:
         raise ValueError(f"--camera wants NAME:HxW, e.g. top:96x128 (got {text!r})") from None
 
 
+def _stat_arg(text: str | None, dim: int) -> list[float] | None:
+    if text is None:
+        return None
+    vals = [float(v) for v in text.split(",")]
+    return vals * dim if len(vals) == 1 else vals
+
+
 def run_export(args: argparse.Namespace) -> int:
     """Build or load the model, export it, print the parity error; 0 on success."""
     torch.manual_seed(args.seed)
@@ -454,6 +473,8 @@ def run_export(args: argparse.Namespace) -> int:
                 config[key] = value
         if "action_dim" in config and "proprio_dim" not in config:
             config["proprio_dim"] = config["action_dim"]
+        if args.router_gain is not None:
+            config["router_gain"] = args.router_gain
         if args.camera:
             config["cameras"] = [_parse_camera(c) for c in args.camera]
         model = build_model(config)
@@ -477,6 +498,10 @@ def run_export(args: argparse.Namespace) -> int:
             args.out,
             name=name,
             control_period_s=args.control_period,
+            action_mean=_stat_arg(args.action_mean, cfg.action_dim),
+            action_std=_stat_arg(args.action_std, cfg.action_dim),
+            proprio_mean=_stat_arg(args.proprio_mean, cfg.proprio_dim),
+            proprio_std=_stat_arg(args.proprio_std, cfg.proprio_dim),
             routing=routing,
             source=source,
             seed=args.seed,

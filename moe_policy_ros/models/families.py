@@ -69,6 +69,10 @@ class MoEModel(nn.Module):
     def expert_module(self) -> nn.Module:
         raise NotImplementedError
 
+    def _scale_router(self, router: nn.Linear) -> None:
+        with torch.no_grad():
+            router.weight.mul_(self.cfg.router_gain)
+
     def config_dict(self) -> dict[str, Any]:
         return self.cfg.to_dict()
 
@@ -197,6 +201,7 @@ class AdaMoEModel(DirectMoEModel):
         d, e = cfg.context_dim, cfg.num_experts
         self.router = nn.Linear(d, e)
         self.adapter = mlp(d, d, e)
+        self._scale_router(self.router)
 
     def encode(self, images: Sequence[Tensor], proprio: Tensor) -> dict[str, Tensor]:
         c = self.trunk_context(images, proprio)
@@ -344,6 +349,7 @@ class LARModel(DirectMoEModel):
         self.teacher = mlp(d + cfg.flat_action_dim, d, z)
         self.latent_proj = nn.Linear(z, d)
         self.router = nn.Linear(z, e)
+        self._scale_router(self.router)
 
     def encode(self, images: Sequence[Tensor], proprio: Tensor) -> dict[str, Tensor]:
         c0 = self.trunk_context(images, proprio)
@@ -419,6 +425,7 @@ class SMPModel(MoEModel):
         m = cfg.basis_mixtures
         self.router = nn.Linear(d, e)
         self.basis_mix = nn.Linear(d, m)
+        self._scale_router(self.router)
         self.basis_base = nn.Parameter(torch.randn(n, e * r) / n**0.5)
         self.basis_dirs = nn.Parameter(torch.randn(m, n * e * r) * (0.5 / n**0.5))
         self.time_embed = TimeEmbedding(cfg.time_dim)
