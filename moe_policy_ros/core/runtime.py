@@ -1,0 +1,295 @@
+"""MoEPolicy: preprocess -> encoder -> routing -> experts (+ flow sampler) -> denormalise.
+
+One :meth:`MoEPolicy.infer` call produces one action chunk:
+
+1. **preprocess** validates the observation against the manifest (camera names, HxWx3 uint8
+   images at the bundle's size, proprio length, NaN/Inf) and raises :class:`ObservationError`
+   naming the bad value; then normalises images ``(x / 255 - mean) / std`` into [1, 3, H, W]
+   float32 and proprio ``(q - mean) / std`` into [1, P].
+2. **encoder** runs the encoder/router stage once.
+3. **routing** turns the router outputs into a decision (``core/routing.py``). The policy's
+   routing config is merged over the bundle's default: fields set explicitly in the override
+   win, an empty ``strategy`` keeps the bundle's.
+4. **experts** runs the expert stage with only the active experts. Direct families get
+   ``expert_idx`` + ``expert_weights`` and return the combined chunk. The flow family (smp)
+   integrates the active experts' coefficients with ``sampler.steps`` Euler steps from t = 0
+   (noise) to t = 1 (data), the active set fixed for the chunk, then combines
+   ``actions = sum_j w_j * basis[idx_j] @ x_j``.
+5. the chunk is denormalised (``a * std + mean``) into float64 [H, A].
+
+Determinism: the flow noise comes from ``numpy.random.default_rng(seed)``: each chunk draws a
+float32 standard-normal [E, R] block (one row per expert, whether active or not) and uses the
+active experts' rows, so the noise of an expert does not depend on which others are active.
+:meth:`reset` restarts that stream and the routing state, so the same observations after a
+reset give the same chunks. A policy (its stages and routing state) serves one inference
+thread; it is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+
+from moe_policy_ros.core.backends.base import Backend, Stage
+from moe_policy_ros.core.bundle import BundleError, LoadedBundle, graph_contract
+from moe_policy_ros.core.config import RoutingConfig
+from moe_policy_ros.core.manifest import Manifest
+from moe_policy_ros.core.routing import RoutingStrategy, make_strategy
+from moe_policy_ros.core.types import Observation, PolicyOutput, RouterOutputs, RoutingDecision
+
+__all__ = [
+    "MoEPolicy",
+    "ObservationError",
+    "Policy",
+    "merge_routing",
+    "synthetic_observation",
+]
+
+
+class ObservationError(ValueError):
+    """An observation does not match the bundle's observation spec; names the bad value."""
+
+
+class Policy(Protocol):
+    def infer(self, obs: Observation) -> PolicyOutput: ...
+
+    def reset(self) -> None: ...
+
+
+def merge_routing(default: RoutingConfig, override: RoutingConfig | None) -> RoutingConfig:
+    """``override``'s explicitly set fields over the bundle ``default`` (empty strategy: keep)."""
+    if override is None:
+        return default
+    updates = {
+        f: getattr(override, f)
+        for f in override.model_fields_set
+        if not (f == "strategy" and not override.strategy)
+    }
+    return RoutingConfig.model_validate({**default.model_dump(), **updates})
+
+
+def synthetic_observation(manifest: Manifest, seed: int | None = None) -> Observation:
+    """A valid observation: random images/proprio (``seed``) or mid-grey images at the mean."""
+    obs = manifest.observation
+    mean = np.asarray(obs.proprio.mean, dtype=np.float32)
+    if seed is None:
+        images = {c.name: np.full((c.height, c.width, 3), 128, np.uint8) for c in obs.cameras}
+        return Observation(images=images, proprio=mean.copy())
+    rng = np.random.default_rng(seed)
+    images = {
+        c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in obs.cameras
+    }
+    std = np.asarray(obs.proprio.std, dtype=np.float32)
+    proprio = (mean + std * rng.standard_normal(mean.shape)).astype(np.float32)
+    return Observation(images=images, proprio=proprio)
+
+
+def _ms(t0: int, t1: int) -> float:
+    return (t1 - t0) / 1e6
+
+
+class MoEPolicy:
+    """Runs a verified bundle on a backend; implements :class:`Policy`."""
+
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        backend: Backend,
+        routing: RoutingConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        m = bundle.manifest
+        self.bundle = bundle
+        self.manifest = m
+        self.backend = backend
+        self.seed = int(seed)
+        self.num_experts = m.experts.count
+        if m.is_flow:
+            assert m.sampler is not None
+            if m.sampler.kind != "flow_euler":
+                raise BundleError(
+                    f"{bundle.path}: sampler.kind {m.sampler.kind!r} is not supported by this "
+                    "runtime (supported: flow_euler)"
+                )
+            self.steps = m.sampler.steps
+            self.rank = m.sampler.rank
+        self.routing_config = merge_routing(m.routing, routing)
+        self.strategy: RoutingStrategy = make_strategy(self.routing_config, self.num_experts)
+
+        contract = graph_contract(m)
+        self.stages: dict[str, Stage] = {}
+        for name in ("encoder", "experts"):
+            stage = backend.load_stage(name, bundle.stage_path(name))
+            want_in = sorted(t.name for t in contract[name].inputs)
+            want_out = sorted(t.name for t in contract[name].outputs)
+            if sorted(stage.input_names) != want_in or sorted(stage.output_names) != want_out:
+                raise BundleError(
+                    f"{bundle.stage_path(name)}: {backend.name} stage {name!r} has inputs "
+                    f"{stage.input_names} / outputs {stage.output_names}; expected {want_in} / "
+                    f"{want_out}"
+                )
+            self.stages[name] = stage
+
+        cams = m.observation.cameras
+        self._cams = [(c.name, c.height, c.width) for c in cams]
+        self._img_scale = {
+            c.name: (1.0 / (255.0 * np.asarray(c.std, np.float32))).reshape(3, 1, 1)
+            for c in cams
+        }
+        self._img_offset = {
+            c.name: (-np.asarray(c.mean, np.float32) / np.asarray(c.std, np.float32)).reshape(
+                3, 1, 1
+            )
+            for c in cams
+        }
+        p = m.observation.proprio
+        self._p_joints = p.joints
+        self._p_mean = np.asarray(p.mean, np.float32)
+        self._p_std = np.asarray(p.std, np.float32)
+        self._a_mean = np.asarray(m.action.mean, np.float64)
+        self._a_std = np.asarray(m.action.std, np.float64)
+        self._rng = np.random.default_rng(self.seed)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def reset(self) -> None:
+        """Forget routing state (sticky incumbents, switch tracking) and restart the noise."""
+        self.strategy.reset()
+        self._rng = np.random.default_rng(self.seed)
+
+    def warmup(self, n: int = 3) -> list[float]:
+        """Run ``n`` chunks on a synthetic observation and the expert stage once per k = 1..E
+        (so every active-set size has run once), then :meth:`reset`. Returns total ms per chunk.
+        """
+        totals: list[float] = []
+        if n <= 0:
+            return totals
+        obs = synthetic_observation(self.manifest)
+        for _ in range(n):
+            totals.append(self.infer(obs).timings_ms["total"])
+        ctx = np.zeros((1, self.manifest.context_dim), np.float32)
+        for k in range(1, self.num_experts + 1):
+            idx = np.arange(k, dtype=np.int64)
+            if self.manifest.is_flow:
+                x = np.zeros((1, k, self.rank), np.float32)
+                self.stages["experts"].run(
+                    {"context": ctx, "expert_idx": idx, "x_t": x, "t": np.zeros(1, np.float32)}
+                )
+            else:
+                w = np.full(k, 1.0 / k, np.float32)
+                self.stages["experts"].run(
+                    {"context": ctx, "expert_idx": idx, "expert_weights": w}
+                )
+        self.reset()
+        return totals
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def _preprocess(self, obs: Observation) -> dict[str, np.ndarray]:
+        if not isinstance(obs, Observation):
+            raise ObservationError(f"expected an Observation, got {type(obs).__name__}")
+        images = obs.images if obs.images is not None else {}
+        want = [c[0] for c in self._cams]
+        missing = [n for n in want if n not in images]
+        extra = sorted(n for n in images if n not in want)
+        if missing or extra:
+            raise ObservationError(
+                f"observation cameras {sorted(images)} do not match the bundle's {want}"
+                + (f": missing {missing}" if missing else "")
+                + (f": unexpected {extra}" if extra else "")
+            )
+        feeds: dict[str, np.ndarray] = {}
+        for name, h, w in self._cams:
+            img = images[name]
+            if not isinstance(img, np.ndarray):
+                raise ObservationError(
+                    f"image {name!r}: expected a numpy array, got {type(img).__name__}"
+                )
+            if img.dtype != np.uint8:
+                raise ObservationError(f"image {name!r}: dtype must be uint8, got {img.dtype}")
+            if img.shape != (h, w, 3):
+                raise ObservationError(
+                    f"image {name!r}: shape must be {(h, w, 3)} (HxWx3 RGB at the bundle's "
+                    f"size), got {img.shape}"
+                )
+            chw = img.transpose(2, 0, 1).astype(np.float32)
+            x = chw * self._img_scale[name] + self._img_offset[name]
+            feeds[f"image_{name}"] = x[None]
+        try:
+            q = np.asarray(obs.proprio, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ObservationError(f"proprio: not numeric ({err})") from None
+        n = len(self._p_joints)
+        if q.shape != (n,):
+            raise ObservationError(
+                f"proprio: expected shape ({n},) for joints {list(self._p_joints)}, got {q.shape}"
+            )
+        bad = np.flatnonzero(~np.isfinite(q))
+        if bad.size:
+            i = int(bad[0])
+            raise ObservationError(
+                f"proprio[{i}] (joint {self._p_joints[i]!r}) is {q[i]} (must be finite)"
+                + (f"; {bad.size} non-finite values in all" if bad.size > 1 else "")
+            )
+        feeds["proprio"] = ((q.astype(np.float32) - self._p_mean) / self._p_std)[None]
+        return feeds
+
+    # ------------------------------------------------------------------ inference
+
+    def _router_outputs(self, enc: dict[str, np.ndarray]) -> RouterOutputs:
+        def row(name: str) -> np.ndarray | None:
+            v = enc.get(name)
+            return None if v is None else np.asarray(v[0])
+
+        gl = row("gate_logits")
+        assert gl is not None
+        return RouterOutputs(
+            gate_logits=gl,
+            adapter_weights=row("adapter_weights"),
+            energies=row("energies"),
+            latent=row("latent"),
+        )
+
+    def _experts(self, enc: dict[str, np.ndarray], decision: RoutingDecision) -> np.ndarray:
+        context = enc["context"]
+        idx = np.ascontiguousarray(decision.active, dtype=np.int64)
+        w = np.ascontiguousarray(decision.weights, dtype=np.float32)
+        stage = self.stages["experts"]
+        if not self.manifest.is_flow:
+            out = stage.run({"context": context, "expert_idx": idx, "expert_weights": w})
+            return np.asarray(out["actions"][0], dtype=np.float64)
+        noise = self._rng.standard_normal((self.num_experts, self.rank), dtype=np.float32)
+        x = noise[idx][None]  # [1, k, R]
+        dt = 1.0 / self.steps
+        for s in range(self.steps):
+            t = np.array([s * dt], np.float32)
+            v = stage.run({"context": context, "expert_idx": idx, "x_t": x, "t": t})["velocity"]
+            x = (x + np.float32(dt) * v).astype(np.float32)
+        basis = np.asarray(enc["basis"][0], np.float64)[idx]  # [k, H*A, R]
+        flat = np.einsum("j,jmr,jr->m", w.astype(np.float64), basis, x[0].astype(np.float64))
+        return flat.reshape(self.manifest.action.chunk_length, self.manifest.action.dim)
+
+    def infer(self, obs: Observation) -> PolicyOutput:
+        t0 = time.perf_counter_ns()
+        feeds = self._preprocess(obs)
+        t1 = time.perf_counter_ns()
+        enc = self.stages["encoder"].run(feeds)
+        t2 = time.perf_counter_ns()
+        decision = self.strategy.select(self._router_outputs(enc))
+        t3 = time.perf_counter_ns()
+        actions = self._experts(enc, decision)
+        t4 = time.perf_counter_ns()
+        actions = actions * self._a_std + self._a_mean
+        t5 = time.perf_counter_ns()
+        timings = {
+            "preprocess": _ms(t0, t1),
+            "encoder": _ms(t1, t2),
+            "routing": _ms(t2, t3),
+            "experts": _ms(t3, t4),
+            "total": _ms(t0, t5),
+        }
+        return PolicyOutput(
+            actions=actions, decision=decision, timings_ms=timings, stamp_ns=obs.stamp_ns
+        )
