@@ -204,7 +204,7 @@ def _torch_reference(b: LoadedBundle, obs: Observation, seed: int) -> np.ndarray
     runtime's flow noise for smp; normalisation done here from the manifest."""
     m = b.manifest
     assert b.checkpoint_path is not None
-    model = load_checkpoint(b.checkpoint_path)
+    model: Any = load_checkpoint(b.checkpoint_path)
     imgs = []
     for cam in m.observation.cameras:
         x = obs.images[cam.name].astype(np.float64) / 255.0
