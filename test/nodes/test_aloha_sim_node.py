@@ -27,6 +27,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rosgraph_msgs.msg import Clock as ClockMsg  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -109,26 +110,41 @@ class Probe:
         return dict(zip(js.name, js.position, strict=True))
 
 
-@pytest.fixture(scope="module")
-def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
-    log_path = tmp_path_factory.mktemp("aloha_sim") / "node.log"
-    env = dict(os.environ)
+def _start(log_path: Path, *params: str) -> subprocess.Popen[bytes]:
+    """Run the node as ``python -m`` with ``-p`` parameters, output into ``log_path``."""
+    env = dict(os.environ)  # carries the session's ROS_DOMAIN_ID
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["MUJOCO_GL"] = "egl"
     env["PYTHONUNBUFFERED"] = "1"
-    cmd = [
-        sys.executable, "-m", "moe_policy_ros.nodes.aloha_sim", "--ros-args",
-        "-p", "task:=transfer_cube", "-p", "seed:=1", "-p", "real_time_factor:=1.0",
-        "-p", "cameras.names:=[top]", "-p", f"cameras.top.width:={WIDTH}",
-        "-p", f"cameras.top.height:={HEIGHT}", "-p", "camera_rate_hz:=15.0",
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "moe_policy_ros.nodes.aloha_sim", "--ros-args"]
+    for p in params:
+        cmd += ["-p", p]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log_path  # type: ignore[attr-defined]
-    yield proc
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    proc = _start(
+        tmp_path_factory.mktemp("aloha_sim") / "node.log",
+        "task:=transfer_cube",
+        "seed:=1",
+        "real_time_factor:=1.0",
+        "cameras.names:=[top]",
+        f"cameras.top.width:={WIDTH}",
+        f"cameras.top.height:={HEIGHT}",
+        "camera_rate_hz:=15.0",
+    )
+    yield proc
+    _stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +302,59 @@ def test_sigint_shuts_down_cleanly(sim_process: subprocess.Popen[bytes], probe: 
     log = _log(sim_process)
     assert rc == 0, log
     assert "Traceback" not in log, log
+
+
+def test_sim_time_clock_and_sigterm(probe: Probe, tmp_path: Path) -> None:
+    """publish_clock at twice real time: /clock runs 2x, stamps and trajectories use it."""
+    lock = threading.Lock()
+    clocks: list[tuple[float, int]] = []
+
+    def on_clock(msg: ClockMsg) -> None:
+        with lock:
+            clocks.append((time.monotonic(), msg.clock.sec * 10**9 + msg.clock.nanosec))
+
+    probe.node.create_subscription(ClockMsg, "/clock", on_clock, RELIABLE)
+    proc = _start(
+        tmp_path / "node.log",
+        "task:=insertion",
+        "publish_clock:=true",
+        "real_time_factor:=2.0",
+        "camera_rate_hz:=0.0",
+    )
+    try:
+        wait_for(lambda: len(clocks) > 0, 20.0, "/clock")
+        with lock:
+            wall0, sim0 = clocks[-1]
+        wait_for(lambda: clocks[-1][1] - sim0 >= 2 * 10**9, 10.0, "2 s of simulated time")
+        with lock:
+            wall1, sim1 = clocks[-1]
+        rtf = (sim1 - sim0) * 1e-9 / (wall1 - wall0)
+        assert 1.5 < rtf < 2.5, f"measured real-time factor {rtf:.2f}"
+
+        def sim_stamped() -> JointState | None:
+            js = probe.joint_states
+            return js if js is not None and js.header.stamp.sec < 1000 else None
+
+        js = wait_for(sim_stamped, 5.0, "joint states stamped with simulated time")
+        assert list(js.name) == JOINTS
+        # a trajectory stamped in simulated time, 1 s of simulated time long
+        pub = probe.traj_pub["left_arm"]
+        wait_for(lambda: pub.get_subscription_count() > 0, 10.0, "trajectory subscriber")
+        start = probe.positions()
+        msg = JointTrajectory()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(clocks[-1][1], 10**9)
+        msg.joint_names = JOINTS[:7]
+        goal = [start[n] for n in JOINTS[:7]]
+        goal[0] += 0.3
+        msg.points = [JointTrajectoryPoint(positions=goal, time_from_start=Duration(sec=1))]
+        pub.publish(msg)
+        wait_for(
+            lambda: abs((probe.position("left_waist") or 0.0) - goal[0]) < 0.02,
+            5.0,
+            "left_waist at the goal",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, _log(proc)
+        assert "Traceback" not in _log(proc), _log(proc)
+    finally:
+        _stop(proc)
