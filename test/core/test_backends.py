@@ -111,7 +111,7 @@ def test_missing_tensorrt_raises_naming_it() -> None:
 @pytest.mark.skipif(HAS_ORT_CUDA, reason="onnxruntime-gpu is installed here")
 @pytest.mark.parametrize("kind", ["onnxruntime-cuda", "onnxruntime-tensorrt"])
 def test_missing_ort_gpu_provider_raises_naming_it(kind: str) -> None:
-    with pytest.raises(BackendUnavailable, match="lacks .*ExecutionProvider.*onnxruntime-gpu"):
+    with pytest.raises(BackendUnavailable, match=r"lacks .*ExecutionProvider.*onnxruntime-gpu"):
         make_backend(kind, "cuda")
     with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
         make_backend("onnxruntime", "cuda")  # a GPU device never silently runs on the CPU
