@@ -259,6 +259,15 @@ class AlohaSimNode(Node):
             ),
         )
         self.declare_parameter(
+            "render_msaa_samples",
+            0,
+            desc(
+                "offscreen multisampling of the cameras (the scene asks for 4; 0 is ~2.5x "
+                "faster with software GL)",
+                integer_range=[IntegerRange(from_value=0, to_value=16, step=1)],
+            ),
+        )
+        self.declare_parameter(
             "cameras.names", ["top"], desc("cameras to publish, each with its cameras.<name>.*")
         )
 
@@ -346,9 +355,11 @@ class AlohaSimNode(Node):
 
     def _run(self) -> None:
         renderers: list[tuple[_Camera, CameraRenderer]] = []
+        msaa = int(self.get_parameter("render_msaa_samples").value)
         try:
             for cam in self._cameras:  # the GL context belongs to this thread
-                renderers.append((cam, self._sim.camera(cam.mjcf_camera, cam.width, cam.height)))
+                r = self._sim.camera(cam.mjcf_camera, cam.width, cam.height, msaa)
+                renderers.append((cam, r))
         except Exception as err:
             self._thread_error = err
             self._ready.set()
