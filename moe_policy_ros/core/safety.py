@@ -537,3 +537,42 @@ class SafetyFilter:
             values["velocity_scale"] = f"{self.cfg.velocity_scale:g}"
             values["acceleration_scale"] = f"{self.cfg.acceleration_scale:g}"
             return level, message, values
+
+
+def limit_chunk(
+    safety: SafetyFilter,
+    points: np.ndarray,
+    start: np.ndarray,
+    measured: np.ndarray | None,
+) -> np.ndarray:
+    """Run a chunk's future points through the filter's static limits, statelessly.
+
+    Used in ``chunk`` execution, where a whole trajectory goes to the controller at once:
+    ``start`` is the command sent this tick (already filtered) and the filter's last step is
+    the initial velocity. Each point is clamped, in order, to the acceleration bound (change
+    of step <= A dt^2), the velocity bound (step <= V dt), the position limits and, when
+    ``measured`` is given, ``max_position_deviation`` around it widened by how far the
+    velocity limit lets the robot move by that point (the controller tracks the trajectory
+    over time). Non-finite points are replaced by the previous point (a stop). The filter's
+    state and counters are not touched.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != safety.n:
+        raise ValueError(f"chunk must be [H, {safety.n}], got shape {pts.shape}")
+    prev = np.asarray(start, dtype=np.float64).copy()
+    step = safety.last_step
+    out = np.empty_like(pts)
+    for i, target in enumerate(pts):
+        if not np.all(np.isfinite(target)):
+            target = prev
+        want = target - prev
+        want = np.clip(want, step - safety.max_dstep, step + safety.max_dstep)
+        want = np.clip(want, -safety.max_step, safety.max_step)
+        q = np.clip(prev + want, safety.q_min, safety.q_max)
+        if measured is not None and np.all(np.isfinite(measured)):
+            reach = safety.cfg.max_position_deviation + (i + 1) * safety.max_step
+            q = np.clip(q, measured - reach, measured + reach)
+        step = q - prev
+        out[i] = q
+        prev = q
+    return out

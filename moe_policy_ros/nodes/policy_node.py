@@ -43,12 +43,12 @@ from moe_policy_ros.core.backends import make_backend
 from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
-from moe_policy_ros.core.handover import CommandArbiter, Mode
+from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs, TickOutput
 from moe_policy_ros.core.imageconv import ImageError, image_from_compressed, image_from_raw
-from moe_policy_ros.core.inputs import InputBuffer, InputError
+from moe_policy_ros.core.inputs import JOINTS, InputBuffer, InputError
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.runtime import MoEPolicy
-from moe_policy_ros.core.safety import SafetyFilter
+from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
 from moe_policy_ros.core.scheduler import ChunkScheduler
 from moe_policy_ros.core.stats import JitterMeter, LatencyWindow, RateMeter
 from moe_policy_ros.core.types import Observation, PolicyOutput
@@ -92,6 +92,7 @@ class PolicyNode(LifecycleNode):
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._mode_lock = threading.Lock()
         self._configure_error = ""
         self._entities: list[Any] = []
         self._pubs: dict[str, Publisher] = {}
@@ -217,7 +218,9 @@ class PolicyNode(LifecycleNode):
         )
         period = cfg.policy.control_period_s
         self._safety = SafetyFilter(cfg.robot, cfg.safety, period)
-        self._arbiter = CommandArbiter(cfg.robot, cfg.handover, cfg.safety, self._mono, period)
+        self._arbiter = CommandArbiter(cfg.handover, self._safety, self._mono)
+        self._teleop: tuple[np.ndarray, int] | None = None
+        self._deadman: tuple[bool, int] | None = None
         self._create_interfaces(cfg)
         self.get_logger().info(
             f"configured: bundle {m.name} ({m.family}, {m.experts.count} experts, "
@@ -277,7 +280,7 @@ class PolicyNode(LifecycleNode):
             srv(Trigger, "~/estop", self._srv_estop, callback_group=priority),
             srv(Trigger, "~/reset_estop", self._srv_reset_estop, callback_group=priority),
         ]
-        self._last_mode_published = ""
+        self._last_mode_published = -1
         self._publish_mode()
 
     def _destroy_interfaces(self) -> None:
@@ -306,7 +309,7 @@ class PolicyNode(LifecycleNode):
                 self._now_ns(),
             )
         except InputError as err:
-            self.get_logger().warn(f"rejected /joint_states: {err}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"rejected /joint_states: {err}", throttle_duration_sec=2.0)
 
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         inputs, cfg = self._inputs, self._cfg
@@ -333,7 +336,7 @@ class PolicyNode(LifecycleNode):
             inputs.put_image(camera, img, stamp_to_ns(msg.header.stamp), self._now_ns())
         except (ImageError, InputError) as err:
             inputs.reject(camera, str(err))
-            self.get_logger().warn(f"rejected image from {cam.topic}: {err}",
+            self.get_logger().warning(f"rejected image from {cam.topic}: {err}",
                                    throttle_duration_sec=2.0)
 
     def _on_teleop(self, msg: JointState) -> None:
@@ -349,14 +352,18 @@ class PolicyNode(LifecycleNode):
                 raise InputError(f"teleop command lacks joints {missing}")
             q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
         except InputError as err:
-            self.get_logger().warn(f"rejected teleop command: {err}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"rejected teleop command: {err}", throttle_duration_sec=2.0)
             return
-        stamp = stamp_to_ns(msg.header.stamp) or self._now_ns()
-        self._arbiter.set_teleop(q, self._mono.now_ns(), stamp)
+        if not np.all(np.isfinite(q)):
+            self.get_logger().warning("rejected teleop command: non-finite positions",
+                                   throttle_duration_sec=2.0)
+            return
+        # Freshness is judged on arrival (monotonic), so a teleop device with a bad clock
+        # cannot keep an old command alive.
+        self._teleop = (q, self._mono.now_ns())
 
     def _on_deadman(self, msg: Bool) -> None:
-        if self._arbiter is not None:
-            self._arbiter.set_deadman(bool(msg.data), self._mono.now_ns())
+        self._deadman = (bool(msg.data), self._mono.now_ns())
 
     # ------------------------------------------------------------------ services
 
@@ -367,7 +374,9 @@ class PolicyNode(LifecycleNode):
         if req.data and self._state_machine.current_state[1] != "active":
             res.success, res.message = False, "node is not active"
             return res
-        ok, msg = self._arbiter.request_engage(bool(req.data), self._mono.now_ns())
+        ok, msg = self._arbiter.engage_autonomy(bool(req.data))
+        self.get_logger().info(f"engage_autonomy({req.data}): {'accepted' if ok else 'refused'}"
+                               f": {msg}")
         res.success, res.message = ok, msg
         self._publish_mode()
         return res
@@ -376,37 +385,44 @@ class PolicyNode(LifecycleNode):
         if self._arbiter is None:
             res.success, res.message = False, "node is not configured"
             return res
-        ok, msg = getattr(self._arbiter, fn_name)(self._mono.now_ns())
+        ok, msg = getattr(self._arbiter, fn_name)()
+        self.get_logger().info(f"{fn_name}: {'accepted' if ok else 'refused'}: {msg}")
         res.success, res.message = ok, msg
         self._publish_mode()
         return res
 
     def _srv_hold(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
-        return self._trigger("request_hold", res)
+        return self._trigger("hold", res)
 
     def _srv_estop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
-        return self._trigger("request_estop", res)
+        return self._trigger("estop", res)
 
     def _srv_reset_estop(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
-        return self._trigger("request_reset_estop", res)
+        return self._trigger("reset_estop", res)
 
     def _publish_mode(self) -> None:
         pub = self._pubs.get("mode")
         if pub is None or self._arbiter is None:
             return
-        mode = self._arbiter.mode.value
-        if mode != self._last_mode_published:
-            pub.publish(String(data=mode))
-            self._last_mode_published = mode
+        with self._mode_lock:
+            changes = self._arbiter.mode_changes
+            if changes == self._last_mode_published:
+                return
+            self._last_mode_published = changes
+            pub.publish(String(data=self._arbiter.mode.value))
 
     # ------------------------------------------------------------------ stats
 
     def _reset_stats(self) -> None:
+        period = self._cfg.policy.control_period_s if self._cfg is not None else 0.02
         self._infer_latency = LatencyWindow(200)
         self._expert_latency = LatencyWindow(200)
-        self._obs_to_cmd = LatencyWindow(200)
-        self._control_rate = RateMeter(200)
-        self._jitter = JitterMeter(200)
+        self._obs_to_cmd = LatencyWindow(500)
+        self._control_rate = RateMeter(window_s=2.0)
+        self._jitter = JitterMeter(period, size=1000)
+        self._overrun_active = False
+        self._policy_warm = False
+        self._ood_energy: float | None = None
         self._infer_count = 0
         self._infer_errors = 0
         self._infer_overruns = 0
@@ -414,6 +430,11 @@ class PolicyNode(LifecycleNode):
         self._switches: list[float] = []  # monotonic seconds of switches (last minute)
         self._usage: np.ndarray | None = None
         self._active_count = LatencyWindow(200)
+        self._nonfinite_chunks = 0
+        self._nan_pending = False
+        self._missed_ticks = 0
+        self._last_tick: TickOutput | None = None
+        self._pending_chunk: _Chunk | None = None
         self._entropy = 0.0
         self._last_output: PolicyOutput | None = None
         self._step = 0
@@ -440,9 +461,10 @@ class PolicyNode(LifecycleNode):
             if now > deadline:
                 # Overrun: count it and re-anchor instead of bursting to catch up.
                 self._infer_overruns += 1
-                if self._arbiter is not None:
-                    self._arbiter.note_overrun(now)
+                self._overrun_active = True
                 deadline = now
+            else:
+                self._overrun_active = False
             self._stop.wait(max(0.0, (deadline - self._mono.now_ns()) / 1e9))
 
     def _infer_once(self) -> None:
@@ -474,9 +496,8 @@ class PolicyNode(LifecycleNode):
         if dec.state.switched:
             self._switches.append(time.monotonic())
         self._last_output = out
-        ood = self._is_ood(out)
+        self._ood_energy = self._novelty(out)
         assert self._arbiter is not None
-        self._arbiter.note_policy(out, ood, self._mono.now_ns())
 
         # Chunk in robot joint order; joints the policy does not command hold their
         # measured position.
@@ -490,10 +511,13 @@ class PolicyNode(LifecycleNode):
             obs_step = self._step
         start = obs_step + 1
         if not np.all(np.isfinite(actions)):
-            self._arbiter.note_nonfinite(self._mono.now_ns())
+            # The scheduler refuses non-finite chunks; the arbiter sees the NaN command
+            # (ERROR + HOLD in the safety filter) through the nan_chunk path instead.
+            self._nonfinite_chunks += 1
             self.get_logger().error(
                 "policy output contains NaN/Inf: holding", throttle_duration_sec=2.0
             )
+            self._nan_pending = True
             return
         assert self._scheduler is not None
         with self._lock:
@@ -502,15 +526,17 @@ class PolicyNode(LifecycleNode):
                 start = newest
             self._scheduler.add_chunk(start, actions)
             self._pending_chunk = _Chunk(actions, start, obs.stamp_ns)
+        self._policy_warm = True
         self._publish_router(out, shadow=self._arbiter.mode == Mode.TELEOP)
 
-    def _is_ood(self, out: PolicyOutput) -> bool:
+    def _novelty(self, out: PolicyOutput) -> float | None:
+        """Di-BM novelty: the lowest expert energy (no expert claims the observation)."""
         cfg = self._cfg
         assert cfg is not None
         energies = out.decision.state.energies
         if energies is None or cfg.safety.ood_action == "ignore":
-            return False
-        return bool(np.min(energies) > cfg.safety.ood_energy_threshold)
+            return None
+        return float(np.min(energies))
 
     def _publish_router(self, out: PolicyOutput, shadow: bool) -> None:
         bundle = self._bundle
@@ -537,15 +563,14 @@ class PolicyNode(LifecycleNode):
         period_ns = int(1e9 * cfg.policy.control_period_s)
         t0 = self._mono.now_ns()
         step = 0
-        self._pending_chunk: _Chunk | None = None
         while not self._stop.is_set():
             deadline = t0 + step * period_ns
             wait = (deadline - self._mono.now_ns()) / 1e9
             if wait > 0 and self._stop.wait(wait):
                 break
             now = self._mono.now_ns()
-            self._control_rate.add(now)
-            self._jitter.add(now, period_ns / 1e9)
+            self._control_rate.record(now)
+            self._jitter.add(now)
             try:
                 self._tick(step)
             except Exception as err:
@@ -555,55 +580,72 @@ class PolicyNode(LifecycleNode):
             step += 1
             behind = (self._mono.now_ns() - t0) // period_ns
             if behind > step:  # missed ticks: skip them, never burst
+                self._missed_ticks += int(behind - step)
                 step = int(behind)
 
     def _tick(self, step: int) -> None:
-        cfg, inputs, sched = self._cfg, self._inputs, self._scheduler
-        arb, safety = self._arbiter, self._safety
+        """One control period: scheduler -> arbiter (modes, blend, safety filter) -> publish."""
+        cfg, inputs, sched, arb = self._cfg, self._inputs, self._scheduler, self._arbiter
         assert cfg is not None and inputs is not None and sched is not None
-        assert arb is not None and safety is not None
+        assert arb is not None
         now_ros = self._now_ns()
         self._step = step
         self._step_anchor = (step, now_ros)
-        now = self._mono.now_ns()
         joints = inputs.joints()
-        measured = None if joints is None else joints.positions
-        stale = inputs.stale(now_ros) if cfg.safety.hold_on_stale_inputs else []
+        stale = inputs.stale(now_ros)
+        joints_stale = any(s.startswith(JOINTS + ":") for s in stale)
+        measured = None if joints is None or joints_stale else joints.positions
         with self._lock:
             proposal = sched.action_at(step)
-            remaining = sched.remaining(step)
             sched.prune(step)
             pending = self._pending_chunk
-        decision = arb.tick(
-            now,
-            policy_command=proposal,
-            chunk_remaining=remaining,
-            measured=measured,
-            stale=stale,
+            self._pending_chunk = None
+        if self._nan_pending:
+            # A non-finite chunk reaches the filter as such: ERROR + HOLD there.
+            proposal = np.full(len(cfg.robot.joint_names), np.nan)
+            self._nan_pending = False
+            with self._lock:
+                sched.clear()
+        teleop, deadman = self._teleop, self._deadman
+        out = arb.tick(
+            TickInputs(
+                measured=measured,
+                policy_command=proposal,
+                teleop_command=None if teleop is None else teleop[0],
+                teleop_stamp_ns=None if teleop is None else teleop[1],
+                deadman=None if deadman is None else deadman[0],
+                deadman_stamp_ns=None if deadman is None else deadman[1],
+                stale_inputs=tuple(s for s in stale if not s.startswith(JOINTS + ":")),
+                policy_warm=self._policy_warm,
+                overrun=self._overrun_active,
+                ood_energy=self._ood_energy,
+            )
         )
-        result = safety.filter(decision.command, measured)
-        arb.note_sent(result.sent, result.hold, result.reason, now)
+        for ev in out.events:
+            log = self.get_logger().warning if ev.level else self.get_logger().info
+            log(f"mode {ev.previous.value} -> {ev.mode.value}: {ev.reason}")
         self._publish_mode()
-        if result.sent is None:
+        self._last_tick = out
+        if out.mode == Mode.TELEOP and out.policy_command is not None:
+            sh = JointState()
+            sh.header.stamp = ns_to_stamp(now_ros)
+            sh.name = cfg.robot.joint_names
+            sh.position = [float(x) for x in out.policy_command]
+            self._pubs["shadow/command"].publish(sh)
+        if out.sent is None:
             return
-        sent = result.sent
-        mode_pub_stamp = ns_to_stamp(now_ros)
+        sent = out.sent
         cmd = JointState()
-        cmd.header.stamp = mode_pub_stamp
+        cmd.header.stamp = ns_to_stamp(now_ros)
         cmd.name = cfg.robot.joint_names
         cmd.position = [float(x) for x in sent]
         self._pubs["command"].publish(cmd)
-        if decision.shadow is not None:
-            sh = JointState()
-            sh.header.stamp = mode_pub_stamp
-            sh.name = cfg.robot.joint_names
-            sh.position = [float(x) for x in decision.shadow]
-            self._pubs["shadow/command"].publish(sh)
         if cfg.policy.execution.mode == "stream":
             self._publish_stream(sent)
         else:
-            self._publish_chunk_mode(step, decision.source, sent, pending, now_ros)
-        if pending is not None and decision.source == "policy":
+            self._publish_chunk_mode(step, out, pending, now_ros)
+        if out.policy_sent and pending is not None:
+            # observation -> first command computed from it, on the ROS clock
             self._obs_to_cmd.add((now_ros - pending.stamp_ns) / 1e6)
 
     def _publish_stream(self, sent: np.ndarray) -> None:
@@ -618,28 +660,39 @@ class PolicyNode(LifecycleNode):
             offset += n
 
     def _publish_chunk_mode(
-        self, step: int, source: str, sent: np.ndarray, pending: _Chunk | None, now_ros: int
+        self, step: int, out: TickOutput, pending: _Chunk | None, now_ros: int
     ) -> None:
-        """JointTrajectory per arm: the whole (filtered) chunk when a new one arrives under
-        AUTONOMY, otherwise a one-point trajectory at the filtered command (teleop, hold)."""
+        """JointTrajectory per arm (joint_trajectory_controller semantics).
+
+        Under AUTONOMY with the blend finished, a new chunk is sent whole: the filtered
+        command of this tick first, then the chunk's remaining steps run through the same
+        limits (position, velocity, acceleration, deviation from measured) by
+        :func:`limit_chunk`, stamped with the observation time so the controller drops the
+        points already in the past. Otherwise (teleop, hold, blending) each tick sends a
+        one-point trajectory to the filtered command.
+        """
         cfg, safety = self._cfg, self._safety
         assert cfg is not None and safety is not None
         period = cfg.policy.control_period_s
-        if source == "policy" and pending is not None and not pending.published:
-            pending.published = True
-            first = max(step, pending.start_step)
-            points = safety.filter_sequence(
-                pending.actions[first - pending.start_step:], sent
+        policy_driven = out.policy_sent and (out.blend_alpha is None or out.blend_alpha >= 1.0)
+        if policy_driven:
+            if pending is None:
+                return
+            assert out.sent is not None
+            first = max(step + 1, pending.start_step)
+            rest = pending.actions[first - pending.start_step:]
+            measured = self._inputs.joints() if self._inputs is not None else None
+            points = limit_chunk(
+                safety, rest, out.sent, None if measured is None else measured.positions
             )
-            offset_s = (first - pending.start_step) * period
-            stamp_ns = pending.stamp_ns
-            times = [offset_s + (i + 1) * period for i in range(points.shape[0])]
-            # Anchor the first point at the command just sent.
-            points = np.vstack([sent[None, :], points])
-            times = [offset_s, *times]
-            self._publish_trajectories(points, times, stamp_ns)
-        elif source != "policy":
-            self._publish_trajectories(sent[None, :], [period], now_ros)
+            base_s = (step - pending.start_step + 1) * period
+            base_s = max(base_s, 0.0)
+            times = [base_s + i * period for i in range(points.shape[0] + 1)]
+            rows = np.vstack([out.sent[None, :], points])
+            self._publish_trajectories(rows, times, pending.stamp_ns)
+        else:
+            assert out.sent is not None
+            self._publish_trajectories(out.sent[None, :], [period], now_ros)
 
     def _publish_trajectories(
         self, points: np.ndarray, times_s: list[float], stamp_ns: int
@@ -705,20 +758,25 @@ class PolicyNode(LifecycleNode):
             level, msg_txt = ERROR if state == "active" else WARN, "stale: " + "; ".join(stale)
         out.append(diag_status(f"{name}: inputs", level, msg_txt, vals, hw))
         # inference
-        lat = self._infer_latency
-        level = OK if self._infer_errors == 0 else WARN
-        txt = f"{self._backend_name}, p50 {lat.percentile(50):.1f} ms"
+        lat = self._infer_latency.summary()
+        level = OK if self._infer_errors == 0 and self._nonfinite_chunks == 0 else WARN
+        if self._nonfinite_chunks:
+            level = ERROR
+        txt = f"{self._backend_name}, median {lat.p50:.1f} ms"
+        if self._nonfinite_chunks:
+            txt += f"; {self._nonfinite_chunks} chunks with NaN/Inf"
         if self._last_infer_error:
             txt += f"; last error: {self._last_infer_error}"
         out.append(diag_status(f"{name}: inference", level, txt, [
             ("backend", self._backend_name),
             ("bundle", self._bundle.manifest.name if self._bundle else ""),
             ("chunks", self._infer_count),
-            ("latency median (ms)", lat.percentile(50)),
-            ("latency p99 (ms)", lat.percentile(99)),
-            ("expert stage median (ms)", self._expert_latency.percentile(50)),
+            ("latency median (ms)", lat.p50),
+            ("latency p99 (ms)", lat.p99),
+            ("expert stage median (ms)", self._expert_latency.summary().p50),
             ("overruns", self._infer_overruns),
             ("errors", self._infer_errors),
+            ("non-finite chunks", self._nonfinite_chunks),
             ("inference rate (Hz)", cfg.policy.inference_rate_hz),
         ], hw))
         # router
@@ -731,8 +789,8 @@ class PolicyNode(LifecycleNode):
         share = usage / max(1.0, float(usage.sum()))
         rvals: list[tuple[str, Any]] = [
             ("family", bundle.manifest.family),
-            ("strategy", self._policy.strategy_name if self._policy else ""),
-            ("active experts (mean)", self._active_count.mean()),
+            ("strategy", self._policy.strategy.name if self._policy else ""),
+            ("active experts (mean)", self._active_count.summary().mean),
             ("entropy (nats)", self._entropy),
             ("switches per minute", len(self._switches)),
         ]
@@ -742,10 +800,14 @@ class PolicyNode(LifecycleNode):
             rvals.append(("dominant", labels[last.decision.dominant]))
             if last.decision.state.energies is not None:
                 rvals.append(("min energy", float(np.min(last.decision.state.energies))))
-        out.append(diag_status(f"{name}: router", OK, f"{self._active_count.mean():.2f} active",
+        mean_k = self._active_count.summary().mean
+        out.append(diag_status(f"{name}: router", OK, f"{mean_k:.2f} experts active on average",
                                rvals, hw))
         # control loop
-        rate = self._control_rate.rate_hz()
+        rate = self._control_rate.rate_hz(self._mono.now_ns())
+        if not math.isfinite(rate):
+            rate = 0.0
+        o2c = self._obs_to_cmd.summary()
         target = cfg.policy.control_rate_hz
         level = OK
         if state == "active" and rate < 0.9 * target:
@@ -754,17 +816,19 @@ class PolicyNode(LifecycleNode):
                                f"{rate:.1f} Hz (target {target:g} Hz)", [
             ("achieved rate (Hz)", rate),
             ("target rate (Hz)", target),
-            ("period jitter p99 (ms)", self._jitter.p99_s() * 1e3),
-            ("obs-to-command p50 (ms)", self._obs_to_cmd.percentile(50)),
-            ("obs-to-command p99 (ms)", self._obs_to_cmd.percentile(99)),
+            ("period jitter p99 (ms)", self._jitter.summary().p99 * 1e3),
+            ("missed ticks", self._missed_ticks),
+            ("obs-to-command p50 (ms)", o2c.p50),
+            ("obs-to-command p99 (ms)", o2c.p99),
             ("execution", cfg.policy.execution.mode),
         ], hw))
         # safety and mode
         assert self._safety is not None and self._arbiter is not None
         s_level, s_msg, s_vals = self._safety.diagnostics()
-        a_level, a_msg, a_vals = self._arbiter.diagnostics()
-        out.append(diag_status(f"{name}: safety", max(s_level, a_level),
-                               f"{s_msg}; {a_msg}", {**s_vals, **a_vals}, hw))
+        mode = self._arbiter.mode.value
+        out.append(diag_status(f"{name}: safety", int(s_level), f"mode {mode}: {s_msg}",
+                               {"mode": mode, "mode changes": self._arbiter.mode_changes,
+                                **s_vals}, hw))
         return out
 
     # ------------------------------------------------------------------ teardown
