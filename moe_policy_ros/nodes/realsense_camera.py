@@ -26,8 +26,10 @@ that tracks drift, never going backwards).
 from __future__ import annotations
 
 import array
+import math
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,6 +238,7 @@ class RealSenseCameraNode(Node):
         self.sessions = 0
         self.reconnects = 0
         self.last_warning = ""
+        self._warned_at: dict[int, float] = {}
         self.get_logger().info(
             f"{self.source.description}: {self.params.width}x{self.params.height} "
             f"@ {self.params.fps} Hz, depth {'on' if self.params.enable_depth else 'off'}"
@@ -269,10 +272,34 @@ class RealSenseCameraNode(Node):
 
     # ------------------------------------------------------------------ capture thread
     def _warn(self, msg: str, throttle_s: float) -> None:
+        """Log a warning at most once per ``throttle_s`` per call site.
+
+        Throttled here rather than with rclpy's ``throttle_duration_sec``: rclpy keys its
+        filter by call site and raises ValueError when one site logs with another period.
+        """
         self.last_warning = msg
-        self.get_logger().warning(msg, throttle_duration_sec=throttle_s)
+        site = sys._getframe(1).f_lineno
+        now = time.monotonic()
+        if now - self._warned_at.get(site, -math.inf) < throttle_s:
+            return
+        self._warned_at[site] = now
+        try:
+            self.get_logger().warning(msg)
+        except Exception:  # logging must never take the capture thread down
+            pass
 
     def _run(self) -> None:
+        """Capture thread: keeps the session loop alive whatever goes wrong inside it."""
+        while not self._stop.is_set():
+            try:
+                self._sessions()
+                return
+            except Exception as err:
+                self.state = "waiting"
+                self._warn(f"capture loop failed: {err!r}; restarting", 5.0)
+                self._stop.wait(self.params.reconnect_period_s)
+
+    def _sessions(self) -> None:
         p = self.params
         throttle = max(5.0, p.reconnect_period_s)
         while not self._stop.is_set():
@@ -376,7 +403,7 @@ def main(args: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         return 2
     node.start()
-    spin_node(node, num_threads=1, on_shutdown=node.stop)
+    spin_node(node, num_threads=2, on_shutdown=node.stop)
     return 0
 
 

@@ -265,6 +265,12 @@ class PipelineFrameSource:
     def _config(self) -> Any:
         cfg = rs.config()
         if self.bag_path:
+            if self.bag_path.endswith(".bag"):
+                raise SourceError(
+                    f"{self.bag_path}: librealsense {rs.__version__} plays rosbag2 .db3 "
+                    "recordings, not ROS 1 .bag files; convert it first with "
+                    "rs.context().convert_bag_to_db3(input, output)"
+                )
             cfg.enable_device_from_file(self.bag_path, self.repeat)
             cfg.enable_stream(rs.stream.color)
             if self.enable_depth:
@@ -378,7 +384,8 @@ class SoftwareFrameSource:
     """An ``rs.software_device`` with a color (and depth) sensor, read through ``rs.syncer``.
 
     Frames enter with :meth:`inject` (tests) or from the built-in test-pattern generator
-    (``generate=True``, paced at ``fps`` on absolute deadlines). The device is rebuilt on every
+    (``generate=True``, paced at ``fps`` on absolute deadlines); ``record_to`` (a ``.db3``
+    path) also records them with ``rs.recorder``. The device is rebuilt on every
     :meth:`start`, like a camera that re-enumerates. :meth:`simulate_unplug` makes the device
     disappear for a while: nothing is delivered and ``start`` fails until it comes back.
     """
@@ -394,6 +401,7 @@ class SoftwareFrameSource:
         depth_scale: float = 0.001,
         generate: bool = False,
         serial_no: str = "software-0",
+        record_to: str = "",
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         require_pyrealsense2()
@@ -408,13 +416,16 @@ class SoftwareFrameSource:
         self.depth_scale = depth_scale
         self.generate = generate
         self.serial_no = serial_no
+        self.record_to = record_to
         self.description = f"software device {serial_no}"
         self.color_intrinsics: Intrinsics | None = None
         self._clock = clock
         self._epoch_ns = clock()
         self._lock = threading.Lock()
         self._dev: Any = None
+        self._recorder: Any = None
         self._sensors: list[Any] = []
+        self._opened: list[Any] = []
         self._color_profile: Any = None
         self._depth_profile: Any = None
         self._syncer: Any = None
@@ -469,10 +480,16 @@ class SoftwareFrameSource:
         self._dev = dev
         self._syncer = rs.syncer(8)
         self._align = rs.align(rs.stream.color) if self.enable_depth else None
-        profiles = [self._color_profile, self._depth_profile]
-        for sensor, profile in zip(self._sensors, profiles, strict=False):
-            sensor.open(profile)
+        # With ``record_to``, frames pass through an ``rs.recorder`` wrapping the device (a
+        # rosbag2 .db3 file); its sensors are the ones opened, the software ones get injected.
+        opened = self._sensors
+        if self.record_to:
+            self._recorder = rs.recorder(self.record_to, dev)
+            opened = list(self._recorder.query_sensors())
+        for sensor in opened:
+            sensor.open(sensor.get_stream_profiles()[0])
             sensor.start(self._syncer)
+        self._opened = opened
 
     @property
     def device(self) -> Any:
@@ -569,7 +586,7 @@ class SoftwareFrameSource:
                 return frames
 
     def _stop_locked(self) -> None:
-        for sensor in self._sensors:
+        for sensor in self._opened:
             try:
                 sensor.stop()
             except RuntimeError:
@@ -579,6 +596,8 @@ class SoftwareFrameSource:
             except RuntimeError:
                 pass
         self._sensors = []
+        self._opened = []
+        self._recorder = None  # releasing the recorder finalises the file
         self._dev = None
         self._color_profile = self._depth_profile = None
 
