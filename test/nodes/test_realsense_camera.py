@@ -366,8 +366,6 @@ def assert_increasing(msgs: list[Any]) -> None:
 
 # =========================================================================== node in-process
 
-ros_rs = [pytest.mark.ros, pytest.mark.realsense, needs_rs, needs_ros]
-
 
 @pytest.mark.ros
 @pytest.mark.realsense
