@@ -1,0 +1,250 @@
+"""Exporter: all five families at tiny size -> bundle, parity, contract, hashes, checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from moe_policy_ros.core.manifest import read_manifest
+from moe_policy_ros.models import (
+    ExportError,
+    MoEModel,
+    add_export_arguments,
+    build_model,
+    export_bundle,
+    load_checkpoint,
+    run_export,
+)
+from moe_policy_ros.models.config import FAMILIES
+from moe_policy_ros.models.export import ALOHA_JOINTS, default_routing
+from moe_policy_ros.models.families import DirectMoEModel, SMPModel
+
+TINY: dict[str, Any] = {
+    "num_experts": 4,
+    "cameras": [{"name": "top", "height": 24, "width": 32}],
+    "context_dim": 32,
+    "expert_hidden": 32,
+    "trunk_layers": 1,
+    "trunk_heads": 2,
+    "vision_channels": 4,
+    "chunk_length": 4,
+    "top_k": 2,
+    "latent_dim": 8,
+    "rank": 2,
+    "sampler_steps": 3,
+    "energy_hidden": 16,
+}
+EXTRA_OUT = {"adamoe": "adapter_weights", "dibm": "energies", "lar": "latent", "smp": "basis"}
+
+
+def tiny_model(family: str, **over: Any) -> MoEModel:
+    torch.manual_seed(0)
+    return build_model({"family": family, **TINY, **over}).eval()
+
+
+def _shape(vi: onnx.ValueInfoProto) -> list[int | str]:
+    return [
+        d.dim_value if d.HasField("dim_value") else d.dim_param
+        for d in vi.type.tensor_type.shape.dim
+    ]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[MoEModel, Path]]:
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for fam in FAMILIES:
+        model = tiny_model(fam)
+        export_bundle(model, root / fam, name=f"tiny_{fam}")
+        out[fam] = (model, root / fam)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_manifest_hashes_and_parity(
+    bundles: dict[str, tuple[MoEModel, Path]], family: str
+) -> None:
+    _, d = bundles[family]
+    m = read_manifest(d)
+    assert m.family == family and m.name == f"tiny_{family}"
+    assert set(m.stages) == {"encoder", "experts"}
+    for entry in (*m.stages.values(), m.checkpoint):
+        assert entry is not None
+        assert _sha(d / entry.file) == entry.sha256
+    p = m.provenance
+    assert p.parity_max_abs_err is not None and p.parity_max_abs_err <= 1e-4
+    assert p.onnx_opset == 17 and p.torch_version == torch.__version__
+    assert p.exporter and p.created.endswith("Z")
+    e = 1 if family == "dense" else TINY["num_experts"]
+    assert m.experts.count == e and len(m.experts.labels) == e
+    assert m.action.joints == ALOHA_JOINTS and m.observation.proprio.joints == ALOHA_JOINTS
+    assert m.action.chunk_length == TINY["chunk_length"] and m.context_dim == TINY["context_dim"]
+    assert m.routing == default_routing(family, TINY["top_k"])
+    assert (m.sampler is not None) == (family == "smp")
+    if family == "smp":
+        assert m.sampler is not None
+        assert (m.sampler.rank, m.sampler.steps) == (TINY["rank"], TINY["sampler_steps"])
+    assert m.latent_dim == (TINY["latent_dim"] if family == "lar" else 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graph_contract(bundles: dict[str, tuple[MoEModel, Path]], family: str) -> None:
+    _, d = bundles[family]
+    e = 1 if family == "dense" else TINY["num_experts"]
+    dd, h, a, r = TINY["context_dim"], TINY["chunk_length"], 14, TINY["rank"]
+    enc = onnx.load(str(d / "encoder.onnx"))
+    exp = onnx.load(str(d / "experts.onnx"))
+    for proto in (enc, exp):
+        assert proto.ir_version <= 10
+        assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    ins = {i.name: _shape(i) for i in enc.graph.input}
+    outs = {o.name: _shape(o) for o in enc.graph.output}
+    assert list(ins) == ["image_top", "proprio"]
+    assert ins == {"image_top": [1, 3, 24, 32], "proprio": [1, 14]}
+    want = {"context": [1, dd], "gate_logits": [1, e]}
+    if family in EXTRA_OUT:
+        want[EXTRA_OUT[family]] = {
+            "adapter_weights": [1, e],
+            "energies": [1, e],
+            "latent": [1, TINY["latent_dim"]],
+            "basis": [1, e, h * a, r],
+        }[EXTRA_OUT[family]]
+    assert outs == want and list(outs) == list(want)
+    ins = {i.name: _shape(i) for i in exp.graph.input}
+    outs = {o.name: _shape(o) for o in exp.graph.output}
+    if family == "smp":
+        assert ins == {"context": [1, dd], "expert_idx": ["k"], "x_t": [1, "k", r], "t": [1]}
+        assert outs == {"velocity": [1, "k", r]}
+    else:
+        assert ins == {"context": [1, dd], "expert_idx": ["k"], "expert_weights": ["k"]}
+        assert outs == {"actions": [1, h, a]}
+    assert [i.type.tensor_type.elem_type for i in exp.graph.input][1] == onnx.TensorProto.INT64
+    # the expert weights are gathered by index, so cost follows k
+    assert any(n.op_type == "Gather" for n in exp.graph.node)
+
+
+@pytest.mark.parametrize("family", ["adamoe", "dibm", "lar", "dense"])
+def test_direct_expert_stage_semantics(
+    bundles: dict[str, tuple[MoEModel, Path]], family: str
+) -> None:
+    """actions = sum_j w_j expert_{idx_j}(context), in ORT, against all-experts torch."""
+    model, d = bundles[family]
+    sess = ort.InferenceSession(str(d / "experts.onnx"), providers=["CPUExecutionProvider"])
+    e = model.cfg.num_experts
+    rng = np.random.default_rng(0)
+    ctx = rng.standard_normal((1, TINY["context_dim"])).astype(np.float32)
+    assert isinstance(model, DirectMoEModel)
+    with torch.no_grad():
+        all_out = model.experts.forward_all([torch.from_numpy(ctx)])[0].numpy()
+    for k in range(1, e + 1):
+        idx = np.sort(rng.permutation(e)[:k]).astype(np.int64)
+        w = rng.random(k).astype(np.float32)
+        (got,) = sess.run(None, {"context": ctx, "expert_idx": idx, "expert_weights": w})
+        want = (w[:, None] * all_out[idx]).sum(0).reshape(1, TINY["chunk_length"], 14)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_smp_stages(bundles: dict[str, tuple[MoEModel, Path]]) -> None:
+    model, d = bundles["smp"]
+    assert isinstance(model, SMPModel)
+    enc = ort.InferenceSession(str(d / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    exp = ort.InferenceSession(str(d / "experts.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    feeds = {
+        "image_top": rng.standard_normal((1, 3, 24, 32)).astype(np.float32),
+        "proprio": rng.standard_normal((1, 14)).astype(np.float32),
+    }
+    ctx, _, basis = enc.run(None, feeds)
+    e, n, r = basis.shape[1], basis.shape[2], basis.shape[3]
+    q = basis[0].transpose(1, 0, 2).reshape(n, e * r)
+    np.testing.assert_allclose(q.T @ q, np.eye(e * r), atol=1e-5)  # orthonormal across experts
+    idx = np.array([1, 3], dtype=np.int64)
+    x_t = rng.standard_normal((1, 2, r)).astype(np.float32)
+    t = np.array([0.3], dtype=np.float32)
+    (v,) = exp.run(None, {"context": ctx, "expert_idx": idx, "x_t": x_t, "t": t})
+    full_x = torch.zeros(1, e, r)
+    full_x[0, idx] = torch.from_numpy(x_t[0])
+    with torch.no_grad():
+        v_all = model.velocity_all(torch.from_numpy(ctx), full_x, torch.from_numpy(t))
+    np.testing.assert_allclose(v, v_all[:, idx].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_round_trip(bundles: dict[str, tuple[MoEModel, Path]], family: str) -> None:
+    model, d = bundles[family]
+    raw = torch.load(d / "checkpoint.pt", weights_only=True)
+    assert raw["family"] == family and raw["config"]["family"] == family
+    loaded = load_checkpoint(d / "checkpoint.pt")
+    assert type(loaded) is type(model) and loaded.cfg == model.cfg
+    sd, sd2 = model.state_dict(), loaded.state_dict()
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
+    img, prop = torch.randn(1, 3, 24, 32), torch.randn(1, 14)
+    with torch.no_grad():
+        for a, b in zip(
+            model.encoder_module(img, prop), loaded.encoder_module(img, prop), strict=True
+        ):
+            torch.testing.assert_close(a, b)
+
+
+def test_parity_failure_fails_export(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="parity"):
+        export_bundle(tiny_model("adamoe"), tmp_path, name="x", tolerance=-1.0)
+    assert not (tmp_path / "policy.yaml").exists()
+
+
+def test_cli_family_then_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_export_arguments(parser)
+    size = (
+        "--context-dim 32 --expert-hidden 16 --trunk-layers 1 --trunk-heads 2 "
+        "--vision-channels 4 --chunk-length 4 --camera wrist:16x16 --top-k 1"
+    ).split()
+    args = parser.parse_args(
+        ["--family", "dibm", "--experts", "3", "--out", str(tmp_path / "a"), *size]
+    )
+    assert run_export(args) == 0
+    assert "parity max abs error" in capsys.readouterr().out
+    m = read_manifest(tmp_path / "a")
+    assert m.name == "a" and m.experts.count == 3 and m.routing.k == 1
+    assert m.observation.cameras[0].name == "wrist" and m.observation.cameras[0].height == 16
+    args = parser.parse_args(
+        ["--checkpoint", str(tmp_path / "a" / "checkpoint.pt"), "--out", str(tmp_path / "b"),
+         "--name", "again", "--routing", "mass", "--tau", "0.7"]
+    )  # fmt: skip
+    assert run_export(args) == 0
+    m2 = read_manifest(tmp_path / "b")
+    assert m2.name == "again" and m2.routing.strategy == "mass" and m2.routing.tau == 0.7
+    assert m2.provenance.source.endswith("checkpoint.pt") and m2.experts.count == 3
+
+
+def test_demo_bundles_present() -> None:
+    root = Path(__file__).resolve().parents[2] / "models"
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert total < 20 * 1024 * 1024
+    ada, smp = read_manifest(root / "demo_adamoe"), read_manifest(root / "demo_smp")
+    assert ada.family == "adamoe" and ada.experts.count == 8
+    assert (ada.routing.strategy, ada.routing.k) == ("topk", 2)
+    assert smp.family == "smp" and smp.experts.count == 8
+    assert (smp.routing.strategy, smp.routing.sticky_base, smp.routing.tau) == (
+        "sticky",
+        "mass",
+        0.8,
+    )
+    for m, name in ((ada, "demo_adamoe"), (smp, "demo_smp")):
+        assert m.action.chunk_length == 20 and m.action.control_period_s == 0.02
+        assert m.provenance.parity_max_abs_err is not None
+        assert m.provenance.parity_max_abs_err <= 1e-4
+        for entry in (*m.stages.values(), m.checkpoint):
+            assert entry is not None and _sha(root / name / entry.file) == entry.sha256

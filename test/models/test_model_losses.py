@@ -1,0 +1,216 @@
+"""Reference models and losses: shapes, finiteness, and where each gradient lands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from moe_policy_ros.models import build_model
+from moe_policy_ros.models import losses as L
+from moe_policy_ros.models.config import FAMILIES, ModelConfig
+from moe_policy_ros.models.families import (
+    AdaMoEModel,
+    DenseModel,
+    DiBMModel,
+    LARModel,
+    MoEModel,
+    SMPModel,
+)
+from moe_policy_ros.models.layers import StackedMLP, gram_schmidt, stacked_mlp_params
+
+TINY: dict[str, Any] = {
+    "num_experts": 4,
+    "cameras": [{"name": "top", "height": 24, "width": 32}],
+    "context_dim": 32,
+    "expert_hidden": 32,
+    "trunk_layers": 1,
+    "trunk_heads": 2,
+    "vision_channels": 4,
+    "chunk_length": 4,
+    "top_k": 2,
+    "latent_dim": 8,
+    "rank": 2,
+    "sampler_steps": 3,
+    "energy_hidden": 16,
+}
+B = 6
+
+
+def model_of(family: str) -> MoEModel:
+    torch.manual_seed(0)
+    return build_model({"family": family, **TINY})
+
+
+def batch() -> tuple[list[Tensor], Tensor, Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return (
+        [torch.randn(B, 3, 24, 32, generator=g)],
+        torch.randn(B, 14, generator=g),
+        torch.randn(B, 4, 14, generator=g),
+    )
+
+
+def grads_of(params: Iterable[nn.Parameter]) -> list[Tensor | None]:
+    return [p.grad for p in params]
+
+
+def touched(module: nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def untouched(module: nn.Module) -> bool:
+    return all(p.grad is None or p.grad.abs().sum() == 0 for p in module.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_shapes_and_total_loss(family: str) -> None:
+    model = model_of(family)
+    imgs, prop, y = batch()
+    out = model(imgs, prop)
+    e = model.cfg.num_experts
+    assert out["actions"].shape == (B, 4, 14) and out["context"].shape == (B, 32)
+    assert out["gate_logits"].shape == (B, e)
+    terms = model.loss(imgs, prop, y)
+    assert "total" in terms
+    for name, v in terms.items():
+        assert v.shape == () and torch.isfinite(v), name
+    terms["total"].backward()
+    assert touched(model.trunk) and touched(model.vision)
+
+
+def test_forward_selected_matches_forward_all() -> None:
+    torch.manual_seed(0)
+    mlp = StackedMLP(5, [6, 3], 8, 3, 7)
+    a, b = torch.randn(1, 6), torch.randn(5, 3)
+    all_out = mlp.forward_all([a, b.unsqueeze(0)])[0]
+    idx = torch.tensor([0, 2, 4])
+    sel = mlp.forward_selected([a, b[idx]], idx)
+    torch.testing.assert_close(sel, all_out[idx], atol=1e-5, rtol=1e-5)
+
+
+def test_gram_schmidt_orthonormal_and_differentiable() -> None:
+    m = torch.randn(3, 40, 12, requires_grad=True)
+    q = gram_schmidt(m)
+    eye = torch.eye(12).expand(3, 12, 12)
+    torch.testing.assert_close(q.transpose(1, 2) @ q, eye, atol=1e-5, rtol=0)
+    # same nested column spaces as QR: Q R = M with R upper triangular
+    r = q.transpose(1, 2) @ m
+    torch.testing.assert_close(torch.tril(r, -1), torch.zeros_like(r), atol=1e-4, rtol=0)
+    q.sum().backward()
+    assert m.grad is not None and torch.isfinite(m.grad).all()
+
+
+def test_smp_basis_orthonormal_and_losses() -> None:
+    model = model_of("smp")
+    assert isinstance(model, SMPModel)
+    imgs, prop, y = batch()
+    basis = model.encode(imgs, prop)["basis"]
+    assert basis.shape == (B, 4, 56, 2)
+    assert float(L.orthogonality_loss(basis.detach())) < 1e-8
+    terms = model.loss(imgs, prop, y)
+    assert set(terms) == {"flow_matching", "bc", "gate_kl", "orthogonality", "total"}
+    terms["flow_matching"].backward(retain_graph=True)
+    assert touched(model.denoiser) and untouched(model.router)
+    model.zero_grad(set_to_none=True)
+    terms["gate_kl"].backward(retain_graph=True)
+    assert touched(model.router) and untouched(model.denoiser)
+    model.zero_grad(set_to_none=True)
+    terms["bc"].backward()
+    assert touched(model.basis_mix) and model.basis_base.grad is not None
+
+
+def test_adamoe_lb_loss_touches_router_only() -> None:
+    model = model_of("adamoe")
+    assert isinstance(model, AdaMoEModel)
+    imgs, prop, y = batch()
+    terms = model.loss(imgs, prop, y)
+    terms["load_balancing"].backward(retain_graph=True)
+    assert touched(model.router)
+    for m in (model.adapter, model.experts, model.trunk, model.vision, model.proprio_encoder):
+        assert untouched(m)
+    model.zero_grad(set_to_none=True)
+    terms["bc"].backward()  # task gradient: adapter, experts, and router (straight-through)
+    assert touched(model.adapter) and touched(model.experts) and touched(model.router)
+
+
+def test_adamoe_combination_uses_adapter_weights() -> None:
+    model = model_of("adamoe").eval()
+    assert isinstance(model, AdaMoEModel)
+    imgs, prop, _ = batch()
+    with torch.no_grad():
+        enc = model.encode(imgs, prop)
+        acts = model.act(imgs, prop)
+        idx = torch.topk(enc["gate_logits"][0], 2).indices.sort().values
+        w = enc["adapter_weights"][0, idx]
+        ref = model.expert_forward(enc["context"][:1], idx, w)
+    torch.testing.assert_close(acts[:1], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_load_balancing_loss_values() -> None:
+    assert float(L.load_balancing_loss(torch.zeros(8, 4), 2)) == pytest.approx(1.0)
+    collapsed = torch.tensor([[10.0, 9.0, -10.0, -10.0]]).repeat(8, 1)
+    assert float(L.load_balancing_loss(collapsed, 2)) == pytest.approx(2.0, rel=1e-3)
+
+
+def test_dibm_energy_loss_ties_energies() -> None:
+    model = model_of("dibm")
+    assert isinstance(model, DiBMModel)
+    imgs, prop, y = batch()
+    terms = model.loss(imgs, prop, y)
+    terms["energy_nce"].backward(retain_graph=True)
+    assert touched(model.energy) and untouched(model.experts)
+    model.zero_grad(set_to_none=True)
+    terms["gate"].backward()
+    assert model.prior.grad is not None and model.prior.grad.abs().sum() > 0
+    # the NCE loss is lowest when each expert's energy is low exactly on its own samples
+    resp = torch.eye(4).repeat(2, 1)  # sample b belongs to expert b % 4
+    good = L.energy_nce_loss(10.0 * (1 - resp), resp)
+    bad = L.energy_nce_loss(10.0 * resp, resp)
+    assert float(good) < float(bad)
+
+
+def test_lar_alignment_losses() -> None:
+    model = model_of("lar")
+    assert isinstance(model, LARModel)
+    imgs, prop, y = batch()
+    terms = model.loss(imgs, prop, y)
+    terms["latent_align"].backward(retain_graph=True)
+    assert touched(model.student) and untouched(model.teacher)
+    model.zero_grad(set_to_none=True)
+    terms["router_align"].backward(retain_graph=True)
+    assert touched(model.router) and untouched(model.teacher)
+    model.zero_grad(set_to_none=True)
+    terms["bc_teacher"].backward()
+    assert touched(model.teacher)
+    # routing similarity that follows latent similarity scores lower
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    follows = torch.tensor([[9.0, 0.0], [9.0, 0.0], [0.0, 9.0]])
+    against = torch.tensor([[9.0, 0.0], [0.0, 9.0], [9.0, 0.0]])
+    assert float(L.router_latent_alignment_loss(follows, z)) < float(
+        L.router_latent_alignment_loss(against, z)
+    )
+
+
+def test_dense_matches_active_parameter_count() -> None:
+    model = model_of("dense")
+    assert isinstance(model, DenseModel)
+    cfg = model.cfg
+    assert cfg.num_experts == 1
+    per_expert = stacked_mlp_params(cfg.context_dim, cfg.expert_hidden, 1, cfg.flat_action_dim)
+    dense = sum(p.numel() for p in model.experts.parameters())
+    assert cfg.top_k * per_expert <= dense < cfg.top_k * per_expert + 2 * cfg.flat_action_dim
+
+
+def test_bc_loss_kinds_and_config_errors() -> None:
+    a, b = torch.zeros(2, 3), torch.ones(2, 3) * 2
+    assert float(L.bc_loss(a, b, "l1")) == 2.0 and float(L.bc_loss(a, b, "mse")) == 4.0
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({"family": "adamoe", "bogus": 1})
+    with pytest.raises(ValueError, match="do not fit"):
+        ModelConfig.from_dict({"family": "smp", "chunk_length": 1, "rank": 4})
+    with pytest.raises(ValueError, match="top_k"):
+        ModelConfig.from_dict({"family": "adamoe", "num_experts": 2, "top_k": 3})
