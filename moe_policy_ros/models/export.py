@@ -28,6 +28,7 @@ from torch import Tensor
 from moe_policy_ros.core.config import RoutingConfig
 from moe_policy_ros.core.manifest import (
     FORMAT_VERSION,
+    MANIFEST_NAME,
     ActionSpec,
     CameraSpec,
     ExpertsSpec,
@@ -259,6 +260,8 @@ def export_bundle(
     a_joints = _joint_names(joints, cfg.action_dim, "action joints")
     p_joints = _joint_names(proprio_joints or joints, cfg.proprio_dim, "proprio joints")
 
+    # a failed export must not leave an old manifest describing the new files
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
     gen = torch.Generator().manual_seed(seed)
     enc_path, exp_path = out / ENCODER_FILE, out / EXPERTS_FILE
     enc_args = _encoder_inputs(model, gen)

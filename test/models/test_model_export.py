@@ -199,6 +199,8 @@ def test_checkpoint_round_trip(bundles: dict[str, tuple[MoEModel, Path]], family
 
 
 def test_parity_failure_fails_export(tmp_path: Path) -> None:
+    export_bundle(tiny_model("adamoe"), tmp_path, name="x")
+    assert (tmp_path / "policy.yaml").exists()
     with pytest.raises(ExportError, match="parity"):
         export_bundle(tiny_model("adamoe"), tmp_path, name="x", tolerance=-1.0)
     assert not (tmp_path / "policy.yaml").exists()
