@@ -103,6 +103,10 @@ class _LifecycleClient:
         self._context = rclpy.context.Context()
         rclpy.init(context=self._context)
         self._node = rclpy.create_node("moe_policy_ros_up", context=self._context)
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self._node)
         self._change = self._node.create_client(ChangeState, f"{node_fqn}/change_state")
         self._get = self._node.create_client(GetState, f"{node_fqn}/get_state")
         self._ChangeState = ChangeState
@@ -112,7 +116,7 @@ class _LifecycleClient:
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {client.srv_name} not available after {timeout:.0f} s")
         fut = client.call_async(req)
-        self._rclpy.spin_until_future_complete(self._node, fut, timeout_sec=timeout)
+        self._executor.spin_until_future_complete(fut, timeout_sec=timeout)
         if not fut.done():
             raise TimeoutError(f"service {client.srv_name} did not answer in {timeout:.0f} s")
         return fut.result()
@@ -126,6 +130,7 @@ class _LifecycleClient:
         return bool(self._call(self._change, req, timeout).success)
 
     def close(self) -> None:
+        self._executor.shutdown(timeout_sec=1.0)
         self._node.destroy_node()
         self._rclpy.try_shutdown(context=self._context)
 

@@ -1,0 +1,272 @@
+"""The policy node in its own process, driven and watched over DDS by this test process.
+
+The robot side is a real publisher of /joint_states and images (``FakeRobot``); the node
+under test is the real ``policy_node`` executable with the bundled model on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("rclpy")
+
+from ros_helpers import REPO, FakeRobot, RosClient, node_process, wait_for  # noqa: E402
+
+from moe_policy_ros.core.config import load_config  # noqa: E402
+from moe_policy_ros.core.manifest import read_manifest  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+BUNDLE = REPO / "models" / "demo_adamoe"
+CFG = load_config(REPO / "config" / "dual_arm.yaml")
+NAMES = CFG.robot.joint_names
+LEFT = CFG.robot.arm("left_arm")
+
+
+def _home() -> np.ndarray:
+    """A pose the untrained bundle's first action is close to (its action mean)."""
+    m = read_manifest(BUNDLE)
+    q = np.zeros(len(NAMES))
+    for j, mu in zip(m.action.joints, m.action.mean, strict=True):
+        q[NAMES.index(j)] = mu
+    return q
+
+
+def write_params(tmp: Path, **policy_overrides: Any) -> Path:
+    doc = yaml.safe_load((REPO / "config" / "dual_arm.yaml").read_text())
+    p = doc["moe_policy"]["ros__parameters"]
+    p["handover"]["require_teleop_to_engage"] = False
+    for dotted, value in policy_overrides.items():
+        node = p
+        *head, last = dotted.split("__")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = value
+    if not Path(str(p["policy"]["bundle"])).is_absolute():
+        p["policy"]["bundle"] = str(REPO / p["policy"]["bundle"])
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[RosClient]:
+    c = RosClient("policy_node_test")
+    yield c
+    c.close()
+
+
+def _latched_mode(client: RosClient) -> list[tuple[float, Any]]:
+    from std_msgs.msg import String
+
+    from moe_policy_ros.nodes.common import LATCHED_QOS
+
+    return client.record(String, "/moe_policy/mode", LATCHED_QOS)
+
+
+def _engage(client: RosClient, timeout: float = 30.0) -> str:
+    from std_srvs.srv import SetBool
+
+    deadline = time.monotonic() + timeout
+    msg = ""
+    while time.monotonic() < deadline:
+        res = client.call(SetBool, "/moe_policy/engage_autonomy", SetBool.Request(data=True))
+        if res.success:
+            return ""
+        msg = res.message
+        time.sleep(0.3)
+    return msg
+
+
+def _change_state(client: RosClient, transition: int) -> bool:
+    from lifecycle_msgs.srv import ChangeState
+
+    req = ChangeState.Request()
+    req.transition.id = transition
+    return bool(client.call(ChangeState, "/moe_policy/change_state", req, timeout=30.0).success)
+
+
+def _state(client: RosClient) -> str:
+    from lifecycle_msgs.srv import GetState
+
+    return str(client.call(GetState, "/moe_policy/get_state", GetState.Request()).current_state
+               .label)
+
+
+def test_stream_mode_router_topics_and_diagnostics(client: RosClient, tmp_path: Path) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_msgs.msg import Float32MultiArray, Float64MultiArray, Int32MultiArray, String
+
+    params = write_params(tmp_path)
+    modes = _latched_mode(client)
+    cmds = client.record(Float64MultiArray, LEFT.command_topic)
+    rcmds = client.record(Float64MultiArray, CFG.robot.arm("right_arm").command_topic)
+    gates = client.record(Float32MultiArray, "/moe_policy/router/gates")
+    active = client.record(Int32MultiArray, "/moe_policy/router/active")
+    dominant = client.record(String, "/moe_policy/router/dominant")
+    diags = client.record(DiagnosticArray, "/diagnostics")
+    robot = FakeRobot(client, NAMES, _home())
+    try:
+        with node_process(
+            "moe_policy_ros.nodes.policy_node",
+            ["--params-file", str(params), "-p", "autostart:=true"],
+            tmp_path / "node.log",
+        ):
+            wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD mode")
+            refused = _engage(client)
+            assert refused == "", f"engage refused: {refused}"
+            wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
+            t_engaged = time.monotonic()
+            time.sleep(3.0)
+            window = [(t, m) for t, m in cmds if t >= t_engaged + 0.5]
+            wait_for(lambda: len(diags) > 2, 10, "/diagnostics")
+    finally:
+        robot.close()
+    # stream: ~control rate, 7 finite values per arm, inside the joint limits
+    span = window[-1][0] - window[0][0]
+    rate = (len(window) - 1) / span
+    assert rate > 0.6 * CFG.policy.control_rate_hz, f"command rate {rate:.1f} Hz"
+    lo = np.array([j.min_position for j in LEFT.joints])
+    hi = np.array([j.max_position for j in LEFT.joints])
+    for _t, m in window:
+        q = np.array(m.data)
+        assert q.shape == (7,) and np.all(np.isfinite(q))
+        assert np.all(q >= lo - 1e-9) and np.all(q <= hi + 1e-9)
+    assert len(rcmds) > 10
+    # router state: one gate per expert summing to 1, labels in the layout
+    m = read_manifest(BUNDLE)
+    g = gates[-1][1]
+    assert len(g.data) == m.experts.count
+    assert math.isclose(sum(g.data), 1.0, abs_tol=1e-4)
+    assert g.layout.dim[0].label == "experts:" + ",".join(m.experts.labels)
+    act = list(active[-1][1].data)
+    assert act == sorted(act) and len(act) == m.routing.k
+    assert set(act) <= set(range(m.experts.count))
+    assert dominant[-1][1].data in m.experts.labels
+    # diagnostics: one status per concern, with sane values
+    last: dict[str, Any] = {}
+    for _t, arr in diags:
+        for st in arr.status:
+            last[st.name] = st
+    for concern in ("inputs", "inference", "router", "control loop", "safety"):
+        assert f"moe_policy: {concern}" in last, sorted(last)
+    vals = {kv.key: kv.value for kv in last["moe_policy: control loop"].values}
+    assert float(vals["achieved rate (Hz)"]) > 0.6 * CFG.policy.control_rate_hz
+    ivals = {kv.key: kv.value for kv in last["moe_policy: inference"].values}
+    assert ivals["backend"].startswith("onnxruntime")
+    assert 0 < float(ivals["latency median (ms)"]) < 1000
+    assert last["moe_policy: safety"].message.startswith("mode AUTONOMY")
+
+
+def test_chunk_mode_publishes_joint_trajectories(client: RosClient, tmp_path: Path) -> None:
+    from trajectory_msgs.msg import JointTrajectory
+
+    params = write_params(tmp_path, policy__execution__mode="chunk")
+    modes = _latched_mode(client)
+    trajs = client.record(JointTrajectory, LEFT.trajectory_topic)
+    robot = FakeRobot(client, NAMES, _home())
+    try:
+        with node_process(
+            "moe_policy_ros.nodes.policy_node",
+            ["--params-file", str(params), "-p", "autostart:=true"],
+            tmp_path / "node.log",
+        ):
+            wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "HOLD")
+            assert _engage(client) == ""
+            wait_for(lambda: sum(len(m.points) > 1 for _t, m in trajs) >= 3, 15,
+                     "three chunk trajectories")
+    finally:
+        robot.close()
+    H = read_manifest(BUNDLE).action.chunk_length
+    chunks = [m for _t, m in trajs if len(m.points) > 1]
+    now_ns = client.node.get_clock().now().nanoseconds
+    for msg in chunks:
+        assert list(msg.joint_names) == LEFT.joint_names
+        assert 2 <= len(msg.points) <= H + 1
+        t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        assert all(b > a for a, b in zip(t, t[1:], strict=False)), t
+        np.testing.assert_allclose(np.diff(t), CFG.policy.control_period_s, atol=1e-6)
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        assert 0 < stamp <= now_ns, "header stamp must be the (past) observation time"
+        for p in msg.points:
+            assert len(p.positions) == 7 and all(math.isfinite(x) for x in p.positions)
+
+
+def test_lifecycle_nothing_published_while_inactive(client: RosClient, tmp_path: Path) -> None:
+    from lifecycle_msgs.msg import Transition
+    from std_msgs.msg import Float64MultiArray
+
+    params = write_params(tmp_path)
+    cmds = client.record(Float64MultiArray, LEFT.command_topic)
+    robot = FakeRobot(client, NAMES, _home())
+    try:
+        with node_process(
+            "moe_policy_ros.nodes.policy_node", ["--params-file", str(params)],
+            tmp_path / "node.log",
+        ):
+            wait_for(lambda: _state(client) == "unconfigured", 30, "unconfigured")
+            assert _change_state(client, Transition.TRANSITION_CONFIGURE)
+            assert _state(client) == "inactive"
+            time.sleep(1.5)
+            assert cmds == [], "commands published while inactive"
+            assert _change_state(client, Transition.TRANSITION_ACTIVATE)
+            wait_for(lambda: len(cmds) > 10, 10, "commands while active (holding)")
+            assert _change_state(client, Transition.TRANSITION_DEACTIVATE)
+            time.sleep(0.3)
+            n = len(cmds)
+            time.sleep(1.5)
+            assert len(cmds) == n, "commands published after deactivate"
+            assert _change_state(client, Transition.TRANSITION_CLEANUP)
+            assert _state(client) == "unconfigured"
+    finally:
+        robot.close()
+
+
+def test_tampered_bundle_refused_then_reconfigured(client: RosClient, tmp_path: Path) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from lifecycle_msgs.msg import Transition
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(BUNDLE, bad)
+    data = bytearray((bad / "experts.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "experts.onnx").write_bytes(bytes(data))
+    params = write_params(tmp_path, policy__bundle=str(bad))
+    diags = client.record(DiagnosticArray, "/diagnostics")
+    with node_process(
+        "moe_policy_ros.nodes.policy_node", ["--params-file", str(params)],
+        tmp_path / "node.log",
+    ) as proc:
+        wait_for(lambda: _state(client) == "unconfigured", 30, "unconfigured")
+        assert not _change_state(client, Transition.TRANSITION_CONFIGURE)
+        assert proc.poll() is None, "node died on a tampered bundle"
+        assert _state(client) == "unconfigured"
+
+        def refused() -> bool:
+            return any(
+                st.level == b"\x02" and "experts.onnx" in st.message and "sha-256" in
+                st.message.lower()
+                for _t, a in diags for st in a.status if st.name == "moe_policy: lifecycle"
+            )
+
+        wait_for(refused, 5, "ERROR diagnostic naming experts.onnx and its hash")
+        req = SetParameters.Request()
+        req.parameters = [Parameter(name="policy.bundle", value=ParameterValue(
+            type=ParameterType.PARAMETER_STRING, string_value=str(BUNDLE)))]
+        res = client.call(SetParameters, "/moe_policy/set_parameters", req)
+        assert res.results[0].successful
+        assert _change_state(client, Transition.TRANSITION_CONFIGURE)
+        assert _state(client) == "inactive"
+    log = (tmp_path / "node.log").read_text()
+    assert "experts.onnx" in log

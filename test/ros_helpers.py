@@ -1,0 +1,219 @@
+"""Helpers for tests that talk to nodes in other processes over real DDS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def node_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("MUJOCO_GL", "egl")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@contextmanager
+def node_process(
+    module: str, ros_args: Sequence[str], log_path: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``python -m module --ros-args ...``; SIGINT then kill on exit."""
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--ros-args", *ros_args],
+        env=node_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 8.0) -> int | None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class RosClient:
+    """A test-side rclpy node with its own context and a spin thread."""
+
+    def __init__(self, name: str = "test_client") -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.rclpy = rclpy
+        self.ctx = rclpy.context.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node(name, context=self.ctx)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.ctx)
+        self._clients: dict[tuple[Any, str], Any] = {}
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001 - context shutting down
+                if self._stop.is_set():
+                    return
+
+    def record(self, msg_type: Any, topic: str, qos: Any = 10) -> list[tuple[float, Any]]:
+        """Subscribe and collect (monotonic arrival time, message)."""
+        out: list[tuple[float, Any]] = []
+        self.node.create_subscription(msg_type, topic, lambda m: out.append(
+            (time.monotonic(), m)), qos)
+        return out
+
+    def call(self, srv_type: Any, name: str, request: Any, timeout: float = 10.0) -> Any:
+        """Call a service; a request sent before the reply route is matched can be lost on
+        DDS right after discovery, so unanswered requests are re-sent (idempotent calls)."""
+        key = (srv_type, name)
+        cli = self._clients.get(key)
+        if cli is None:
+            cli = self._clients[key] = self.node.create_client(srv_type, name)
+        deadline = time.monotonic() + timeout
+        if not cli.wait_for_service(timeout_sec=timeout):
+            raise AssertionError(f"service {name} not available after {timeout} s")
+        attempt = 2.0
+        while time.monotonic() < deadline:
+            fut = cli.call_async(request)
+            end = min(deadline, time.monotonic() + attempt)
+            while time.monotonic() < end and not fut.done():
+                time.sleep(0.02)
+            if fut.done():
+                return fut.result()
+            cli.remove_pending_request(fut)
+            attempt *= 2
+        raise AssertionError(f"no answer from {name} within {timeout} s")
+
+    def now_msg(self) -> Any:
+        return self.node.get_clock().now().to_msg()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.executor.shutdown(timeout_sec=1)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.ctx)
+
+
+class FakeRobot:
+    """Publishes /joint_states and camera images at fixed rates from a thread.
+
+    Stands in for the robot's drivers (a real publisher over DDS, not a mock of the node
+    under test). ``positions`` may be changed between ticks; ``stamp_offset_s`` shifts the
+    header stamp (negative = old data).
+    """
+
+    def __init__(
+        self,
+        client: RosClient,
+        joint_names: Sequence[str],
+        positions: np.ndarray,
+        camera_topic: str = "/cameras/top/image_raw",
+        size: tuple[int, int] = (96, 128),
+        joint_rate_hz: float = 100.0,
+        camera_rate_hz: float = 20.0,
+    ) -> None:
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image, JointState
+
+        self.client = client
+        self.names = list(joint_names)
+        self.positions = np.asarray(positions, dtype=np.float64).copy()
+        self.size = size
+        self.joint_rate_hz = joint_rate_hz
+        self.camera_rate_hz = camera_rate_hz
+        self.stamp_offset_s = 0.0
+        self.publish_joints = True
+        self.publish_images = True
+        self.image_encoding = "rgb8"
+        self.image_size_override: tuple[int, int] | None = None
+        self.joint_names_override: list[str] | None = None
+        self.JointState, self.Image = JointState, Image
+        self.js_pub = client.node.create_publisher(JointState, "/joint_states",
+                                                   qos_profile_sensor_data)
+        self.img_pub = client.node.create_publisher(Image, camera_topic, qos_profile_sensor_data)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _stamp(self) -> Any:
+        from rclpy.duration import Duration
+
+        now = self.client.node.get_clock().now()
+        if self.stamp_offset_s:
+            now = now + Duration(nanoseconds=int(self.stamp_offset_s * 1e9))
+        return now.to_msg()
+
+    def _run(self) -> None:
+        period = 1.0 / self.joint_rate_hz
+        every = max(1, round(self.joint_rate_hz / self.camera_rate_hz))
+        i = 0
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if self.publish_joints:
+                    js = self.JointState()
+                    js.header.stamp = self._stamp()
+                    names = self.joint_names_override or self.names
+                    js.name = list(names)
+                    pos = {n: float(p) for n, p in zip(self.names, self.positions, strict=True)}
+                    js.position = [pos.get(n, 0.0) for n in names]
+                    self.js_pub.publish(js)
+                if self.publish_images and i % every == 0:
+                    h, w = self.image_size_override or self.size
+                    img = self.Image()
+                    img.header.stamp = self._stamp()
+                    img.header.frame_id = "top_camera_optical_frame"
+                    img.height, img.width = h, w
+                    img.encoding = self.image_encoding
+                    ch = 1 if self.image_encoding == "mono8" else 3
+                    img.step = w * ch
+                    img.data = bytes((np.arange(h * w * ch) % 251).astype(np.uint8))
+                    self.img_pub.publish(img)
+            except Exception:  # noqa: BLE001 - context shutting down
+                return
+            i += 1
+            self._stop.wait(max(0.0, t0 + i * period - time.monotonic()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
