@@ -107,8 +107,8 @@ class _LifecycleClient:
 
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
-        self._change = self._node.create_client(ChangeState, f"{node_fqn}/change_state")
-        self._get = self._node.create_client(GetState, f"{node_fqn}/get_state")
+        self._change: Any = self._node.create_client(ChangeState, f"{node_fqn}/change_state")
+        self._get: Any = self._node.create_client(GetState, f"{node_fqn}/get_state")
         self._ChangeState = ChangeState
         self._GetState = GetState
 

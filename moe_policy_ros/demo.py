@@ -146,7 +146,7 @@ class _Recorder:
     def engage(self, timeout: float) -> str:
         from std_srvs.srv import SetBool
 
-        cli = self.node.create_client(SetBool, "/moe_policy/engage_autonomy")
+        cli: Any = self.node.create_client(SetBool, "/moe_policy/engage_autonomy")
         deadline = time.monotonic() + timeout
         last = "service not available"
         while time.monotonic() < deadline:
@@ -283,7 +283,7 @@ def _report(
         except (KeyError, ValueError):
             return float("nan")
 
-    report = {
+    report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
