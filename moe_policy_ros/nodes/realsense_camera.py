@@ -362,7 +362,8 @@ class RealSenseCameraNode(Node):
             try:
                 self._publish(frames)
             except Exception as err:
-                self._warn(f"{self.source.description}: publish failed: {err!r}", 5.0)
+                if self.context.ok():  # else SIGINT shut the context down before stop()
+                    self._warn(f"{self.source.description}: publish failed: {err!r}", 5.0)
         return False
 
     def _publish(self, frames: Frames) -> None:
@@ -381,7 +382,7 @@ class RealSenseCameraNode(Node):
             depth_img.height, depth_img.width, depth_img.encoding, depth_img.step = h, w, enc, step
             depth_img.data = _byte_array(data)
         with self._pub_lock:
-            if self._closed:
+            if self._closed or not self.context.ok():
                 return
             self._color_pub.publish(img)
             if info is not None:
