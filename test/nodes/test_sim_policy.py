@@ -1,0 +1,244 @@
+"""`moe-policy-ros up config/sim_dual_arm.yaml`: the whole simulated graph, over DDS.
+
+``up`` runs as a subprocess (``python -m moe_policy_ros.cli up``) and starts ``aloha_sim``
+(MuJoCo) and the ``moe_policy`` lifecycle node as processes of their own; this test engages
+autonomy through the public service, watches the public topics, then stops ``up`` with
+SIGINT (and, separately, SIGTERM) and checks that it exits 0 and leaves no node behind.
+
+Processes are found by the unique path of this test's parameter file, which every child's
+command line carries (``--params-file``), so nothing unrelated is touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("rclpy")
+if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_aloha") is None:
+    pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
+
+from ros_helpers import REPO, RosClient, node_env, wait_for
+
+from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.manifest import read_manifest
+from moe_policy_ros.sim.aloha import JOINT_NAMES
+
+pytestmark = [pytest.mark.sim, pytest.mark.ros, pytest.mark.slow]
+
+SIM_CFG = REPO / "config" / "sim_dual_arm.yaml"
+CFG = load_config(SIM_CFG)
+BUNDLE = REPO / "models" / "demo_adamoe"
+STOP_WITHIN_S = 8.0  # `up` deactivates the policy, then SIGINT/SIGTERM/SIGKILL per 5 s
+
+
+def _params(tmp: Path) -> Path:
+    doc = yaml.safe_load(SIM_CFG.read_text())
+    doc["moe_policy"]["ros__parameters"]["policy"]["bundle"] = str(BUNDLE)
+    path = tmp / "sim_params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _pids_with(marker: str) -> list[int]:
+    """PIDs of processes whose command line contains ``marker`` (not this one)."""
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+class Up:
+    """``python -m moe_policy_ros.cli up PARAMS`` in its own session, logged to a file."""
+
+    def __init__(self, tmp: Path, duration_s: float = 120.0) -> None:
+        self.params = _params(tmp)
+        self.marker = str(self.params)
+        self.log_path = tmp / "up.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moe_policy_ros.cli", "up", str(self.params),
+             "--duration", str(duration_s), "--log-level", "warn"],
+            env=node_env(), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop_with(self, sig: signal.Signals) -> tuple[int | None, float]:
+        """Send ``sig`` to ``up`` only (not its process group); (exit code, seconds)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=STOP_WITHIN_S + 10)
+        except subprocess.TimeoutExpired:
+            rc = None
+        return rc, time.monotonic() - t0
+
+    def close(self) -> None:
+        """Leave nothing behind whatever happened (only this test's own processes)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        for pid in _pids_with(self.marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    u = Up(tmp_path)
+    yield u
+    u.close()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[RosClient]:
+    c = RosClient("sim_policy_test")
+    yield c
+    c.close()
+
+
+def _engage(client: RosClient, timeout: float = 30.0) -> str:
+    from std_srvs.srv import SetBool
+
+    deadline = time.monotonic() + timeout
+    msg = ""
+    while time.monotonic() < deadline:
+        res = client.call(SetBool, "/moe_policy/engage_autonomy", SetBool.Request(data=True))
+        if res.success:
+            return ""
+        msg = res.message
+        time.sleep(0.3)
+    return msg
+
+
+def _assert_stopped_cleanly(u: Up, sig: signal.Signals) -> None:
+    children = [pid for pid in _pids_with(u.marker) if pid != u.proc.pid]
+    assert len(children) == 2, f"expected aloha_sim + moe_policy, got {children}\n{u.log()}"
+    rc, took = u.stop_with(sig)
+    log = u.log()
+    assert rc == 0, f"`up` exited {rc} after {sig.name} ({took:.1f} s)\n{log}"
+    assert took < STOP_WITHIN_S, f"`up` took {took:.1f} s to stop after {sig.name}\n{log}"
+    assert "[up] all nodes stopped" in log
+    left = _pids_with(u.marker)
+    assert left == [], f"processes left after {sig.name}: {left}"
+    for pid in children:  # not even as zombies of someone else
+        assert not Path(f"/proc/{pid}").exists(), f"node process {pid} still exists"
+    print(f"`up` stopped in {took:.2f} s after {sig.name}")
+
+
+def test_up_sim_graph_runs_autonomy_and_stops_on_sigint(client: RosClient, up: Up) -> None:
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int32MultiArray, String
+
+    from moe_policy_ros.nodes.common import LATCHED_QOS
+
+    arms = {a.name: a for a in CFG.robot.arms}
+    modes = client.record(String, "/moe_policy/mode", LATCHED_QOS)
+    cmds = {name: client.record(Float64MultiArray, a.command_topic) for name, a in arms.items()}
+    joints = client.record(JointState, "/joint_states", qos_profile_sensor_data)
+    gates = client.record(Float32MultiArray, "/moe_policy/router/gates")
+    active = client.record(Int32MultiArray, "/moe_policy/router/active")
+    dominant = client.record(String, "/moe_policy/router/dominant")
+    success = client.record(Bool, "/aloha_sim/success", LATCHED_QOS)
+
+    wait_for(lambda: "[up] /moe_policy: active" in up.log(), 90, "`up` to activate the policy")
+    wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 30, "latched HOLD mode")
+    wait_for(lambda: len(joints) > 10, 30, "/joint_states from aloha_sim")
+    refused = _engage(client)
+    assert refused == "", f"engage refused: {refused}"
+    wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
+    t_engaged = time.monotonic()
+    time.sleep(4.5)
+    t_end = time.monotonic()
+    assert up.proc.poll() is None, f"`up` exited early\n{up.log()}"
+
+    # stream commands on both arms at the configured rate, 7 finite values inside the limits
+    target = CFG.policy.control_rate_hz
+    rates = {}
+    for name, arm in arms.items():
+        window = [(t, m) for t, m in cmds[name] if t_engaged + 0.5 <= t <= t_end]
+        assert len(window) > 20, f"{name}: {len(window)} commands"
+        rates[name] = (len(window) - 1) / (window[-1][0] - window[0][0])
+        lo = np.array([j.min_position for j in arm.joints])
+        hi = np.array([j.max_position for j in arm.joints])
+        for _t, m in window:
+            q = np.asarray(m.data)
+            assert q.shape == (7,) and np.all(np.isfinite(q)), q
+            assert np.all(q >= lo - 1e-9) and np.all(q <= hi + 1e-9), q
+    print(f"command rate (target {target:g} Hz): "
+          + ", ".join(f"{k} {v:.1f} Hz" for k, v in rates.items()))
+    for name, rate in rates.items():
+        assert rate > 0.6 * target, f"{name}: {rate:.1f} Hz (target {target:g} Hz)"
+
+    # /joint_states from the sim: the 14 names in order, finite, near the commands' rate
+    js = [m for t, m in joints if t_engaged <= t <= t_end]
+    assert js
+    assert all(tuple(m.name) == JOINT_NAMES for m in js)
+    assert len(JOINT_NAMES) == 14 and list(JOINT_NAMES) == CFG.robot.joint_names
+    assert all(len(m.position) == 14 and all(map(math.isfinite, m.position)) for m in js)
+    js_rate = len(js) / (t_end - t_engaged)
+    print(f"/joint_states {js_rate:.1f} Hz")
+    assert js_rate > 0.6 * 50.0
+
+    # router topics: one gate per expert summing to 1, k sorted active experts, a label
+    m = read_manifest(BUNDLE)
+    recent = [g for t, g in gates if t >= t_engaged]
+    assert len(recent) >= 10, f"{len(recent)} router messages in {t_end - t_engaged:.1f} s"
+    for g in recent:
+        assert len(g.data) == m.experts.count
+        assert math.isclose(sum(g.data), 1.0, abs_tol=1e-4)
+        assert all(0.0 <= x <= 1.0 for x in g.data)
+    for _t, a in active[-10:]:
+        act = list(a.data)
+        assert act == sorted(act) and len(act) == m.routing.k
+        assert set(act) <= set(range(m.experts.count))
+    assert dominant and dominant[-1][1].data in m.experts.labels
+
+    # the task's success flag is published (latched, on change and at 1 Hz)
+    wait_for(lambda: len(success) >= 2, 5, "/aloha_sim/success")
+    assert all(isinstance(s.data, bool) for _t, s in success)
+
+    _assert_stopped_cleanly(up, signal.SIGINT)
+
+
+def test_up_stops_cleanly_on_sigterm(client: RosClient, up: Up) -> None:
+    from std_msgs.msg import String
+
+    from moe_policy_ros.nodes.common import LATCHED_QOS
+
+    modes = client.record(String, "/moe_policy/mode", LATCHED_QOS)
+    wait_for(lambda: "[up] /moe_policy: active" in up.log(), 90, "`up` to activate the policy")
+    wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 30, "latched HOLD mode")
+    _assert_stopped_cleanly(up, signal.SIGTERM)
+
+
+def test_up_rejects_a_broken_file_without_starting_anything(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    doc: dict[str, Any] = yaml.safe_load(SIM_CFG.read_text())
+    doc["realsense_wrist"] = {"ros__parameters": {"source": "software"}}
+    bad.write_text(yaml.safe_dump(doc))
+    res = subprocess.run(
+        [sys.executable, "-m", "moe_policy_ros.cli", "up", str(bad), "--duration", "5"],
+        env=node_env(), cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 1, res
+    assert "cameras.wrist.topic" in res.stderr
+    assert "[up] starting" not in res.stdout
+    assert _pids_with(str(bad)) == []
