@@ -45,7 +45,7 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         with self._lock:
-            self._now += int(round(seconds * 1e9))
+            self._now += round(seconds * 1e9)
 
     def advance_ns(self, ns: int) -> None:
         with self._lock:

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_NODE_NAME = "moe_policy"
 
@@ -181,6 +188,9 @@ class PolicyConfig(_Strict):
     inference_rate_hz: float = Field(default=10.0, gt=0, le=1000)
     execution: ExecutionConfig = ExecutionConfig()
     warmup_runs: int = Field(default=3, ge=0)
+    intra_op_threads: int = Field(
+        default=1, ge=0, description="ONNX Runtime threads per stage; 0 = one per core"
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -286,7 +296,9 @@ def _robot_from_params(p: Mapping[str, Any]) -> dict[str, Any]:
     for arm in arms:
         sub = p.get(arm)
         if not isinstance(sub, Mapping):
-            raise ConfigError(f"robot.{arm}: arm listed in robot.arms has no section (got {sub!r})")
+            raise ConfigError(
+                f"robot.{arm}: arm listed in robot.arms has no section (got {sub!r})"
+            )
         joints = sub.get("joints")
         if not isinstance(joints, (list, tuple)) or not joints:
             raise ConfigError(f"robot.{arm}.joints: must be a non-empty list (got {joints!r})")
@@ -301,8 +313,12 @@ def _robot_from_params(p: Mapping[str, Any]) -> dict[str, Any]:
         out_arms.append(
             {
                 "name": arm,
-                "joints": [{"name": j, **{k: cols[k][i] for k in cols}} for i, j in enumerate(joints)],
-                "trajectory_topic": sub.get("trajectory_topic", f"/{arm}_controller/joint_trajectory"),
+                "joints": [
+                    {"name": j, **{k: cols[k][i] for k in cols}} for i, j in enumerate(joints)
+                ],
+                "trajectory_topic": sub.get(
+                    "trajectory_topic", f"/{arm}_controller/joint_trajectory"
+                ),
                 "command_topic": sub.get("command_topic", f"/{arm}_controller/commands"),
             }
         )
@@ -329,7 +345,9 @@ def _cameras_from_params(p: Mapping[str, Any]) -> list[dict[str, Any]]:
 def params_for_node(doc: Mapping[str, Any], node_name: str = DEFAULT_NODE_NAME) -> dict[str, Any]:
     """Merge the ``/**`` section and the node's own section of a ROS parameter file."""
     if not isinstance(doc, Mapping):
-        raise ConfigError(f"parameter file must be a mapping at top level (got {type(doc).__name__})")
+        raise ConfigError(
+            f"parameter file must be a mapping at top level (got {type(doc).__name__})"
+        )
     merged: dict[str, Any] = {}
     keys = ["/**", node_name, "/" + node_name.lstrip("/")]
     found = False

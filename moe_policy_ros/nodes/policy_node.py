@@ -193,7 +193,10 @@ class PolicyNode(LifecycleNode):
                     f"cameras.{spec.name}: size {cam.width}x{cam.height} differs from the "
                     f"bundle's {spec.width}x{spec.height}"
                 )
-        backend = make_backend(cfg.policy.backend, device=cfg.policy.device)
+        backend = make_backend(
+            cfg.policy.backend, device=cfg.policy.device,
+            intra_op_threads=cfg.policy.intra_op_threads,
+        )
         policy = MoEPolicy(bundle, backend, routing=cfg.policy.routing)
         t0 = time.perf_counter()
         policy.warmup(cfg.policy.warmup_runs)
@@ -452,6 +455,8 @@ class PolicyNode(LifecycleNode):
             try:
                 self._infer_once()
             except Exception as err:
+                if not self.context.ok():
+                    break  # SIGINT shut the context down under us: stop quietly
                 self._infer_errors += 1
                 self._last_infer_error = f"{type(err).__name__}: {err}"
                 self.get_logger().error(
@@ -574,6 +579,8 @@ class PolicyNode(LifecycleNode):
             try:
                 self._tick(step)
             except Exception as err:
+                if not self.context.ok():
+                    break  # SIGINT shut the context down under us: stop quietly
                 self.get_logger().error(
                     f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
                 )
@@ -622,8 +629,14 @@ class PolicyNode(LifecycleNode):
             )
         )
         for ev in out.events:
-            log = self.get_logger().warning if ev.level else self.get_logger().info
-            log(f"mode {ev.previous.value} -> {ev.mode.value}: {ev.reason}")
+            # One call site per severity: rclpy raises "Logger severity cannot be changed
+            # between calls" when one call site logs at two severities, which aborted the
+            # tick (no command, mode not republished) on the first WARN/ERROR transition.
+            text = f"mode {ev.previous.value} -> {ev.mode.value}: {ev.reason}"
+            if ev.level:
+                self.get_logger().warning(text)
+            else:
+                self.get_logger().info(text)
         self._publish_mode()
         self._last_tick = out
         if out.mode == Mode.TELEOP and out.policy_command is not None:

@@ -19,10 +19,12 @@ import yaml
 
 pytest.importorskip("rclpy")
 
-from ros_helpers import REPO, FakeRobot, RosClient, node_process, wait_for  # noqa: E402
+import itertools
 
-from moe_policy_ros.core.config import load_config  # noqa: E402
-from moe_policy_ros.core.manifest import read_manifest  # noqa: E402
+from ros_helpers import REPO, FakeRobot, RosClient, node_process, wait_for
+
+from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.manifest import read_manifest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -193,7 +195,7 @@ def test_chunk_mode_publishes_joint_trajectories(client: RosClient, tmp_path: Pa
         assert list(msg.joint_names) == LEFT.joint_names
         assert 2 <= len(msg.points) <= H + 1
         t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
-        assert all(b > a for a, b in zip(t, t[1:], strict=False)), t
+        assert all(b > a for a, b in itertools.pairwise(t)), t
         np.testing.assert_allclose(np.diff(t), CFG.policy.control_period_s, atol=1e-6)
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         assert 0 < stamp <= now_ns, "header stamp must be the (past) observation time"

@@ -174,6 +174,9 @@ class OrtBackend:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = self.intra_op_threads
         so.inter_op_num_threads = 1
+        # No busy-waiting worker threads: on a robot computer the control loop and the
+        # drivers need the cores more than ONNX Runtime needs microseconds of wake-up.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         try:
             sess = ort.InferenceSession(
