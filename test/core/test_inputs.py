@@ -1,0 +1,79 @@
+"""InputBuffer: joint-state mapping by name, rejection without loss, staleness by stamp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe_policy_ros.core.inputs import JOINTS, InputBuffer, InputError
+
+NAMES = ["a", "b", "c"]
+S = 1_000_000_000
+
+
+def buf() -> InputBuffer:
+    return InputBuffer(NAMES, joint_max_age_s=0.1, cameras={"top": 0.2})
+
+
+def test_reordered_and_extra_joints_map_by_name() -> None:
+    b = buf()
+    s = b.put_joint_state(["c", "x", "a", "b"], [3.0, 9.0, 1.0, 2.0], [], 5 * S, 5 * S)
+    np.testing.assert_array_equal(s.positions, [1.0, 2.0, 3.0])
+    assert s.velocities is None
+    assert b.joints() is s
+
+
+def test_missing_joints_are_rejected_and_the_last_good_sample_kept() -> None:
+    b = buf()
+    good = b.put_joint_state(NAMES, [1.0, 2.0, 3.0], [0.1, 0.2, 0.3], 5 * S, 5 * S)
+    with pytest.raises(InputError, match=r"lacks joints \['b'\]"):
+        b.put_joint_state(["a", "c"], [0.0, 0.0], [], 6 * S, 6 * S)
+    assert b.joints() is good
+    st = b.status[JOINTS]
+    assert (st.received, st.rejected) == (1, 1)
+    assert "lacks joints ['b']" in st.last_error
+
+
+@pytest.mark.parametrize(
+    ("names", "pos", "vel", "stamp", "match"),
+    [
+        (NAMES, [1.0, 2.0], [], S, r"3 names but 2 positions"),
+        (NAMES, [1.0, 2.0, 3.0], [1.0], S, r"3 names but 1 velocities"),
+        (["a", "a", "b", "c"], [0.0] * 4, [], S, r"repeats joint names \['a'\]"),
+        (NAMES, [1.0, float("nan"), 3.0], [], S, r"non-finite positions for \['b'\]"),
+        (NAMES, [1.0, 2.0, 3.0], [], 0, r"header.stamp is zero"),
+    ],
+)
+def test_malformed_joint_states_name_the_bad_value(
+    names: list[str], pos: list[float], vel: list[float], stamp: int, match: str
+) -> None:
+    with pytest.raises(InputError, match=match):
+        buf().put_joint_state(names, pos, vel, stamp, S)
+
+
+def test_staleness_from_stamps_not_arrival() -> None:
+    b = buf()
+    now = 10 * S
+    assert sorted(b.stale(now)) == ["joint_states: no data", "top: no data"]
+    b.put_joint_state(NAMES, [0.0, 0.0, 0.0], [], now - int(0.05 * S), now)
+    b.put_image("top", np.zeros((2, 2, 3), np.uint8), now - int(0.5 * S), now)
+    stale = b.stale(now)
+    assert stale == ["top: 0.500 s old > 0.200 s"]
+    assert b.stale(now + int(0.06 * S))[0].startswith("joint_states: 0.110 s old")
+
+
+def test_rate_over_arrivals() -> None:
+    b = buf()
+    for i in range(11):
+        t = 10 * S + i * S // 50
+        b.put_joint_state(NAMES, [0.0, 0.0, 0.0], [], t, t)
+    assert b.status[JOINTS].rate_hz() == pytest.approx(50.0)
+
+
+def test_unknown_camera_and_bad_stamp() -> None:
+    b = buf()
+    with pytest.raises(InputError, match="unknown camera 'wrist'"):
+        b.put_image("wrist", np.zeros((1, 1, 3), np.uint8), S, S)
+    with pytest.raises(InputError, match=r"top: header\.stamp is zero"):
+        b.put_image("top", np.zeros((1, 1, 3), np.uint8), 0, S)
+    assert b.status["top"].rejected == 1
