@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,18 @@ def _stop(children: list[_Child], grace_s: float = 5.0) -> None:
                 pass
 
 
-class _LifecycleClient:
-    """Drives a lifecycle node through its services (rclpy imported lazily)."""
+class _Aborted(Exception):
+    """Bring-up gave up early: a signal arrived or a node exited (the reason is the text)."""
 
-    def __init__(self, node_fqn: str) -> None:
+
+class _LifecycleClient:
+    """Drives a lifecycle node through its services (rclpy imported lazily).
+
+    ``abort`` is polled while waiting; a non-empty reason stops the wait (raises _Aborted).
+    """
+
+    def __init__(self, node_fqn: str, abort: Callable[[], str] | None = None) -> None:
+        self._abort = abort or (lambda: "")
         import rclpy
         from lifecycle_msgs.srv import ChangeState, GetState
 
@@ -112,11 +121,25 @@ class _LifecycleClient:
         self._ChangeState = ChangeState
         self._GetState = GetState
 
+    def _check(self) -> None:
+        reason = self._abort()
+        if reason:
+            raise _Aborted(reason)
+
     def _call(self, client: Any, req: Any, timeout: float) -> Any:
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"service {client.srv_name} not available after {timeout:.0f} s")
+        # Wait in short slices so that a signal or a dead node is noticed at once.
+        deadline = time.monotonic() + timeout
+        while not client.wait_for_service(timeout_sec=0.2):
+            self._check()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"service {client.srv_name} not available after {timeout:.0f} s"
+                )
         fut = client.call_async(req)
-        self._executor.spin_until_future_complete(fut, timeout_sec=timeout)
+        while not fut.done() and time.monotonic() < deadline:
+            self._executor.spin_until_future_complete(fut, timeout_sec=0.2)
+            if not fut.done():
+                self._check()
         if not fut.done():
             raise TimeoutError(f"service {client.srv_name} did not answer in {timeout:.0f} s")
         return fut.result()
@@ -135,10 +158,14 @@ class _LifecycleClient:
         self._rclpy.try_shutdown(context=self._context)
 
 
-def _bring_up(fqn: str, timeout: float) -> tuple[bool, str]:
+def _bring_up(
+    fqn: str, timeout: float, abort: Callable[[], str] | None = None
+) -> tuple[bool, str]:
+    """Configure and activate ``fqn``; (active, message). Never raises for a timeout, a
+    signal or a dead node (``abort`` returns the reason to give up, "" to go on)."""
     from lifecycle_msgs.msg import Transition
 
-    client = _LifecycleClient(fqn)
+    client = _LifecycleClient(fqn, abort)
     try:
         state = client.state(timeout)
         if state == "unconfigured":
@@ -150,6 +177,8 @@ def _bring_up(fqn: str, timeout: float) -> tuple[bool, str]:
                 return False, f"{fqn}: activate failed"
             state = client.state(timeout)
         return state == "active", f"{fqn}: {state}"
+    except (TimeoutError, _Aborted) as err:
+        return False, f"{fqn}: not brought up: {err}"
     finally:
         client.close()
 
@@ -193,12 +222,21 @@ def run(args: argparse.Namespace) -> int:
     ns = f"/{args.namespace.strip('/')}" if args.namespace else ""
     policy_fqn = f"{ns}/moe_policy"
     rc = 0
+
+    def _abort() -> str:
+        if stop.is_set():
+            return "interrupted"
+        dead = [f"{c.spec.name} exited ({c.proc.poll()})" for c in children
+                if c.proc.poll() is not None]
+        return "; ".join(dead) if dead and not args.respawn else ""
+
     try:
         if not args.no_autostart:
-            ok, msg = _bring_up(policy_fqn, args.activate_timeout)
+            ok, msg = _bring_up(policy_fqn, args.activate_timeout, _abort)
             print(f"[up] {msg}", flush=True)
-            if not ok:
+            if not ok and not stop.is_set():  # a signal during bring-up is not a failure
                 rc = 1
+            if not ok:
                 stop.set()
         t_end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
         while not stop.is_set() and time.monotonic() < t_end:
@@ -214,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
                     time.sleep(1.0)
                     c.proc = _spawn(c.spec, c.cmd)
                     if c.spec.lifecycle and not args.no_autostart:
-                        ok, msg = _bring_up(policy_fqn, args.activate_timeout)
+                        ok, msg = _bring_up(policy_fqn, args.activate_timeout, _abort)
                         print(f"[up] {msg}", flush=True)
                 else:
                     print(f"[up] {c.spec.name} exited ({code}); stopping", flush=True)

@@ -61,14 +61,14 @@ def _pids_with(marker: str) -> list[int]:
 class Up:
     """``python -m moe_policy_ros.cli up PARAMS`` in its own session, logged to a file."""
 
-    def __init__(self, tmp: Path, duration_s: float = 120.0) -> None:
+    def __init__(self, tmp: Path, duration_s: float = 120.0, *extra: str) -> None:
         self.params = _params(tmp)
         self.marker = str(self.params)
         self.log_path = tmp / "up.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moe_policy_ros.cli", "up", str(self.params),
-             "--duration", str(duration_s), "--log-level", "warn"],
+             "--duration", str(duration_s), "--log-level", "warn", *extra],
             env=node_env(), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -242,3 +242,57 @@ def test_up_rejects_a_broken_file_without_starting_anything(tmp_path: Path) -> N
     assert "cameras.wrist.topic" in res.stderr
     assert "[up] starting" not in res.stdout
     assert _pids_with(str(bad)) == []
+
+
+def test_up_signal_during_bring_up_stops_at_once(tmp_path: Path) -> None:
+    """The policy node is frozen (SIGSTOP) before it can answer, so `up` is still waiting
+    for its lifecycle services when SIGINT arrives: it must not wait out --activate-timeout.
+    """
+    u = Up(tmp_path, 120.0)
+    frozen: int | None = None
+    try:
+        def policy_pid() -> int | None:
+            out = subprocess.run(["pgrep", "-f", f"policy_node.*{u.marker}"],
+                                 capture_output=True, text=True).stdout.split()
+            return int(out[0]) if out else None
+
+        wait_for(lambda: policy_pid() is not None, 30, "the policy node process", poll=0.01)
+        frozen = policy_pid()
+        assert frozen is not None
+        os.kill(frozen, signal.SIGSTOP)
+        time.sleep(1.0)
+        assert "[up] /moe_policy: active" not in u.log()
+        t0 = time.monotonic()
+        u.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(frozen, signal.SIGCONT)  # so that it can take the SIGINT `up` sends it
+        frozen = None
+        rc = u.proc.wait(timeout=30)
+        took = time.monotonic() - t0
+        log = u.log()
+        assert rc == 0, log
+        assert "not brought up: interrupted" in log, log
+        assert took < STOP_WITHIN_S, f"{took:.1f} s\n{log}"
+        assert _pids_with(u.marker) == []
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+        u.close()
+
+
+def test_up_gives_up_when_a_node_dies_during_bring_up(tmp_path: Path) -> None:
+    """Every node fails at rcl init (bad --log-level): `up` reports it and exits 1 at once
+    instead of waiting --activate-timeout for services nobody will offer."""
+    params = _params(tmp_path)
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "moe_policy_ros.cli", "up", str(params), "--log-level", "bogus",
+         "--activate-timeout", "60"],
+        env=node_env(), cwd=REPO, capture_output=True, text=True, timeout=90,
+    )
+    took = time.monotonic() - t0
+    assert res.returncode == 1, res
+    assert "/moe_policy: not brought up:" in res.stdout and "exited (1)" in res.stdout, res
+    assert "Traceback" not in res.stdout.split("[up] all nodes stopped")[-1]
+    assert took < 30, f"{took:.1f} s"
+    assert _pids_with(str(params)) == []
