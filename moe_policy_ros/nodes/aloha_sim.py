@@ -46,7 +46,7 @@ from rcl_interfaces.msg import (
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
@@ -59,6 +59,7 @@ from moe_policy_ros.core.trajectory import (
     TrajectoryFollower,
     TrajectoryPoint,
 )
+from moe_policy_ros.nodes.common import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp
 from moe_policy_ros.sim.aloha import (
     ARM_JOINT_NAMES,
     GL_BACKEND,
@@ -74,24 +75,12 @@ _MAX_LAG_S = 0.25  # re-anchor the pacing when this far behind
 _SUCCESS_PERIOD_NS = 1_000_000_000  # ~/success is also republished at 1 Hz
 _RESET_TIMEOUT_S = 5.0
 
-_RELIABLE_10 = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
-)
+_RELIABLE_10 = COMMAND_SUB_QOS
 _IMAGE_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE
 )
-_LATCHED = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=1,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
-
-
-def _ns_to_stamp(ns: int) -> TimeMsg:
-    msg = TimeMsg()
-    msg.sec, msg.nanosec = divmod(int(ns), 1_000_000_000)
-    return msg
+_LATCHED = LATCHED_QOS
+_ns_to_stamp = ns_to_stamp
 
 
 def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
