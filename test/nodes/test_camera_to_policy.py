@@ -56,6 +56,9 @@ def _params(tmp: Path) -> tuple[Path, dict[str, Any]]:
     p = doc["moe_policy"]["ros__parameters"]
     p["handover"]["require_teleop_to_engage"] = False
     p["policy"]["bundle"] = str(BUNDLE)
+    # joint states come from FakeRobot in this (test) process, which a loaded 2-core box can
+    # stall past 0.2 s; the camera keeps its configured max age (it is what is under test)
+    doc["/**"]["ros__parameters"]["robot"]["joint_states_max_age_s"] = 1.0
     doc["realsense_top"] = {"ros__parameters": {
         "source": "software", "width": TOP.width, "height": TOP.height, "fps": CAMERA_FPS,
     }}
