@@ -144,15 +144,19 @@ class RoutingConfig(_Strict):
     and never switches before ``min_dwell_chunks`` chunks.
     """
 
-    strategy: Literal["", "dense", "topk", "mass", "sticky"] = ""
-    k: int = Field(default=2, ge=1)
-    tau: float = Field(default=0.9, gt=0, le=1)
-    k_min: int = Field(default=1, ge=1)
+    strategy: Literal["", "dense", "topk", "mass", "sticky"] = Field(
+        default="", description="empty = the bundle's default"
+    )
+    k: int = Field(default=2, ge=1, description="experts for topk")
+    tau: float = Field(default=0.9, gt=0, le=1, description="gate-mass threshold")
+    k_min: int = Field(default=1, ge=1, description="fewest active experts (mass)")
     k_max: int = Field(default=0, ge=0, description="0 = number of experts")
-    mass: Literal["linear", "quadratic"] = "linear"
-    sticky_base: Literal["topk", "mass"] = "topk"
-    margin: float = Field(default=0.1, ge=0)
-    min_dwell_chunks: int = Field(default=3, ge=0)
+    mass: Literal["linear", "quadratic"] = Field(default="linear", description="gate mass")
+    sticky_base: Literal["topk", "mass"] = Field(
+        default="topk", description="how sticky routing picks a candidate set"
+    )
+    margin: float = Field(default=0.1, ge=0, description="gate margin to switch (sticky)")
+    min_dwell_chunks: int = Field(default=3, ge=0, description="chunks before a switch")
 
     @model_validator(mode="after")
     def _range(self) -> RoutingConfig:
@@ -171,23 +175,33 @@ class ExecutionConfig(_Strict):
     over ``blend_steps`` control steps; ``replace``: the newest chunk wins).
     """
 
-    mode: Literal["chunk", "stream"] = "stream"
-    merge: Literal["ensemble", "blend", "replace"] = "blend"
-    ensemble_decay: float = Field(default=0.01, ge=0)
-    blend_steps: int = Field(default=5, ge=1)
-    latency_compensation: bool = True
+    mode: Literal["chunk", "stream"] = Field(
+        default="stream", description="JointTrajectory per chunk, or a command per tick"
+    )
+    merge: Literal["ensemble", "blend", "replace"] = Field(
+        default="blend", description="how overlapping chunks merge (stream)"
+    )
+    ensemble_decay: float = Field(default=0.01, ge=0, description="ACT ensembling decay")
+    blend_steps: int = Field(default=5, ge=1, description="control steps of crossfade")
+    latency_compensation: bool = Field(
+        default=True, description="skip chunk steps elapsed since the observation"
+    )
 
 
 class PolicyConfig(_Strict):
     bundle: str = Field(min_length=1, description="bundle directory; relative = package share")
     sha256: str = Field(default="", description="pinned manifest SHA-256; empty = not pinned")
-    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "torch"] = "auto"
-    device: str = "cpu"
+    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "torch"] = Field(
+        default="auto", description="inference backend; auto picks the best available"
+    )
+    device: str = Field(default="cpu", description="cpu or cuda[:N]")
     routing: RoutingConfig = RoutingConfig()
-    control_rate_hz: float = Field(default=50.0, gt=0, le=2000)
-    inference_rate_hz: float = Field(default=10.0, gt=0, le=1000)
+    control_rate_hz: float = Field(default=50.0, gt=0, le=2000, description="Hz, control loop")
+    inference_rate_hz: float = Field(
+        default=10.0, gt=0, le=1000, description="Hz, new chunk requests"
+    )
     execution: ExecutionConfig = ExecutionConfig()
-    warmup_runs: int = Field(default=3, ge=0)
+    warmup_runs: int = Field(default=3, ge=0, description="inferences at configure")
     intra_op_threads: int = Field(
         default=1, ge=0, description="ONNX Runtime threads per stage; 0 = one per core"
     )
@@ -219,23 +233,33 @@ class SafetyConfig(_Strict):
     max_position_deviation: float = Field(default=0.5, gt=0, description="rad from measured")
     velocity_scale: float = Field(default=1.0, gt=0, le=1, description="fraction of limit")
     acceleration_scale: float = Field(default=1.0, gt=0, le=1, description="fraction of limit")
-    overrun_action: Literal["finish_chunk_then_hold", "hold"] = "finish_chunk_then_hold"
-    ood_action: Literal["ignore", "warn", "hold"] = "warn"
+    overrun_action: Literal["finish_chunk_then_hold", "hold"] = Field(
+        default="finish_chunk_then_hold", description="on inference overrun"
+    )
+    ood_action: Literal["ignore", "warn", "hold"] = Field(
+        default="warn", description="on an out-of-distribution observation"
+    )
     ood_energy_threshold: float = Field(default=math.inf, description="Di-BM min energy above")
-    hold_on_stale_inputs: bool = True
+    hold_on_stale_inputs: bool = Field(
+        default=True, description="hold when an input is older than its max age"
+    )
 
 
 class HandoverConfig(_Strict):
     """Teleop/autonomy handover (bumpless transfer, override, deadman)."""
 
-    initial_mode: Literal["HOLD", "TELEOP", "AUTONOMY"] = "HOLD"
-    blend_time_s: float = Field(default=1.0, ge=0)
+    initial_mode: Literal["HOLD", "TELEOP", "AUTONOMY"] = Field(
+        default="HOLD", description="mode after activate (entered once safe)"
+    )
+    blend_time_s: float = Field(default=1.0, ge=0, description="s, TELEOP->AUTONOMY blend")
     override_threshold: float = Field(default=0.3, gt=0, description="rad teleop vs policy")
-    deadman_required: bool = False
-    deadman_timeout_s: float = Field(default=0.5, gt=0)
+    deadman_required: bool = Field(default=False, description="hold without a deadman")
+    deadman_timeout_s: float = Field(default=0.5, gt=0, description="s, deadman freshness")
     engage_max_distance: float = Field(default=0.5, gt=0, description="rad first action gap")
-    teleop_topic: str = "/teleop/joint_command"
-    deadman_topic: str = "/teleop/deadman"
+    teleop_topic: str = Field(
+        default="/teleop/joint_command", description="sensor_msgs/JointState teleop"
+    )
+    deadman_topic: str = Field(default="/teleop/deadman", description="std_msgs/Bool")
     teleop_max_age_s: float = Field(default=0.2, gt=0, description="s; older teleop is stale")
     require_teleop_to_engage: bool = Field(
         default=True, description="refuse AUTONOMY without a fresh teleop command (override)"

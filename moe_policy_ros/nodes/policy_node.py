@@ -64,6 +64,7 @@ from moe_policy_ros.nodes.common import (
     spin_node,
     stamp_to_ns,
 )
+from moe_policy_ros.nodes.params import declare_parameters
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 
@@ -96,12 +97,8 @@ class PolicyNode(LifecycleNode):
         self._configure_error = ""
         self._entities: list[Any] = []
         self._pubs: dict[str, Publisher] = {}
-        super().__init__(
-            node_name,
-            automatically_declare_parameters_from_overrides=True,
-            allow_undeclared_parameters=True,
-            **kwargs,
-        )
+        super().__init__(node_name, **kwargs)
+        declare_parameters(self)
         self._mono = MonotonicClock()
         # /diagnostics exists from construction, so a failed configure is visible in rqt.
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -865,8 +862,7 @@ def _autostart(node: PolicyNode) -> None:
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = PolicyNode()
-    param = node.get_parameter_or("autostart", None)
-    if param is not None and bool(param.value):
+    if node.has_parameter("autostart") and bool(node.get_parameter("autostart").value):
         timer = None
 
         def _once() -> None:
