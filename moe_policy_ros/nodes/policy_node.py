@@ -525,7 +525,12 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             newest = self._scheduler.newest_start
             if newest is not None and start < newest:
-                start = newest
+                # An older observation than the newest chunk's (inputs arrived out of
+                # order): keep step alignment by dropping the steps before it.
+                drop = newest - start
+                if drop >= actions.shape[0]:
+                    return
+                actions, start = actions[drop:], newest
             self._scheduler.add_chunk(start, actions)
             self._pending_chunk = _Chunk(actions, start, obs.stamp_ns)
         self._policy_warm = True
