@@ -31,7 +31,7 @@ def node_process(
     module: str, ros_args: Sequence[str], log_path: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m module --ros-args ...``; SIGINT then kill on exit."""
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--ros-args", *ros_args],
         env=node_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -90,7 +90,7 @@ class RosClient:
         while not self._stop.is_set():
             try:
                 self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - context shutting down
+            except Exception:
                 if self._stop.is_set():
                     return
 
@@ -134,12 +134,24 @@ class RosClient:
         self.rclpy.try_shutdown(context=self.ctx)
 
 
+#: Bytes per pixel of the raw encodings FakeRobot can publish (valid or not for the node).
+_BYTES_PER_PIXEL = {"mono8": 1, "mono16": 2, "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4,
+                    "16UC1": 2, "32FC1": 4}
+
+
 class FakeRobot:
     """Publishes /joint_states and camera images at fixed rates from a thread.
 
     Stands in for the robot's drivers (a real publisher over DDS, not a mock of the node
     under test). ``positions`` may be changed between ticks; ``stamp_offset_s`` shifts the
-    header stamp (negative = old data).
+    header stamp (negative = old data). Fault injection, all settable at any time:
+    ``publish_joints`` / ``publish_images`` (stop a stream), ``joint_names_override`` (names
+    in the published order; positions are looked up by name, unknown names get 0.0),
+    ``image_encoding`` / ``image_size_override`` (bad images), ``joint_rate_hz`` /
+    ``camera_rate_hz`` (e.g. a flood). ``teleop_positions`` (robot joint order), when set,
+    is published as a sensor_msgs/JointState on ``teleop_topic`` with every joint state.
+    ``joints_sent`` / ``images_sent`` count publications and ``last_joint_t`` /
+    ``last_image_t`` hold the monotonic time of the latest ones.
     """
 
     def __init__(
@@ -151,6 +163,7 @@ class FakeRobot:
         size: tuple[int, int] = (96, 128),
         joint_rate_hz: float = 100.0,
         camera_rate_hz: float = 20.0,
+        teleop_topic: str = "/teleop/joint_command",
     ) -> None:
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
@@ -167,10 +180,18 @@ class FakeRobot:
         self.image_encoding = "rgb8"
         self.image_size_override: tuple[int, int] | None = None
         self.joint_names_override: list[str] | None = None
+        self.teleop_positions: np.ndarray | None = None
+        self.joints_sent = 0
+        self.images_sent = 0
+        self.last_joint_t = 0.0
+        self.last_image_t = 0.0
+        self._pixels: dict[tuple[int, int, int], bytes] = {}
         self.JointState, self.Image = JointState, Image
         self.js_pub = client.node.create_publisher(JointState, "/joint_states",
                                                    qos_profile_sensor_data)
         self.img_pub = client.node.create_publisher(Image, camera_topic, qos_profile_sensor_data)
+        self.teleop_pub = client.node.create_publisher(JointState, teleop_topic,
+                                                       qos_profile_sensor_data)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -183,36 +204,64 @@ class FakeRobot:
             now = now + Duration(nanoseconds=int(self.stamp_offset_s * 1e9))
         return now.to_msg()
 
+    def _publish_joints(self) -> None:
+        js = self.JointState()
+        js.header.stamp = self._stamp()
+        names = self.joint_names_override or self.names
+        js.name = list(names)
+        pos = {n: float(p) for n, p in zip(self.names, self.positions, strict=True)}
+        js.position = [pos.get(n, 0.0) for n in names]
+        self.js_pub.publish(js)
+        self.joints_sent += 1
+        self.last_joint_t = time.monotonic()
+
+    def _publish_teleop(self, q: np.ndarray) -> None:
+        js = self.JointState()
+        js.header.stamp = self._stamp()
+        js.name = list(self.names)
+        js.position = [float(x) for x in q]
+        self.teleop_pub.publish(js)
+
+    def _publish_image(self) -> None:
+        h, w = self.image_size_override or self.size
+        enc = self.image_encoding
+        bpp = _BYTES_PER_PIXEL.get(enc, 3)
+        data = self._pixels.get((h, w, bpp))
+        if data is None:
+            data = self._pixels[(h, w, bpp)] = bytes(
+                (np.arange(h * w * bpp) % 251).astype(np.uint8))
+        img = self.Image()
+        img.header.stamp = self._stamp()
+        img.header.frame_id = "top_camera_optical_frame"
+        img.height, img.width = h, w
+        img.encoding = enc
+        img.step = w * bpp
+        img.data = data
+        self.img_pub.publish(img)
+        self.images_sent += 1
+        self.last_image_t = time.monotonic()
+
     def _run(self) -> None:
-        period = 1.0 / self.joint_rate_hz
-        every = max(1, round(self.joint_rate_hz / self.camera_rate_hz))
-        i = 0
-        t0 = time.monotonic()
+        # Each stream keeps its own absolute schedule (rates may change at any time); after a
+        # stall the schedule restarts from now instead of bursting to catch up.
+        next_js = next_img = time.monotonic()
         while not self._stop.is_set():
+            now = time.monotonic()
             try:
-                if self.publish_joints:
-                    js = self.JointState()
-                    js.header.stamp = self._stamp()
-                    names = self.joint_names_override or self.names
-                    js.name = list(names)
-                    pos = {n: float(p) for n, p in zip(self.names, self.positions, strict=True)}
-                    js.position = [pos.get(n, 0.0) for n in names]
-                    self.js_pub.publish(js)
-                if self.publish_images and i % every == 0:
-                    h, w = self.image_size_override or self.size
-                    img = self.Image()
-                    img.header.stamp = self._stamp()
-                    img.header.frame_id = "top_camera_optical_frame"
-                    img.height, img.width = h, w
-                    img.encoding = self.image_encoding
-                    ch = 1 if self.image_encoding == "mono8" else 3
-                    img.step = w * ch
-                    img.data = bytes((np.arange(h * w * ch) % 251).astype(np.uint8))
-                    self.img_pub.publish(img)
-            except Exception:  # noqa: BLE001 - context shutting down
+                if now >= next_js:
+                    if self.publish_joints:
+                        self._publish_joints()
+                    teleop = self.teleop_positions
+                    if teleop is not None:
+                        self._publish_teleop(teleop)
+                    next_js = max(next_js + 1.0 / self.joint_rate_hz, now - 0.05)
+                if now >= next_img:
+                    if self.publish_images:
+                        self._publish_image()
+                    next_img = max(next_img + 1.0 / self.camera_rate_hz, now - 0.05)
+            except Exception:
                 return
-            i += 1
-            self._stop.wait(max(0.0, t0 + i * period - time.monotonic()))
+            self._stop.wait(max(0.0, min(next_js, next_img) - time.monotonic()))
 
     def close(self) -> None:
         self._stop.set()
