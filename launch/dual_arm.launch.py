@@ -18,7 +18,7 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchContext, LaunchDescription
-from moe_policy_ros.graph import node_graph, read_params_doc
+from moe_policy_ros.graph import node_graph, override_args, read_params_doc
 
 ARGUMENTS = (
     ("namespace", "", "Top-level namespace for every node"),
@@ -48,8 +48,9 @@ def _nodes(context: LaunchContext, default_params: str) -> list[Node]:
         ros_args += ["--enclave", arg("enclave")]
     actions: list[Node] = []
     for spec in specs:
+        # Overrides go on the command line with the node's name (override_args), so they
+        # beat the node's own section of the parameter file, as in `moe-policy-ros up`.
         overrides: dict[str, object] = {"use_sim_time": _truthy(arg("use_sim_time"))}
-        overrides.update(spec.parameters)
         if spec.lifecycle:
             overrides["autostart"] = _truthy(arg("autostart"))
             if arg("model"):
@@ -59,9 +60,9 @@ def _nodes(context: LaunchContext, default_params: str) -> list[Node]:
             executable=spec.executable,
             name=spec.name,
             namespace=arg("namespace"),
-            parameters=[params_file, overrides],
+            parameters=[params_file],
             remappings=list(spec.remappings),
-            ros_arguments=ros_args,
+            ros_arguments=ros_args + override_args(spec, overrides),
             respawn=_truthy(arg("respawn")),
             respawn_delay=2.0,
             output="screen",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_policy_ros.core.config import ConfigError
-from moe_policy_ros.graph import NodeSpec, node_graph, read_params_doc
+from moe_policy_ros.graph import NodeSpec, node_graph, override_args, read_params_doc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,12 +59,12 @@ def _command(spec: NodeSpec, args: argparse.Namespace, params: Path) -> list[str
         cmd += ["-r", f"__ns:=/{args.namespace.strip('/')}"]
     for src, dst in spec.remappings:
         cmd += ["-r", f"{src}:={dst}"]
-    for k, v in spec.parameters.items():
-        cmd += ["-p", f"{k}:={v}"]
+    overrides: dict[str, object] = {}
     if args.use_sim_time:
-        cmd += ["-p", "use_sim_time:=true"]
-    if spec.name == "moe_policy" and args.model:
-        cmd += ["-p", f"policy.bundle:={args.model}"]
+        overrides["use_sim_time"] = True
+    if spec.lifecycle and args.model:
+        overrides["policy.bundle"] = args.model
+    cmd += override_args(spec, overrides)
     if args.enclave:
         cmd += ["--enclave", args.enclave]
     return cmd

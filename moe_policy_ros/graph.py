@@ -80,3 +80,22 @@ def node_graph(doc: Mapping[str, Any], *, sim: bool | None = None) -> list[NodeS
             )
         )
     return specs
+
+
+def _ros_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def override_args(spec: NodeSpec, overrides: Mapping[str, Any]) -> list[str]:
+    """``-p <node>:<name>:=<value>`` arguments for command-line parameter overrides.
+
+    Prefixed with the node name so that they win over the node's own section of the
+    parameter file (a bare ``-p name:=value`` is a wildcard rule, which a node-specific
+    section beats). Used by both the launch files and ``moe-policy-ros up``.
+    """
+    args: list[str] = []
+    for key, value in {**spec.parameters, **overrides}.items():
+        args += ["-p", f"{spec.name}:{key}:={_ros_value(value)}"]
+    return args

@@ -848,6 +848,11 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ teardown
 
+    def destroy_node(self) -> None:
+        """Stop the worker threads before the publishers they use are destroyed."""
+        self._stop_threads()
+        super().destroy_node()
+
     def _stop_threads(self) -> None:
         self._stop.set()
         for t in self._threads:
