@@ -298,3 +298,25 @@ def test_launch_opaque_function_produces_the_graph(
     assert [s.name for s in specs] == expected
     assert len(nodes) == len(expected)
     assert isinstance(nodes[0], LifecycleNode)
+
+
+def test_override_args_beat_the_node_section_of_the_file() -> None:
+    """`up --model` and the launch `model` argument must win over `moe_policy:` in the file."""
+    rclpy = pytest.importorskip("rclpy")
+    from moe_policy_ros.graph import node_graph, override_args, read_params_doc
+
+    params = REPO / "config" / "sim_dual_arm.yaml"
+    spec = node_graph(read_params_doc(params))[0]
+    extra = override_args(spec, {"policy.bundle": "models/demo_smp", "autostart": True})
+    assert extra == ["-p", "moe_policy:policy.bundle:=models/demo_smp",
+                     "-p", "moe_policy:autostart:=true"]
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(params), *extra])
+    try:
+        node = rclpy.create_node("moe_policy", context=ctx)
+        overrides = node._parameter_overrides
+        assert overrides["policy.bundle"].value == "models/demo_smp"
+        assert overrides["autostart"].value is True
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)
