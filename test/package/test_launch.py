@@ -203,11 +203,12 @@ def test_bringup_command_carries_the_remappings_and_node_name(tmp_path: Path) ->
     assert "-r __ns:=/robot1" in joined
     assert "-r ~/color/image_raw:=/cameras/top/image_raw" in joined
     assert "-r ~/color/camera_info:=/cameras/top/camera_info" in joined
-    assert "-p camera_name:=top" in joined and "-p use_sim_time:=true" in joined
+    assert "-p realsense_top:camera_name:=top" in joined
+    assert "-p realsense_top:use_sim_time:=true" in joined
     assert f"--params-file {params}" in joined and "--enclave /enc" in joined
     assert "policy.bundle" not in joined, "the model override is for the policy node only"
     policy_cmd = " ".join(_command(node_graph(_with_realsense())[0], args, params))
-    assert "-p policy.bundle:=/x/bundle" in policy_cmd
+    assert "-p moe_policy:policy.bundle:=/x/bundle" in policy_cmd
 
 
 def test_graph_realsense_section_without_camera_topic_is_an_error() -> None:
