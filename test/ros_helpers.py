@@ -150,8 +150,10 @@ class FakeRobot:
     ``image_encoding`` / ``image_size_override`` (bad images), ``joint_rate_hz`` /
     ``camera_rate_hz`` (e.g. a flood). ``teleop_positions`` (robot joint order), when set,
     is published as a sensor_msgs/JointState on ``teleop_topic`` with every joint state.
-    ``joints_sent`` / ``images_sent`` count publications and ``last_joint_t`` /
-    ``last_image_t`` hold the monotonic time of the latest ones.
+    ``joints_sent`` / ``images_sent`` count publications, ``last_joint_t`` /
+    ``last_image_t`` hold the monotonic time of the latest ones and ``joint_gaps`` lists
+    ``(time, gap_s)`` for joint states published more than 0.1 s after the previous one
+    (a stall of this publisher, not of the subscriber).
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class FakeRobot:
         self.images_sent = 0
         self.last_joint_t = 0.0
         self.last_image_t = 0.0
+        self.joint_gaps: list[tuple[float, float]] = []  # (time, gap) of gaps over 0.1 s
         self._pixels: dict[tuple[int, int, int], bytes] = {}
         self.JointState, self.Image = JointState, Image
         self.js_pub = client.node.create_publisher(JointState, "/joint_states",
@@ -212,8 +215,11 @@ class FakeRobot:
         pos = {n: float(p) for n, p in zip(self.names, self.positions, strict=True)}
         js.position = [pos.get(n, 0.0) for n in names]
         self.js_pub.publish(js)
+        now = time.monotonic()
+        if self.last_joint_t and now - self.last_joint_t > 0.1:
+            self.joint_gaps.append((now, now - self.last_joint_t))
         self.joints_sent += 1
-        self.last_joint_t = time.monotonic()
+        self.last_joint_t = now
 
     def _publish_teleop(self, q: np.ndarray) -> None:
         js = self.JointState()

@@ -10,6 +10,14 @@ The robot side is :class:`~ros_helpers.FakeRobot` (a real DDS publisher standing
 drivers). Faults that only concern inputs share one node process (``TestSharedNode``: each
 test restores the robot and re-engages); bundle faults, teleop handover and kill/respawn run
 their own processes. Timing bounds allow ``SLACK_S`` for scheduling on a loaded 2-core host.
+
+Stalls: on a loaded host a process can be descheduled for longer than an input's max_age
+(0.2 s for joint_states); the node then holds, as it must. A fault is therefore injected only
+after 0.5 s of undisturbed AUTONOMY, and a HOLD counts for a fault only when the node's logged
+reason names the faulty source; anything else is printed as ``[stall]`` (with whether the
+FakeRobot publisher itself stalled) and the fault is injected again. Under the 10x flood the
+node may likewise fall back to HOLD; that is allowed (it is the fail-safe) and printed, while
+liveness, command validity and the control rate are asserted.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -342,12 +351,22 @@ class SharedNode:
             time.sleep(dwell)
             if not _mode_after(self.rig.modes, t):
                 return time.monotonic()
-            print(f"[stall] left AUTONOMY before the fault: {self.last_transition()}")
+            print(f"[stall] left AUTONOMY before the fault: {self.last_transition()}; "
+                  f"{self.publisher_gaps(t)}")
         raise AssertionError(f"no {dwell} s of undisturbed AUTONOMY in {attempts} attempts")
+
+    def publisher_gaps(self, since: float) -> str:
+        gaps = [g for t, g in self.robot.joint_gaps if t >= since - 0.5]
+        if not gaps:
+            return "FakeRobot published joint states without a gap over 0.1 s (node side)"
+        return f"FakeRobot joint_states publisher stalled {max(gaps) * 1e3:.0f} ms (test side)"
 
     def _leaving_autonomy(self) -> list[str]:
         return [ln.split("]: ", 1)[-1] for ln in self.log.read_text().splitlines()
                 if "mode AUTONOMY ->" in ln]
+
+    def _logged_more(self, n: int) -> bool:
+        return len(self._leaving_autonomy()) > n
 
     def last_transition(self) -> str:
         lines = self._leaving_autonomy()
@@ -367,12 +386,12 @@ class SharedNode:
             n = len(self._leaving_autonomy())
             inject()
             t_hold = _wait_mode(self.rig.modes, "HOLD", t_fault, 5)
-            wait_for(lambda n=n: len(self._leaving_autonomy()) > n, 2,
-                     "the logged HOLD reason")
+            wait_for(partial(self._logged_more, n), 2, "the logged HOLD reason")
             why = self._leaving_autonomy()[n]
             if source in why:
                 return t_fault, t_hold, why
-            print(f"[stall] {label}: HOLD for another reason first: {why}")
+            print(f"[stall] {label}: HOLD for another reason first: {why}; "
+                  f"{self.publisher_gaps(t_fault)}")
             undo()
         raise AssertionError(f"{label}: no HOLD naming {source} in {attempts} attempts")
 
@@ -475,7 +494,8 @@ class TestSharedNode:
                 time.sleep(1.8)
                 if not _mode_after(rig.modes, t_a):
                     break
-                print(f"[stall] {label}: left AUTONOMY: {node.last_transition()}")
+                print(f"[stall] {label}: left AUTONOMY: {node.last_transition()}; "
+                      f"{node.publisher_gaps(t_a)}")
                 robot.joint_names_override = None
                 node.settle(dwell=1.0 + blend)
             else:
@@ -614,7 +634,8 @@ class TestSharedNode:
         assert js_hz > 500, "the flood did not happen"
         changes = [m for _t, m in _mode_after(rig.modes, t0)]
         if changes:
-            print(f"[flood] left AUTONOMY: {node._leaving_autonomy()[n_leave:]}")
+            print(f"[flood] left AUTONOMY: {node._leaving_autonomy()[n_leave:]}; "
+                  f"{node.publisher_gaps(t0)}")
         assert set(changes) <= {"HOLD"}, changes
         assert node_rate >= FLOOD_MIN_RATE * RATE
         assert min(cmd_rates) >= FLOOD_MIN_RATE * RATE
