@@ -35,6 +35,7 @@ class SourceStatus:
     received: int = 0
     rejected: int = 0
     last_error: str = ""
+    last_error_ns: int | None = None
     last_stamp_ns: int | None = None
     last_received_ns: int | None = None
     _arrivals: deque[int] = field(default_factory=lambda: deque(maxlen=50))
@@ -80,6 +81,7 @@ class InputBuffer:
         self._joint_names = list(joint_names)
         self._index = {n: i for i, n in enumerate(self._joint_names)}
         self._lock = threading.Lock()
+        self._order_cache: dict[tuple[str, ...], np.ndarray] = {}
         self._joints: JointSample | None = None
         self._images: dict[str, ImageSample] = {}
         self.status: dict[str, SourceStatus] = {JOINTS: SourceStatus(JOINTS, joint_max_age_s)}
@@ -100,7 +102,7 @@ class InputBuffer:
         try:
             sample = self._map_joints(names, positions, velocities, stamp_ns)
         except InputError as err:
-            self.reject(JOINTS, str(err))
+            self.reject(JOINTS, str(err), now_ns)
             raise
         with self._lock:
             self._joints = sample
@@ -114,6 +116,18 @@ class InputBuffer:
         velocities: Sequence[float],
         stamp_ns: int,
     ) -> JointSample:
+        key = tuple(names)
+        cached = self._order_cache.get(key)
+        if cached is not None and len(positions) == len(key) and (
+            not velocities or len(velocities) == len(key)
+        ):
+            # Fast path for the common case (same names as last time): no name checks.
+            pos = np.asarray(positions, dtype=np.float64)[cached]
+            if np.all(np.isfinite(pos)) and stamp_ns > 0:
+                vel = np.asarray(velocities, dtype=np.float64)[cached] if velocities else None
+                if vel is not None and not np.all(np.isfinite(vel)):
+                    vel = None
+                return JointSample(pos, vel, stamp_ns)
         names = list(names)
         if len(positions) != len(names):
             raise InputError(
@@ -142,6 +156,8 @@ class InputBuffer:
                 vel = None
         if stamp_ns <= 0:
             raise InputError(f"JointState header.stamp is zero or negative ({stamp_ns} ns)")
+        if len(self._order_cache) < 8:
+            self._order_cache[key] = np.asarray(order)
         return JointSample(pos, vel, stamp_ns)
 
     def put_image(self, camera: str, image: np.ndarray, stamp_ns: int, now_ns: int) -> None:
@@ -149,17 +165,27 @@ class InputBuffer:
             raise InputError(f"unknown camera {camera!r}")
         if stamp_ns <= 0:
             err = InputError(f"{camera}: header.stamp is zero or negative ({stamp_ns} ns)")
-            self.reject(camera, str(err))
+            self.reject(camera, str(err), now_ns)
             raise err
         with self._lock:
             self._images[camera] = ImageSample(image, stamp_ns)
             self._accept(camera, stamp_ns, now_ns)
 
-    def reject(self, source: str, error: str) -> None:
+    def reject(self, source: str, error: str, now_ns: int | None = None) -> None:
         with self._lock:
             st = self.status[source]
             st.rejected += 1
             st.last_error = error
+            st.last_error_ns = now_ns
+
+    def recent_errors(self, now_ns: int, window_s: float = 5.0) -> list[str]:
+        """``source: error`` for sources that rejected a sample within the window."""
+        with self._lock:
+            return [
+                f"{st.name}: {st.last_error}"
+                for st in self.status.values()
+                if st.last_error_ns is not None and now_ns - st.last_error_ns <= window_s * 1e9
+            ]
 
     def _accept(self, source: str, stamp_ns: int, now_ns: int) -> None:
         st = self.status[source]

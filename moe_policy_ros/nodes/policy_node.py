@@ -335,7 +335,7 @@ class PolicyNode(LifecycleNode):
                     )
             inputs.put_image(camera, img, stamp_to_ns(msg.header.stamp), self._now_ns())
         except (ImageError, InputError) as err:
-            inputs.reject(camera, str(err))
+            inputs.reject(camera, str(err), self._now_ns())
             self.get_logger().warning(f"rejected image from {cam.topic}: {err}",
                                    throttle_duration_sec=2.0)
 
@@ -375,8 +375,7 @@ class PolicyNode(LifecycleNode):
             res.success, res.message = False, "node is not active"
             return res
         ok, msg = self._arbiter.engage_autonomy(bool(req.data))
-        self.get_logger().info(f"engage_autonomy({req.data}): {'accepted' if ok else 'refused'}"
-                               f": {msg}")
+        self.get_logger().info(f"engage_autonomy({req.data}): {msg}")
         res.success, res.message = ok, msg
         self._publish_mode()
         return res
@@ -386,7 +385,7 @@ class PolicyNode(LifecycleNode):
             res.success, res.message = False, "node is not configured"
             return res
         ok, msg = getattr(self._arbiter, fn_name)()
-        self.get_logger().info(f"{fn_name}: {'accepted' if ok else 'refused'}: {msg}")
+        self.get_logger().info(f"{fn_name}: {msg}")
         res.success, res.message = ok, msg
         self._publish_mode()
         return res
@@ -767,8 +766,10 @@ class PolicyNode(LifecycleNode):
             ]
             if st.last_error:
                 vals.append((f"{st.name} last error", st.last_error))
-                level = max(level, WARN)
+        recent = inputs.recent_errors(now_ros)
         msg_txt = "all inputs fresh"
+        if recent:
+            level, msg_txt = WARN, "rejected in the last 5 s: " + "; ".join(recent)
         if stale:
             level, msg_txt = ERROR if state == "active" else WARN, "stale: " + "; ".join(stale)
         out.append(diag_status(f"{name}: inputs", level, msg_txt, vals, hw))

@@ -77,3 +77,24 @@ def test_unknown_camera_and_bad_stamp() -> None:
     with pytest.raises(InputError, match=r"top: header\.stamp is zero"):
         b.put_image("top", np.zeros((1, 1, 3), np.uint8), 0, S)
     assert b.status["top"].rejected == 1
+
+
+def test_recent_errors_expire_so_diagnostics_recover() -> None:
+    b = buf()
+    with pytest.raises(InputError):
+        b.put_joint_state(["a"], [0.0], [], 5 * S, 5 * S)
+    assert b.recent_errors(6 * S) == ["joint_states: JointState lacks joints ['b', 'c']"]
+    assert b.recent_errors(11 * S) == []
+    assert b.status[JOINTS].last_error  # still shown as the last error value
+
+
+def test_cached_joint_order_still_validates() -> None:
+    b = buf()
+    b.put_joint_state(["c", "a", "b"], [3.0, 1.0, 2.0], [], 5 * S, 5 * S)
+    s = b.put_joint_state(["c", "a", "b"], [6.0, 4.0, 5.0], [1.0, 2.0, 3.0], 6 * S, 6 * S)
+    np.testing.assert_array_equal(s.positions, [4.0, 5.0, 6.0])
+    assert s.velocities is not None and list(s.velocities) == [2.0, 3.0, 1.0]
+    with pytest.raises(InputError, match=r"non-finite positions for \['c'\]"):
+        b.put_joint_state(["c", "a", "b"], [float("inf"), 4.0, 5.0], [], 7 * S, 7 * S)
+    with pytest.raises(InputError, match=r"zero or negative"):
+        b.put_joint_state(["c", "a", "b"], [1.0, 4.0, 5.0], [], 0, 7 * S)
