@@ -272,3 +272,81 @@ class FakeRobot:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+
+
+# --------------------------------------------------------------------------- policy node
+
+POLICY_NODE = "/moe_policy"
+
+
+def bundle_home(bundle: Path, joint_names: Sequence[str]) -> np.ndarray:
+    """A pose the untrained bundle's first action is close to (its action mean)."""
+    from moe_policy_ros.core.manifest import read_manifest
+
+    m = read_manifest(bundle)
+    names = list(joint_names)
+    q = np.zeros(len(names))
+    for j, mu in zip(m.action.joints, m.action.mean, strict=True):
+        q[names.index(j)] = mu
+    return q
+
+
+def policy_params(
+    tmp: Path, name: str = "params.yaml", input_max_age_s: float | None = None, **overrides: Any
+) -> Path:
+    """config/dual_arm.yaml with ``section__key=value`` overrides of the moe_policy section
+    (engage does not need teleop), the bundle path made absolute. ``input_max_age_s`` sets
+    the joint-state and camera max ages (tests whose FakeRobot shares a busy process)."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "config" / "dual_arm.yaml").read_text())
+    if input_max_age_s is not None:
+        shared = doc["/**"]["ros__parameters"]
+        shared["robot"]["joint_states_max_age_s"] = input_max_age_s
+        for cam in shared["cameras"]["names"]:
+            shared["cameras"][cam]["max_age_s"] = input_max_age_s
+    p = doc["moe_policy"]["ros__parameters"]
+    p["handover"]["require_teleop_to_engage"] = False
+    for dotted, value in overrides.items():
+        node = p
+        *head, last = dotted.split("__")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = value
+    if not Path(str(p["policy"]["bundle"])).is_absolute():
+        p["policy"]["bundle"] = str(REPO / p["policy"]["bundle"])
+    path = tmp / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def engage(client: RosClient, on: bool = True, timeout: float = 30.0) -> str:
+    """engage_autonomy(on), retried while refused; '' on success, else the last refusal."""
+    from std_srvs.srv import SetBool
+
+    deadline = time.monotonic() + timeout
+    msg = ""
+    while time.monotonic() < deadline:
+        res = client.call(SetBool, f"{POLICY_NODE}/engage_autonomy", SetBool.Request(data=on))
+        if res.success:
+            return ""
+        msg = res.message
+        time.sleep(0.2)
+    return msg
+
+
+def change_state(client: RosClient, transition: int) -> bool:
+    from lifecycle_msgs.srv import ChangeState
+
+    req = ChangeState.Request()
+    req.transition.id = transition
+    return bool(
+        client.call(ChangeState, f"{POLICY_NODE}/change_state", req, timeout=30.0).success
+    )
+
+
+def lifecycle_state(client: RosClient) -> str:
+    from lifecycle_msgs.srv import GetState
+
+    res = client.call(GetState, f"{POLICY_NODE}/get_state", GetState.Request())
+    return str(res.current_state.label)

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
@@ -26,7 +25,7 @@ try:
 except ImportError as _err:  # pragma: no cover - depends on the machine
     pytest.skip(f"pyrealsense2 does not import: {_err}", allow_module_level=True)
 
-from ros_helpers import REPO, FakeRobot, RosClient, node_process, wait_for
+from ros_helpers import REPO, FakeRobot, RosClient, bundle_home, engage, node_process, wait_for
 
 from moe_policy_ros.bringup import _command
 from moe_policy_ros.core.config import load_config
@@ -41,14 +40,6 @@ NAMES = CFG.robot.joint_names
 TOP = next(c for c in CFG.cameras if c.name == "top")
 CAMERA_FPS = 15
 
-
-def _home() -> np.ndarray:
-    """The untrained bundle's action mean: a pose its first action is close to."""
-    m = read_manifest(BUNDLE)
-    q = np.zeros(len(NAMES))
-    for j, mu in zip(m.action.joints, m.action.mean, strict=True):
-        q[NAMES.index(j)] = mu
-    return q
 
 
 def _params(tmp: Path) -> tuple[Path, dict[str, Any]]:
@@ -79,7 +70,6 @@ def test_software_realsense_feeds_the_policy(client: RosClient, tmp_path: Path) 
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Float32MultiArray, Float64MultiArray, Int32MultiArray, String
-    from std_srvs.srv import SetBool
 
     from moe_policy_ros.nodes.common import LATCHED_QOS
 
@@ -103,7 +93,9 @@ def test_software_realsense_feeds_the_policy(client: RosClient, tmp_path: Path) 
     active = client.record(Int32MultiArray, "/moe_policy/router/active")
     diags = client.record(DiagnosticArray, "/diagnostics")
     # joint states only: the fake robot's image publisher is on a topic nobody reads
-    robot = FakeRobot(client, NAMES, _home(), camera_topic="/fake_robot/unused/image_raw")
+    robot = FakeRobot(
+        client, NAMES, bundle_home(BUNDLE, NAMES), camera_topic="/fake_robot/unused/image_raw"
+    )
     robot.publish_images = False
     try:
         with node_process(cam.module, cam_cmd[4:], tmp_path / "camera.log") as cam_proc, \
@@ -112,13 +104,8 @@ def test_software_realsense_feeds_the_policy(client: RosClient, tmp_path: Path) 
                              tmp_path / "policy.log"):
             wait_for(lambda: len(images) >= 5, 60, f"software RealSense frames on {TOP.topic}")
             wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD")
-            deadline = time.monotonic() + 30
-            res = client.call(SetBool, "/moe_policy/engage_autonomy", SetBool.Request(data=True))
-            while not res.success and time.monotonic() < deadline:
-                time.sleep(0.3)
-                res = client.call(SetBool, "/moe_policy/engage_autonomy",
-                                  SetBool.Request(data=True))
-            assert res.success, f"engage refused: {res.message}"
+            refused = engage(client)
+            assert refused == "", f"engage refused: {refused}"
             wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
             t_engaged = time.monotonic()
             time.sleep(3.0)

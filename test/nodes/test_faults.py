@@ -41,10 +41,20 @@ import yaml
 
 pytest.importorskip("rclpy")
 
-from ros_helpers import REPO, FakeRobot, RosClient, node_process, wait_for
+from ros_helpers import (
+    REPO,
+    FakeRobot,
+    RosClient,
+    bundle_home,
+    change_state,
+    engage,
+    lifecycle_state,
+    node_process,
+    policy_params,
+    wait_for,
+)
 
 from moe_policy_ros.core.config import load_config
-from moe_policy_ros.core.manifest import read_manifest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -71,31 +81,6 @@ POLICY_NODE = "moe_policy_ros.nodes.policy_node"
 # --------------------------------------------------------------------------- helpers
 
 
-def _home() -> np.ndarray:
-    """A pose the untrained bundle's first action is close to (its action mean)."""
-    m = read_manifest(BUNDLE)
-    q = np.zeros(len(NAMES))
-    for j, mu in zip(m.action.joints, m.action.mean, strict=True):
-        q[NAMES.index(j)] = mu
-    return q
-
-
-def write_params(tmp: Path, name: str = "params.yaml", **overrides: Any) -> Path:
-    """dual_arm.yaml with ``section__key=value`` overrides of the moe_policy parameters."""
-    doc = yaml.safe_load((REPO / "config" / "dual_arm.yaml").read_text())
-    p = doc["moe_policy"]["ros__parameters"]
-    p["handover"]["require_teleop_to_engage"] = False
-    for dotted, value in overrides.items():
-        node = p
-        *head, last = dotted.split("__")
-        for h in head:
-            node = node.setdefault(h, {})
-        node[last] = value
-    if not Path(str(p["policy"]["bundle"])).is_absolute():
-        p["policy"]["bundle"] = str(REPO / p["policy"]["bundle"])
-    path = tmp / name
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 class CommandMonitor:
@@ -210,20 +195,6 @@ def _wait_mode(modes: list[tuple[float, Any]], mode: str, since: float,
     return hits[0]
 
 
-def _engage(client: RosClient, on: bool = True, timeout: float = 30.0) -> str:
-    """engage_autonomy(on), retried while refused; '' on success, else the last refusal."""
-    from std_srvs.srv import SetBool
-
-    deadline = time.monotonic() + timeout
-    msg = ""
-    while time.monotonic() < deadline:
-        res = client.call(SetBool, f"{NODE}/engage_autonomy", SetBool.Request(data=on))
-        if res.success:
-            return ""
-        msg = res.message
-        time.sleep(0.2)
-    return msg
-
 
 def _trigger(client: RosClient, name: str) -> Any:
     from std_srvs.srv import Trigger
@@ -251,19 +222,6 @@ def _assert_clean_log(log: Path) -> None:
         assert not lines, f"{log}: {lines[:3]}"
 
 
-def _change_state(client: RosClient, transition: int) -> bool:
-    from lifecycle_msgs.srv import ChangeState
-
-    req = ChangeState.Request()
-    req.transition.id = transition
-    return bool(client.call(ChangeState, f"{NODE}/change_state", req, timeout=30.0).success)
-
-
-def _state(client: RosClient) -> str:
-    from lifecycle_msgs.srv import GetState
-
-    return str(client.call(GetState, f"{NODE}/get_state", GetState.Request()).current_state
-               .label)
 
 
 def _set_bundle(client: RosClient, path: Path) -> None:
@@ -326,12 +284,12 @@ class SharedNode:
         r.joint_names_override = None
         r.image_encoding, r.image_size_override = "rgb8", None
         r.joint_rate_hz, r.camera_rate_hz = 100.0, 20.0
-        r.positions = _home()
+        r.positions = bundle_home(BUNDLE, NAMES)
         assert self.proc.poll() is None, "policy node died"
         if self.mode() == "ESTOP":
             assert _trigger(self.rig.client, "reset_estop").success
         if self.mode() != "AUTONOMY":
-            refused = _engage(self.rig.client)
+            refused = engage(self.rig.client)
             assert refused == "", f"engage refused: {refused}"
             _wait_mode(self.rig.modes, "AUTONOMY", time.monotonic() - 5.0)
 
@@ -400,8 +358,8 @@ class SharedNode:
 def node(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedNode]:
     """One policy node process (autostart) and FakeRobot for the tests of a class."""
     tmp = tmp_path_factory.mktemp("shared")
-    params = write_params(tmp)
-    robot = FakeRobot(rig.client, NAMES, _home())
+    params = policy_params(tmp)
+    robot = FakeRobot(rig.client, NAMES, bundle_home(BUNDLE, NAMES))
     rig.monitor.cut()
     t_start = time.monotonic()
     try:
@@ -583,7 +541,7 @@ class TestSharedNode:
         assert res.success, res.message
         t_estop = _wait_mode(rig.modes, "ESTOP", t_req, 5)
         print(f"[estop] ESTOP on ~/mode {(t_estop - t_req) * 1e3:.0f} ms after the request")
-        refused = _engage(rig.client, timeout=0.5)
+        refused = engage(rig.client, timeout=0.5)
         assert "estop" in refused.lower(), refused
         hold = _trigger(rig.client, "hold")
         assert not hold.success, hold.message
@@ -593,7 +551,7 @@ class TestSharedNode:
         res = _trigger(rig.client, "reset_estop")
         assert res.success, res.message
         _wait_mode(rig.modes, "HOLD", t_reset, 5)
-        assert _engage(rig.client) == ""
+        assert engage(rig.client) == ""
         _wait_mode(rig.modes, "AUTONOMY", t_reset, 5)
         assert [m for _t, m in _mode_after(rig.modes, t_req)] == ["ESTOP", "HOLD", "AUTONOMY"]
         print(f"[estop] refusal: {refused!r}")
@@ -662,7 +620,7 @@ def _poison_expert_bundle(dst: Path) -> tuple[np.ndarray, int]:
 
     h, w = CAM.height, CAM.width
     image = (np.arange(h * w * 3) % 251).astype(np.uint8).reshape(h, w, 3)  # FakeRobot's
-    home = _home()
+    home = bundle_home(BUNDLE, NAMES)
 
     def policy_for(path: Path) -> Callable[[np.ndarray], Any]:
         b = load_bundle(path)
@@ -718,15 +676,15 @@ def test_nan_bundle_holds_and_never_publishes_nan(
     then the robot moves until the poisoned expert is active -> HOLD, never a NaN command,
     inference diagnostics ERROR with non-finite chunks counted; back home, engage works."""
     pose, _expert = _poison_expert_bundle(tmp_path / "nan_bundle")
-    params = write_params(tmp_path, policy__bundle=str(tmp_path / "nan_bundle"))
-    robot = FakeRobot(rig.client, NAMES, _home())
+    params = policy_params(tmp_path, policy__bundle=str(tmp_path / "nan_bundle"))
+    robot = FakeRobot(rig.client, NAMES, bundle_home(BUNDLE, NAMES))
     rig.monitor.cut()
     t0 = time.monotonic()
     try:
         with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
                           tmp_path / "node.log") as proc:
             _wait_mode(rig.modes, "HOLD", t0, 60)
-            assert _engage(rig.client) == ""
+            assert engage(rig.client) == ""
             _wait_mode(rig.modes, "AUTONOMY", t0, 5)
             time.sleep(0.5)
             t_move = time.monotonic()
@@ -739,8 +697,8 @@ def test_nan_bundle_holds_and_never_publishes_nan(
                 t_hold - 1.0, 3, "inference ERROR with non-finite chunks")
             print(f"[nan bundle] inference diagnostics: {inf.message}")
             _assert_holding_still(rig.monitor, t_hold, "nan bundle")
-            _ramp(robot, _home())
-            assert _engage(rig.client) == "", "engage after returning home"
+            _ramp(robot, bundle_home(BUNDLE, NAMES))
+            assert engage(rig.client) == "", "engage after returning home"
             _wait_mode(rig.modes, "AUTONOMY", t_hold, 5)
             time.sleep(0.5)
             assert proc.poll() is None
@@ -775,19 +733,19 @@ def test_corrupt_bundle_at_configure(rig: Rig, tmp_path: Path) -> None:
             doc["action"]["dim"] = int(doc["action"]["dim"]) - 1
             cases.append((label, d, ("policy.yaml", "dim")))
         (d / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    params = write_params(tmp_path, policy__bundle=str(cases[0][1]))
+    params = policy_params(tmp_path, policy__bundle=str(cases[0][1]))
     rig.monitor.cut()
     t0 = time.monotonic()
     with node_process(POLICY_NODE, ["--params-file", str(params)],
                       tmp_path / "node.log") as proc:
-        wait_for(lambda: _state(rig.client) == "unconfigured", 30, "unconfigured")
+        wait_for(lambda: lifecycle_state(rig.client) == "unconfigured", 30, "unconfigured")
         for i, (label, path, tokens) in enumerate(cases):
             if i:
                 _set_bundle(rig.client, path)
             t_try = time.monotonic()
-            assert not _change_state(rig.client, Transition.TRANSITION_CONFIGURE), label
+            assert not change_state(rig.client, Transition.TRANSITION_CONFIGURE), label
             assert proc.poll() is None, f"node died on {label}"
-            assert _state(rig.client) == "unconfigured"
+            assert lifecycle_state(rig.client) == "unconfigured"
 
             def names_it(s: Any, tokens: tuple[str, ...] = tokens, path: Path = path) -> bool:
                 m = s.message.lower()
@@ -798,8 +756,8 @@ def test_corrupt_bundle_at_configure(rig: Rig, tmp_path: Path) -> None:
                               f"{label}: lifecycle ERROR naming {tokens}")
             print(f"[corrupt bundle {label}] {st.message.splitlines()[0][:160]}")
         _set_bundle(rig.client, BUNDLE)
-        assert _change_state(rig.client, Transition.TRANSITION_CONFIGURE)
-        assert _state(rig.client) == "inactive"
+        assert change_state(rig.client, Transition.TRANSITION_CONFIGURE)
+        assert lifecycle_state(rig.client) == "inactive"
         _wait_status(rig.diags, "lifecycle", lambda s: _level(s) == 0, time.monotonic(), 5,
                      "lifecycle OK after a good configure")
     assert rig.monitor.check(t0)[0] == 0, "commands published while unconfigured/inactive"
@@ -811,8 +769,8 @@ def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
     require_teleop_to_engage: three engage/disengage cycles (one disengage in mid-blend).
     Pass: ~/mode reports exactly HOLD, TELEOP, then AUTONOMY/TELEOP per cycle; disengage is
     never refused; commands valid and step-limited throughout (bumpless)."""
-    params = write_params(tmp_path, handover__require_teleop_to_engage=True)
-    home = _home()
+    params = policy_params(tmp_path, handover__require_teleop_to_engage=True)
+    home = bundle_home(BUNDLE, NAMES)
     robot = FakeRobot(rig.client, NAMES, home)
     stop = threading.Event()
     moving = np.zeros(len(NAMES))
@@ -833,12 +791,12 @@ def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
         with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
                           tmp_path / "node.log") as proc:
             _wait_mode(rig.modes, "HOLD", t0, 60)
-            assert _engage(rig.client, on=False) == ""
+            assert engage(rig.client, on=False) == ""
             _wait_mode(rig.modes, "TELEOP", t0, 5)
             time.sleep(0.5)
             for dwell in (1.4, 0.4, 1.4):
                 t_c = time.monotonic()
-                refused = _engage(rig.client, on=True)
+                refused = engage(rig.client, on=True)
                 assert refused == "", refused
                 _wait_mode(rig.modes, "AUTONOMY", t_c, 5)
                 time.sleep(dwell)
@@ -879,8 +837,8 @@ def test_killed_node_respawns_in_hold(rig: Rig, tmp_path: Path) -> None:
     """SIGKILL the node in AUTONOMY and start a new process: it comes up in HOLD and stays
     there for 3 s with every input fresh (never AUTONOMY on its own), its first command is
     the measured position, all its commands are valid; engage then works."""
-    params = write_params(tmp_path)
-    home = _home()
+    params = policy_params(tmp_path)
+    home = bundle_home(BUNDLE, NAMES)
     robot = FakeRobot(rig.client, NAMES, home)
     rig.monitor.cut()
     t0 = time.monotonic()
@@ -888,7 +846,7 @@ def test_killed_node_respawns_in_hold(rig: Rig, tmp_path: Path) -> None:
         with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
                           tmp_path / "node1.log") as proc:
             _wait_mode(rig.modes, "HOLD", t0, 60)
-            assert _engage(rig.client) == ""
+            assert engage(rig.client) == ""
             _wait_mode(rig.modes, "AUTONOMY", t0, 5)
             time.sleep(1.0)
             os.killpg(proc.pid, signal.SIGKILL)
@@ -910,7 +868,7 @@ def test_killed_node_respawns_in_hold(rig: Rig, tmp_path: Path) -> None:
             first = np.concatenate([rig.monitor.window(a.name, t1)[0] for a in ARMS])
             np.testing.assert_allclose(first, np.clip(home, Q_MIN, Q_MAX), atol=1e-6)
             t_e = time.monotonic()
-            assert _engage(rig.client) == ""
+            assert engage(rig.client) == ""
             _wait_mode(rig.modes, "AUTONOMY", t_e, 5)
             time.sleep(0.5)
             assert proc2.poll() is None

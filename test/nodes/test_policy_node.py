@@ -15,13 +15,23 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("rclpy")
 
 import itertools
 
-from ros_helpers import REPO, FakeRobot, RosClient, node_process, wait_for
+from ros_helpers import (
+    REPO,
+    FakeRobot,
+    RosClient,
+    bundle_home,
+    change_state,
+    engage,
+    lifecycle_state,
+    node_process,
+    policy_params,
+    wait_for,
+)
 
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
@@ -34,35 +44,6 @@ NAMES = CFG.robot.joint_names
 LEFT = CFG.robot.arm("left_arm")
 
 
-def _home() -> np.ndarray:
-    """A pose the untrained bundle's first action is close to (its action mean)."""
-    m = read_manifest(BUNDLE)
-    q = np.zeros(len(NAMES))
-    for j, mu in zip(m.action.joints, m.action.mean, strict=True):
-        q[NAMES.index(j)] = mu
-    return q
-
-
-def write_params(tmp: Path, **policy_overrides: Any) -> Path:
-    doc = yaml.safe_load((REPO / "config" / "dual_arm.yaml").read_text())
-    p = doc["moe_policy"]["ros__parameters"]
-    p["handover"]["require_teleop_to_engage"] = False
-    # FakeRobot publishes from this (busy) test process; allow for its GIL stalls on a
-    # loaded 2-core machine. Staleness itself is tested in test_faults.py.
-    shared = doc["/**"]["ros__parameters"]
-    shared["robot"]["joint_states_max_age_s"] = 0.5
-    shared["cameras"]["top"]["max_age_s"] = 0.5
-    for dotted, value in policy_overrides.items():
-        node = p
-        *head, last = dotted.split("__")
-        for h in head:
-            node = node.setdefault(h, {})
-        node[last] = value
-    if not Path(str(p["policy"]["bundle"])).is_absolute():
-        p["policy"]["bundle"] = str(REPO / p["policy"]["bundle"])
-    path = tmp / "params.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +51,12 @@ def client() -> Iterator[RosClient]:
     c = RosClient("policy_node_test")
     yield c
     c.close()
+
+
+def write_params(tmp: Path, **overrides: Any) -> Path:
+    # FakeRobot publishes from this (busy) test process; allow for its GIL stalls on a
+    # loaded 2-core machine. Staleness itself is tested in test_faults.py.
+    return policy_params(tmp, input_max_age_s=0.5, **overrides)
 
 
 def _latched_mode(client: RosClient) -> list[tuple[float, Any]]:
@@ -80,33 +67,7 @@ def _latched_mode(client: RosClient) -> list[tuple[float, Any]]:
     return client.record(String, "/moe_policy/mode", LATCHED_QOS)
 
 
-def _engage(client: RosClient, timeout: float = 30.0) -> str:
-    from std_srvs.srv import SetBool
 
-    deadline = time.monotonic() + timeout
-    msg = ""
-    while time.monotonic() < deadline:
-        res = client.call(SetBool, "/moe_policy/engage_autonomy", SetBool.Request(data=True))
-        if res.success:
-            return ""
-        msg = res.message
-        time.sleep(0.3)
-    return msg
-
-
-def _change_state(client: RosClient, transition: int) -> bool:
-    from lifecycle_msgs.srv import ChangeState
-
-    req = ChangeState.Request()
-    req.transition.id = transition
-    return bool(client.call(ChangeState, "/moe_policy/change_state", req, timeout=30.0).success)
-
-
-def _state(client: RosClient) -> str:
-    from lifecycle_msgs.srv import GetState
-
-    return str(client.call(GetState, "/moe_policy/get_state", GetState.Request()).current_state
-               .label)
 
 
 def test_stream_mode_router_topics_and_diagnostics(client: RosClient, tmp_path: Path) -> None:
@@ -121,7 +82,7 @@ def test_stream_mode_router_topics_and_diagnostics(client: RosClient, tmp_path: 
     active = client.record(Int32MultiArray, "/moe_policy/router/active")
     dominant = client.record(String, "/moe_policy/router/dominant")
     diags = client.record(DiagnosticArray, "/diagnostics")
-    robot = FakeRobot(client, NAMES, _home())
+    robot = FakeRobot(client, NAMES, bundle_home(BUNDLE, NAMES))
     try:
         with node_process(
             "moe_policy_ros.nodes.policy_node",
@@ -129,7 +90,7 @@ def test_stream_mode_router_topics_and_diagnostics(client: RosClient, tmp_path: 
             tmp_path / "node.log",
         ):
             wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD mode")
-            refused = _engage(client)
+            refused = engage(client)
             assert refused == "", f"engage refused: {refused}"
             wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
             t_engaged = time.monotonic()
@@ -180,7 +141,7 @@ def test_chunk_mode_publishes_joint_trajectories(client: RosClient, tmp_path: Pa
     params = write_params(tmp_path, policy__execution__mode="chunk")
     modes = _latched_mode(client)
     trajs = client.record(JointTrajectory, LEFT.trajectory_topic)
-    robot = FakeRobot(client, NAMES, _home())
+    robot = FakeRobot(client, NAMES, bundle_home(BUNDLE, NAMES))
     try:
         with node_process(
             "moe_policy_ros.nodes.policy_node",
@@ -188,7 +149,7 @@ def test_chunk_mode_publishes_joint_trajectories(client: RosClient, tmp_path: Pa
             tmp_path / "node.log",
         ):
             wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "HOLD")
-            assert _engage(client) == ""
+            assert engage(client) == ""
             wait_for(lambda: sum(len(m.points) > 1 for _t, m in trajs) >= 3, 15,
                      "three chunk trajectories")
     finally:
@@ -214,26 +175,26 @@ def test_lifecycle_nothing_published_while_inactive(client: RosClient, tmp_path:
 
     params = write_params(tmp_path)
     cmds = client.record(Float64MultiArray, LEFT.command_topic)
-    robot = FakeRobot(client, NAMES, _home())
+    robot = FakeRobot(client, NAMES, bundle_home(BUNDLE, NAMES))
     try:
         with node_process(
             "moe_policy_ros.nodes.policy_node", ["--params-file", str(params)],
             tmp_path / "node.log",
         ):
-            wait_for(lambda: _state(client) == "unconfigured", 30, "unconfigured")
-            assert _change_state(client, Transition.TRANSITION_CONFIGURE)
-            assert _state(client) == "inactive"
+            wait_for(lambda: lifecycle_state(client) == "unconfigured", 30, "unconfigured")
+            assert change_state(client, Transition.TRANSITION_CONFIGURE)
+            assert lifecycle_state(client) == "inactive"
             time.sleep(1.5)
             assert cmds == [], "commands published while inactive"
-            assert _change_state(client, Transition.TRANSITION_ACTIVATE)
+            assert change_state(client, Transition.TRANSITION_ACTIVATE)
             wait_for(lambda: len(cmds) > 10, 10, "commands while active (holding)")
-            assert _change_state(client, Transition.TRANSITION_DEACTIVATE)
+            assert change_state(client, Transition.TRANSITION_DEACTIVATE)
             time.sleep(0.3)
             n = len(cmds)
             time.sleep(1.5)
             assert len(cmds) == n, "commands published after deactivate"
-            assert _change_state(client, Transition.TRANSITION_CLEANUP)
-            assert _state(client) == "unconfigured"
+            assert change_state(client, Transition.TRANSITION_CLEANUP)
+            assert lifecycle_state(client) == "unconfigured"
     finally:
         robot.close()
 
@@ -255,10 +216,10 @@ def test_tampered_bundle_refused_then_reconfigured(client: RosClient, tmp_path: 
         "moe_policy_ros.nodes.policy_node", ["--params-file", str(params)],
         tmp_path / "node.log",
     ) as proc:
-        wait_for(lambda: _state(client) == "unconfigured", 30, "unconfigured")
-        assert not _change_state(client, Transition.TRANSITION_CONFIGURE)
+        wait_for(lambda: lifecycle_state(client) == "unconfigured", 30, "unconfigured")
+        assert not change_state(client, Transition.TRANSITION_CONFIGURE)
         assert proc.poll() is None, "node died on a tampered bundle"
-        assert _state(client) == "unconfigured"
+        assert lifecycle_state(client) == "unconfigured"
 
         def refused() -> bool:
             return any(
@@ -273,7 +234,7 @@ def test_tampered_bundle_refused_then_reconfigured(client: RosClient, tmp_path: 
             type=ParameterType.PARAMETER_STRING, string_value=str(BUNDLE)))]
         res = client.call(SetParameters, "/moe_policy/set_parameters", req)
         assert res.results[0].successful
-        assert _change_state(client, Transition.TRANSITION_CONFIGURE)
-        assert _state(client) == "inactive"
+        assert change_state(client, Transition.TRANSITION_CONFIGURE)
+        assert lifecycle_state(client) == "inactive"
     log = (tmp_path / "node.log").read_text()
     assert "experts.onnx" in log

@@ -30,7 +30,7 @@ pytest.importorskip("rclpy")
 if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_aloha") is None:
     pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
 
-from ros_helpers import REPO, RosClient, node_env, wait_for
+from ros_helpers import REPO, RosClient, engage, node_env, wait_for
 
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
@@ -113,19 +113,6 @@ def client() -> Iterator[RosClient]:
     c.close()
 
 
-def _engage(client: RosClient, timeout: float = 30.0) -> str:
-    from std_srvs.srv import SetBool
-
-    deadline = time.monotonic() + timeout
-    msg = ""
-    while time.monotonic() < deadline:
-        res = client.call(SetBool, "/moe_policy/engage_autonomy", SetBool.Request(data=True))
-        if res.success:
-            return ""
-        msg = res.message
-        time.sleep(0.3)
-    return msg
-
 
 def _assert_stopped_cleanly(u: Up, sig: signal.Signals) -> None:
     children = [pid for pid in _pids_with(u.marker) if pid != u.proc.pid]
@@ -161,7 +148,7 @@ def test_up_sim_graph_runs_autonomy_and_stops_on_sigint(client: RosClient, up: U
     wait_for(lambda: "[up] /moe_policy: active" in up.log(), 90, "`up` to activate the policy")
     wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 30, "latched HOLD mode")
     wait_for(lambda: len(joints) > 10, 30, "/joint_states from aloha_sim")
-    refused = _engage(client)
+    refused = engage(client)
     assert refused == "", f"engage refused: {refused}"
     wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
     t_engaged = time.monotonic()

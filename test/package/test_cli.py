@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 from ros_helpers import node_env
@@ -189,9 +188,16 @@ def test_render_color_empty_and_narrow() -> None:
 @pytest.mark.slow
 def test_monitor_once_against_an_engaged_policy_node(tmp_path: Path) -> None:
     pytest.importorskip("rclpy")
-    from ros_helpers import FakeRobot, RosClient, node_process, wait_for
+    from ros_helpers import (
+        FakeRobot,
+        RosClient,
+        bundle_home,
+        engage,
+        node_process,
+        policy_params,
+        wait_for,
+    )
     from std_msgs.msg import String
-    from std_srvs.srv import SetBool
 
     from moe_policy_ros.core.config import load_config
     from moe_policy_ros.core.manifest import read_manifest
@@ -200,21 +206,11 @@ def test_monitor_once_against_an_engaged_policy_node(tmp_path: Path) -> None:
     cfg = load_config(CONFIGS[0])
     names = cfg.robot.joint_names
     m = read_manifest(BUNDLE)
-    home = np.zeros(len(names))
-    for j, mu in zip(m.action.joints, m.action.mean, strict=True):
-        home[names.index(j)] = mu
-    doc = yaml.safe_load(CONFIGS[0].read_text())
-    p = doc["moe_policy"]["ros__parameters"]
-    p["policy"]["bundle"] = str(BUNDLE)
-    p["handover"]["require_teleop_to_engage"] = False
+    home = bundle_home(BUNDLE, names)
     # FakeRobot publishes from this (test) process; on a loaded 2-core box it can stall past
     # the 0.2 s / 0.25 s input ages, and the policy rightly drops to HOLD. This test is
     # about the monitor, so give the fake inputs slack.
-    shared = doc["/**"]["ros__parameters"]
-    shared["robot"]["joint_states_max_age_s"] = 1.0
-    shared["cameras"]["top"]["max_age_s"] = 1.0
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(doc))
+    params = policy_params(tmp_path, input_max_age_s=1.0, policy__bundle=str(BUNDLE))
 
     client = RosClient("monitor_test")
     robot = FakeRobot(client, names, home)
@@ -224,14 +220,8 @@ def test_monitor_once_against_an_engaged_policy_node(tmp_path: Path) -> None:
                           ["--params-file", str(params), "-p", "autostart:=true"],
                           tmp_path / "policy.log"):
             wait_for(lambda: any(x.data == "HOLD" for _t, x in modes), 60, "latched HOLD")
-            deadline = time.monotonic() + 30
-            while True:
-                res = client.call(SetBool, "/moe_policy/engage_autonomy",
-                                  SetBool.Request(data=True))
-                if res.success or time.monotonic() > deadline:
-                    break
-                time.sleep(0.3)
-            assert res.success, res.message
+            refused = engage(client)
+            assert refused == "", refused
             wait_for(lambda: any(x.data == "AUTONOMY" for _t, x in modes), 10, "AUTONOMY")
             t0 = time.monotonic()
             out = cli("monitor", "--once", "--timeout", "60", "--no-color", timeout=90)
