@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from tiny_models import TINY
 
 from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.models import (
@@ -27,21 +28,6 @@ from moe_policy_ros.models.config import FAMILIES
 from moe_policy_ros.models.export import ALOHA_JOINTS, default_routing
 from moe_policy_ros.models.families import DirectMoEModel, SMPModel
 
-TINY: dict[str, Any] = {
-    "num_experts": 4,
-    "cameras": [{"name": "top", "height": 24, "width": 32}],
-    "context_dim": 32,
-    "expert_hidden": 32,
-    "trunk_layers": 1,
-    "trunk_heads": 2,
-    "vision_channels": 4,
-    "chunk_length": 4,
-    "top_k": 2,
-    "latent_dim": 8,
-    "rank": 2,
-    "sampler_steps": 3,
-    "energy_hidden": 16,
-}
 EXTRA_OUT = {"adamoe": "adapter_weights", "dibm": "energies", "lar": "latent", "smp": "basis"}
 
 

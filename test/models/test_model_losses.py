@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import pytest
 import torch
+from tiny_models import TINY
 from torch import Tensor, nn
 
 from moe_policy_ros.models import build_model
@@ -22,21 +22,6 @@ from moe_policy_ros.models.families import (
 )
 from moe_policy_ros.models.layers import StackedMLP, gram_schmidt, stacked_mlp_params
 
-TINY: dict[str, Any] = {
-    "num_experts": 4,
-    "cameras": [{"name": "top", "height": 24, "width": 32}],
-    "context_dim": 32,
-    "expert_hidden": 32,
-    "trunk_layers": 1,
-    "trunk_heads": 2,
-    "vision_channels": 4,
-    "chunk_length": 4,
-    "top_k": 2,
-    "latent_dim": 8,
-    "rank": 2,
-    "sampler_steps": 3,
-    "energy_hidden": 16,
-}
 B = 6
 
 
