@@ -298,6 +298,7 @@ def _report(
             "jitter_p99_ms_recorder": float(np.percentile(np.abs(periods - nominal), 99) * 1e3)
             if len(periods) else float("nan"),
             "commands_received": len(cmds),
+            "missed_ticks_node": f(ctl, "missed ticks"),
         },
         "latency": {
             "obs_to_command_p50_ms": f(ctl, "obs-to-command p50 (ms)"),
@@ -343,6 +344,7 @@ def _render(r: dict[str, Any], out: Path) -> str:
         f"{c['achieved_hz_node']:.1f} / {c['achieved_hz_recorder']:.1f} Hz |",
         f"| period jitter p99, node / recorder | {c['jitter_p99_ms_node']:.2f} / "
         f"{c['jitter_p99_ms_recorder']:.2f} ms |",
+        f"| missed control ticks (node) | {c['missed_ticks_node']:.0f} |",
         f"| observation-to-command latency p50 / p99 | {lat['obs_to_command_p50_ms']:.1f} / "
         f"{lat['obs_to_command_p99_ms']:.1f} ms |",
         f"| command delivery (stamp to recorder) p50 / p99 | "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -328,11 +329,13 @@ def test_thread_safety_smoke(merge: str) -> None:
         finally:
             done.set()
 
+    give_up = time.monotonic() + 50.0  # never leave a spinning thread behind
+
     def consumer() -> None:
         try:
             start.wait()
             step = 0
-            while step < last_start + horizon:
+            while step < last_start + horizon and time.monotonic() < give_up:
                 finished = done.is_set()  # read before querying: no chunk can come later
                 a = s.action_at(step)
                 left = s.remaining(step)
@@ -354,7 +357,10 @@ def test_thread_safety_smoke(merge: str) -> None:
         except BaseException as err:
             errors.append(err)
 
-    threads = [threading.Thread(target=producer), threading.Thread(target=consumer)]
+    threads = [
+        threading.Thread(target=producer, daemon=True),
+        threading.Thread(target=consumer, daemon=True),
+    ]
     for th in threads:
         th.start()
     for th in threads:
