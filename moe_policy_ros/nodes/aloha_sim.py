@@ -461,15 +461,19 @@ class AlohaSimNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point ``aloha_sim``; SIGINT/SIGTERM shut down cleanly (rclpy signal handlers)."""
+    # rclpy.init() is a context manager only from Kilted on; try/finally works on Humble and
+    # Jazzy too.
+    rclpy.init(args=args)
     try:
-        with rclpy.init(args=args):
-            node = AlohaSimNode()
-            try:
-                rclpy.spin(node)
-            finally:
-                node.destroy_node()
+        node = AlohaSimNode()
+        try:
+            rclpy.spin(node)
+        finally:
+            node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    finally:
+        rclpy.try_shutdown()
 
 
 if __name__ == "__main__":
