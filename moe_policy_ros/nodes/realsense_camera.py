@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -46,7 +47,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
-from moe_policy_ros.nodes.common import ns_to_stamp, spin_node
+from moe_policy_ros.nodes.common import diag_status, ns_to_stamp, spin_node
 from moe_policy_ros.realsense.sources import (
     EndOfStream,
     Frames,
@@ -239,6 +240,10 @@ class RealSenseCameraNode(Node):
         self.reconnects = 0
         self.last_warning = ""
         self._warned_at: dict[int, float] = {}
+        # /diagnostics (diagnostic_updater shape): state, achieved rate, reconnects, last warning
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_last = (time.monotonic(), 0)
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f"{self.source.description}: {self.params.width}x{self.params.height} "
             f"@ {self.params.fps} Hz, depth {'on' if self.params.enable_depth else 'off'}"
@@ -269,6 +274,43 @@ class RealSenseCameraNode(Node):
         with self._pub_lock:
             self._closed = True
             super().destroy_node()
+
+    def _publish_diagnostics(self) -> None:
+        now, count = time.monotonic(), self.published
+        t0, c0 = self._diag_last
+        self._diag_last = (now, count)
+        rate = (count - c0) / (now - t0) if now > t0 else 0.0
+        expected = float(self.params.fps)
+        if self.state == "streaming" and rate >= 0.8 * expected:
+            level, msg = 0, f"streaming {rate:.1f} Hz"
+        elif self.state in ("streaming", "finished"):
+            level, msg = 1, f"{self.state} at {rate:.1f} Hz (expected {expected:g} Hz)"
+        else:
+            level, msg = 2, f"{self.state}: {self.last_warning or 'no frames'}"
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [
+            diag_status(
+                f"{self.get_name()}: camera",
+                level,
+                msg,
+                {
+                    "source": self.source.description,
+                    "state": self.state,
+                    "color rate (Hz)": rate,
+                    "expected rate (Hz)": expected,
+                    "frames published": self.published,
+                    "depth frames published": self.published_depth,
+                    "sessions": self.sessions,
+                    "reconnects": self.reconnects,
+                    "last warning": self.last_warning,
+                },
+                hardware_id=self.params.serial_no or self.source.description,
+            )
+        ]
+        with self._pub_lock:
+            if not self._closed:
+                self._diag_pub.publish(arr)
 
     # ------------------------------------------------------------------ capture thread
     def _warn(self, msg: str, throttle_s: float) -> None:

@@ -161,3 +161,9 @@ def test_software_realsense_feeds_the_policy(client: RosClient, tmp_path: Path) 
     assert last["moe_policy: safety"].message.startswith("mode AUTONOMY")
     print(f"camera {cam_rate:.1f} Hz on the wire, {vals['top rate (Hz)']} Hz at the policy; "
           f"left commands {len(window)} in {time.monotonic() - t_engaged - 0.5:.1f} s")
+    # the camera node's own diagnostics: streaming near its configured rate
+    cam_diag = last["realsense_top: camera"]
+    cvals = {kv.key: kv.value for kv in cam_diag.values}
+    assert cam_diag.level == b"\x00", f"{cam_diag.message}: {cvals}"
+    assert cvals["state"] == "streaming" and int(cvals["frames published"]) > 0
+    assert float(cvals["color rate (Hz)"]) >= 0.8 * CAMERA_FPS
