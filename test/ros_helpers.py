@@ -73,13 +73,15 @@ class RosClient:
 
     def __init__(self, name: str = "test_client") -> None:
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         self.rclpy = rclpy
         self.ctx = rclpy.context.Context()
         rclpy.init(context=self.ctx)
         self.node = rclpy.create_node(name, context=self.ctx)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.ctx)
+        # Single-threaded: rclpy's multi-threaded executor re-polls ready entities in a tight
+        # loop and starves this process's other threads (FakeRobot) of the GIL.
+        self.executor = SingleThreadedExecutor(context=self.ctx)
         self._clients: dict[tuple[Any, str], Any] = {}
         self.executor.add_node(self.node)
         self._stop = threading.Event()

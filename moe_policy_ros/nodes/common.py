@@ -12,7 +12,11 @@ from typing import Any
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -132,8 +136,15 @@ def spin_node(
     num_threads: int = 2,
     on_shutdown: Callable[[], None] | None = None,
 ) -> None:
-    """Spin until SIGINT/SIGTERM or external shutdown, then clean up (ros2/demos style)."""
-    executor = MultiThreadedExecutor(num_threads=num_threads)
+    """Spin until SIGINT/SIGTERM or external shutdown, then clean up (ros2/demos style).
+
+    ``num_threads == 1`` uses a SingleThreadedExecutor: the cheapest on the GIL, and right
+    for nodes whose callbacks only store data (their real work runs in their own threads).
+    """
+    executor: SingleThreadedExecutor | MultiThreadedExecutor = (
+        SingleThreadedExecutor() if num_threads == 1
+        else MultiThreadedExecutor(num_threads=num_threads)
+    )
     executor.add_node(node)
     stop = threading.Event()
 

@@ -882,7 +882,11 @@ def main(args: list[str] | None = None) -> None:
             _autostart(node)
 
         timer = node.create_timer(0.1, _once)
-    spin_node(node, num_threads=3)
+    # Callbacks only store samples and answer services; inference and the control loop run in
+    # their own threads. A single-threaded executor keeps the GIL free for them (rclpy's
+    # multi-threaded executor re-polls ready entities in a tight loop and starved the control
+    # thread for hundreds of milliseconds at times: bench/control_loop.py).
+    spin_node(node, num_threads=1)
 
 
 if __name__ == "__main__":
