@@ -342,12 +342,12 @@ def test_thread_safety_smoke(merge: str) -> None:
                 assert len(s) <= 4
                 if a is not None:
                     np.testing.assert_allclose(a, [step] * 3, rtol=0, atol=1e-9)
-                    assert left >= 1
+                    assert left >= 1 or not finished  # the producer may act between calls
                     executed.append(step)
                     step += 1
                     s.prune(step)
                     continue
-                assert left == 0
+                assert left == 0 or not finished  # (two calls, two lock holds)
                 newest = s.newest_start
                 assert newest is not None
                 if newest > step:
