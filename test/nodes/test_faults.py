@@ -59,6 +59,7 @@ from moe_policy_ros.core.config import load_config
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 BUNDLE = REPO / "models" / "demo_adamoe"
+LEFT_ELBOW_INDEX = 2  # within the left arm's 7 commands
 CFG = load_config(REPO / "config" / "dual_arm.yaml")
 NAMES = CFG.robot.joint_names
 ARMS = CFG.robot.arms
@@ -831,6 +832,64 @@ def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
     # The robot stands still, so the deviation clamp never acts: the filter's acceleration
     # bound holds exactly on every tick, transitions included.
     assert worst <= 1.0 + 1e-4, f"change of step {worst:.3f} x the acceleration bound"
+
+
+def test_operator_override_and_shadow_mode(rig: Rig, tmp_path: Path) -> None:
+    """In AUTONOMY a teleop command that departs from the policy's by more than
+    handover.override_threshold takes over at once (TELEOP); in TELEOP the policy keeps
+    running in shadow: ~/shadow/command (all joints) and ~/shadow/router/* are published,
+    while the arm commands follow the teleop command, not the policy.
+    Pass: TELEOP within 0.2 s of the departing teleop command; shadow topics only carry data
+    in TELEOP; commands valid throughout."""
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float32MultiArray
+
+    params = policy_params(tmp_path)
+    threshold = CFG.handover.override_threshold
+    home = bundle_home(BUNDLE, NAMES)
+    shadow_cmd = rig.client.record(JointState, f"{NODE}/shadow/command")
+    shadow_gates = rig.client.record(Float32MultiArray, f"{NODE}/shadow/router/gates")
+    robot = FakeRobot(rig.client, NAMES, home)
+    rig.monitor.cut()
+    t0 = time.monotonic()
+    try:
+        with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
+                          tmp_path / "node.log"):
+            _wait_mode(rig.modes, "HOLD", t0, 60)
+            assert engage(rig.client) == ""
+            t_auto = _wait_mode(rig.modes, "AUTONOMY", t0, 5)
+            time.sleep(1.0)
+            assert not [t for t, _m in shadow_cmd if t >= t_auto + 0.1], "shadow in AUTONOMY"
+            # the operator grabs the leader arm: one joint departs by 2x the threshold
+            override = home.copy()
+            override[NAMES.index("left_elbow")] -= 2.0 * threshold  # inside the joint limits
+            t_grab = time.monotonic()
+            robot.teleop_positions = override
+            t_teleop = _wait_mode(rig.modes, "TELEOP", t_grab, 5)
+            took = t_teleop - t_grab
+            wait_for(lambda: sum(t > t_teleop for t, _m in shadow_gates) >= 3, 5,
+                     "shadow router state in TELEOP")
+            wait_for(lambda: sum(t > t_teleop for t, _m in shadow_cmd) >= 10, 5,
+                     "shadow commands in TELEOP")
+            time.sleep(1.5)  # the filter walks the arm to the teleop target
+    finally:
+        robot.close()
+    print(f"[override] TELEOP {took * 1e3:.0f} ms after the departing teleop command")
+    assert took <= 0.2, f"override took {took:.3f} s"
+    msg = shadow_cmd[-1][1]
+    assert list(msg.name) == NAMES and len(msg.position) == len(NAMES)
+    assert all(math.isfinite(x) for x in msg.position)
+    g = shadow_gates[-1][1].data
+    assert math.isclose(sum(g), 1.0, abs_tol=1e-4)
+    # commands now track the operator: the left elbow heads to the teleop target, as far as
+    # the safety filter's deviation window around the measured position allows (the fake
+    # robot does not move, so the command stops max_position_deviation away from it)
+    left = rig.monitor.window("left_arm", t_teleop + 1.0)
+    j = NAMES.index("left_elbow")
+    reachable = max(override[j], home[j] - CFG.safety.max_position_deviation)
+    assert left and abs(left[-1][LEFT_ELBOW_INDEX] - reachable) < 1e-6, left[-1]
+    rig.monitor.assert_valid(t0, "override")
+    _assert_clean_log(tmp_path / "node.log")
 
 
 def test_killed_node_respawns_in_hold(rig: Rig, tmp_path: Path) -> None:
