@@ -167,6 +167,28 @@ def _contained(bundle_dir: Path, rel: str, what: str, source: str,
     return target
 
 
+def _check_external_hashes(
+    bundle_dir: Path,
+    stage: str,
+    listed: dict[str, str],
+    used: tuple[Path, ...],
+    source: str,
+) -> None:
+    """Every external-data file a stage uses must be listed with its SHA-256 and match it,
+    so that weights outside the .onnx file are as tamper-evident as the graph itself."""
+    root = bundle_dir.resolve()
+    for path in used:
+        rel = path.relative_to(root).as_posix()
+        want = listed.get(rel)
+        if want is None:
+            raise BundleError(
+                f"{path}: external data of stage {stage!r} has no SHA-256 in {source} "
+                f"(stages.{stage}.external_data lists {sorted(listed)}); refusing unverifiable "
+                "weights"
+            )
+        _check_file(bundle_dir, rel, want, f"external data of stage {stage!r}", source)
+
+
 def _check_file(bundle_dir: Path, rel: str, expected_sha: str, what: str, source: str) -> Path:
     path = _contained(bundle_dir, rel, what, source)
     if not path.is_file():
@@ -359,6 +381,7 @@ def load_bundle(path: str | Path, *, expected_sha256: str = "") -> LoadedBundle:
         sf = manifest.stages[name]
         p = _check_file(bundle_dir, sf.file, sf.sha256, f"stage {name!r}", str(mpath))
         externals[name] = _check_onnx(p, name, contracts[name], bundle_dir)
+        _check_external_hashes(bundle_dir, name, sf.external_data, externals[name], str(mpath))
         stage_paths[name] = p
         sizes[name] = p.stat().st_size + sum(x.stat().st_size for x in externals[name])
     ckpt = None

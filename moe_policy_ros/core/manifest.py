@@ -120,6 +120,21 @@ class SamplerSpec(_M):
 class StageFile(_M):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    external_data: dict[str, str] = Field(
+        default_factory=dict,
+        description="ONNX external-data files of this stage (bundle-relative path -> SHA-256)",
+    )
+
+    @model_validator(mode="after")
+    def _hashes(self) -> StageFile:
+        bad = {k: v for k, v in self.external_data.items() if not _is_sha256(v)}
+        if bad:
+            raise ValueError(f"external_data hashes must be 64 lowercase hex digits: {bad}")
+        return self
+
+
+def _is_sha256(v: str) -> bool:
+    return len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
 class Provenance(_M):

@@ -459,13 +459,33 @@ def test_external_data_symlink_out_refused(bundle: Path) -> None:
         load_bundle(bundle)
 
 
+def _list_external(bundle: Path, rel: str, sha: str) -> None:
+    data = yaml.safe_load((bundle / MANIFEST_NAME).read_text())
+    data["stages"]["experts"]["external_data"] = {rel: sha}
+    (bundle / MANIFEST_NAME).write_text(yaml.safe_dump(data))
+
+
 def test_external_data_inside_accepted_and_range_checked(bundle: Path) -> None:
     (bundle / "w1.bin").write_bytes(b"\0" * 64)
     _externalise(bundle, "w1.bin")
+    _list_external(bundle, "w1.bin", sha256_file(bundle / "w1.bin"))
     b = load_bundle(bundle)
     assert b.external_data["experts"] == ((bundle / "w1.bin").resolve(),)
     (bundle / "w1.bin").write_bytes(b"\0" * 8)
+    _list_external(bundle, "w1.bin", sha256_file(bundle / "w1.bin"))
     with pytest.raises(BundleError, match="truncated"):
+        load_bundle(bundle)
+
+
+def test_external_data_must_be_hashed_and_match(bundle: Path) -> None:
+    (bundle / "w1.bin").write_bytes(b"\0" * 64)
+    _externalise(bundle, "w1.bin")
+    with pytest.raises(BundleError, match=r"w1\.bin: external data of stage 'experts' has no"):
+        load_bundle(bundle)
+    _list_external(bundle, "w1.bin", sha256_file(bundle / "w1.bin"))
+    load_bundle(bundle)
+    (bundle / "w1.bin").write_bytes(b"\1" * 64)  # same size, other weights
+    with pytest.raises(BundleError, match=r"w1\.bin: external data .* SHA-256 mismatch"):
         load_bundle(bundle)
 
 
