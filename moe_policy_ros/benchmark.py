@@ -63,6 +63,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", action="store_true", help="TensorRT FP16 engines")
     parser.add_argument("--seed", type=int, default=0, help="observation and noise seed")
     parser.add_argument("--sha256", default="", help="pinned manifest SHA-256")
+    parser.add_argument("--checkpoint", default=None,
+                        help="weights-only checkpoint the bundle came from (backend torch)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -121,7 +123,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark and return the result object (what ``--json`` prints)."""
     bundle = load_bundle(args.bundle, expected_sha256=args.sha256)
     backend = make_backend(args.backend, args.device, intra_op_threads=args.threads,
-                           fp16=args.fp16)
+                           fp16=args.fp16, checkpoint=args.checkpoint)
     policy = MoEPolicy(bundle, backend, _routing(args), seed=args.seed)
     policy.warmup(args.warmup)
     pool = [synthetic_observation(bundle.manifest, seed=args.seed + i) for i in range(OBS_POOL)]

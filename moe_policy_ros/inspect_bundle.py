@@ -95,11 +95,7 @@ def bundle_summary(b: LoadedBundle) -> dict[str, Any]:
             }
             for name in ("encoder", "experts")
         },
-        "checkpoint": (
-            {"file": m.checkpoint.file, "sha256": m.checkpoint.sha256, "sha256_verified": True}
-            if m.checkpoint
-            else None
-        ),
+        "checkpoint_sha256": m.provenance.checkpoint_sha256 or None,
         "parameters": {
             "total": params["encoder"] + params["experts"],
             "per_expert": per_expert,
@@ -151,11 +147,11 @@ def _text(s: dict[str, Any]) -> str:
         ext = f", external data {st['external_data']}" if st["external_data"] else ""
         lines.append(f"stage      {name}: {st['file']} {_fmt_bytes(st['bytes'])}, "
                      f"{st['parameters']:,} params, sha256 {st['sha256'][:16]}... verified{ext}")
-    if s["checkpoint"]:
-        lines.append(f"checkpoint {s['checkpoint']['file']} sha256 "
-                     f"{s['checkpoint']['sha256'][:16]}... verified (torch backend)")
+    if s["checkpoint_sha256"]:
+        lines.append(f"checkpoint exported from sha256 {s['checkpoint_sha256'][:16]}... "
+                     "(kept outside the bundle; the torch backend checks it)")
     else:
-        lines.append("checkpoint none (torch backend unavailable for this bundle)")
+        lines.append("checkpoint none recorded (torch backend unavailable for this bundle)")
     p = s["parameters"]
     active = (f", active at default k={p['default_k']}: {p['active_at_default_k']:,}"
               if p["active_at_default_k"] is not None else f", default k {p['default_k']}")

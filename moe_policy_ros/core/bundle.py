@@ -6,8 +6,9 @@ not match ``policy.yaml`` before a single graph is handed to a backend:
 * the manifest must validate (:mod:`moe_policy_ros.core.manifest`), and when the deployment
   pins it, the SHA-256 of the ``policy.yaml`` bytes must equal the pin (a swapped bundle is
   refused even if it is internally consistent);
-* every stage file (and the checkpoint, when listed) must lie inside the bundle directory (no
-  absolute paths, no ``..``, no symlink leading out) and hash to the manifest's SHA-256;
+* every stage file must lie inside the bundle directory (no absolute paths, no ``..``, no
+  symlink leading out) and hash to the manifest's SHA-256; a bundle ships ONNX + manifest
+  only (the torch checkpoint it was exported from stays outside, known by its hash);
 * every ONNX file must parse, pass the ONNX checker, keep its external data (if any) inside the
   bundle directory, and expose exactly the inputs and outputs of the graph contract with the
   manifest's dtypes and static dims (cameras, proprio dim, E, context dim, H, A, R, latent dim).
@@ -77,7 +78,6 @@ class LoadedBundle:
     manifest_sha256: str
     stage_paths: dict[str, Path]
     stage_sizes: dict[str, int]
-    checkpoint_path: Path | None = None
     external_data: dict[str, tuple[Path, ...]] = field(default_factory=dict)
 
     @property
@@ -384,16 +384,11 @@ def load_bundle(path: str | Path, *, expected_sha256: str = "") -> LoadedBundle:
         _check_external_hashes(bundle_dir, name, sf.external_data, externals[name], str(mpath))
         stage_paths[name] = p
         sizes[name] = p.stat().st_size + sum(x.stat().st_size for x in externals[name])
-    ckpt = None
-    if manifest.checkpoint is not None:
-        ckpt = _check_file(bundle_dir, manifest.checkpoint.file, manifest.checkpoint.sha256,
-                           "checkpoint", str(mpath))
     return LoadedBundle(
         path=bundle_dir.resolve(),
         manifest=manifest,
         manifest_sha256=msha,
         stage_paths=stage_paths,
         stage_sizes=sizes,
-        checkpoint_path=ckpt,
         external_data=externals,
     )

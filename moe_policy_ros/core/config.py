@@ -195,6 +195,11 @@ class PolicyConfig(_Strict):
         default="auto", description="inference backend; auto picks the best available"
     )
     device: str = Field(default="cpu", description="cpu or cuda[:N]")
+    checkpoint: str = Field(
+        default="",
+        description="backend torch only: weights-only checkpoint the bundle was exported from "
+        "(its SHA-256 must match the bundle's provenance)",
+    )
     routing: RoutingConfig = RoutingConfig()
     control_rate_hz: float = Field(default=50.0, gt=0, le=2000, description="Hz, control loop")
     inference_rate_hz: float = Field(

@@ -144,6 +144,11 @@ class Provenance(_M):
     onnx_opset: int = 0
     source: str = ""
     parity_max_abs_err: float | None = None
+    checkpoint_sha256: str = Field(
+        default="",
+        description="SHA-256 of the weights-only torch checkpoint the stages were exported "
+        "from (kept outside the bundle; the torch backend checks it); empty = none",
+    )
     notes: str = ""
 
 
@@ -159,9 +164,6 @@ class Manifest(_M):
     latent_dim: int = 0
     sampler: SamplerSpec | None = None
     stages: dict[str, StageFile]
-    checkpoint: StageFile | None = Field(
-        default=None, description="weights-only torch checkpoint for the torch backend"
-    )
     provenance: Provenance = Provenance()
 
     @model_validator(mode="after")

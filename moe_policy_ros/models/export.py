@@ -1,4 +1,9 @@
-"""Export a reference model to a bundle: encoder.onnx, experts.onnx, checkpoint.pt, policy.yaml.
+"""Export a reference model to a bundle: encoder.onnx, experts.onnx, policy.yaml.
+
+Bundles ship ONNX + manifest only: no pickle-based file goes into them. The weights-only
+torch checkpoint the stages come from stays outside (``checkpoint_out`` /
+``--save-checkpoint``, or the ``--checkpoint`` that was exported); the manifest records its
+SHA-256 in ``provenance.checkpoint_sha256`` so the torch backend can verify it.
 
 The graphs follow the contract in ``core/manifest.py`` (batch 1, static shapes except the
 expert stage's k axis). Export uses the TorchScript-based ``torch.onnx.export`` (dynamo=False)
@@ -50,7 +55,6 @@ PARITY_TOLERANCE = 1e-4
 CHECKPOINT_FORMAT = 1
 ENCODER_FILE = "encoder.onnx"
 EXPERTS_FILE = "experts.onnx"
-CHECKPOINT_FILE = "checkpoint.pt"
 
 ALOHA_JOINTS: tuple[str, ...] = tuple(
     f"{side}_{j}"
@@ -243,8 +247,14 @@ def export_bundle(
     parity_trials: int = 3,
     tolerance: float = PARITY_TOLERANCE,
     seed: int = 0,
+    checkpoint_out: str | Path | None = None,
+    source_checkpoint: str | Path | None = None,
 ) -> Path:
     """Export ``model`` into ``out_dir`` and return the manifest path (``policy.yaml``).
+
+    ``checkpoint_out`` writes the model's weights-only checkpoint there (it must lie outside
+    ``out_dir``); ``source_checkpoint`` names the checkpoint the model was loaded from. The
+    SHA-256 of whichever is given lands in ``provenance.checkpoint_sha256``.
 
     ``cameras`` default to the model's cameras with mean/std 0.5; ``joints`` (action joint
     names) and ``proprio_joints`` default to the 14 ALOHA names when the dims are 14, else
@@ -295,7 +305,17 @@ def export_bundle(
             f"{name}: ONNX Runtime vs PyTorch parity error {parity['max']:.3g} exceeds "
             f"{tolerance:g} (encoder {parity['encoder']:.3g}, experts {parity['experts']:.3g})"
         )
-    ckpt_path = save_checkpoint(model, out / CHECKPOINT_FILE)
+    ckpt_sha = ""
+    if checkpoint_out is not None:
+        ckpt_out = Path(checkpoint_out)
+        if ckpt_out.resolve().is_relative_to(out.resolve()):
+            raise ExportError(
+                f"{ckpt_out}: the checkpoint must be saved outside the bundle {out} "
+                "(bundles ship ONNX + manifest only)"
+            )
+        ckpt_sha = sha256_file(save_checkpoint(model, ckpt_out))
+    elif source_checkpoint is not None:
+        ckpt_sha = sha256_file(Path(source_checkpoint))
 
     labels = tuple(expert_labels) if expert_labels else _labels(cfg)
     manifest = Manifest(
@@ -331,7 +351,6 @@ def export_bundle(
             "encoder": StageFile(file=ENCODER_FILE, sha256=sha256_file(enc_path)),
             "experts": StageFile(file=EXPERTS_FILE, sha256=sha256_file(exp_path)),
         },
-        checkpoint=StageFile(file=CHECKPOINT_FILE, sha256=sha256_file(ckpt_path)),
         provenance=Provenance(
             exporter=EXPORTER_VERSION,
             created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -339,6 +358,7 @@ def export_bundle(
             onnx_opset=OPSET,
             source=source or "randomly initialised reference model (untrained)",
             parity_max_abs_err=float(f"{parity['max']:.3g}"),
+            checkpoint_sha256=ckpt_sha,
             notes=notes
             or (
                 f"parity encoder {parity['encoder']:.3g}, experts {parity['experts']:.3g} "
@@ -408,6 +428,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``moe-policy-ros export``."""
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="checkpoint.pt to export")
+    parser.add_argument(
+        "--save-checkpoint",
+        type=Path,
+        default=None,
+        help="also write the weights-only checkpoint here, outside the bundle (for the torch "
+        "backend; its SHA-256 goes into the manifest)",
+    )
     src.add_argument("--family", choices=FAMILIES, help="export a fresh (untrained) model")
     parser.add_argument("--experts", type=int, default=8, help="number of experts N")
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
@@ -508,6 +535,8 @@ def run_export(args: argparse.Namespace) -> int:
             routing=routing,
             source=source,
             seed=args.seed,
+            checkpoint_out=args.save_checkpoint,
+            source_checkpoint=args.checkpoint,
         )
     except ExportError as err:
         print(f"export failed: {err}")

@@ -190,9 +190,10 @@ class PolicyNode(LifecycleNode):
                     f"cameras.{spec.name}: size {cam.width}x{cam.height} differs from the "
                     f"bundle's {spec.width}x{spec.height}"
                 )
+        ckpt = resolve_share_path(cfg.policy.checkpoint) if cfg.policy.checkpoint else None
         backend = make_backend(
             cfg.policy.backend, device=cfg.policy.device,
-            intra_op_threads=cfg.policy.intra_op_threads,
+            intra_op_threads=cfg.policy.intra_op_threads, checkpoint=ckpt,
         )
         policy = MoEPolicy(bundle, backend, routing=cfg.policy.routing)
         t0 = time.perf_counter()

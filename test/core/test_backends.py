@@ -127,7 +127,12 @@ def test_torch_cuda_without_gpu_raises() -> None:
 def test_torch_backend_needs_checkpoint(bundle: Path) -> None:
     pytest.importorskip("torch")
     be = make_backend("torch")
-    with pytest.raises(BackendUnavailable, match="lists no checkpoint"):
+    with pytest.raises(BackendUnavailable, match="no checkpoint given"):
+        be.load_stage("encoder", load_bundle(bundle).stage_paths["encoder"])
+    # a checkpoint the bundle cannot vouch for (no provenance hash) is refused too
+    (bundle.parent / "other.pt").write_bytes(b"weights")
+    be = make_backend("torch", checkpoint=bundle.parent / "other.pt")
+    with pytest.raises(BackendUnavailable, match="cannot be verified"):
         be.load_stage("encoder", load_bundle(bundle).stage_paths["encoder"])
 
 

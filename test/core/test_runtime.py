@@ -194,17 +194,22 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                 std=(0.2, 0.3, 0.25))],
             proprio_mean=[0.1, -0.2, 0.3, 0.0], proprio_std=[0.5, 1.5, 2.0, 1.0],
             action_mean=[1.0, -1.0, 0.5, 0.0], action_std=[0.5, 2.0, 1.0, 3.0],
+            checkpoint_out=root / f"{fam}.pt",
         )  # fmt: skip
         out[fam] = root / fam
     return out
+
+
+def _checkpoint(b: LoadedBundle) -> Path:
+    """The checkpoint the exported fixture wrote beside the bundle (never inside it)."""
+    return b.path.parent / f"{b.manifest.family}.pt"
 
 
 def _torch_reference(b: LoadedBundle, obs: Observation, seed: int) -> np.ndarray:
     """The reference model's own forward (model.act with its default top-k), with the
     runtime's flow noise for smp; normalisation done here from the manifest."""
     m = b.manifest
-    assert b.checkpoint_path is not None
-    model: Any = load_checkpoint(b.checkpoint_path)
+    model: Any = load_checkpoint(_checkpoint(b))
     imgs = []
     for cam in m.observation.cameras:
         x = obs.images[cam.name].astype(np.float64) / 255.0
@@ -236,7 +241,7 @@ def test_parity_ort_vs_torch_reference(exported: dict[str, Path], ort: Any,
     b = load_bundle(exported[family])
     routing = RoutingConfig(strategy="dense" if family == "dense" else "topk", k=2)
     pol = MoEPolicy(b, ort, routing, seed=3)
-    tb = make_backend("torch")
+    tb = make_backend("torch", checkpoint=_checkpoint(b))
     tpol = MoEPolicy(b, tb, routing, seed=3)
     assert tb.name == "torch-cpu"
     for i in range(2):

@@ -53,7 +53,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[MoEMode
     out = {}
     for fam in FAMILIES:
         model = tiny_model(fam)
-        export_bundle(model, root / fam, name=f"tiny_{fam}")
+        # the checkpoint goes beside the bundle, never into it
+        export_bundle(model, root / fam, name=f"tiny_{fam}", checkpoint_out=root / f"{fam}.pt")
         out[fam] = (model, root / fam)
     return out
 
@@ -66,9 +67,10 @@ def test_manifest_hashes_and_parity(
     m = read_manifest(d)
     assert m.family == family and m.name == f"tiny_{family}"
     assert set(m.stages) == {"encoder", "experts"}
-    for entry in (*m.stages.values(), m.checkpoint):
-        assert entry is not None
+    for entry in m.stages.values():
         assert _sha(d / entry.file) == entry.sha256
+    assert sorted(p.name for p in d.iterdir()) == ["encoder.onnx", "experts.onnx", "policy.yaml"]
+    assert m.provenance.checkpoint_sha256 == _sha(d.parent / f"{family}.pt")
     p = m.provenance
     assert p.parity_max_abs_err is not None and p.parity_max_abs_err <= 1e-4
     assert p.onnx_opset == 17 and p.torch_version == torch.__version__
@@ -170,9 +172,9 @@ def test_smp_stages(bundles: dict[str, tuple[MoEModel, Path]]) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoint_round_trip(bundles: dict[str, tuple[MoEModel, Path]], family: str) -> None:
     model, d = bundles[family]
-    raw = torch.load(d / "checkpoint.pt", weights_only=True)
+    raw = torch.load(d.parent / f"{family}.pt", weights_only=True)
     assert raw["family"] == family and raw["config"]["family"] == family
-    loaded = load_checkpoint(d / "checkpoint.pt")
+    loaded = load_checkpoint(d.parent / f"{family}.pt")
     assert type(loaded) is type(model) and loaded.cfg == model.cfg
     sd, sd2 = model.state_dict(), loaded.state_dict()
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
@@ -192,6 +194,13 @@ def test_parity_failure_fails_export(tmp_path: Path) -> None:
     assert not (tmp_path / "policy.yaml").exists()
 
 
+def test_checkpoint_is_never_written_into_the_bundle(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="outside the bundle"):
+        export_bundle(tiny_model("dense"), tmp_path / "b", name="b",
+                      checkpoint_out=tmp_path / "b" / "checkpoint.pt")
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
 def test_cli_family_then_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     add_export_arguments(parser)
@@ -200,7 +209,8 @@ def test_cli_family_then_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
         "--vision-channels 4 --chunk-length 4 --camera wrist:16x16 --top-k 1"
     ).split()
     args = parser.parse_args(
-        ["--family", "dibm", "--experts", "3", "--out", str(tmp_path / "a"), *size]
+        ["--family", "dibm", "--experts", "3", "--out", str(tmp_path / "a"),
+         "--save-checkpoint", str(tmp_path / "a.pt"), *size]
     )
     assert run_export(args) == 0
     assert "parity max abs error" in capsys.readouterr().out
@@ -208,13 +218,15 @@ def test_cli_family_then_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert m.name == "a" and m.experts.count == 3 and m.routing.k == 1
     assert m.observation.cameras[0].name == "wrist" and m.observation.cameras[0].height == 16
     args = parser.parse_args(
-        ["--checkpoint", str(tmp_path / "a" / "checkpoint.pt"), "--out", str(tmp_path / "b"),
+        ["--checkpoint", str(tmp_path / "a.pt"), "--out", str(tmp_path / "b"),
          "--name", "again", "--routing", "mass", "--tau", "0.7"]
     )  # fmt: skip
     assert run_export(args) == 0
     m2 = read_manifest(tmp_path / "b")
     assert m2.name == "again" and m2.routing.strategy == "mass" and m2.routing.tau == 0.7
-    assert m2.provenance.source.endswith("checkpoint.pt") and m2.experts.count == 3
+    assert m2.provenance.source.endswith("a.pt") and m2.experts.count == 3
+    assert m.provenance.checkpoint_sha256 == _sha(tmp_path / "a.pt")
+    assert m2.provenance.checkpoint_sha256 == _sha(tmp_path / "a.pt")
 
 
 def test_demo_bundles_present() -> None:
@@ -234,5 +246,5 @@ def test_demo_bundles_present() -> None:
         assert m.action.chunk_length == 20 and m.action.control_period_s == 0.02
         assert m.provenance.parity_max_abs_err is not None
         assert m.provenance.parity_max_abs_err <= 1e-4
-        for entry in (*m.stages.values(), m.checkpoint):
-            assert entry is not None and _sha(root / name / entry.file) == entry.sha256
+        for entry in m.stages.values():
+            assert _sha(root / name / entry.file) == entry.sha256

@@ -75,3 +75,16 @@ def test_pinned_manifest_hash_refuses_a_swapped_bundle(tmp_path: Path) -> None:
         load_bundle(swapped, expected_sha256=a.manifest_sha256)
     assert load_bundle(REPO / "models" / "demo_adamoe",
                        expected_sha256=a.manifest_sha256).manifest.name == "demo_adamoe"
+
+
+def test_bundles_ship_onnx_and_manifest_only() -> None:
+    """No pickle-based file (torch checkpoint or otherwise) is tracked under models/."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "models"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    if not tracked:  # not a git checkout (an installed copy): check the files on disk
+        tracked = [str(p.relative_to(REPO)) for p in (REPO / "models").rglob("*") if p.is_file()]
+    allowed = (".onnx", "policy.yaml", "README.md")
+    assert tracked and all(f.endswith(allowed) for f in tracked), tracked

@@ -59,11 +59,13 @@ def make_backend(
     intra_op_threads: int = 0,
     fp16: bool = False,
     cache_dir: str | Path | None = None,
+    checkpoint: str | Path | None = None,
 ) -> Backend:
     """Build a backend by kind (see :data:`KINDS`) for ``device`` ("cpu", "cuda", "cuda:N").
 
     ``intra_op_threads`` applies to ONNX Runtime (0 = its default); ``fp16`` and ``cache_dir``
-    to the TensorRT engines (native and the ONNX Runtime TensorRT provider).
+    to the TensorRT engines (native and the ONNX Runtime TensorRT provider); ``checkpoint``
+    (the weights-only checkpoint a bundle was exported from) to the torch backend.
     """
     from moe_policy_ros.core.backends.ort import OrtBackend
 
@@ -87,7 +89,7 @@ def make_backend(
     if k == "torch":
         from moe_policy_ros.core.backends.torch_backend import TorchBackend
 
-        return TorchBackend(device)
+        return TorchBackend(device, checkpoint=checkpoint)
     raise ValueError(f"unknown backend kind {kind!r}; expected one of {list(KINDS)}")
 
 

@@ -1,9 +1,12 @@
-"""Torch backend: runs the reference model rebuilt from the bundle's weights-only checkpoint.
+"""Torch backend: runs the reference model rebuilt from a weights-only checkpoint.
 
-The stage graphs are not executed; instead ``load_stage`` finds the bundle that holds the ONNX
-file, verifies it (:func:`~moe_policy_ros.core.bundle.load_bundle`, which hashes the checkpoint
-too), rebuilds the reference model with ``moe_policy_ros.models.export.load_checkpoint``
-(``torch.load(weights_only=True)``: no arbitrary unpickling) and runs ``encoder_module`` or
+Bundles ship ONNX + manifest only; the checkpoint the stages were exported from is given
+separately (``make_backend("torch", checkpoint=...)``, ``policy.checkpoint``) and must hash to
+the bundle's ``provenance.checkpoint_sha256``. The stage graphs are not executed; instead
+``load_stage`` finds the bundle that holds the ONNX file, verifies it
+(:func:`~moe_policy_ros.core.bundle.load_bundle`), rebuilds the reference model with
+``moe_policy_ros.models.export.load_checkpoint`` (``torch.load(weights_only=True)``: no
+arbitrary unpickling) and runs ``encoder_module`` or
 ``expert_module``, whose positional inputs and outputs match the ONNX graph's, under
 ``torch.inference_mode``. On a GPU the encoder stage (static shapes) is captured into a CUDA
 graph after a warm-up and replayed.
@@ -35,13 +38,32 @@ def _import_torch() -> Any:
     return torch
 
 
-def reference_model(bundle: Any) -> Any:
-    """The torch reference model of a verified bundle (eval mode, on the CPU)."""
+def reference_model(bundle: Any, checkpoint: str | Path | None) -> Any:
+    """The torch reference model of a verified bundle (eval mode, on the CPU), rebuilt from
+    the checkpoint it was exported from (checked against ``provenance.checkpoint_sha256``)."""
+    from moe_policy_ros.core.bundle import sha256_file
+
     _import_torch()
-    if bundle.checkpoint_path is None:
+    want = bundle.manifest.provenance.checkpoint_sha256
+    if checkpoint is None:
         raise BackendUnavailable(
-            f"torch backend: bundle {bundle.path} lists no checkpoint in policy.yaml "
-            "(re-export it with the checkpoint to use the torch backend)"
+            f"torch backend: no checkpoint given for bundle {bundle.path}; bundles ship ONNX "
+            "only, so pass the weights-only checkpoint it was exported from "
+            "(policy.checkpoint, or export with --save-checkpoint)"
+        )
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise BackendUnavailable(f"torch backend: checkpoint {path} not found")
+    if not want:
+        raise BackendUnavailable(
+            f"torch backend: bundle {bundle.path} records no provenance.checkpoint_sha256, so "
+            f"{path} cannot be verified as its weights"
+        )
+    got = sha256_file(path)
+    if got != want:
+        raise BackendUnavailable(
+            f"torch backend: {path} is not the checkpoint bundle {bundle.path} was exported "
+            f"from: SHA-256 expected {want}, got {got}"
         )
     try:
         from moe_policy_ros.models import export as mexport
@@ -49,7 +71,7 @@ def reference_model(bundle: Any) -> Any:
         raise BackendUnavailable(
             f"torch backend: moe_policy_ros.models.export is unavailable ({err})"
         ) from None
-    model = mexport.load_checkpoint(bundle.checkpoint_path)  # torch.load(weights_only=True)
+    model = mexport.load_checkpoint(path)  # torch.load(weights_only=True)
     model.eval()
     return model
 
@@ -120,8 +142,15 @@ class TorchStage:
 class TorchBackend:
     """``torch`` kind: the reference model, on the CPU or a CUDA GPU."""
 
-    def __init__(self, device: str = "cpu", *, cuda_graphs: bool = True) -> None:
+    def __init__(
+        self,
+        device: str = "cpu",
+        *,
+        cuda_graphs: bool = True,
+        checkpoint: str | Path | None = None,
+    ) -> None:
         torch = _import_torch()
+        self.checkpoint = Path(checkpoint) if checkpoint else None
         self._torch = torch
         kind, index = parse_device(device)
         if kind == "cuda" and not torch.cuda.is_available():
@@ -148,10 +177,10 @@ class TorchBackend:
         if root is None:
             raise BackendUnavailable(
                 f"torch backend: {onnx_path} is not inside a bundle (no policy.yaml above it); "
-                "the torch backend needs the bundle's checkpoint"
+                "the torch backend needs the bundle to verify the checkpoint against"
             )
         if root not in self._models:
-            model = reference_model(load_bundle(root))
+            model = reference_model(load_bundle(root), self.checkpoint)
             self._models[root] = model.to(self.device)
         return self._models[root]
 
