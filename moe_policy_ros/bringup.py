@@ -105,17 +105,13 @@ class _LifecycleClient:
 
     def __init__(self, node_fqn: str, abort: Callable[[], str] | None = None) -> None:
         self._abort = abort or (lambda: "")
-        import rclpy
         from lifecycle_msgs.srv import ChangeState, GetState
 
-        self._rclpy = rclpy
-        self._context = rclpy.context.Context()
-        rclpy.init(context=self._context)
-        self._node = rclpy.create_node("moe_policy_ros_up", context=self._context)
-        from rclpy.executors import SingleThreadedExecutor
+        from moe_policy_ros.nodes.common import RosSession
 
-        self._executor = SingleThreadedExecutor(context=self._context)
-        self._executor.add_node(self._node)
+        self._session = RosSession("moe_policy_ros_up")
+        self._node = self._session.node
+        self._executor = self._session.executor
         self._change: Any = self._node.create_client(ChangeState, f"{node_fqn}/change_state")
         self._get: Any = self._node.create_client(GetState, f"{node_fqn}/get_state")
         self._ChangeState = ChangeState
@@ -153,9 +149,7 @@ class _LifecycleClient:
         return bool(self._call(self._change, req, timeout).success)
 
     def close(self) -> None:
-        self._executor.shutdown(timeout_sec=1.0)
-        self._node.destroy_node()
-        self._rclpy.try_shutdown(context=self._context)
+        self._session.close()
 
 
 def _bring_up(

@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +64,7 @@ class _Recorder:
     """An rclpy node in this process that watches the public interface only."""
 
     def __init__(self, cfg_topics: dict[str, str]) -> None:
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import (
@@ -78,14 +75,12 @@ class _Recorder:
             String,
         )
 
-        from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS
+        from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS, RosSession
 
         self.rec = _Record()
         self.t0 = time.monotonic()
-        self._rclpy = rclpy
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("moe_policy_demo_recorder", context=self.ctx)
+        self.session = RosSession("moe_policy_demo_recorder")
+        self.node = self.session.node
         n, r = self.node, self.rec
 
         def t() -> float:
@@ -133,15 +128,7 @@ class _Recorder:
             String, "/moe_policy/mode", lambda m: r.modes.append((t(), m.data)), LATCHED_QOS
         )
         n.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(n)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
+        self.session.spin_in_background()
 
     def engage(self, timeout: float) -> str:
         from std_srvs.srv import SetBool
@@ -164,10 +151,7 @@ class _Recorder:
         return last
 
     def close(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=2.0)
-        self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.ctx)
+        self.session.close()
 
 
 def _pct(values: list[float], q: float) -> float:

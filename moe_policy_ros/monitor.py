@@ -78,16 +78,13 @@ def render(state: MonitorState, width: int = 80, color: bool = True) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from std_msgs.msg import Float32MultiArray, Int32MultiArray, String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS
+    from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS, RosSession
 
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("moe_policy_monitor", context=ctx)
+    session = RosSession("moe_policy_monitor")
+    node = session.node
     st = MonitorState()
     lock = threading.Lock()
     base = args.node.rstrip("/")
@@ -124,14 +121,12 @@ def run(args: argparse.Namespace) -> int:
     node.create_subscription(String, f"{base}/router/dominant", on_dominant, MONITOR_QOS)
     node.create_subscription(String, f"{base}/mode", on_mode, LATCHED_QOS)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
     t_end = time.monotonic() + args.timeout if args.timeout > 0 else float("inf")
     next_draw = 0.0
     rc = 0
     try:
         while time.monotonic() < t_end:
-            ex.spin_once(timeout_sec=0.05)
+            session.executor.spin_once(timeout_sec=0.05)
             now = time.monotonic()
             if now < next_draw:
                 continue
@@ -152,6 +147,5 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        session.close()
     return rc

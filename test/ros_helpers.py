@@ -59,42 +59,35 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 8.0) -> int | N
     return proc.returncode
 
 
-def wait_for(pred: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
+    """Poll ``pred`` until it returns something truthy (returned) or the deadline passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():
-            return
+        value = pred()
+        if value:
+            return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class RosClient:
-    """A test-side rclpy node with its own context and a spin thread."""
+    """A test-side rclpy node with its own context, spun from a background thread.
+
+    Built on the product's RosSession (imported here, so this module imports without rclpy):
+    single-threaded, because rclpy's multi-threaded executor re-polls ready entities in a
+    tight loop and starves this process's other threads (FakeRobot) of the GIL.
+    """
 
     def __init__(self, name: str = "test_client") -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        from moe_policy_ros.nodes.common import RosSession
 
-        self.rclpy = rclpy
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node(name, context=self.ctx)
-        # Single-threaded: rclpy's multi-threaded executor re-polls ready entities in a tight
-        # loop and starves this process's other threads (FakeRobot) of the GIL.
-        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.session = RosSession(name)
+        self.node = self.session.node
         self._clients: dict[tuple[Any, str], Any] = {}
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self.session.spin_in_background()
 
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:
-                if self._stop.is_set():
-                    return
+    def close(self) -> None:
+        self.session.close()
 
     def record(self, msg_type: Any, topic: str, qos: Any = 10) -> list[tuple[float, Any]]:
         """Subscribe and collect (monotonic arrival time, message)."""
@@ -127,13 +120,6 @@ class RosClient:
 
     def now_msg(self) -> Any:
         return self.node.get_clock().now().to_msg()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.executor.shutdown(timeout_sec=1)
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.ctx)
 
 
 #: Bytes per pixel of the raw encodings FakeRobot can publish (valid or not for the node).

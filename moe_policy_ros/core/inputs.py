@@ -204,14 +204,18 @@ class InputBuffer:
         with self._lock:
             return dict(self._images)
 
-    def stale(self, now_ns: int) -> list[str]:
-        """Sources with no sample yet or older than their max age, with the reason."""
-        out = []
+    def stale_sources(self, now_ns: int) -> dict[str, str]:
+        """Source name -> reason, for sources with no sample yet or older than their max age."""
+        out: dict[str, str] = {}
         with self._lock:
             for st in self.status.values():
                 age = st.age_s(now_ns)
                 if age is None:
-                    out.append(f"{st.name}: no data")
+                    out[st.name] = "no data"
                 elif age > st.max_age_s or math.isnan(age):
-                    out.append(f"{st.name}: {age:.3f} s old > {st.max_age_s:.3f} s")
+                    out[st.name] = f"{age:.3f} s old > {st.max_age_s:.3f} s"
         return out
+
+    def stale(self, now_ns: int) -> list[str]:
+        """``source: reason`` for every stale source (see :meth:`stale_sources`)."""
+        return [f"{name}: {why}" for name, why in self.stale_sources(now_ns).items()]

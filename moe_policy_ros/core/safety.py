@@ -255,6 +255,19 @@ class SafetyFilter:
 
     # ------------------------------------------------------------------ filter
 
+    def bounded_step(
+        self, last: np.ndarray, s_prev: np.ndarray, desired: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The step actually allowed from ``last`` (previous step ``s_prev``) toward
+        ``last + desired``: clipped by the acceleration bound, then the velocity bound, then
+        the braking bound toward the position limits. Returns the three stages (the filter
+        reports which one acted)."""
+        step_a = np.clip(desired, s_prev - self.max_dstep, s_prev + self.max_dstep)
+        step_v = np.clip(step_a, -self.max_step, self.max_step)
+        lo = -brake_step(last - self.q_min, self.max_dstep)
+        hi = brake_step(self.q_max - last, self.max_dstep)
+        return step_a, step_v, np.clip(step_v, lo, hi)
+
     def _vector(self, x: object) -> np.ndarray | None:
         """``x`` as a float64 vector of the robot's length, or None if malformed/non-finite."""
         try:
@@ -432,11 +445,7 @@ class SafetyFilter:
             desired = clamped - last
 
         # --- acceleration, then velocity and braking toward the position limits
-        step_a = np.clip(desired, s_prev - self.max_dstep, s_prev + self.max_dstep)
-        step_v = np.clip(step_a, -self.max_step, self.max_step)
-        lo = -brake_step(last - self.q_min, self.max_dstep)
-        hi = brake_step(self.q_max - last, self.max_dstep)
-        step = np.clip(step_v, lo, hi)
+        step_a, step_v, step = self.bounded_step(last, s_prev, desired)
         if not holding:
             for kind, before, after, unit, scale in (
                 (ACCELERATION, desired, step_a, "rad/s^2", self.dt**2),
@@ -549,12 +558,12 @@ def limit_chunk(
 
     Used in ``chunk`` execution, where a whole trajectory goes to the controller at once:
     ``start`` is the command sent this tick (already filtered) and the filter's last step is
-    the initial velocity. Each point is clamped, in order, to the acceleration bound (change
-    of step <= A dt^2), the velocity bound (step <= V dt), the position limits and, when
-    ``measured`` is given, ``max_position_deviation`` around it widened by how far the
-    velocity limit lets the robot move by that point (the controller tracks the trajectory
-    over time). Non-finite points are replaced by the previous point (a stop). The filter's
-    state and counters are not touched.
+    the initial velocity. Each point goes through the filter's own step bounds
+    (:meth:`SafetyFilter.bounded_step`: acceleration, velocity, braking toward the position
+    limits), the position limits and, when ``measured`` is given, ``max_position_deviation``
+    around it widened by how far the velocity limit lets the robot move by that point (the
+    controller tracks the trajectory over time). Non-finite points are replaced by the
+    previous point (a stop). The filter's state and counters are not touched.
     """
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != safety.n:
@@ -565,10 +574,9 @@ def limit_chunk(
     for i, target in enumerate(pts):
         if not np.all(np.isfinite(target)):
             target = prev
-        want = target - prev
-        want = np.clip(want, step - safety.max_dstep, step + safety.max_dstep)
-        want = np.clip(want, -safety.max_step, safety.max_step)
-        q = np.clip(prev + want, safety.q_min, safety.q_max)
+        desired = np.clip(target, safety.q_min, safety.q_max) - prev
+        q = np.clip(prev + safety.bounded_step(prev, step, desired)[2], safety.q_min,
+                    safety.q_max)
         if measured is not None and np.all(np.isfinite(measured)):
             reach = safety.cfg.max_position_deviation + (i + 1) * safety.max_step
             q = np.clip(q, measured - reach, measured + reach)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -12,11 +11,7 @@ from typing import Any
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from rclpy.executors import (
-    ExternalShutdownException,
-    MultiThreadedExecutor,
-    SingleThreadedExecutor,
-)
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -130,27 +125,19 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def spin_node(
-    node: Node,
-    *,
-    num_threads: int = 2,
-    on_shutdown: Callable[[], None] | None = None,
-) -> None:
+def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> None:
     """Spin until SIGINT/SIGTERM or external shutdown, then clean up (ros2/demos style).
 
-    ``num_threads == 1`` uses a SingleThreadedExecutor: the cheapest on the GIL, and right
-    for nodes whose callbacks only store data (their real work runs in their own threads).
+    Single-threaded on purpose: our nodes' callbacks only store data and their real work runs
+    in their own threads, and rclpy's multi-threaded executor re-polls ready entities in a
+    tight loop that starved those threads of the GIL (docs/benchmarks.md).
     """
-    executor: SingleThreadedExecutor | MultiThreadedExecutor = (
-        SingleThreadedExecutor() if num_threads == 1
-        else MultiThreadedExecutor(num_threads=num_threads)
-    )
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     stop = threading.Event()
 
     def _term(_signum: int, _frame: Any) -> None:
-        stop.set()
-        executor.wake() if hasattr(executor, "wake") else None
+        stop.set()  # the loop below notices within one spin_once timeout
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _term)
@@ -167,6 +154,40 @@ def spin_node(
         rclpy.try_shutdown()
 
 
-def env_flag(name: str, default: bool = False) -> bool:
-    v = os.environ.get(name)
-    return default if v is None else v.strip().lower() in ("1", "true", "yes", "on")
+
+class RosSession:
+    """An rclpy node in a private context with its own single-threaded executor.
+
+    For code that lives beside other work in one process (the CLI tools, the demo's recorder,
+    test clients): no global ``rclpy.init``, and ``close()`` tears down only this context.
+    ``spin_in_background()`` services the node from a daemon thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def spin_in_background(self) -> None:
+        self._thread = threading.Thread(target=self._spin, name="ros-session", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:
+                if self._stop.is_set() or not self.context.ok():
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)

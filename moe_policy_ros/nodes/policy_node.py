@@ -66,7 +66,7 @@ from moe_policy_ros.nodes.common import (
 )
 from moe_policy_ros.nodes.params import declare_parameters
 
-OK, WARN, ERROR, STALE = 0, 1, 2, 3
+OK, WARN, ERROR = 0, 1, 2
 
 
 @dataclass
@@ -76,7 +76,6 @@ class _Chunk:
     actions: np.ndarray  # [H, J] robot joint order
     start_step: int  # actions[i] is for control step start_step + i
     stamp_ns: int  # observation time (ROS clock)
-    published: bool = False
 
 
 class PolicyNode(LifecycleNode):
@@ -87,6 +86,9 @@ class PolicyNode(LifecycleNode):
         self._bundle: LoadedBundle | None = None
         self._policy: MoEPolicy | None = None
         self._inputs: InputBuffer | None = None
+        self._joint_names: list[str] = []
+        self._expert_labels: list[str] = []
+        self._gate_layout: list[Dim] = []
         self._scheduler: ChunkScheduler | None = None
         self._arbiter: CommandArbiter | None = None
         self._safety: SafetyFilter | None = None
@@ -201,6 +203,12 @@ class PolicyNode(LifecycleNode):
         warm_ms = (time.perf_counter() - t0) * 1e3
         self._cfg, self._bundle, self._policy = cfg, bundle, policy
         self._backend_name = backend.name
+        # Fixed per configuration; the control loop and the worker reuse them every cycle.
+        self._joint_names = robot_joints
+        labels = list(m.experts.labels)
+        self._expert_labels = labels
+        self._gate_layout = [Dim(label="experts:" + ",".join(labels), size=len(labels),
+                                 stride=len(labels))]
         self._action_idx = np.array([robot_joints.index(j) for j in m.action.joints])
         self._proprio_idx = np.array(
             [robot_joints.index(j) for j in m.observation.proprio.joints]
@@ -343,7 +351,7 @@ class PolicyNode(LifecycleNode):
     def _on_teleop(self, msg: JointState) -> None:
         if self._cfg is None or self._arbiter is None:
             return
-        names = self._cfg.robot.joint_names
+        names = self._joint_names
         try:
             if len(msg.position) != len(msg.name):
                 raise InputError(f"{len(msg.name)} names but {len(msg.position)} positions")
@@ -433,11 +441,9 @@ class PolicyNode(LifecycleNode):
         self._nonfinite_chunks = 0
         self._nan_pending = False
         self._missed_ticks = 0
-        self._last_tick: TickOutput | None = None
         self._pending_chunk: _Chunk | None = None
         self._entropy = 0.0
         self._last_output: PolicyOutput | None = None
-        self._step = 0
         self._step_anchor: tuple[int, int] = (0, 0)  # (control step, ROS ns) of last tick
 
     # ------------------------------------------------------------------ inference worker
@@ -474,7 +480,7 @@ class PolicyNode(LifecycleNode):
         assert cfg is not None and inputs is not None and policy is not None
         assert bundle is not None
         now_ros = self._now_ns()
-        if inputs.stale(now_ros):
+        if inputs.stale_sources(now_ros):
             return
         joints = inputs.joints()
         images = inputs.images()
@@ -505,12 +511,11 @@ class PolicyNode(LifecycleNode):
         # measured position.
         actions = np.repeat(joints.positions[None, :], out.actions.shape[0], axis=0)
         actions[:, self._action_idx] = out.actions
-        period_ns = int(1e9 * cfg.policy.control_period_s)
         step_now, ros_at_step = self._step_anchor
-        elapsed_steps = max(0, (ros_at_step - obs.stamp_ns) // period_ns)
-        obs_step = step_now - int(elapsed_steps)
-        if not cfg.policy.execution.latency_compensation:
-            obs_step = self._step
+        obs_step = step_now
+        if cfg.policy.execution.latency_compensation:
+            period_ns = int(1e9 * cfg.policy.control_period_s)
+            obs_step -= max(0, (ros_at_step - obs.stamp_ns) // period_ns)
         start = obs_step + 1
         if not np.all(np.isfinite(actions)):
             # The scheduler refuses non-finite chunks; the arbiter sees the NaN command
@@ -546,13 +551,10 @@ class PolicyNode(LifecycleNode):
         return float(np.min(energies))
 
     def _publish_router(self, out: PolicyOutput, shadow: bool) -> None:
-        bundle = self._bundle
-        assert bundle is not None
-        labels = list(bundle.manifest.experts.labels)
+        labels = self._expert_labels
         dec = out.decision
         gates = Float32MultiArray()
-        gates.layout.dim = [Dim(label="experts:" + ",".join(labels), size=len(labels),
-                                stride=len(labels))]
+        gates.layout.dim = self._gate_layout
         gates.data = [float(g) for g in dec.state.gates]
         active = Int32MultiArray(data=[int(i) for i in dec.active])
         dominant = String(data=labels[dec.dominant])
@@ -598,12 +600,10 @@ class PolicyNode(LifecycleNode):
         assert cfg is not None and inputs is not None and sched is not None
         assert arb is not None
         now_ros = self._now_ns()
-        self._step = step
         self._step_anchor = (step, now_ros)
         joints = inputs.joints()
-        stale = inputs.stale(now_ros)
-        joints_stale = any(s.startswith(JOINTS + ":") for s in stale)
-        measured = None if joints is None or joints_stale else joints.positions
+        stale = inputs.stale_sources(now_ros)
+        measured = None if joints is None or JOINTS in stale else joints.positions
         with self._lock:
             proposal = sched.action_at(step)
             sched.prune(step)
@@ -611,7 +611,7 @@ class PolicyNode(LifecycleNode):
             self._pending_chunk = None
         if self._nan_pending:
             # A non-finite chunk reaches the filter as such: ERROR + HOLD there.
-            proposal = np.full(len(cfg.robot.joint_names), np.nan)
+            proposal = np.full(len(self._joint_names), np.nan)
             self._nan_pending = False
             with self._lock:
                 sched.clear()
@@ -624,7 +624,7 @@ class PolicyNode(LifecycleNode):
                 teleop_stamp_ns=None if teleop is None else teleop[1],
                 deadman=None if deadman is None else deadman[0],
                 deadman_stamp_ns=None if deadman is None else deadman[1],
-                stale_inputs=tuple(s for s in stale if not s.startswith(JOINTS + ":")),
+                stale_inputs=tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS),
                 policy_warm=self._policy_warm,
                 overrun=self._overrun_active,
                 ood_energy=self._ood_energy,
@@ -640,11 +640,10 @@ class PolicyNode(LifecycleNode):
             else:
                 self.get_logger().info(text)
         self._publish_mode()
-        self._last_tick = out
         if out.mode == Mode.TELEOP and out.policy_command is not None:
             sh = JointState()
             sh.header.stamp = ns_to_stamp(now_ros)
-            sh.name = cfg.robot.joint_names
+            sh.name = self._joint_names
             sh.position = [float(x) for x in out.policy_command]
             self._pubs["shadow/command"].publish(sh)
         if out.sent is None:
@@ -652,7 +651,7 @@ class PolicyNode(LifecycleNode):
         sent = out.sent
         cmd = JointState()
         cmd.header.stamp = ns_to_stamp(now_ros)
-        cmd.name = cfg.robot.joint_names
+        cmd.name = self._joint_names
         cmd.position = [float(x) for x in sent]
         self._pubs["command"].publish(cmd)
         if cfg.policy.execution.mode == "stream":
@@ -883,11 +882,7 @@ def main(args: list[str] | None = None) -> None:
             _autostart(node)
 
         timer = node.create_timer(0.1, _once)
-    # Callbacks only store samples and answer services; inference and the control loop run in
-    # their own threads. A single-threaded executor keeps the GIL free for them (rclpy's
-    # multi-threaded executor re-polls ready entities in a tight loop and starved the control
-    # thread for hundreds of milliseconds at times: bench/control_loop.py).
-    spin_node(node, num_threads=1)
+    spin_node(node)  # single-threaded: see spin_node and bench/control_loop.py
 
 
 if __name__ == "__main__":

@@ -446,7 +446,7 @@ def main(args: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         return 2
     node.start()
-    spin_node(node, num_threads=1, on_shutdown=node.stop)
+    spin_node(node, on_shutdown=node.stop)
     return 0
 
 

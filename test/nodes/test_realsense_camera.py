@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ros_helpers import wait_for
 
 from moe_policy_ros.realsense.stamps import StampMapper
 
@@ -33,17 +34,6 @@ needs_ros = pytest.mark.skipif(not HAVE_RCLPY, reason="rclpy is not installed")
 REPO = Path(__file__).resolve().parents[2]
 W, H, FPS = 64, 48, 30
 PERIOD_MS = 1000.0 / FPS
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``pred`` until it returns something truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def stamp_ns(msg: Any) -> int:
