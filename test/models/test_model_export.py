@@ -80,6 +80,9 @@ def test_manifest_hashes_and_parity(
     assert m.action.joints == ALOHA_JOINTS and m.observation.proprio.joints == ALOHA_JOINTS
     assert m.action.chunk_length == TINY["chunk_length"] and m.context_dim == TINY["context_dim"]
     assert m.routing == default_routing(family, TINY["top_k"])
+    model, _ = bundles[family]
+    assert m.combination == model.combination and m.combination_weights == model.combination
+    assert m.novelty is None  # untrained, uncalibrated
     assert (m.sampler is not None) == (family == "smp")
     if family == "smp":
         assert m.sampler is not None
