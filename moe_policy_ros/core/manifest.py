@@ -55,7 +55,7 @@ Family = Literal["adamoe", "smp", "dibm", "lar", "dense"]
 FAMILIES: tuple[str, ...] = ("adamoe", "smp", "dibm", "lar", "dense")
 #: the combinations each family may declare (the first is what a manifest without the field
 #: gets: the family's behaviour before the field existed)
-FAMILY_COMBINATIONS: dict[str, tuple[str, ...]] = {
+FAMILY_COMBINATIONS: dict[str, tuple[Combination, ...]] = {
     "adamoe": ("adapter", "router_plus_adapter"),
     "smp": ("gates", "unit"),
     "dibm": ("gates",),
@@ -244,7 +244,7 @@ class Manifest(_M):
         return self.family == "smp"
 
     @property
-    def combination_weights(self) -> str:
+    def combination_weights(self) -> Combination:
         """The declared combination, or the family's pre-``combination`` behaviour."""
         return self.combination or FAMILY_COMBINATIONS[self.family][0]
 

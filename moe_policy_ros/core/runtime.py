@@ -129,9 +129,7 @@ class MoEPolicy:
         self.routing_config = merge_routing(m.routing, routing)
         self.combination = m.combination_weights
         self.strategy: RoutingStrategy = make_strategy(
-            self.routing_config,
-            self.num_experts,
-            self.combination,  # type: ignore[arg-type]
+            self.routing_config, self.num_experts, self.combination
         )
 
         contract = graph_contract(m)
