@@ -132,6 +132,20 @@ def test_smp_one_skill_chunk_keeps_full_length_with_two_skills_active() -> None:
     assert ratio == pytest.approx(float(old.weights[0]), rel=1e-4) and ratio < 0.8
 
 
+def test_smp_trains_with_the_active_set_the_bundle_default_routing_picks() -> None:
+    """``losses.mass_mask`` (training) picks what ``MassRouting`` (runtime) picks."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(300, 6, generator=g) * torch.rand(300, 1, generator=g) * 4.0
+    logits[:5] = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, -1.0])  # ties: lower index first
+    for tau in (0.3, 0.8, 1.0):
+        mask = L.mass_mask(logits, tau)
+        strategy = make_strategy(default_routing("smp", 2, tau), 6, "unit")
+        for row, m in zip(logits, mask, strict=True):
+            strategy.reset()
+            active = strategy.select(RouterOutputs(gate_logits=row.numpy())).active
+            assert np.flatnonzero(m.numpy()).tolist() == active.tolist()
+
+
 def test_smp_basis_is_a_full_state_dependent_matrix_orthonormalised() -> None:
     model = tiny("smp")
     assert isinstance(model, SMPModel)
@@ -323,7 +337,7 @@ def test_dibm_curriculum_entropy_term() -> None:
     model = tiny("dibm")
     imgs, prop, y = batch()
     terms = model.loss(imgs, prop, y)
-    assert 0.0 < float(terms["curriculum_entropy"]) <= math.log(B) + 1e-6
+    assert 0.0 < float(terms["curriculum_entropy"].detach()) <= math.log(B) + 1e-6
     terms["curriculum_entropy"].backward()
     assert float(model.energy.w_out.grad.abs().sum()) > 0  # type: ignore[union-attr]
 

@@ -230,6 +230,13 @@ def test_cli_family_then_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert m2.provenance.source.endswith("a.pt") and m2.experts.count == 3
     assert m.provenance.checkpoint_sha256 == _sha(tmp_path / "a.pt")
     assert m2.provenance.checkpoint_sha256 == _sha(tmp_path / "a.pt")
+    # the AdaMoE weighting variant is a named option and lands in the manifest
+    args = parser.parse_args(
+        ["--family", "adamoe", "--experts", "2", "--adamoe-weighting", "adapter_sigmoid",
+         "--out", str(tmp_path / "v"), *size]
+    )  # fmt: skip
+    assert run_export(args) == 0
+    assert read_manifest(tmp_path / "v").combination == "adapter"
 
 
 def test_demo_bundles_present() -> None:
