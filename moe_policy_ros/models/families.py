@@ -493,7 +493,8 @@ class DiBMModel(DirectMoEModel):
         n = raw.shape[0]
         log_z = torch.logsumexp(-raw, dim=0) - math.log(n)
         novelty = (raw + log_z).min(dim=1).values
-        q = torch.quantile(novelty, torch.tensor(NOVELTY_QUANTILES, dtype=torch.float64))
+        levels = torch.tensor(NOVELTY_QUANTILES, dtype=torch.float64, device=novelty.device)
+        q = torch.quantile(novelty, levels)
         self.energy_offset.copy_(log_z.to(self.energy_offset.dtype))
         self.novelty_range.copy_(q.to(self.novelty_range.dtype))
         self.calibration_samples.fill_(n)

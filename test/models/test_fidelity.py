@@ -28,6 +28,7 @@ from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.core.routing import make_strategy, softmax
 from moe_policy_ros.core.runtime import MoEPolicy, compose_skills, synthetic_observation
 from moe_policy_ros.core.types import RouterOutputs
+from moe_policy_ros.inspect_bundle import bundle_summary
 from moe_policy_ros.models import build_model, export_bundle, load_checkpoint, save_checkpoint
 from moe_policy_ros.models import losses as L
 from moe_policy_ros.models.export import default_routing
@@ -372,6 +373,8 @@ def test_dibm_calibration_normalises_energies_and_travels_to_the_bundle(
     assert m.novelty is not None and m.novelty.samples == 3 * B
     assert m.novelty.p99 == pytest.approx(stats["novelty_p99"], abs=1e-6)
     assert m.novelty.max == pytest.approx(stats["novelty_max"], abs=1e-6)
+    summary = bundle_summary(load_bundle(tmp_path / "cal"))
+    assert summary["novelty"]["p99"] == m.novelty.p99 and summary["combination"] == "gates"
     # the runtime reports the calibrated energies (what the OOD threshold compares with)
     obs = synthetic_observation(m, seed=2)
     out = MoEPolicy(load_bundle(tmp_path / "cal"), ort).infer(obs)
