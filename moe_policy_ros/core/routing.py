@@ -63,6 +63,7 @@ COMBINATIONS: tuple[str, ...] = get_args(Combination)
 __all__ = [
     "COMBINATIONS",
     "MASS_TOLERANCE",
+    "Combination",
     "DenseRouting",
     "MassRouting",
     "RoutingStrategy",
