@@ -179,6 +179,9 @@ class NoveltySpec(_M):
 
     score: Literal["min_energy"] = "min_energy"
     samples: int = Field(ge=1, description="training observations calibrated over")
+    energy_offsets: tuple[float, ...] = Field(
+        description="per-expert log Z_i added to the raw energies inside encoder.onnx"
+    )
     min: float
     p50: float
     p95: float
@@ -237,6 +240,11 @@ class Manifest(_M):
             )
         if self.novelty is not None and self.family != "dibm":
             raise ValueError(f"family {self.family} has no novelty score (dibm only)")
+        if self.novelty is not None and len(self.novelty.energy_offsets) != self.experts.count:
+            raise ValueError(
+                f"novelty.energy_offsets has {len(self.novelty.energy_offsets)} values for "
+                f"{self.experts.count} experts"
+            )
         return self
 
     @property

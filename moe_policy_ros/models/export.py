@@ -135,8 +135,10 @@ def novelty_spec(model: MoEModel) -> NoveltySpec | None:
         return None
     q = [float(v) for v in model.novelty_range]
     return NoveltySpec(
-        samples=int(model.calibration_samples), min=q[0], p50=q[1], p95=q[2], p99=q[3], max=q[4]
-    )
+        samples=int(model.calibration_samples),
+        energy_offsets=tuple(float(v) for v in model.energy_offset),
+        min=q[0], p50=q[1], p95=q[2], p99=q[3], max=q[4],
+    )  # fmt: skip
 
 
 def _encoder_inputs(model: MoEModel, gen: torch.Generator) -> tuple[Tensor, ...]:

@@ -373,6 +373,9 @@ def test_dibm_calibration_normalises_energies_and_travels_to_the_bundle(
     assert m.novelty is not None and m.novelty.samples == 3 * B
     assert m.novelty.p99 == pytest.approx(stats["novelty_p99"], abs=1e-6)
     assert m.novelty.max == pytest.approx(stats["novelty_max"], abs=1e-6)
+    assert m.novelty.energy_offsets == pytest.approx(
+        [stats[f"energy_offset_{i}"] for i in range(E)], abs=1e-6
+    )
     summary = bundle_summary(load_bundle(tmp_path / "cal"))
     assert summary["novelty"]["p99"] == m.novelty.p99 and summary["combination"] == "gates"
     # the runtime reports the calibrated energies (what the OOD threshold compares with)
