@@ -93,7 +93,11 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> MoEModel:
     data = torch.load(Path(path), map_location=map_location, weights_only=True)
     if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
         raise ValueError(f"{path}: not a moe_policy_ros checkpoint (needs config, state_dict)")
-    model = build_model(dict(data["config"]))
+    config = dict(data["config"])
+    if config.get("family") == "adamoe" and "adamoe_weighting" not in config:
+        # written before the field existed: trained with the sigmoid adapter weights
+        config["adamoe_weighting"] = "adapter_sigmoid"
+    model = build_model(config)
     missing, unexpected = model.load_state_dict(data["state_dict"], strict=False)
     # Di-BM calibration buffers postdate some checkpoints: absent = not calibrated
     missing = [k for k in missing if k not in _OPTIONAL_STATE]

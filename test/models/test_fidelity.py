@@ -282,6 +282,17 @@ def test_adamoe_released_weighting_losses() -> None:
     assert {"router", "adapter", "experts"} <= grads("bc")
 
 
+def test_adamoe_checkpoint_from_before_the_option_keeps_its_weighting(tmp_path: Path) -> None:
+    model = tiny("adamoe", adamoe_weighting="adapter_sigmoid")
+    path = save_checkpoint(model, tmp_path / "a.pt")
+    raw = torch.load(path, weights_only=True)
+    del raw["config"]["adamoe_weighting"]
+    torch.save(raw, tmp_path / "old.pt")
+    old = load_checkpoint(tmp_path / "old.pt")
+    assert isinstance(old, AdaMoEModel) and old.combination == "adapter"
+    assert load_checkpoint(path).combination == "adapter"
+
+
 def test_adamoe_variant_is_recorded_and_served_by_the_runtime(tmp_path: Path, ort: Any) -> None:
     for weighting, combination in (("adapter_sigmoid", "adapter"),
                                    ("router_plus_adapter", "router_plus_adapter")):
