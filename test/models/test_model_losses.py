@@ -203,3 +203,9 @@ def test_bc_loss_kinds_and_config_errors() -> None:
         ModelConfig.from_dict({"family": "smp", "chunk_length": 1, "rank": 4})
     with pytest.raises(ValueError, match="top_k"):
         ModelConfig.from_dict({"family": "adamoe", "num_experts": 2, "top_k": 3})
+    with pytest.raises(ValueError, match="adamoe_weighting must be one of"):
+        ModelConfig.from_dict({"family": "adamoe", "adamoe_weighting": "sum"})
+    # configs of the earlier model version: the mixture-basis key is ignored, except for smp
+    assert ModelConfig.from_dict({"family": "dibm", "basis_mixtures": 4}).family == "dibm"
+    with pytest.raises(ValueError, match="re-train"):
+        ModelConfig.from_dict({"family": "smp", "basis_mixtures": 4})
