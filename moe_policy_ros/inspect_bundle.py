@@ -84,6 +84,9 @@ def bundle_summary(b: LoadedBundle) -> dict[str, Any]:
         "context_dim": m.context_dim,
         "latent_dim": m.latent_dim,
         "sampler": m.sampler.model_dump(mode="json") if m.sampler else None,
+        "combination": m.combination_weights,
+        "combination_declared": m.combination is not None,
+        "novelty": m.novelty.model_dump(mode="json") if m.novelty else None,
         "stages": {
             name: {
                 "file": m.stages[name].file,
@@ -143,6 +146,15 @@ def _text(s: dict[str, Any]) -> str:
     if s["sampler"]:
         sp = s["sampler"]
         lines.append(f"sampler    {sp['kind']}, {sp['steps']} steps, rank R={sp['rank']}")
+    lines.append(f"combine    {s['combination']} weights"
+                 + ("" if s["combination_declared"] else " (not declared: family default)"))
+    nv = s["novelty"]
+    if nv:
+        lines.append(f"novelty    {nv['score']} over {nv['samples']} training observations: "
+                     f"min {nv['min']:.3g}, p50 {nv['p50']:.3g}, p95 {nv['p95']:.3g}, "
+                     f"p99 {nv['p99']:.3g}, max {nv['max']:.3g} (for ood_energy_threshold)")
+    elif s["family"] == "dibm":
+        lines.append("novelty    not calibrated: energies have no fixed scale")
     for name, st in s["stages"].items():
         ext = f", external data {st['external_data']}" if st["external_data"] else ""
         lines.append(f"stage      {name}: {st['file']} {_fmt_bytes(st['bytes'])}, "

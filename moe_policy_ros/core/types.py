@@ -52,7 +52,8 @@ class RoutingDecision:
     """The active set and how the active experts' outputs are combined.
 
     ``active`` is int64, sorted ascending, unique, non-empty; ``weights`` is float32 aligned
-    with ``active`` (renormalised gates, or the scale-adapter weights for AdaMoE).
+    with ``active``, computed as the bundle's ``combination`` says (renormalised gates; AdaMoE
+    router probability + adapter output, or adapter weights alone; 1 per active SMP skill).
     """
 
     active: np.ndarray

@@ -444,3 +444,27 @@ def test_constructor_errors_name_the_bad_value() -> None:
         StickyRouting(3, TopKRouting(3, 1), margin=-0.1)
     with pytest.raises(ValueError, match=r"sticky base has 4 experts, expected 3"):
         StickyRouting(3, TopKRouting(4, 1))
+
+
+def test_combination_weights_per_manifest_combination() -> None:
+    """Each ``combination`` weights the same active set as its family trains it."""
+    adapter = np.array([0.5, -0.2, 0.3, 0.9])
+    o = out_for([0.1, 0.4, 0.2, 0.3], adapter_weights=adapter)
+    cfg = RoutingConfig(strategy="topk", k=2)
+    want = {
+        "gates": [0.4 / 0.7, 0.3 / 0.7],
+        "adapter": [-0.2, 0.9],
+        "router_plus_adapter": [0.4 - 0.2, 0.3 + 0.9],
+        "unit": [1.0, 1.0],
+        None: [-0.2, 0.9],  # before the field: adapter weights when present
+    }
+    for combination, w in want.items():
+        d = make_strategy(cfg, 4, combination).select(o)  # type: ignore[arg-type]
+        assert active(d) == [1, 3]
+        np.testing.assert_allclose(d.weights, w, rtol=1e-6)
+    sticky = make_strategy(RoutingConfig(strategy="sticky", k=2), 4, "unit")
+    assert sticky.select(o).weights.tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="'router_plus_adapter' needs adapter_weights"):
+        make_strategy(cfg, 4, "router_plus_adapter").select(out_for([0.1, 0.4, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="combination must be one of"):
+        make_strategy(cfg, 4, "sum")  # type: ignore[arg-type]

@@ -5,15 +5,17 @@ routing overrides, determinism."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
+import yaml
 from test_bundle import reference_chunk, reference_encoder, write_bundle
 
 from moe_policy_ros.core.backends import make_backend
-from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
+from moe_policy_ros.core.bundle import BundleError, LoadedBundle, load_bundle
 from moe_policy_ros.core.config import RoutingConfig
+from moe_policy_ros.core.manifest import FAMILY_COMBINATIONS, SamplerSpec
 from moe_policy_ros.core.runtime import (
     MoEPolicy,
     ObservationError,
@@ -166,6 +168,77 @@ def test_stamp_passes_through(hand_bundles: dict[str, Path], ort: Any) -> None:
     assert out.stamp_ns == 123 and out.decision.active.tolist() == [0]
 
 
+def _edit_manifest(root: Path, **changes: Any) -> None:
+    path = root / "policy.yaml"
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        if key == "sampler_kind":
+            data["sampler"]["kind"] = value
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_every_manifest_the_loader_accepts_runs(tmp_path: Path, ort: Any) -> None:
+    """Each sampler kind and combination the manifest schema admits for a family is served by
+    the runtime (no option is accepted at load and refused at run time)."""
+    kinds = get_args(SamplerSpec.model_fields["kind"].annotation)
+    assert kinds == ("flow_euler",)  # ddim and a denoise.onnx stage are not offered
+    for family, combos in FAMILY_COMBINATIONS.items():
+        for combo in (None, *combos):
+            for kind in kinds if family == "smp" else (None,):
+                root = write_bundle(tmp_path / f"{family}_{combo}_{kind}", family)
+                if combo is not None:
+                    _edit_manifest(root, combination=combo)
+                if kind is not None:
+                    _edit_manifest(root, sampler_kind=kind)
+                b = load_bundle(root)
+                assert b.manifest.combination_weights == (combo or combos[0])
+                obs = synthetic_observation(b.manifest, seed=1)
+                out = MoEPolicy(b, ort, seed=2).infer(obs)
+                enc = reference_encoder(root, obs.images, obs.proprio)
+                act = out.decision.active
+                gl, aw = enc["gate_logits"], enc["adapter_weights"]
+                active_gates = np.exp(gl[act] - gl[act].max())
+                gates = np.exp(gl - gl.max()) / np.exp(gl - gl.max()).sum()
+                want = {
+                    "gates": active_gates / active_gates.sum(),
+                    "adapter": aw[act],
+                    "router_plus_adapter": gates[act] + aw[act],
+                    "unit": np.ones(len(act)),
+                }[b.manifest.combination_weights]
+                np.testing.assert_allclose(out.decision.weights, want, rtol=1e-5)
+                noise = _noise(2, 4, 2)[act] if family == "smp" else None
+                ref = reference_chunk(root, obs.images, obs.proprio, act, out.decision.weights,
+                                      noise)
+                np.testing.assert_allclose(out.actions, ref, rtol=1e-4, atol=1e-5)
+    root = write_bundle(tmp_path / "ddim", "smp")
+    _edit_manifest(root, sampler_kind="ddim")
+    with pytest.raises(BundleError, match=r"sampler\.kind.*ddim"):
+        load_bundle(root)
+    root = write_bundle(tmp_path / "wrong", "adamoe")
+    _edit_manifest(root, combination="unit")
+    with pytest.raises(BundleError, match="'unit' is not defined for family adamoe"):
+        load_bundle(root)
+
+
+def test_shipped_demo_bundles_keep_their_behaviour(ort: Any) -> None:
+    """models/demo_* predate ``combination``: they load and compose as they always did."""
+    root = Path(__file__).resolve().parents[2] / "models"
+    for name, combination in (("demo_adamoe", "adapter"), ("demo_smp", "gates")):
+        b = load_bundle(root / name)
+        assert b.manifest.combination is None
+        assert b.manifest.combination_weights == combination
+        out = MoEPolicy(b, ort).infer(synthetic_observation(b.manifest, seed=0))
+        d = out.decision
+        assert np.isfinite(out.actions).all()
+        if combination == "adapter":
+            assert d.state.adapter_weights is not None
+            np.testing.assert_allclose(d.weights, d.state.adapter_weights[d.active], rtol=1e-6)
+        else:
+            assert float(d.weights.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
 # --------------------------------------------------------------------------- torch parity
 
 torch = pytest.importorskip("torch")
@@ -227,8 +300,8 @@ def _torch_reference(b: LoadedBundle, obs: Observation, seed: int) -> np.ndarray
             for s in range(steps):
                 x_t = x_t + (1.0 / steps) * model.velocity_all(
                     enc["context"], x_t, torch.full((1,), s / steps))
-            w = model._topk_weights(enc["gate_logits"], 2)
-            flat = torch.einsum("be,benr,ber->bn", w, enc["basis"], x_t)
+            w = model.selection_weights(enc["gate_logits"], 2)  # unit weights on the top 2
+            flat = model.compose(enc["basis"], x_t, w)
             act = flat.reshape(m.action.chunk_length, m.action.dim)
         else:
             act = model.act(imgs, prop, k=min(2, m.experts.count))[0]

@@ -80,6 +80,9 @@ def test_manifest_hashes_and_parity(
     assert m.action.joints == ALOHA_JOINTS and m.observation.proprio.joints == ALOHA_JOINTS
     assert m.action.chunk_length == TINY["chunk_length"] and m.context_dim == TINY["context_dim"]
     assert m.routing == default_routing(family, TINY["top_k"])
+    model, _ = bundles[family]
+    assert m.combination == model.combination and m.combination_weights == model.combination
+    assert m.novelty is None  # untrained, uncalibrated
     assert (m.sampler is not None) == (family == "smp")
     if family == "smp":
         assert m.sampler is not None
@@ -227,6 +230,13 @@ def test_cli_family_then_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert m2.provenance.source.endswith("a.pt") and m2.experts.count == 3
     assert m.provenance.checkpoint_sha256 == _sha(tmp_path / "a.pt")
     assert m2.provenance.checkpoint_sha256 == _sha(tmp_path / "a.pt")
+    # the AdaMoE weighting variant is a named option and lands in the manifest
+    args = parser.parse_args(
+        ["--family", "adamoe", "--experts", "2", "--adamoe-weighting", "adapter_sigmoid",
+         "--out", str(tmp_path / "v"), *size]
+    )  # fmt: skip
+    assert run_export(args) == 0
+    assert read_manifest(tmp_path / "v").combination == "adapter"
 
 
 def test_demo_bundles_present() -> None:
