@@ -50,3 +50,22 @@ if [[ ! -f "$STAMP" ]] || [[ "$(cat "$STAMP")" != "$HASH" ]]; then
 else
   echo "[setup] $VENV is up to date"
 fi
+
+# The package itself, editable (the checkout stays the source): console scripts in
+# $VENV/bin (moe-policy-ros, policy_node, ...), the ros2 run / launch_ros executables in
+# $VENV/lib/moe_policy_ros/, share/moe_policy_ros/ and the ament index marker. share/ holds
+# copies, so it is refreshed whenever a file that goes there (or the setup files) changes.
+PKG_STAMP="$VENV/.moe_policy_ros_package"
+PKG_HASH=$( { "$VENV/bin/python" --version; \
+  find setup.py setup.cfg package.xml resource launch config models rqt security -type f \
+    ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)
+if [[ ! -f "$PKG_STAMP" ]] || [[ "$(cat "$PKG_STAMP")" != "$PKG_HASH" ]] \
+  || [[ ! -x "$VENV/bin/moe-policy-ros" ]]; then
+  echo "[setup] installing moe_policy_ros into $VENV (editable)"
+  if ! "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . \
+      >"$VENV/.moe_policy_ros_install.log" 2>&1; then
+    cat "$VENV/.moe_policy_ros_install.log" >&2
+    exit 1
+  fi
+  echo "$PKG_HASH" > "$PKG_STAMP"
+fi

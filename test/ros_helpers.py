@@ -293,7 +293,7 @@ def policy_params(
         shared["robot"]["joint_states_max_age_s"] = input_max_age_s
         for cam in shared["cameras"]["names"]:
             shared["cameras"][cam]["max_age_s"] = input_max_age_s
-    p = doc["moe_policy"]["ros__parameters"]
+    p = doc["/**/moe_policy"]["ros__parameters"]
     p["handover"]["require_teleop_to_engage"] = False
     for dotted, value in overrides.items():
         node = p

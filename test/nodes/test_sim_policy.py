@@ -46,7 +46,7 @@ STOP_WITHIN_S = 8.0  # `up` deactivates the policy, then SIGINT/SIGTERM/SIGKILL 
 
 def _params(tmp: Path) -> Path:
     doc = yaml.safe_load(SIM_CFG.read_text())
-    doc["moe_policy"]["ros__parameters"]["policy"]["bundle"] = str(BUNDLE)
+    doc["/**/moe_policy"]["ros__parameters"]["policy"]["bundle"] = str(BUNDLE)
     path = tmp / "sim_params.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

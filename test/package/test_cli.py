@@ -89,7 +89,7 @@ def test_check_config_names_the_broken_field(
     tmp_path: Path, dotted: str, value: Any, field: str
 ) -> None:
     doc = yaml.safe_load(CONFIGS[0].read_text())
-    node = doc["moe_policy"]["ros__parameters"]
+    node = doc["/**/moe_policy"]["ros__parameters"]
     *head, last = dotted.split(".")
     for h in head:
         node = node[h]
