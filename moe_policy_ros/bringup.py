@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_policy_ros.core.config import ConfigError
+from moe_policy_ros.core.config import ConfigError, node_fqn
 from moe_policy_ros.graph import (
+    POLICY_NODE,
     NodeSpec,
     node_graph,
     read_params_doc,
@@ -237,12 +238,12 @@ def _run_graph(specs: list[NodeSpec], args: argparse.Namespace, params: Path) ->
 
     signal.signal(signal.SIGINT, _signal)
     signal.signal(signal.SIGTERM, _signal)
+    print(f"[up] parameters as the nodes read them: {params}", flush=True)
     children = []
     for spec in specs:
         cmd = _command(spec, args, params)
         children.append(_Child(spec, cmd, _spawn(spec, cmd)))
-    ns = f"/{args.namespace.strip('/')}" if args.namespace else ""
-    policy_fqn = f"{ns}/moe_policy"
+    policy_fqn = node_fqn(POLICY_NODE, args.namespace)
     rc = 0
 
     def _abort() -> str:
