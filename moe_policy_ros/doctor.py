@@ -573,8 +573,8 @@ def _camera_finding(c: Any, topic: str, got: list[Any], pubs: list[Any],
     want_type = f"sensor_msgs/msg/{c.message_type}"
     want = f"{c.message_type} {c.width}x{c.height} {c.encoding}"
     if not pubs:
-        similar = sorted(t for t, types in graph.items()
-                         if any(ty.endswith(("/Image", "/CompressedImage")) for ty in types))
+        similar = sorted(t for t, types in graph.items() if t != topic
+                         and any(ty.endswith(("/Image", "/CompressedImage")) for ty in types))
         yield Finding(name, "warn", f"nothing publishes {topic} (needs {want})",
                       "start the camera driver or the sim (moe-policy-ros up FILE), or set "
                       f"cameras.{c.name}.topic" + (f"; image topics seen: {similar}"
