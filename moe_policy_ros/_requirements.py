@@ -14,7 +14,6 @@ the core and node tests). ``moe-policy-ros doctor`` reports the rest.
 
 from __future__ import annotations
 
-import sys
 from importlib import metadata
 
 #: distribution -> (minimum version, pip requirement that fixes it, why)
@@ -98,8 +97,3 @@ def check() -> None:
     if found:
         raise DependencyVersionError(found[0])
 
-
-if sys.version_info < (3, 10):  # pragma: no cover - the package does not parse below 3.10
-    raise DependencyVersionError(
-        f"moe_policy_ros needs Python>=3.10, found {sys.version.split()[0]}"
-    )

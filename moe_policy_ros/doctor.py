@@ -198,8 +198,10 @@ def check_dds(ctx: Context) -> Iterator[Finding]:
     session = RosSession(f"moe_policy_ros_doctor_{os.getpid()}")
     got: dict[str, float] = {}
     try:
-        session.node.create_subscription(
-            String, f"{base}/pong", lambda m: got.setdefault(m.data, time.monotonic()), 10)
+        def on_pong(msg: Any) -> None:
+            got.setdefault(msg.data, time.monotonic())
+
+        session.node.create_subscription(String, f"{base}/pong", on_pong, 10)
         pub = session.node.create_publisher(String, f"{base}/ping", 10)
         session.spin_in_background()
         sent: dict[str, float] = {}
@@ -317,7 +319,6 @@ def check_gl(ctx: Context) -> Iterator[Finding]:
 
 
 def _tiny_onnx_model() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])

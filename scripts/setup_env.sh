@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 ROS_REQ=${ROS_REQ:-requirements/ros.txt}   # requirements/ros-jazzy.txt for the Jazzy run
+RUNTIME_REQ=${RUNTIME_REQ:-requirements/runtime.txt}  # requirements/distro.txt: distro versions
+TORCH_REQ=${TORCH_REQ:-requirements/torch.txt}
 PY=${PYTHON:-}
 if [[ -z "$PY" ]]; then
   for cand in python3.11 python3.12 python3.10 python3; do
@@ -36,15 +38,15 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
 fi
 
 STAMP="$VENV/.moe_policy_ros_requirements"
-HASH=$(cat "$ROS_REQ" requirements/runtime.txt requirements/torch.txt requirements/dev.txt \
+HASH=$(cat "$ROS_REQ" "$RUNTIME_REQ" "$TORCH_REQ" requirements/dev.txt \
   | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$STAMP" ]] || [[ "$(cat "$STAMP")" != "$HASH" ]]; then
   echo "[setup] installing pinned requirements into $VENV (first run takes about a minute)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
   # torch first and alone: its CPU build comes from local disk; a later resolver run that
   # sees it installed does not pull a CUDA build.
-  "$VENV/bin/python" -m pip install -q -r requirements/torch.txt
-  "$VENV/bin/python" -m pip install -q -r "$ROS_REQ" -r requirements/runtime.txt \
+  "$VENV/bin/python" -m pip install -q -r "$TORCH_REQ"
+  "$VENV/bin/python" -m pip install -q -r "$ROS_REQ" -r "$RUNTIME_REQ" \
     -r requirements/dev.txt
   echo "$HASH" > "$STAMP"
 else

@@ -128,7 +128,8 @@ def test_two_namespaced_sim_graphs_run_side_by_side_without_crosstalk(
         deadline = time.monotonic() + 60
         res = None
         while time.monotonic() < deadline:
-            res = client.call(SetBool, "/r1/moe_policy/engage_autonomy", SetBool.Request(data=True))
+            res = client.call(SetBool, "/r1/moe_policy/engage_autonomy",
+                              SetBool.Request(data=True))
             if res.success:
                 break
             time.sleep(0.3)
