@@ -36,7 +36,9 @@ from moe_policy_ros.graph import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("params", help="ROS 2 parameter file (the one the launch file takes)")
-    parser.add_argument("--namespace", default="", help="namespace for every node")
+    parser.add_argument("--namespace", default="",
+                        help="namespace for every node; the file's relative topic names "
+                        "follow it (the launch files' namespace argument)")
     parser.add_argument("--model", default="", help="override policy.bundle")
     parser.add_argument("--sim", choices=("auto", "on", "off"), default="auto",
                         help="start aloha_sim (auto: when the file has an aloha_sim section)")
