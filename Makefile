@@ -12,7 +12,7 @@ export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 DEMO_ARGS ?=
 
-.PHONY: setup demo test test-jazzy lint clean
+.PHONY: setup demo test test-jazzy test-distro lint clean
 
 setup:
 	@./scripts/setup_env.sh
@@ -28,6 +28,18 @@ test-jazzy:
 	@VENV=.venv-jazzy ROS_REQ=requirements/ros-jazzy.txt ./scripts/setup_env.sh
 	.venv-jazzy/bin/python -m pytest -q -ra test/nodes test/package/test_cli.py \
 	  test/package/test_launch.py
+
+# The core and node tests on the libraries a ROS 2 robot gets from rosdep (requirements/
+# distro.txt: numpy 1.26, OpenCV 4.6, onnx 1.15, ONNX Runtime 1.17, pydantic 2.6) with Jazzy's
+# rclpy, in .venv-distro; and the one-line stop on the distro's pydantic 1.10.
+test-distro:
+	@VENV=.venv-distro ROS_REQ=requirements/ros-jazzy.txt RUNTIME_REQ=requirements/distro.txt \
+	  TORCH_REQ=requirements/torch-distro.txt ./scripts/setup_env.sh
+	@test -d .venv-distro/pydantic1 || .venv-distro/bin/python -m pip install -q --no-deps \
+	  --target .venv-distro/pydantic1 pydantic==1.10.14
+	AMENT_PREFIX_PATH=$(CURDIR)/.venv-distro MOE_POLICY_ROS_PYDANTIC1=$(CURDIR)/.venv-distro/pydantic1 \
+	  .venv-distro/bin/python -m pytest -q -ra test/core test/nodes test/package/test_versions.py \
+	  test/package/test_cli.py test/package/test_launch.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy moe_policy_ros

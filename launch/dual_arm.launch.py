@@ -4,8 +4,11 @@
 
 The node graph comes from the parameter file through ``moe_policy_ros.graph.node_graph``, the
 same function ``moe-policy-ros up`` uses, so both start the same nodes from the same file:
-the ``moe_policy`` lifecycle node always, ``aloha_sim`` when ``sim`` is true (see
-``sim_dual_arm.launch.py``), and one ``realsense_camera`` per ``realsense_<camera>`` section.
+the ``moe_policy`` lifecycle node always, ``aloha_sim`` when ``sim`` is true or the file has
+an ``aloha_sim`` section (see ``sim_dual_arm.launch.py``), and one ``realsense_camera`` per
+``realsense_<camera>`` section. The nodes read the file as ``graph.rewrite_params`` rewrites
+it (node keys moved into ``namespace``, the ``model``/``use_sim_time``/``autostart``
+overrides in a last section per node), again as ``moe-policy-ros up`` does.
 """
 
 from __future__ import annotations
@@ -18,18 +21,12 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchContext, LaunchDescription
-from moe_policy_ros.graph import node_graph, override_args, read_params_doc
-
-ARGUMENTS = (
-    ("namespace", "", "Top-level namespace for every node"),
-    ("params_file", "", "ROS 2 parameter file (default: the package's config/dual_arm.yaml)"),
-    ("model", "", "Bundle directory overriding policy.bundle (empty: keep the file's)"),
-    ("use_sim_time", "false", "Use /clock (simulation) time"),
-    ("log_level", "info", "Log level of every node"),
-    ("autostart", "true", "Configure and activate the policy node on start"),
-    ("enclave", "", "SROS2 enclave (empty: security off), e.g. /moe_policy_ros/moe_policy"),
-    ("sim", "false", "Also start the aloha_sim simulated robot"),
-    ("respawn", "false", "Respawn nodes that exit"),
+from moe_policy_ros.graph import (
+    LAUNCH_ARGUMENTS,
+    node_graph,
+    read_params_doc,
+    rewrite_params,
+    write_params,
 )
 
 
@@ -42,27 +39,31 @@ def _nodes(context: LaunchContext, default_params: str) -> list[Node]:
         return LaunchConfiguration(name).perform(context)
 
     params_file = arg("params_file") or default_params
-    specs = node_graph(read_params_doc(params_file), sim=_truthy(arg("sim")) or None)
+    namespace = arg("namespace")
+    doc = read_params_doc(params_file)
+    specs = node_graph(doc, sim=_truthy(arg("sim")) or None, namespace=namespace)
+    overrides: dict[str, dict[str, object]] = {}
+    for spec in specs:
+        values: dict[str, object] = {"use_sim_time": _truthy(arg("use_sim_time"))}
+        if spec.lifecycle:
+            values["autostart"] = _truthy(arg("autostart"))
+            if arg("model"):
+                values["policy.bundle"] = arg("model")
+        overrides[spec.name] = values
+    params = str(write_params(rewrite_params(doc, specs, namespace, overrides)))
     ros_args = ["--log-level", arg("log_level")]
     if arg("enclave"):
         ros_args += ["--enclave", arg("enclave")]
     actions: list[Node] = []
     for spec in specs:
-        # Overrides go on the command line with the node's name (override_args), so they
-        # beat the node's own section of the parameter file, as in `moe-policy-ros up`.
-        overrides: dict[str, object] = {"use_sim_time": _truthy(arg("use_sim_time"))}
-        if spec.lifecycle:
-            overrides["autostart"] = _truthy(arg("autostart"))
-            if arg("model"):
-                overrides["policy.bundle"] = arg("model")
         common = dict(
             package="moe_policy_ros",
             executable=spec.executable,
             name=spec.name,
-            namespace=arg("namespace"),
-            parameters=[params_file],
+            namespace=namespace,
+            parameters=[params],
             remappings=list(spec.remappings),
-            ros_arguments=ros_args + override_args(spec, overrides),
+            ros_arguments=ros_args,
             respawn=_truthy(arg("respawn")),
             respawn_delay=2.0,
             output="screen",
@@ -77,9 +78,7 @@ def generate_launch_description() -> LaunchDescription:
     default_params = str(share / "config" / "dual_arm.yaml")
     ld = LaunchDescription()
     ld.add_action(SetEnvironmentVariable("RCUTILS_LOGGING_BUFFERED_STREAM", "1"))
-    for name, default, description in ARGUMENTS:
+    for name, default, description in LAUNCH_ARGUMENTS:
         ld.add_action(DeclareLaunchArgument(name, default_value=default, description=description))
     ld.add_action(OpaqueFunction(function=_nodes, args=[default_params]))
     return ld
-
-

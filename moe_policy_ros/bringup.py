@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,13 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_policy_ros.core.config import ConfigError
-from moe_policy_ros.graph import NodeSpec, node_graph, override_args, read_params_doc
+from moe_policy_ros.core.config import ConfigError, node_fqn
+from moe_policy_ros.graph import (
+    POLICY_NODE,
+    NodeSpec,
+    node_graph,
+    read_params_doc,
+    rewrite_params,
+    write_params,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("params", help="ROS 2 parameter file (the one the launch file takes)")
-    parser.add_argument("--namespace", default="", help="namespace for every node")
+    parser.add_argument("--namespace", default="",
+                        help="namespace for every node; the file's relative topic names "
+                        "follow it (the launch files' namespace argument)")
     parser.add_argument("--model", default="", help="override policy.bundle")
     parser.add_argument("--sim", choices=("auto", "on", "off"), default="auto",
                         help="start aloha_sim (auto: when the file has an aloha_sim section)")
@@ -52,19 +62,35 @@ class _Child:
     restarts: int = 0
 
 
+def overrides_for(specs: list[NodeSpec], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per-node parameter overrides from the command line (``--model``, ``--use-sim-time``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        values: dict[str, Any] = {}
+        if args.use_sim_time:
+            values["use_sim_time"] = True
+        if spec.lifecycle and args.model:
+            values["policy.bundle"] = args.model
+        out[spec.name] = values
+    return out
+
+
+def prepare_params(
+    doc: dict[str, Any], specs: list[NodeSpec], args: argparse.Namespace, directory: Path
+) -> Path:
+    """The parameter file every process of the graph reads (:func:`graph.rewrite_params`)."""
+    rewritten = rewrite_params(doc, specs, args.namespace, overrides_for(specs, args))
+    return write_params(rewritten, directory)
+
+
 def _command(spec: NodeSpec, args: argparse.Namespace, params: Path) -> list[str]:
+    """The command line of one node; ``params`` is the file :func:`prepare_params` wrote."""
     cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
            "--params-file", str(params), "--log-level", args.log_level]
-    if args.namespace:
+    if args.namespace.strip("/"):
         cmd += ["-r", f"__ns:=/{args.namespace.strip('/')}"]
     for src, dst in spec.remappings:
         cmd += ["-r", f"{src}:={dst}"]
-    overrides: dict[str, object] = {}
-    if args.use_sim_time:
-        overrides["use_sim_time"] = True
-    if spec.lifecycle and args.model:
-        overrides["policy.bundle"] = args.model
-    cmd += override_args(spec, overrides)
     if args.enclave:
         cmd += ["--enclave", args.enclave]
     return cmd
@@ -198,10 +224,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = read_params_doc(params)
         sim = None if args.sim == "auto" else args.sim == "on"
-        specs = node_graph(doc, sim=sim)
+        specs = node_graph(doc, sim=sim, namespace=args.namespace)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    with tempfile.TemporaryDirectory(prefix="moe_policy_ros_up_") as tmp:
+        return _run_graph(specs, args, prepare_params(doc, specs, args, Path(tmp)))
+
+
+def _run_graph(specs: list[NodeSpec], args: argparse.Namespace, params: Path) -> int:
     stop = threading.Event()
 
     def _signal(_s: int, _f: Any) -> None:
@@ -209,12 +240,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _signal)
     signal.signal(signal.SIGTERM, _signal)
+    print(f"[up] parameters as the nodes read them: {params}", flush=True)
     children = []
     for spec in specs:
         cmd = _command(spec, args, params)
         children.append(_Child(spec, cmd, _spawn(spec, cmd)))
-    ns = f"/{args.namespace.strip('/')}" if args.namespace else ""
-    policy_fqn = f"{ns}/moe_policy"
+    policy_fqn = node_fqn(POLICY_NODE, args.namespace)
     rc = 0
 
     def _abort() -> str:

@@ -49,6 +49,12 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "live terminal view of mode, experts, gates, latency and rates",
     ),
+    "doctor": (
+        "moe_policy_ros.doctor",
+        "add_arguments",
+        "run",
+        "check this machine (ROS, DDS, GL, ONNX Runtime/GPU, RealSense, bundles, a params file)",
+    ),
     "demo": (
         "moe_policy_ros.demo",
         "add_arguments",

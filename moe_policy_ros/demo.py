@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.bringup import _bring_up, _Child, _command, _spawn, _stop
+from moe_policy_ros.bringup import _bring_up, _Child, _command, _spawn, _stop, prepare_params
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.graph import node_graph, read_params_doc
 
@@ -202,8 +202,9 @@ def run(args: argparse.Namespace) -> int:
         "camera": cfg.cameras[0].topic if cfg.cameras else "/cameras/top/image_raw",
     }
     print(f"[demo] graph from {params}: {', '.join(s.name for s in specs)}", flush=True)
+    run_params = prepare_params(doc, specs, up_args, out)  # out/params.yaml: what ran
     children = [
-        _Child(s, c, _spawn(s, c)) for s in specs for c in [_command(s, up_args, params)]
+        _Child(s, c, _spawn(s, c)) for s in specs for c in [_command(s, up_args, run_params)]
     ]
     recorder = _Recorder(topics)
     rc = 0

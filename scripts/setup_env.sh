@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 ROS_REQ=${ROS_REQ:-requirements/ros.txt}   # requirements/ros-jazzy.txt for the Jazzy run
+RUNTIME_REQ=${RUNTIME_REQ:-requirements/runtime.txt}  # requirements/distro.txt: distro versions
+TORCH_REQ=${TORCH_REQ:-requirements/torch.txt}
 PY=${PYTHON:-}
 if [[ -z "$PY" ]]; then
   for cand in python3.11 python3.12 python3.10 python3; do
@@ -36,17 +38,36 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
 fi
 
 STAMP="$VENV/.moe_policy_ros_requirements"
-HASH=$(cat "$ROS_REQ" requirements/runtime.txt requirements/torch.txt requirements/dev.txt \
+HASH=$(cat "$ROS_REQ" "$RUNTIME_REQ" "$TORCH_REQ" requirements/dev.txt \
   | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$STAMP" ]] || [[ "$(cat "$STAMP")" != "$HASH" ]]; then
   echo "[setup] installing pinned requirements into $VENV (first run takes about a minute)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
   # torch first and alone: its CPU build comes from local disk; a later resolver run that
   # sees it installed does not pull a CUDA build.
-  "$VENV/bin/python" -m pip install -q -r requirements/torch.txt
-  "$VENV/bin/python" -m pip install -q -r "$ROS_REQ" -r requirements/runtime.txt \
+  "$VENV/bin/python" -m pip install -q -r "$TORCH_REQ"
+  "$VENV/bin/python" -m pip install -q -r "$ROS_REQ" -r "$RUNTIME_REQ" \
     -r requirements/dev.txt
   echo "$HASH" > "$STAMP"
 else
   echo "[setup] $VENV is up to date"
+fi
+
+# The package itself, editable (the checkout stays the source): console scripts in
+# $VENV/bin (moe-policy-ros, policy_node, ...), the ros2 run / launch_ros executables in
+# $VENV/lib/moe_policy_ros/, share/moe_policy_ros/ and the ament index marker. share/ holds
+# copies, so it is refreshed whenever a file that goes there (or the setup files) changes.
+PKG_STAMP="$VENV/.moe_policy_ros_package"
+PKG_HASH=$( { "$VENV/bin/python" --version; \
+  find setup.py setup.cfg package.xml resource launch config models rqt security -type f \
+    ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)
+if [[ ! -f "$PKG_STAMP" ]] || [[ "$(cat "$PKG_STAMP")" != "$PKG_HASH" ]] \
+  || [[ ! -x "$VENV/bin/moe-policy-ros" ]]; then
+  echo "[setup] installing moe_policy_ros into $VENV (editable)"
+  if ! "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . \
+      >"$VENV/.moe_policy_ros_install.log" 2>&1; then
+    cat "$VENV/.moe_policy_ros_install.log" >&2
+    exit 1
+  fi
+  echo "$PKG_HASH" > "$PKG_STAMP"
 fi

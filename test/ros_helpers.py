@@ -293,7 +293,7 @@ def policy_params(
         shared["robot"]["joint_states_max_age_s"] = input_max_age_s
         for cam in shared["cameras"]["names"]:
             shared["cameras"][cam]["max_age_s"] = input_max_age_s
-    p = doc["moe_policy"]["ros__parameters"]
+    p = doc["/**/moe_policy"]["ros__parameters"]
     p["handover"]["require_teleop_to_engage"] = False
     for dotted, value in overrides.items():
         node = p
@@ -338,3 +338,13 @@ def lifecycle_state(client: RosClient) -> str:
 
     res = client.call(GetState, f"{POLICY_NODE}/get_state", GetState.Request())
     return str(res.current_state.label)
+
+
+def up_params_file(log: str) -> str:
+    """The parameter file `moe-policy-ros up` wrote for its nodes, from its log ('' if none
+    yet): each child's command line carries it, so it finds that run's processes."""
+    marker = "[up] parameters as the nodes read them: "
+    for line in log.splitlines():
+        if line.startswith(marker):
+            return line[len(marker):].strip()
+    return ""

@@ -7,11 +7,15 @@ parameter file layout::
       ros__parameters:
         robot: {...}
         cameras: {...}
-    moe_policy:
+    /**/moe_policy:
       ros__parameters:
         policy: {...}
 
-Values under ``/**`` apply to every node; a node's own section (by node name) overrides them.
+Values under ``/**`` apply to every node; a node's own section overrides them. The shipped
+files key that section ``/**/moe_policy`` (the node in any namespace): a plain ``moe_policy``
+key is ``/moe_policy`` to rcl and misses the node under ``--namespace r1``. Topic names are
+relative (``joint_states``, ``left_arm_controller/commands``) so that they follow the node's
+namespace; an absolute name (``/joint_states``) stays where it is.
 ROS parameters cannot hold lists of maps, so repeated structures use the ros2_controllers
 "map" style: a list of names plus one sub-map per name (``robot.arms: [left_arm, right_arm]``
 and ``robot.left_arm.joints: [...]``). Per-joint limits are parallel lists aligned with
@@ -24,6 +28,7 @@ Units: seconds, Hz, radians (rad/s, rad/s^2).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -86,7 +91,7 @@ class ArmConfig(_Strict):
 
 class RobotConfig(_Strict):
     arms: tuple[ArmConfig, ...] = Field(min_length=1)
-    joint_states_topic: str = "/joint_states"
+    joint_states_topic: str = "joint_states"
     joint_states_max_age_s: float = Field(default=0.2, gt=0)
 
     @model_validator(mode="after")
@@ -262,9 +267,9 @@ class HandoverConfig(_Strict):
     deadman_timeout_s: float = Field(default=0.5, gt=0, description="s, deadman freshness")
     engage_max_distance: float = Field(default=0.5, gt=0, description="rad first action gap")
     teleop_topic: str = Field(
-        default="/teleop/joint_command", description="sensor_msgs/JointState teleop"
+        default="teleop/joint_command", description="sensor_msgs/JointState teleop"
     )
-    deadman_topic: str = Field(default="/teleop/deadman", description="std_msgs/Bool")
+    deadman_topic: str = Field(default="teleop/deadman", description="std_msgs/Bool")
     teleop_max_age_s: float = Field(default=0.2, gt=0, description="s; older teleop is stale")
     require_teleop_to_engage: bool = Field(
         default=True, description="refuse AUTONOMY without a fresh teleop command (override)"
@@ -346,9 +351,9 @@ def _robot_from_params(p: Mapping[str, Any]) -> dict[str, Any]:
                     {"name": j, **{k: cols[k][i] for k in cols}} for i, j in enumerate(joints)
                 ],
                 "trajectory_topic": sub.get(
-                    "trajectory_topic", f"/{arm}_controller/joint_trajectory"
+                    "trajectory_topic", f"{arm}_controller/joint_trajectory"
                 ),
-                "command_topic": sub.get("command_topic", f"/{arm}_controller/commands"),
+                "command_topic": sub.get("command_topic", f"{arm}_controller/commands"),
             }
         )
     rest = {k: v for k, v in p.items() if k not in ("arms", *arms)}
@@ -371,18 +376,48 @@ def _cameras_from_params(p: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def params_for_node(doc: Mapping[str, Any], node_name: str = DEFAULT_NODE_NAME) -> dict[str, Any]:
-    """Merge the ``/**`` section and the node's own section of a ROS parameter file."""
+def node_fqn(node_name: str, namespace: str = "") -> str:
+    """Fully qualified node name: ``node_fqn("moe_policy", "r1") == "/r1/moe_policy"``."""
+    ns = namespace.strip("/")
+    return f"/{ns}/{node_name}" if ns else f"/{node_name}"
+
+
+def node_key_matches(key: str, fqn: str) -> bool:
+    """Whether a parameter file's top-level key applies to the node ``fqn``, as rcl matches it.
+
+    A key is a node name, taken from the root namespace when it has no leading ``/``
+    (``moe_policy`` is ``/moe_policy`` and does not apply to ``/r1/moe_policy``). ``*`` stands
+    for one name token and ``**`` for any number of them, so ``/**`` applies to every node
+    and ``/**/moe_policy`` to a ``moe_policy`` node in any namespace.
+    """
+    parts = []
+    for token in str(key).strip("/").split("/"):
+        if token == "**":
+            parts.append(r"(?:/[^/]+)*")
+        elif token == "*":
+            parts.append(r"/[^/]+")
+        else:
+            parts.append("/" + re.escape(token))
+    return re.fullmatch("".join(parts), fqn) is not None
+
+
+def params_for_node(
+    doc: Mapping[str, Any], node_name: str = DEFAULT_NODE_NAME, namespace: str = ""
+) -> dict[str, Any]:
+    """The parameters a node named ``node_name`` in ``namespace`` gets from a parameter file.
+
+    Every section whose key matches the node (:func:`node_key_matches`) is merged in file
+    order, a later section winning, as rclpy applies a parameter file.
+    """
     if not isinstance(doc, Mapping):
         raise ConfigError(
             f"parameter file must be a mapping at top level (got {type(doc).__name__})"
         )
+    fqn = node_fqn(node_name, namespace)
     merged: dict[str, Any] = {}
-    keys = ["/**", node_name, "/" + node_name.lstrip("/")]
     found = False
-    for key in keys:
-        section = doc.get(key)
-        if section is None:
+    for key, section in doc.items():
+        if not node_key_matches(str(key), fqn):
             continue
         if not isinstance(section, Mapping) or "ros__parameters" not in section:
             raise ConfigError(f"{key}: expected a 'ros__parameters' mapping")
@@ -391,7 +426,8 @@ def params_for_node(doc: Mapping[str, Any], node_name: str = DEFAULT_NODE_NAME) 
     if not found:
         raise ConfigError(
             f"parameter file has no '/**' or '{node_name}' section with ros__parameters "
-            f"(top-level keys: {sorted(doc)})"
+            f"for node {fqn} (top-level keys: {sorted(map(str, doc))}); a key such as "
+            f"'/**/{node_name}' applies in any namespace"
         )
     return merged
 
@@ -441,7 +477,9 @@ def config_from_params(params: Mapping[str, Any]) -> RuntimeConfig:
         raise ConfigError(_format_error(err, data)) from None
 
 
-def load_param_file(path: str | Path, node_name: str = DEFAULT_NODE_NAME) -> dict[str, Any]:
+def load_param_file(
+    path: str | Path, node_name: str = DEFAULT_NODE_NAME, namespace: str = ""
+) -> dict[str, Any]:
     """Read a ROS parameter file and return the merged parameters one node sees."""
     p = Path(path)
     try:
@@ -450,12 +488,14 @@ def load_param_file(path: str | Path, node_name: str = DEFAULT_NODE_NAME) -> dic
         raise ConfigError(f"parameter file not found: {p}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"parameter file {p} is not valid YAML: {err}") from None
-    return params_for_node(doc, node_name)
+    return params_for_node(doc, node_name, namespace)
 
 
-def load_config(path: str | Path, node_name: str = DEFAULT_NODE_NAME) -> RuntimeConfig:
+def load_config(
+    path: str | Path, node_name: str = DEFAULT_NODE_NAME, namespace: str = ""
+) -> RuntimeConfig:
     """Load and validate the runtime configuration from a ROS parameter file."""
-    params = load_param_file(path, node_name)
+    params = load_param_file(path, node_name, namespace)
     try:
         return config_from_params(params)
     except ConfigError as err:

@@ -1,15 +1,17 @@
 """``aloha_sim``: the simulated dual-arm ALOHA robot (MuJoCo) behind ros2_control-like topics.
 
-Interface (our 14 joints ``left_waist`` .. ``right_gripper``, grippers 0 closed .. 1 open):
+Interface (our 14 joints ``left_waist`` .. ``right_gripper``, grippers 0 closed .. 1 open).
+Topic names are relative, so that they follow the node's namespace (``/r1/joint_states``
+under ``r1``); ``/clock`` stays global.
 
-* publishes ``/joint_states`` (sensor_msgs/JointState: position, velocity) at
-  ``joint_state_rate_hz``; ``/cameras/<name>/image_raw`` (sensor_msgs/Image, rgb8) for every
+* publishes ``joint_states`` (sensor_msgs/JointState: position, velocity) at
+  ``joint_state_rate_hz``; ``cameras/<name>/image_raw`` (sensor_msgs/Image, rgb8) for every
   camera in ``cameras.names`` at ``camera_rate_hz``; ``~/success`` (std_msgs/Bool, latched, on
   change and at 1 Hz); ``/clock`` (rosgraph_msgs/Clock) when ``publish_clock`` is true.
 * subscribes, for ``left_arm`` and ``right_arm``, to both ros2_controllers interfaces:
-  ``/<arm>_controller/joint_trajectory`` (trajectory_msgs/JointTrajectory with
+  ``<arm>_controller/joint_trajectory`` (trajectory_msgs/JointTrajectory with
   joint_trajectory_controller semantics, :mod:`moe_policy_ros.core.trajectory`) and
-  ``/<arm>_controller/commands`` (std_msgs/Float64MultiArray, 7 positions in the arm's joint
+  ``<arm>_controller/commands`` (std_msgs/Float64MultiArray, 7 positions in the arm's joint
   order, forward_command_controller semantics). RELIABLE, depth 10.
 * service ``~/reset`` (std_srvs/Trigger): new episode with the current ``seed`` parameter.
 
@@ -152,7 +154,7 @@ class AlohaSimNode(Node):
             idx = np.array([JOINT_NAMES.index(n) for n in names])
             self._arms[arm] = (TrajectoryFollower(names, q0[idx], clock), idx)
 
-        self._js_pub = self.create_publisher(JointState, "/joint_states", _RELIABLE_10)
+        self._js_pub = self.create_publisher(JointState, "joint_states", _RELIABLE_10)
         self._img_pubs = {
             c.name: self.create_publisher(Image, c.topic, _IMAGE_QOS) for c in self._cameras
         }
@@ -165,13 +167,13 @@ class AlohaSimNode(Node):
         for arm in self._arms:
             self.create_subscription(
                 JointTrajectory,
-                f"/{arm}_controller/joint_trajectory",
+                f"{arm}_controller/joint_trajectory",
                 lambda msg, arm=arm: self._on_trajectory(arm, msg),
                 _RELIABLE_10,
             )
             self.create_subscription(
                 Float64MultiArray,
-                f"/{arm}_controller/commands",
+                f"{arm}_controller/commands",
                 lambda msg, arm=arm: self._on_command(arm, msg),
                 _RELIABLE_10,
             )
@@ -271,7 +273,7 @@ class AlohaSimNode(Node):
             pre = f"cameras.{name}."
             width = decl(pre + "width", 128, "px, image width", integer_range=size)
             height = decl(pre + "height", 96, "px, image height", integer_range=size)
-            topic = decl(pre + "topic", f"/cameras/{name}/image_raw", "sensor_msgs/Image topic")
+            topic = decl(pre + "topic", f"cameras/{name}/image_raw", "sensor_msgs/Image topic")
             frame = decl(pre + "frame_id", f"{name}_camera_optical_frame", "header.frame_id")
             mjcf = decl(pre + "mjcf_camera", name, "camera name in the MJCF scene")
             encoding = decl(pre + "encoding", "rgb8", "image encoding; only rgb8 is produced")

@@ -11,6 +11,7 @@ from typing import Any
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
@@ -143,7 +144,14 @@ def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> N
         signal.signal(signal.SIGTERM, _term)
     try:
         while rclpy.ok(context=node.context) and not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except RCLError:
+                # SIGINT shut the context down while the executor built its wait set (Jazzy's
+                # rclpy raises "the given context is not valid" there): that is a shutdown.
+                if rclpy.ok(context=node.context):
+                    raise
+                break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

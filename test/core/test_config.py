@@ -13,6 +13,7 @@ from moe_policy_ros.core.config import (
     ConfigError,
     config_from_params,
     load_config,
+    node_key_matches,
     params_for_node,
     unflatten,
 )
@@ -37,8 +38,12 @@ def test_shipped_dual_arm_config_loads() -> None:
     assert cfg.robot.joint_names[0] == "left_waist"
     assert cfg.robot.joint_names[-1] == "right_gripper"
     left = cfg.robot.arm("left_arm")
-    assert left.trajectory_topic == "/left_arm_controller/joint_trajectory"
-    assert left.command_topic == "/left_arm_controller/commands"
+    # relative: they follow the node's namespace
+    assert left.trajectory_topic == "left_arm_controller/joint_trajectory"
+    assert left.command_topic == "left_arm_controller/commands"
+    assert cfg.robot.joint_states_topic == "joint_states"
+    assert cfg.handover.teleop_topic == "teleop/joint_command"
+    assert [c.topic for c in cfg.cameras] == ["cameras/top/image_raw"]
     assert left.joints[1].min_position == pytest.approx(-1.85)
     assert cfg.cameras[0].name == "top" and (cfg.cameras[0].height, cfg.cameras[0].width) == (
         96,
@@ -135,8 +140,8 @@ def test_missing_sections_and_files() -> None:
         config_from_params({"policy": {"bundle": "x"}})
     with pytest.raises(ConfigError, match=r"parameter file not found: /nonexistent.yaml"):
         load_config("/nonexistent.yaml")
-    with pytest.raises(ConfigError, match=r"no '/\*\*' or 'moe_policy' section"):
-        params_for_node({"other": {"ros__parameters": {}}}, "moe_policy")
+    with pytest.raises(ConfigError, match=r"no '/\*\*' or 'moe_policy' section.*/r1/moe_pol"):
+        params_for_node({"other": {"ros__parameters": {}}}, "moe_policy", "r1")
 
 
 def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
@@ -152,3 +157,41 @@ def test_unflatten_matches_ros_dotted_names() -> None:
         "policy": {"routing": {"k": 3}, "bundle": "b"},
         "robot": {"arms": ["a"]},
     }
+
+
+@pytest.mark.parametrize(
+    ("key", "fqn", "matches"),
+    [
+        ("/**", "/moe_policy", True),
+        ("/**", "/r1/moe_policy", True),
+        ("/**/moe_policy", "/moe_policy", True),
+        ("/**/moe_policy", "/fleet/r1/moe_policy", True),
+        ("/**/moe_policy", "/r1/aloha_sim", False),
+        ("moe_policy", "/moe_policy", True),
+        ("moe_policy", "/r1/moe_policy", False),  # rcl: a bare key is the root node
+        ("/moe_policy", "/r1/moe_policy", False),
+        ("/r1/moe_policy", "/r1/moe_policy", True),
+        ("/r1/moe_policy", "/r2/moe_policy", False),
+        ("/*/moe_policy", "/r1/moe_policy", True),
+        ("/*/moe_policy", "/moe_policy", False),
+        ("/*/moe_policy", "/a/b/moe_policy", False),
+        ("/r1/*", "/r1/moe_policy", True),
+        ("moe_polic", "/moe_policy", False),
+        ("moe.policy", "/moe_policy", False),  # no regex leaks
+    ],
+)
+def test_node_keys_match_as_rcl_does(key: str, fqn: str, matches: bool) -> None:
+    assert node_key_matches(key, fqn) is matches
+
+
+def test_params_for_node_merges_matching_sections_in_file_order() -> None:
+    doc = {
+        "/**/moe_policy": {"ros__parameters": {"a": 2, "n": {"x": 1}}},
+        "/**": {"ros__parameters": {"a": 1, "b": 1}},
+        "/r1/moe_policy": {"ros__parameters": {"n": {"y": 2}}},
+        "/r2/moe_policy": {"ros__parameters": {"a": 9}},
+    }
+    # later sections win, as in rclpy (checked against rclpy in test_launch.py)
+    assert params_for_node(doc, "moe_policy", "r1") == {"a": 1, "b": 1, "n": {"x": 1, "y": 2}}
+    assert params_for_node(doc, "moe_policy") == {"a": 1, "b": 1, "n": {"x": 1}}
+    assert params_for_node(doc, "moe_policy", "/r2/") == {"a": 9, "b": 1, "n": {"x": 1}}

@@ -27,7 +27,7 @@ except ImportError as _err:  # pragma: no cover - depends on the machine
 
 from ros_helpers import REPO, FakeRobot, RosClient, bundle_home, engage, node_process, wait_for
 
-from moe_policy_ros.bringup import _command
+from moe_policy_ros.bringup import _command, prepare_params
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.graph import node_graph
@@ -44,7 +44,7 @@ CAMERA_FPS = 15
 
 def _params(tmp: Path) -> tuple[Path, dict[str, Any]]:
     doc = yaml.safe_load((REPO / "config" / "dual_arm.yaml").read_text())
-    p = doc["moe_policy"]["ros__parameters"]
+    p = doc["/**/moe_policy"]["ros__parameters"]
     p["handover"]["require_teleop_to_engage"] = False
     p["policy"]["bundle"] = str(BUNDLE)
     # joint states come from FakeRobot in this (test) process, which a loaded 2-core box can
@@ -79,7 +79,9 @@ def test_software_realsense_feeds_the_policy(client: RosClient, tmp_path: Path) 
     cam = specs[1]
     up_args = argparse.Namespace(namespace="", log_level="info", use_sim_time=False, model="",
                                  enclave="")
-    cam_cmd = _command(cam, up_args, params)  # what `moe-policy-ros up` would run
+    (tmp_path / "run").mkdir()
+    run_params = prepare_params(doc, specs, up_args, tmp_path / "run")
+    cam_cmd = _command(cam, up_args, run_params)  # what `moe-policy-ros up` would run
     assert cam_cmd[2:4] == [cam.module, "--ros-args"]
     info_topic = dict(cam.remappings)["~/color/camera_info"]
     assert dict(cam.remappings)["~/color/image_raw"] == TOP.topic

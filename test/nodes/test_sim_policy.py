@@ -5,8 +5,9 @@
 autonomy through the public service, watches the public topics, then stops ``up`` with
 SIGINT (and, separately, SIGTERM) and checks that it exits 0 and leaves no node behind.
 
-Processes are found by the unique path of this test's parameter file, which every child's
-command line carries (``--params-file``), so nothing unrelated is touched.
+Processes are found by the unique path of the parameter file ``up`` writes for its nodes
+(it prints it), which every child's command line carries (``--params-file``), so nothing
+unrelated is touched.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ pytest.importorskip("rclpy")
 if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_aloha") is None:
     pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
 
-from ros_helpers import REPO, RosClient, engage, node_env, wait_for
+from ros_helpers import REPO, RosClient, engage, node_env, up_params_file, wait_for
 
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
@@ -46,7 +47,7 @@ STOP_WITHIN_S = 8.0  # `up` deactivates the policy, then SIGINT/SIGTERM/SIGKILL 
 
 def _params(tmp: Path) -> Path:
     doc = yaml.safe_load(SIM_CFG.read_text())
-    doc["moe_policy"]["ros__parameters"]["policy"]["bundle"] = str(BUNDLE)
+    doc["/**/moe_policy"]["ros__parameters"]["policy"]["bundle"] = str(BUNDLE)
     path = tmp / "sim_params.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -54,6 +55,7 @@ def _params(tmp: Path) -> Path:
 
 def _pids_with(marker: str) -> list[int]:
     """PIDs of processes whose command line contains ``marker`` (not this one)."""
+    assert marker, "no marker: `up` has not printed its parameter file"
     out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
     return [int(p) for p in out.split() if int(p) != os.getpid()]
 
@@ -63,7 +65,6 @@ class Up:
 
     def __init__(self, tmp: Path, duration_s: float = 120.0, *extra: str) -> None:
         self.params = _params(tmp)
-        self.marker = str(self.params)
         self.log_path = tmp / "up.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -75,6 +76,11 @@ class Up:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def marker(self) -> str:
+        """The parameter file ``up`` wrote for its nodes (printed before any node starts)."""
+        return up_params_file(self.log())
 
     def stop_with(self, sig: signal.Signals) -> tuple[int | None, float]:
         """Send ``sig`` to ``up`` only (not its process group); (exit code, seconds)."""
@@ -88,10 +94,11 @@ class Up:
 
     def close(self) -> None:
         """Leave nothing behind whatever happened (only this test's own processes)."""
+        marker = self.marker
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=5)
-        for pid in _pids_with(self.marker):
+        for pid in _pids_with(marker) if marker else []:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -239,6 +246,8 @@ def test_up_signal_during_bring_up_stops_at_once(tmp_path: Path) -> None:
     frozen: int | None = None
     try:
         def policy_pid() -> int | None:
+            if not u.marker:
+                return None
             out = subprocess.run(["pgrep", "-f", f"policy_node.*{u.marker}"],
                                  capture_output=True, text=True).stdout.split()
             return int(out[0]) if out else None

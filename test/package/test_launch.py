@@ -16,14 +16,16 @@ from typing import Any
 import pytest
 import yaml
 
-from moe_policy_ros.bringup import _command
+from moe_policy_ros.bringup import _command, prepare_params
 from moe_policy_ros.core.config import ConfigError
 from moe_policy_ros.graph import (
+    LAUNCH_ARGUMENTS,
     POLICY_NODE,
     SIM_NODE,
     NodeSpec,
     node_graph,
     read_params_doc,
+    rewrite_params,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,60 +85,70 @@ def _keyword(call: ast.Call, name: str) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == name), None)
 
 
+def _loops_over(tree: ast.AST, name: str) -> list[ast.For]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.For)
+            and isinstance(n.iter, ast.Name) and n.iter.id == name]
+
+
+def test_launch_arguments_have_real_descriptions() -> None:
+    names = [a[0] for a in LAUNCH_ARGUMENTS]
+    assert len(names) == len(set(names)), f"duplicate arguments: {names}"
+    assert set(names) >= REQUIRED_ARGS | {"sim", "respawn"}, sorted(names)
+    for name, default, description in LAUNCH_ARGUMENTS:
+        assert isinstance(name, str) and name.isidentifier(), name
+        assert isinstance(default, str), f"{name}: default must be a string"
+        # a sentence that says what the argument does, not a pointer elsewhere
+        assert len(description.split()) >= 6, f"{name}: description {description!r}"
+        assert "see " not in description.lower()[:4], f"{name}: {description!r}"
+    # `moe-policy-ros up` offers the same knobs (sim as --sim, autostart as --no-autostart)
+    from moe_policy_ros.cli import build_parser
+
+    up = build_parser("up")._subparsers._group_actions[0].choices["up"]  # type: ignore[union-attr]
+    flags = {s for a in up._actions for s in a.option_strings}
+    for name in set(names) - {"params_file", "autostart", "sim"}:
+        assert "--" + name.replace("_", "-") in flags, f"up has no --{name}"
+    assert {"--sim", "--no-autostart"} <= flags
+
+
 def test_dual_arm_launch_declares_every_argument_with_a_description() -> None:
     tree = ast.parse(DUAL.read_text(), str(DUAL))
     _function(tree, "generate_launch_description")
-    arguments = _module_constant(tree, "ARGUMENTS")
-    names = [a[0] for a in arguments]
-    assert len(names) == len(set(names)), f"duplicate arguments: {names}"
-    assert set(names) >= REQUIRED_ARGS | {"sim", "respawn"}, sorted(names)
-    for name, default, description in arguments:
-        assert isinstance(name, str) and name.isidentifier(), name
-        assert isinstance(default, str), f"{name}: default must be a string"
-        assert isinstance(description, str) and len(description) > 10, (
-            f"{name}: description {description!r}"
-        )
-    # ARGUMENTS is declared through one DeclareLaunchArgument in a loop that passes each
+    # LAUNCH_ARGUMENTS is declared through one DeclareLaunchArgument in a loop that passes each
     # tuple's description and default; nothing else declares arguments.
     calls = _declare_calls(tree)
     assert len(calls) == 1
     call = calls[0]
     assert _keyword(call, "description") is not None
     assert _keyword(call, "default_value") is not None
-    loops = [n for n in ast.walk(tree) if isinstance(n, ast.For)
-             and isinstance(n.iter, ast.Name) and n.iter.id == "ARGUMENTS"]
+    loops = _loops_over(tree, "LAUNCH_ARGUMENTS")
     assert loops and any(call in list(ast.walk(loop)) for loop in loops)
     # every argument declared is read by the OpaqueFunction (and nothing undeclared is)
+    names = {a[0] for a in LAUNCH_ARGUMENTS}
     used = {
         n.args[0].value for n in ast.walk(_function(tree, "_nodes"))
         if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "arg"
         and n.args and isinstance(n.args[0], ast.Constant)
     }
-    assert used == set(names), (
-        f"read but not declared: {used - set(names)}; declared but unused: {set(names) - used}"
+    assert used == names, (
+        f"read but not declared: {used - names}; declared but unused: {names - used}"
     )
 
 
 def test_sim_launch_declares_and_forwards_the_dual_arm_arguments() -> None:
-    dual_names = {a[0] for a in _module_constant(ast.parse(DUAL.read_text()), "ARGUMENTS")}
     tree = ast.parse(SIM.read_text(), str(SIM))
     func = _function(tree, "generate_launch_description")
-    args = _local_dict(func, "args")
-    assert set(args) >= REQUIRED_ARGS, sorted(args)
-    assert set(args) <= dual_names, f"not declared by dual_arm: {set(args) - dual_names}"
-    assert "sim" not in args, "sim_dual_arm forces sim:=true, it must not be an argument"
-    assert "sim_dual_arm.yaml" in ast.unparse(args["params_file"])
-    for name, default in args.items():
-        if name != "params_file":
-            assert isinstance(default, ast.Constant) and isinstance(default.value, str), name
-    # one DeclareLaunchArgument in a loop over args, each with a description naming it
+    source = ast.unparse(func)
+    # one DeclareLaunchArgument, in the loop over the shared LAUNCH_ARGUMENTS, with their
+    # descriptions; sim is skipped (forced true); params_file gets the sim file as default
     calls = _declare_calls(tree)
     assert len(calls) == 1
-    desc = _keyword(calls[0], "description")
-    assert isinstance(desc, ast.JoinedStr), "description should name the argument"
-    assert any(isinstance(v, ast.FormattedValue) for v in desc.values)
-    assert _keyword(calls[0], "default_value") is not None
-    source = ast.unparse(func)
+    (loop,) = _loops_over(func, "LAUNCH_ARGUMENTS")
+    assert calls[0] in list(ast.walk(loop))
+    assert ast.unparse(_keyword(calls[0], "description") or ast.Constant("")) == "description"
+    assert "if name == 'sim':" in ast.unparse(loop) and "continue" in ast.unparse(loop)
+    defaults = _local_dict(func, "defaults")
+    assert set(defaults) == {"params_file"}
+    assert "sim_dual_arm.yaml" in ast.unparse(defaults["params_file"])
     assert "forwarded['sim'] = 'true'" in source, "sim_dual_arm must force sim:=true"
     assert "dual_arm.launch.py" in source and "IncludeLaunchDescription" in source
 
@@ -192,23 +204,35 @@ def test_graph_with_realsense_section_remaps_onto_the_camera_topic() -> None:
 def test_bringup_command_carries_the_remappings_and_node_name(tmp_path: Path) -> None:
     import argparse
 
-    spec = node_graph(_with_realsense())[1]
-    params = tmp_path / "p.yaml"
+    doc = _with_realsense()
+    specs = node_graph(doc, namespace="robot1")
+    spec = specs[1]
     args = argparse.Namespace(namespace="robot1", log_level="warn", use_sim_time=True,
                               model="/x/bundle", enclave="/enc")
+    params = prepare_params(doc, specs, args, tmp_path)
     cmd = _command(spec, args, params)
     assert cmd[1:4] == ["-m", spec.module, "--ros-args"]
     joined = " ".join(cmd)
     assert "-r __node:=realsense_top" in joined
     assert "-r __ns:=/robot1" in joined
-    assert "-r ~/color/image_raw:=/cameras/top/image_raw" in joined
-    assert "-r ~/color/camera_info:=/cameras/top/camera_info" in joined
-    assert "-p realsense_top:camera_name:=top" in joined
-    assert "-p realsense_top:use_sim_time:=true" in joined
+    # relative camera topic: it follows the namespace like every other topic
+    assert "-r ~/color/image_raw:=cameras/top/image_raw" in joined
+    assert "-r ~/color/camera_info:=cameras/top/camera_info" in joined
     assert f"--params-file {params}" in joined and "--enclave /enc" in joined
-    assert "policy.bundle" not in joined, "the model override is for the policy node only"
-    policy_cmd = " ".join(_command(node_graph(_with_realsense())[0], args, params))
-    assert "-p moe_policy:policy.bundle:=/x/bundle" in policy_cmd
+    assert " -p " not in joined, "overrides go in the rewritten parameter file"
+    written = yaml.safe_load(params.read_text())
+    # overrides: a last section per node, keyed by its full name
+    assert list(written)[-2:] == ["/robot1/moe_policy", "/robot1/realsense_top"]
+    assert written["/robot1/realsense_top"]["ros__parameters"] == {  # root key moved in
+        "source": "software", "width": 128, "height": 96, "camera_name": "top",
+        "use_sim_time": True,
+    }
+    assert written["/robot1/moe_policy"]["ros__parameters"] == {
+        "use_sim_time": True, "policy": {"bundle": "/x/bundle"},
+    }
+    # the file's own sections are kept (root keys moved into the namespace)
+    assert written["/**/moe_policy"] == doc["/**/moe_policy"]
+    assert "realsense_top" not in written
 
 
 def test_graph_realsense_section_without_camera_topic_is_an_error() -> None:
@@ -301,23 +325,62 @@ def test_launch_opaque_function_produces_the_graph(
     assert isinstance(nodes[0], LifecycleNode)
 
 
-def test_override_args_beat_the_node_section_of_the_file() -> None:
-    """`up --model` and the launch `model` argument must win over `moe_policy:` in the file."""
+def _node_params(params: Path, name: str, namespace: str) -> dict[str, Any]:
+    """The parameters rclpy gives node ``name`` in ``namespace`` from a parameter file."""
     rclpy = pytest.importorskip("rclpy")
-    from moe_policy_ros.graph import node_graph, override_args, read_params_doc
-
-    params = REPO / "config" / "sim_dual_arm.yaml"
-    spec = node_graph(read_params_doc(params))[0]
-    extra = override_args(spec, {"policy.bundle": "models/demo_smp", "autostart": True})
-    assert extra == ["-p", "moe_policy:policy.bundle:=models/demo_smp",
-                     "-p", "moe_policy:autostart:=true"]
     ctx = rclpy.context.Context()
-    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(params), *extra])
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(params)])
     try:
-        node = rclpy.create_node("moe_policy", context=ctx)
-        overrides = node._parameter_overrides
-        assert overrides["policy.bundle"].value == "models/demo_smp"
-        assert overrides["autostart"].value is True
+        node = rclpy.create_node(name, namespace=namespace or None, context=ctx)
+        values = {k: v.value for k, v in node._parameter_overrides.items()}
         node.destroy_node()
+        return values
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+@pytest.mark.parametrize("cfg", [DUAL_CFG, SIM_CFG])
+def test_shipped_files_give_the_same_parameters_under_any_namespace(cfg: Path) -> None:
+    """rclpy's own matching: `/**/moe_policy` reaches /moe_policy and /r1/moe_policy alike."""
+    root = _node_params(cfg, POLICY_NODE, "")
+    assert root["policy.bundle"] and root["robot.joint_states_topic"] == "joint_states"
+    for ns in ("/r1", "/fleet/r2"):
+        assert _node_params(cfg, POLICY_NODE, ns) == root, ns
+    if cfg == SIM_CFG:
+        sim_root = _node_params(cfg, SIM_NODE, "")
+        assert sim_root["task"] == "transfer_cube"
+        assert _node_params(cfg, SIM_NODE, "/r1") == sim_root
+
+
+def test_rewritten_file_gives_root_keyed_sections_and_overrides_under_a_namespace(
+    tmp_path: Path,
+) -> None:
+    """A user file keyed `moe_policy:` (rcl: /moe_policy only) still reaches /r1/moe_policy
+    after the rewrite that launch and `up` do, and the overrides win over every section."""
+    import argparse
+
+    doc = read_params_doc(DUAL_CFG)
+    doc["moe_policy"] = doc.pop("/**/moe_policy")
+    doc["moe_policy"]["ros__parameters"]["policy"]["inference_rate_hz"] = 7.0
+    raw = tmp_path / "raw.yaml"
+    raw.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert "policy.bundle" not in _node_params(raw, POLICY_NODE, "/r1"), (
+        "premise: rcl does not apply a bare node key under a namespace"
+    )
+    specs = node_graph(doc, namespace="r1")
+    args = argparse.Namespace(namespace="r1", use_sim_time=False, model="models/demo_smp")
+    out = tmp_path / "run"
+    out.mkdir()
+    params = prepare_params(doc, specs, args, out)
+    got = _node_params(params, POLICY_NODE, "/r1")
+    assert got["policy.inference_rate_hz"] == 7.0
+    assert got["policy.bundle"] == "models/demo_smp"
+    want = {**_node_params(raw, POLICY_NODE, ""), "policy.bundle": "models/demo_smp"}
+    assert got == want
+
+
+def test_rewrite_params_without_overrides_keeps_the_file() -> None:
+    doc = read_params_doc(SIM_CFG)
+    specs = node_graph(doc)
+    assert rewrite_params(doc, specs) == doc
+    assert list(rewrite_params(doc, specs, "r1")) == list(doc)

@@ -73,3 +73,8 @@ def test_pip_install_into_prefix_is_found_by_ament_index(tmp_path: Path) -> None
     assert manifests, "bundled models were not installed"
     for exe in ("policy_node", "aloha_sim", "realsense_camera", "moe-policy-ros"):
         assert (prefix / "bin" / exe).is_file(), f"console script {exe} missing"
+    # where ros2 run / launch_ros look (test_pip_install.py starts them from there)
+    for exe in ("policy_node", "aloha_sim", "realsense_camera"):
+        launcher = prefix / "lib" / "moe_policy_ros" / exe
+        assert os.access(launcher, os.X_OK), f"lib/moe_policy_ros/{exe} missing"
+        assert f"/bin/{exe}" in launcher.read_text()
