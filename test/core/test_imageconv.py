@@ -215,7 +215,7 @@ def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
 )
 def test_center_crop_box_keeps_the_output_aspect(in_hw, out_hw, box) -> None:
     assert crop_box(in_hw, out_hw, "center_crop") == box
-    x, y, w, h = box
+    _x, _y, w, h = box
     assert abs(w / h - out_hw[1] / out_hw[0]) < 0.01
     assert aspect_distortion(in_hw, out_hw, "center_crop") < 0.01
 

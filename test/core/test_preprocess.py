@@ -194,7 +194,7 @@ def test_worker_rejection_keeps_the_last_good_image() -> None:
 
 
 def test_worker_thread_processes_submissions() -> None:
-    worker, inputs, done = _worker()
+    worker, inputs, _done = _worker()
     got = threading.Event()
     orig = worker._done
 
