@@ -18,6 +18,7 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchContext, LaunchDescription
+from moe_policy_ros.core.transport import dds_environment
 from moe_policy_ros.graph import node_graph, override_args, read_params_doc
 
 ARGUMENTS = (
@@ -42,7 +43,11 @@ def _nodes(context: LaunchContext, default_params: str) -> list[Node]:
         return LaunchConfiguration(name).perform(context)
 
     params_file = arg("params_file") or default_params
-    specs = node_graph(read_params_doc(params_file), sim=_truthy(arg("sim")) or None)
+    doc = read_params_doc(params_file)
+    specs = node_graph(doc, sim=_truthy(arg("sim")) or None)
+    # Camera transport profile (shared-memory segment sized for the cameras) for every node,
+    # unless the user set their own: see core/transport.py and the README.
+    dds_env = dds_environment(doc)
     ros_args = ["--log-level", arg("log_level")]
     if arg("enclave"):
         ros_args += ["--enclave", arg("enclave")]
@@ -65,6 +70,7 @@ def _nodes(context: LaunchContext, default_params: str) -> list[Node]:
             ros_arguments=ros_args + override_args(spec, overrides),
             respawn=_truthy(arg("respawn")),
             respawn_delay=2.0,
+            additional_env=dds_env,
             output="screen",
             emulate_tty=True,
         )

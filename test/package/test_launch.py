@@ -117,6 +117,19 @@ def test_dual_arm_launch_declares_every_argument_with_a_description() -> None:
     )
 
 
+def test_dual_arm_launch_applies_the_camera_transport_profile_to_every_node() -> None:
+    """core.transport.dds_environment of the params file, as additional_env of each node."""
+    nodes = _function(ast.parse(DUAL.read_text(), str(DUAL)), "_nodes")
+    calls = [n for n in ast.walk(nodes) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", None) == "dds_environment"]
+    assert len(calls) == 1
+    common = [n for n in ast.walk(nodes) if isinstance(n, ast.Call)
+              and getattr(n.func, "id", None) == "dict" and _keyword(n, "executable")]
+    assert len(common) == 1
+    env = _keyword(common[0], "additional_env")
+    assert isinstance(env, ast.Name) and env.id == "dds_env"
+
+
 def test_sim_launch_declares_and_forwards_the_dual_arm_arguments() -> None:
     dual_names = {a[0] for a in _module_constant(ast.parse(DUAL.read_text()), "ARGUMENTS")}
     tree = ast.parse(SIM.read_text(), str(SIM))
