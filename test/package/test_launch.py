@@ -202,6 +202,18 @@ def test_graph_with_realsense_section_remaps_onto_the_camera_topic() -> None:
     assert dict(cam.parameters) == {"camera_name": "top"}
 
 
+def test_graph_compressed_camera_gets_the_image_transport_layout() -> None:
+    doc = _with_realsense(topic="/cameras/top/image_raw/compressed")
+    doc["/**"]["ros__parameters"]["cameras"]["top"]["message_type"] = "CompressedImage"
+    cam = node_graph(doc)[1]
+    assert dict(cam.remappings) == {
+        "~/color/image_raw": "/cameras/top/image_raw",
+        "~/color/image_raw/compressed": "/cameras/top/image_raw/compressed",
+        "~/color/camera_info": "/cameras/top/camera_info",
+    }
+    assert dict(cam.parameters) == {"camera_name": "top", "compressed": True}
+
+
 def test_bringup_command_carries_the_remappings_and_node_name(tmp_path: Path) -> None:
     import argparse
 
