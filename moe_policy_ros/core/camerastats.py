@@ -4,9 +4,11 @@ What a user needs when the policy sees no images is *why*: nothing published, fr
 the way (transport), or frames arriving but refused (size, encoding, data). :class:`CameraStats`
 counts frames at the subscription (received), after preprocessing (accepted) and refused
 (rejected, by cause), and estimates the publisher's rate: from ``expected_rate_hz`` when the
-config gives it, otherwise from the spacing of ``header.stamp`` (the 10th percentile of the
-intervals between received frames is the capture period even when some frames are lost;
-larger gaps count the frames lost between them). :func:`camera_verdict` turns a
+config gives it, otherwise from the spacing of ``header.stamp``: the median interval between
+received frames is the capture period while fewer than half are lost (refined by dividing
+each interval by its number of periods), and robust to stamp jitter (a driver thread on a loaded machine stamps +-40% of a period apart); intervals of
+several periods count the frames lost between them. When more than half are lost the median
+is a multiple of the period and the loss goes unseen: set ``expected_rate_hz`` to be sure. :func:`camera_verdict` turns a
 :class:`CameraReport` into (level, one line) with the likely cause; it is a pure function of
 plain numbers so ``moe-policy-ros doctor`` can call it on counters it gathered itself.
 """
@@ -153,7 +155,10 @@ class CameraStats:
         if self.expected_rate_hz > 0:
             period, source = 1e9 / self.expected_rate_hz, "config"
         elif d.size >= 10:
-            period, source = float(np.percentile(d, 10)), "stamps"
+            # median interval, then each interval divided by its number of periods
+            rough = float(np.median(d))
+            period = float(np.median(d / np.maximum(np.rint(d / rough), 1.0)))
+            source = "stamps"
         else:
             return None, "", None
         if d.size == 0:
