@@ -4,13 +4,16 @@ What a user needs when the policy sees no images is *why*: nothing published, fr
 the way (transport), or frames arriving but refused (size, encoding, data). :class:`CameraStats`
 counts frames at the subscription (received), after preprocessing (accepted) and refused
 (rejected, by cause), and estimates the publisher's rate: from ``expected_rate_hz`` when the
-config gives it, otherwise from the spacing of ``header.stamp``: the median interval between
-received frames is the capture period while fewer than half are lost (refined by dividing
-each interval by its number of periods), and robust to stamp jitter (a driver thread on a loaded machine stamps +-40% of a period apart); intervals of
-several periods count the frames lost between them. When more than half are lost the median
-is a multiple of the period and the loss goes unseen: set ``expected_rate_hz`` to be sure. :func:`camera_verdict` turns a
-:class:`CameraReport` into (level, one line) with the likely cause; it is a pure function of
-plain numbers so ``moe-policy-ros doctor`` can call it on counters it gathered itself.
+config gives it, otherwise from the spacing of ``header.stamp``. The median interval between
+received frames is the capture period while fewer than half are lost; dividing each interval
+by its number of periods refines it, robust to stamp jitter (a driver thread on a loaded
+machine stamps frames up to 40% of a period early or late). Intervals of several periods
+count the frames lost between them. When more than half are lost the median is a multiple of
+the period and the loss goes unseen: set ``expected_rate_hz`` to be sure.
+
+:func:`camera_verdict` turns a :class:`CameraReport` into (level, one line) with the likely
+cause; it is a pure function of plain numbers so ``moe-policy-ros doctor`` can call it on
+counters it gathered itself.
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ Design notes:
   buffer; the crop is a view; the resize writes into a preallocated buffer of the input size.
   Only a compressed image is decoded into a new full-size array (OpenCV's decoder allocates).
 * **Off the executor and the control thread.** Subscription callbacks only hand the message to
-  :class:`FrameWorker` (a one-slot mailbox per camera: a newer frame replaces one not yet
-  processed, counted as *superseded*); the worker thread decodes and resizes, then stores the
-  result in the :class:`~moe_policy_ros.core.inputs.InputBuffer`. OpenCV releases the GIL
-  while it resizes or decodes.
+  :class:`FrameWorker` (a mailbox of ``depth`` frames per camera, 2 by default: it absorbs a
+  burst, as when a loaded executor delivers two frames back to back, while a worker that
+  falls behind for good drops the oldest, counted as *superseded*, and never adds more than
+  one frame of latency); the worker thread decodes and resizes, then stores the result in
+  the :class:`~moe_policy_ros.core.inputs.InputBuffer`. OpenCV releases the GIL while it
+  resizes or decodes.
 * **Double buffering.** Each camera has two output buffers; the worker writes the one that the
   input buffer does not hold, then swaps. ``InputBuffer.images()`` copies under its lock, so a
   reader never sees a buffer being written.
@@ -25,6 +27,7 @@ Design notes:
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -190,16 +193,21 @@ class _Job:
 class FrameWorker:
     """A thread that runs each camera's newest frame through its pipeline into the sink.
 
-    ``submit`` never blocks and never decodes: it replaces the camera's pending frame (the
-    replaced one is counted in ``superseded``). ``run_pending`` processes what is pending in
-    the calling thread (tests, or a node without a worker).
+    ``submit`` never blocks and never decodes: it queues the frame, dropping the camera's
+    oldest pending one when ``depth`` are waiting (counted in ``superseded``). ``run_pending``
+    processes what is pending in the calling thread (tests, or a node without a worker).
     """
 
-    def __init__(self, pipelines: dict[str, CameraPipeline], sink: Sink, done: Done) -> None:
+    def __init__(
+        self, pipelines: dict[str, CameraPipeline], sink: Sink, done: Done, depth: int = 2
+    ) -> None:
+        if depth < 1:
+            raise ValueError(f"mailbox depth must be >= 1 (got {depth})")
         self.pipelines = pipelines
         self._sink = sink
         self._done = done
-        self._pending: dict[str, _Job] = {}
+        self._pending: dict[str, deque[_Job]] = {n: deque() for n in pipelines}
+        self._depth = depth
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -212,18 +220,28 @@ class FrameWorker:
         if camera not in self.pipelines:
             raise KeyError(f"unknown camera {camera!r}; cameras are {sorted(self.pipelines)}")
         with self._cond:
-            if camera in self._pending:
+            queue = self._pending[camera]
+            if len(queue) >= self._depth:
+                queue.popleft()
                 self.superseded[camera] += 1
-            self._pending[camera] = _Job(frame, stamp_ns, recv_ns)
+            queue.append(_Job(frame, stamp_ns, recv_ns))
             self._cond.notify()
 
+    def _take(self) -> list[tuple[str, _Job]]:
+        """One pending frame per camera, oldest first (caller holds the condition)."""
+        return [(cam, q.popleft()) for cam, q in self._pending.items() if q]
+
     def run_pending(self) -> int:
-        """Process every pending frame now; returns how many."""
-        with self._cond:
-            jobs, self._pending = self._pending, {}
-        for camera, job in jobs.items():
-            self._process(camera, job)
-        return len(jobs)
+        """Process every pending frame now, in arrival order per camera; returns how many."""
+        n = 0
+        while True:
+            with self._cond:
+                jobs = self._take()
+            if not jobs:
+                return n
+            for camera, job in jobs:
+                self._process(camera, job)
+            n += len(jobs)
 
     def _process(self, camera: str, job: _Job) -> None:
         pipe = self.pipelines[camera]
@@ -260,7 +278,7 @@ class FrameWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stop:
+                while not self._stop and not any(self._pending.values()):
                     self._cond.wait()
                 if self._stop:
                     return

@@ -143,17 +143,31 @@ def test_manifest_default_is_resize_area() -> None:
         PreprocessSpec(roi=(0, 0, 4, 4))
 
 
-def _worker() -> tuple[FrameWorker, InputBuffer, list[tuple[str, object, object]]]:
+def _worker(depth: int = 2) -> tuple[FrameWorker, InputBuffer, list[tuple[str, object, object]]]:
     inputs = InputBuffer(["j"], 0.1, {"top": 0.2})
     pipe = CameraPipeline("top", SIZE, PreprocessSpec())
     done: list[tuple[str, object, object]] = []
     worker = FrameWorker({"top": pipe}, inputs.put_image,
-                         lambda cam, info, err: done.append((cam, info, err)))
+                         lambda cam, info, err: done.append((cam, info, err)), depth=depth)
     return worker, inputs, done
 
 
+def test_worker_mailbox_absorbs_a_burst_and_drops_the_oldest_beyond() -> None:
+    worker, inputs, done = _worker(depth=2)
+    frames = [_frame(48, 64, seed=i) for i in range(3)]
+    for i, f in enumerate(frames):
+        worker.submit("top", _raw(f, "rgb8"), (i + 1) * S, (i + 1) * S)
+    assert worker.superseded["top"] == 1  # frame 0 dropped, frames 1 and 2 kept
+    assert worker.run_pending() == 2
+    assert [info.source_size for _c, info, _e in done] == [(48, 64), (48, 64)]
+    assert inputs.status["top"].received == 2
+    np.testing.assert_array_equal(inputs.images()["top"].image, resize_to(frames[2], SIZE))
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        FrameWorker({}, inputs.put_image, lambda *a: None, depth=0)
+
+
 def test_worker_newest_frame_wins_and_double_buffers() -> None:
-    worker, inputs, done = _worker()
+    worker, inputs, done = _worker(depth=1)
     frames = [_frame(480, 640, seed=i) for i in range(3)]
     for i, f in enumerate(frames):
         worker.submit("top", _raw(f, "rgb8"), (i + 1) * S, (i + 1) * S)
