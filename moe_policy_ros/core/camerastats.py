@@ -85,9 +85,12 @@ def camera_verdict(r: CameraReport, min_delivery: float = 0.9) -> tuple[int, str
             f"{r.name}: all {r.rejected} frames rejected (likely cause: {cause}): {r.last_error}"
         )
     if r.delivery is not None and r.delivery < min_delivery:
+        # A gap in the stamps is a frame lost on the way or one the publisher skipped (a
+        # simulator falling behind, a driver dropping frames); the node cannot tell which.
         return WARN, (
-            f"{r.name}: {r.rate_hz:.1f} Hz received{pub}, {1 - r.delivery:.0%} of frames lost "
-            f"(likely cause: transport: apply {PROFILE_HINT} or a larger segment)"
+            f"{r.name}: {r.rate_hz:.1f} Hz received{pub}, {1 - r.delivery:.0%} of frames "
+            f"missing (likely cause: transport: apply {PROFILE_HINT} or a larger segment; "
+            f"else the publisher skips frames)"
         )
     if r.rejected > 0:
         cause = max(r.causes, key=lambda c: r.causes[c]) if r.causes else "data"

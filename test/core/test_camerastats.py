@@ -40,7 +40,7 @@ def test_publisher_rate_and_delivery_from_stamps_with_losses() -> None:
     level, line = camera_verdict(rep)
     assert level == WARN
     assert "of the publisher's" in line and "(from stamps)" in line
-    assert "24% of frames lost" in line and "transport" in line
+    assert "24% of frames missing" in line and "transport" in line
 
 
 def test_configured_rate_wins_and_a_clean_stream_is_ok() -> None:
