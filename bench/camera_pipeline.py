@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moe_policy_ros.core.manifest import PreprocessSpec  # noqa: E402
-from moe_policy_ros.core.preprocess import (  # noqa: E402
+from moe_policy_ros.core.manifest import PreprocessSpec
+from moe_policy_ros.core.preprocess import (
     CameraPipeline,
     CompressedFrame,
     RawFrame,
