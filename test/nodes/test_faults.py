@@ -522,7 +522,9 @@ class TestSharedNode:
 
             def names_it(s: Any, token: str = token) -> bool:
                 return (token in _values(s).get(f"{CAM.name} last error", "")
-                        and "stale" in s.message and CAM.name in s.message)
+                        and "stale" in s.message and CAM.name in s.message
+                        and "likely cause: encoding" in _values(s).get(f"{CAM.name} verdict", "")
+                        and "likely cause: encoding" in s.message)
 
             st = _wait_status(rig.diags, "inputs", names_it, t_hold, 3,
                               f"diagnostics naming {CAM.name} (stale) and {token}")
