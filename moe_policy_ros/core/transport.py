@@ -4,8 +4,9 @@ Why: Fast DDS's built-in shared-memory segment is 512 KiB per participant. A 640
 frame does not fit, so it travels over UDP in fragments, and with best-effort sensor QoS one
 lost fragment loses the whole frame: between two processes on one host, 36 of 300 frames
 arrived at 640x480 / 30 Hz with the defaults, 300 of 300 with ``config/dds/fastdds_shm.xml``
-(16 MiB segment; ``bench/camera_transport.py``, README "Camera transport"). The segment belongs to the *publishing*
-process, so the profile goes to every node the package starts, camera drivers included.
+(16 MiB segment; ``bench/camera_transport.py``, README "Camera transport"). The segment
+belongs to the *publishing* process, so the profile goes to every node the package starts,
+camera drivers included.
 
 :func:`dds_environment` is the one place that decides the environment; the launch files,
 ``moe-policy-ros up`` and ``make demo`` (through the demo runner) use it. It does nothing when
