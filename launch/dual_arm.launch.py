@@ -21,6 +21,7 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchContext, LaunchDescription
+from moe_policy_ros.core.transport import dds_environment
 from moe_policy_ros.graph import (
     LAUNCH_ARGUMENTS,
     node_graph,
@@ -51,6 +52,9 @@ def _nodes(context: LaunchContext, default_params: str) -> list[Node]:
                 values["policy.bundle"] = arg("model")
         overrides[spec.name] = values
     params = str(write_params(rewrite_params(doc, specs, namespace, overrides)))
+    # Camera transport profile (shared-memory segment sized for the cameras) for every node,
+    # unless the user set their own: see core/transport.py and the README.
+    dds_env = dds_environment(doc)
     ros_args = ["--log-level", arg("log_level")]
     if arg("enclave"):
         ros_args += ["--enclave", arg("enclave")]
@@ -66,6 +70,7 @@ def _nodes(context: LaunchContext, default_params: str) -> list[Node]:
             ros_arguments=ros_args,
             respawn=_truthy(arg("respawn")),
             respawn_delay=2.0,
+            additional_env=dds_env,
             output="screen",
             emulate_tty=True,
         )

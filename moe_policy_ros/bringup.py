@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_policy_ros.core.config import ConfigError, node_fqn
+from moe_policy_ros.core.transport import dds_environment
 from moe_policy_ros.graph import (
     POLICY_NODE,
     NodeSpec,
@@ -94,6 +95,16 @@ def _command(spec: NodeSpec, args: argparse.Namespace, params: Path) -> list[str
     if args.enclave:
         cmd += ["--enclave", args.enclave]
     return cmd
+
+
+def apply_dds_environment(doc: dict[str, Any], tag: str = "up") -> None:
+    """Put the camera transport profile (core.transport) into this process's environment,
+    which every node started from here inherits; the user's own profile wins."""
+    extra = dds_environment(doc)
+    if extra:
+        os.environ.update(extra)
+        shown = ", ".join(f"{k}={v}" for k, v in extra.items())
+        print(f"[{tag}] camera transport: {shown} (set it yourself to use your own)", flush=True)
 
 
 def _spawn(spec: NodeSpec, cmd: list[str]) -> subprocess.Popen[bytes]:
@@ -228,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    apply_dds_environment(doc)
     with tempfile.TemporaryDirectory(prefix="moe_policy_ros_up_") as tmp:
         return _run_graph(specs, args, prepare_params(doc, specs, args, Path(tmp)))
 

@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.bringup import _bring_up, _Child, _command, _spawn, _stop, prepare_params
+from moe_policy_ros.bringup import (
+    _bring_up,
+    _Child,
+    _command,
+    _spawn,
+    _stop,
+    apply_dds_environment,
+    prepare_params,
+)
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.graph import node_graph, read_params_doc
 
@@ -191,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     specs = node_graph(doc, sim=True)
+    apply_dds_environment(doc, "demo")  # before the recorder's participant exists
     up_args = argparse.Namespace(
         namespace="", log_level=args.log_level, use_sim_time=False, model=args.model,
         enclave="",

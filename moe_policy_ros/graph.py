@@ -127,14 +127,23 @@ def node_graph(
                 f"{key}: camera {camera!r} has no cameras.{camera}.topic to publish on"
             )
         topic = str(cam["topic"])
+        parameters: dict[str, Any] = {"camera_name": camera}
+        remaps: tuple[tuple[str, str], ...] = ()
+        if cam.get("message_type") == "CompressedImage":
+            # image_transport layout: <raw topic>/compressed beside <raw topic>
+            raw = topic.removesuffix("/compressed")
+            remaps = (("~/color/image_raw/compressed", topic),)
+            parameters["compressed"] = True
+            topic = raw
         info = topic.rsplit("/", 1)[0] + "/camera_info"
         specs.append(
             NodeSpec(
                 key,
                 "realsense_camera",
                 "moe_policy_ros.nodes.realsense_camera",
-                remappings=(("~/color/image_raw", topic), ("~/color/camera_info", info)),
-                parameters={"camera_name": camera},
+                remappings=(("~/color/image_raw", topic), ("~/color/camera_info", info),
+                            *remaps),
+                parameters=parameters,
             )
         )
     return specs

@@ -123,16 +123,52 @@ class RobotConfig(_Strict):
 # --------------------------------------------------------------------------- cameras
 
 
+class PreprocessOverride(_Strict):
+    """Per-camera override of the bundle's preprocessing (empty = the bundle's value).
+
+    See ``manifest.PreprocessSpec``: ``mode`` resize | center_crop | roi, ``roi`` [x, y, w, h]
+    in source pixels, ``interpolation`` area | linear | nearest.
+    """
+
+    mode: Literal["", "resize", "center_crop", "roi"] = Field(
+        default="", description="empty = the bundle's; resize | center_crop | roi"
+    )
+    roi: tuple[int, ...] = Field(
+        default=(), description="[x, y, w, h] source pixels for mode roi; empty = bundle's"
+    )
+    interpolation: Literal["", "area", "linear", "nearest"] = Field(
+        default="", description="empty = the bundle's; area shrinks with INTER_AREA"
+    )
+
+    @model_validator(mode="after")
+    def _roi(self) -> PreprocessOverride:
+        if self.roi and (len(self.roi) != 4 or self.roi[2] <= 0 or self.roi[3] <= 0
+                         or min(self.roi[:2]) < 0):
+            raise ValueError(
+                f"roi must be [x, y, w, h] with x, y >= 0 and w, h > 0 (got {list(self.roi)})"
+            )
+        return self
+
+
 class CameraConfig(_Strict):
-    """One camera input: where it comes from and what the policy expects of it."""
+    """One camera input: where it comes from and what the policy expects of it.
+
+    ``width`` x ``height`` is the policy's input size (the bundle's); the camera may publish
+    any size, which the node brings to this one with the bundle's preprocessing (or
+    ``preprocess``'s override).
+    """
 
     name: str
     topic: str
     message_type: Literal["Image", "CompressedImage"] = "Image"
-    width: int = Field(gt=0)
-    height: int = Field(gt=0)
+    width: int = Field(gt=0, description="px, the policy's input width (the bundle's)")
+    height: int = Field(gt=0, description="px, the policy's input height (the bundle's)")
     encoding: Literal["rgb8", "bgr8", "mono8"] = "rgb8"
     max_age_s: float = Field(default=0.2, gt=0)
+    expected_rate_hz: float = Field(
+        default=0.0, ge=0, description="Hz, the publisher's frame rate; 0 = estimate from stamps"
+    )
+    preprocess: PreprocessOverride = PreprocessOverride()
 
 
 # --------------------------------------------------------------------------- policy

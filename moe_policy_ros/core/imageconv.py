@@ -25,7 +25,14 @@ COMPRESSED_CODECS: tuple[str, ...] = ("jpeg", "jpg", "png")
 
 
 class ImageError(ValueError):
-    """An image message is inconsistent or unsupported; the message names the bad value."""
+    """An image message is inconsistent or unsupported; the message names the bad value.
+
+    ``cause`` sorts rejections for diagnostics: ``size``, ``encoding`` or ``data``.
+    """
+
+    def __init__(self, message: str, cause: str = "data") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def _flat_bytes(data: Any) -> np.ndarray:
@@ -45,7 +52,37 @@ def _check_size(h: int, w: int, expect_size: tuple[int, int] | None) -> None:
         return
     eh, ew = int(expect_size[0]), int(expect_size[1])
     if (h, w) != (eh, ew):
-        raise ImageError(f"image size {h}x{w} (HxW) differs from the expected {eh}x{ew}")
+        raise ImageError(
+            f"image size {h}x{w} (HxW) differs from the expected {eh}x{ew}", cause="size"
+        )
+
+
+def raw_view(height: int, width: int, encoding: str, step: int, data: Any) -> np.ndarray:
+    """A zero-copy ``(H, W, channels)`` view of raw ``sensor_msgs/Image`` fields, validated.
+
+    ``step`` is the row length in bytes and may exceed ``width * channels`` (row padding);
+    ``data`` must hold exactly ``height * step`` bytes. Channels are as encoded (no swap).
+    """
+    if encoding not in RAW_ENCODINGS:
+        raise ImageError(
+            f"unsupported encoding {encoding!r}; expected one of {sorted(RAW_ENCODINGS)}",
+            cause="encoding",
+        )
+    h, w, step = int(height), int(width), int(step)
+    if h <= 0 or w <= 0:
+        raise ImageError(f"image size {h}x{w} (HxW) must be positive")
+    ch = RAW_ENCODINGS[encoding]
+    if step < w * ch:
+        raise ImageError(
+            f"step {step} bytes is shorter than a {encoding} row of width {w} "
+            f"(expected >= {w * ch})"
+        )
+    buf = _flat_bytes(data)
+    if buf.size != h * step:
+        raise ImageError(
+            f"data has {buf.size} bytes; expected height*step = {h}*{step} = {h * step}"
+        )
+    return buf.reshape(h, step)[:, : w * ch].reshape(h, w, ch)
 
 
 def image_from_raw(
@@ -63,26 +100,8 @@ def image_from_raw(
     ``data`` must hold exactly ``height * step`` bytes. ``mono8`` is replicated to three
     channels; alpha is dropped. ``expect_size`` = ``(h, w)`` also checks the image size.
     """
-    if encoding not in RAW_ENCODINGS:
-        raise ImageError(
-            f"unsupported encoding {encoding!r}; expected one of {sorted(RAW_ENCODINGS)}"
-        )
-    h, w, step = int(height), int(width), int(step)
-    if h <= 0 or w <= 0:
-        raise ImageError(f"image size {h}x{w} (HxW) must be positive")
-    ch = RAW_ENCODINGS[encoding]
-    if step < w * ch:
-        raise ImageError(
-            f"step {step} bytes is shorter than a {encoding} row of width {w} "
-            f"(expected >= {w * ch})"
-        )
-    buf = _flat_bytes(data)
-    if buf.size != h * step:
-        raise ImageError(
-            f"data has {buf.size} bytes; expected height*step = {h}*{step} = {h * step}"
-        )
-    _check_size(h, w, expect_size)
-    rows = buf.reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    rows = raw_view(height, width, encoding, step, data)
+    _check_size(rows.shape[0], rows.shape[1], expect_size)
     if encoding == "rgb8":
         return np.array(rows, dtype=np.uint8, order="C")
     if encoding == "bgr8":
@@ -94,19 +113,17 @@ def image_from_raw(
     return np.ascontiguousarray(np.repeat(rows, 3, axis=2))  # mono8
 
 
-def image_from_compressed(
-    format: str, data: Any, *, expect_size: tuple[int, int] | None = None
-) -> np.ndarray:
-    """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to an RGB ``uint8`` array.
+def decode_compressed_bgr(format: str, data: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to OpenCV's BGR ``uint8``.
 
     ``format`` is the message's field: ``"jpeg"``, ``"png"`` or image_transport's
-    ``"rgb8; jpeg compressed bgr8"``. OpenCV decodes to BGR (grey is replicated), which is
-    converted to RGB.
+    ``"rgb8; jpeg compressed bgr8"``; grey images are replicated to three channels.
     """
     words = format.lower().replace(";", " ").split()
     if not any(codec in words for codec in COMPRESSED_CODECS):
         raise ImageError(
-            f"unsupported compressed format {format!r}; expected one naming {COMPRESSED_CODECS}"
+            f"unsupported compressed format {format!r}; expected one naming {COMPRESSED_CODECS}",
+            cause="encoding",
         )
     buf = _flat_bytes(data)
     if buf.size == 0:
@@ -116,14 +133,93 @@ def image_from_compressed(
         raise ImageError(
             f"{buf.size} bytes are not a decodable {format!r} image; expected JPEG or PNG data"
         )
+    return decoded
+
+
+def image_from_compressed(
+    format: str, data: Any, *, expect_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to an RGB ``uint8`` array.
+
+    See :func:`decode_compressed_bgr`; the BGR result is converted to RGB.
+    """
+    decoded = decode_compressed_bgr(format, data)
     _check_size(decoded.shape[0], decoded.shape[1], expect_size)
     return np.ascontiguousarray(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB))
 
 
-def resize_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+#: How a source image is brought to the policy's input size (see :func:`crop_box`).
+CROP_MODES: tuple[str, ...] = ("resize", "center_crop", "roi")
+#: ``area``: INTER_AREA when shrinking, bilinear when enlarging (the training recorder's rule);
+#: ``linear`` and ``nearest``: that OpenCV interpolation in both directions.
+INTERPOLATIONS: tuple[str, ...] = ("area", "linear", "nearest")
+
+
+def crop_box(
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    mode: str = "resize",
+    roi: tuple[int, int, int, int] | None = None,
+) -> tuple[int, int, int, int]:
+    """The source region ``(x, y, w, h)`` in pixels that is resized to ``out_size``.
+
+    ``resize``: the whole image (the aspect ratio changes when the two sizes differ in shape).
+    ``center_crop``: the largest centred region with the output's aspect ratio, so nothing is
+    distorted (the sides or the top and bottom are cut). ``roi``: ``roi`` = ``(x, y, w, h)``,
+    which must lie inside the image. Sizes are ``(h, w)``.
+    """
+    ih, iw = int(in_size[0]), int(in_size[1])
+    oh, ow = int(out_size[0]), int(out_size[1])
+    if mode == "resize":
+        return 0, 0, iw, ih
+    if mode == "center_crop":
+        # Largest w x h inside iw x ih with w / h == ow / oh (integer arithmetic, no drift).
+        if iw * oh >= ih * ow:
+            h, w = ih, max(1, (ih * ow + oh // 2) // oh)
+        else:
+            h, w = max(1, (iw * oh + ow // 2) // ow), iw
+        return (iw - w) // 2, (ih - h) // 2, w, h
+    if mode == "roi":
+        if roi is None or len(roi) != 4:
+            raise ImageError(
+                f"crop mode 'roi' needs roi = (x, y, w, h) in pixels; got {roi!r}", cause="size"
+            )
+        x, y, w, h = (int(v) for v in roi)
+        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > iw or y + h > ih:
+            raise ImageError(
+                f"roi (x, y, w, h) = {(x, y, w, h)} does not lie inside the {iw}x{ih} (WxH) "
+                f"image", cause="size"
+            )
+        return x, y, w, h
+    raise ImageError(f"unknown crop mode {mode!r}; expected one of {CROP_MODES}")
+
+
+def _cv_interp(interpolation: str, shrinking: bool) -> int:
+    if interpolation == "area":
+        return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    if interpolation == "linear":
+        return cv2.INTER_LINEAR
+    if interpolation == "nearest":
+        return cv2.INTER_NEAREST
+    raise ImageError(f"unknown interpolation {interpolation!r}; expected one of {INTERPOLATIONS}")
+
+
+def resize_to(
+    img: np.ndarray,
+    size: tuple[int, int],
+    *,
+    mode: str = "resize",
+    roi: tuple[int, int, int, int] | None = None,
+    interpolation: str = "area",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Resize an image to ``(h, w)``: area averaging to shrink, bilinear to enlarge.
 
-    Returns ``img`` itself when it already has that size.
+    Returns ``img`` itself when it already has that size (plain resize, no ``out``).
+    ``mode`` and ``roi`` first crop the source (:func:`crop_box`); ``interpolation`` picks the
+    filter (:data:`INTERPOLATIONS`). With ``out`` (a C-contiguous array of the result's shape
+    and dtype) the result is written there and ``out`` is returned: no allocation per frame.
+    The crop is a view, so cropping costs nothing before the resize.
     """
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
@@ -131,13 +227,47 @@ def resize_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if img.ndim < 2:
         raise ImageError(f"image must have at least 2 dimensions; got shape {img.shape}")
     ih, iw = img.shape[:2]
-    if (ih, iw) == (h, w):
-        return img
-    interp = cv2.INTER_AREA if h * w < ih * iw else cv2.INTER_LINEAR
-    out = cv2.resize(img, (w, h), interpolation=interp)
-    if img.ndim == 3 and out.ndim == 2:  # cv2 drops a singleton channel axis
-        out = out[:, :, None]
-    return np.ascontiguousarray(out)
+    x, y, cw, ch = crop_box((ih, iw), (h, w), mode, roi)
+    src = img if (x, y, cw, ch) == (0, 0, iw, ih) else img[y:y + ch, x:x + cw]
+    shape = (h, w, *img.shape[2:])
+    if out is not None and (out.shape != shape or out.dtype != img.dtype
+                            or not out.flags.c_contiguous):
+        raise ImageError(
+            f"out buffer is {out.dtype} {out.shape}; expected a C-contiguous {img.dtype} {shape}"
+        )
+    if (ch, cw) == (h, w):
+        if out is not None:
+            np.copyto(out, src)
+            return out
+        return img if src is img else np.ascontiguousarray(src)
+    interp = _cv_interp(interpolation, h * w < ch * cw)
+    if out is not None and out.ndim == 3 and out.shape[2] == 1:
+        cv2.resize(src[:, :, 0], (w, h), dst=out[:, :, 0], interpolation=interp)
+        return out
+    res = cv2.resize(src, (w, h), dst=out, interpolation=interp)
+    if out is not None:
+        if res is not out:  # cv2 could not write in place (it never should for a valid out)
+            np.copyto(out, res.reshape(shape))
+        return out
+    if img.ndim == 3 and res.ndim == 2:  # cv2 drops a singleton channel axis
+        res = res[:, :, None]
+    return np.ascontiguousarray(res)
+
+
+def aspect_distortion(
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    mode: str = "resize",
+    roi: tuple[int, int, int, int] | None = None,
+) -> float:
+    """How much the crop-then-resize stretches the image: |ratio of aspect ratios - 1|.
+
+    0 for ``center_crop`` (up to rounding) and for same-shaped sizes; 640x480 -> 128x96 is 0,
+    1280x720 -> 128x96 is 0.33.
+    """
+    _x, _y, w, h = crop_box(in_size, out_size, mode, roi)
+    oh, ow = int(out_size[0]), int(out_size[1])
+    return abs((w / h) / (ow / oh) - 1.0)
 
 
 def rgb_to_raw(img: np.ndarray) -> tuple[int, int, str, int, bytes]:

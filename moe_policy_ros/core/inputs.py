@@ -201,8 +201,10 @@ class InputBuffer:
             return self._joints
 
     def images(self) -> dict[str, ImageSample]:
+        """Copies of the newest images: the frame worker reuses its buffers (double
+        buffering), so a reader must not keep a reference to one."""
         with self._lock:
-            return dict(self._images)
+            return {k: ImageSample(v.image.copy(), v.stamp_ns) for k, v in self._images.items()}
 
     def stale_sources(self, now_ns: int) -> dict[str, str]:
         """Source name -> reason, for sources with no sample yet or older than their max age."""

@@ -72,6 +72,33 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PreprocessSpec(_M):
+    """How the policy's training images were made from the camera's frames.
+
+    ``resize``: the whole frame resized to the input size; ``center_crop``: the largest
+    centred region with the input's aspect ratio, then resized; ``roi``: the region
+    ``roi = [x, y, w, h]`` (source pixels), then resized. ``interpolation`` ``area`` is
+    INTER_AREA when shrinking and bilinear when enlarging (``imageconv.resize_to``).
+    Bundles without this section get the default (resize, area).
+    """
+
+    mode: Literal["resize", "center_crop", "roi"] = "resize"
+    roi: tuple[int, int, int, int] | None = None
+    interpolation: Literal["area", "linear", "nearest"] = "area"
+
+    @model_validator(mode="after")
+    def _roi(self) -> PreprocessSpec:
+        if self.mode == "roi":
+            if self.roi is None:
+                raise ValueError("preprocess mode 'roi' needs roi: [x, y, w, h] (pixels)")
+            x, y, w, h = self.roi
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise ValueError(f"preprocess roi {list(self.roi)} needs x, y >= 0, w, h > 0")
+        elif self.roi is not None:
+            raise ValueError(f"preprocess roi is set but mode is {self.mode!r} (not 'roi')")
+        return self
+
+
 class CameraSpec(_M):
     name: str
     height: int = Field(gt=0)
@@ -79,6 +106,7 @@ class CameraSpec(_M):
     channels: Literal[3] = 3
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    preprocess: PreprocessSpec = PreprocessSpec()
 
 
 class ProprioSpec(_M):

@@ -41,12 +41,21 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from moe_policy_ros.core.backends import make_backend
 from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
+from moe_policy_ros.core.camerastats import CameraStats, camera_verdict
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
 from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs, TickOutput
-from moe_policy_ros.core.imageconv import ImageError, image_from_compressed, image_from_raw
+from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import JOINTS, InputBuffer, InputError
 from moe_policy_ros.core.manifest import BundleError
+from moe_policy_ros.core.preprocess import (
+    CameraPipeline,
+    CompressedFrame,
+    FrameWorker,
+    Processed,
+    RawFrame,
+    resolve_preprocess,
+)
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
 from moe_policy_ros.core.scheduler import ChunkScheduler
@@ -99,6 +108,8 @@ class PolicyNode(LifecycleNode):
         self._configure_error = ""
         self._entities: list[Any] = []
         self._pubs: dict[str, Publisher] = {}
+        self._frames: FrameWorker | None = None
+        self._cam_stats: dict[str, CameraStats] = {}
         super().__init__(node_name, **kwargs)
         declare_parameters(self)
         self._mono = MonotonicClock()
@@ -120,6 +131,7 @@ class PolicyNode(LifecycleNode):
         except (ConfigError, BundleError, ValueError, RuntimeError, OSError) as err:
             self._configure_error = str(err)
             self.get_logger().error(f"configure failed: {err}")
+            self._stop_frames()
             self._destroy_interfaces()
             return TransitionCallbackReturn.FAILURE
         self._configure_error = ""
@@ -150,6 +162,7 @@ class PolicyNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_threads()
+        self._stop_frames()
         self._destroy_interfaces()
         self._cfg = self._bundle = self._policy = None
         return TransitionCallbackReturn.SUCCESS
@@ -157,6 +170,7 @@ class PolicyNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Any state -> finalized: stop threads, release everything."""
         self._stop_threads()
+        self._stop_frames()
         self._destroy_interfaces()
         return TransitionCallbackReturn.SUCCESS
 
@@ -219,6 +233,7 @@ class PolicyNode(LifecycleNode):
             cfg.robot.joint_states_max_age_s,
             {c.name: c.max_age_s for c in cfg.cameras if c.name in used},
         )
+        self._setup_cameras(cfg, bundle)
         self._scheduler = ChunkScheduler(
             len(robot_joints),
             merge=cfg.policy.execution.merge,
@@ -238,6 +253,38 @@ class PolicyNode(LifecycleNode):
             f"{cfg.policy.control_rate_hz:g} Hz, inference {cfg.policy.inference_rate_hz:g} Hz, "
             f"mode {cfg.policy.execution.mode}"
         )
+
+    def _setup_cameras(self, cfg: RuntimeConfig, bundle: LoadedBundle) -> None:
+        """One preprocessing pipeline and stats per bundle camera, and the frame worker."""
+        cams = {c.name: c for c in cfg.cameras}
+        pipes: dict[str, CameraPipeline] = {}
+        self._cam_stats = {}
+        for spec in bundle.manifest.observation.cameras:
+            cam = cams[spec.name]
+            pipe = CameraPipeline(
+                spec.name, (spec.height, spec.width),
+                resolve_preprocess(spec.preprocess, cam.preprocess),
+                encodings={"rgb8", "bgr8", cam.encoding},
+                warn=self._warn_once,
+            )
+            pipes[spec.name] = pipe
+            self._cam_stats[spec.name] = CameraStats(
+                spec.name, cam.topic, pipe.size, pipe.describe(), cam.expected_rate_hz
+            )
+        inputs = self._inputs
+        assert inputs is not None
+        self._stop_frames()
+        self._frames = FrameWorker(pipes, inputs.put_image, self._on_frame_done)
+        self._frames.start()
+
+    def _warn_once(self, text: str) -> None:
+        """The pipelines call this once per camera and source size (aspect distortion)."""
+        self.get_logger().warning(text)
+
+    def _stop_frames(self) -> None:
+        if self._frames is not None:
+            self._frames.stop()
+            self._frames = None
 
     def _create_interfaces(self, cfg: RuntimeConfig) -> None:
         sensors = ReentrantCallbackGroup()
@@ -321,32 +368,37 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f"rejected /joint_states: {err}", throttle_duration_sec=2.0)
 
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
-        inputs, cfg = self._inputs, self._cfg
-        if inputs is None or cfg is None:
+        """Count and hand the message to the frame worker (decoding happens there)."""
+        frames, stats = self._frames, self._cam_stats.get(camera)
+        if frames is None or stats is None:
             return
-        cam = next(c for c in cfg.cameras if c.name == camera)
-        try:
-            if isinstance(msg, Image):
-                if msg.encoding != cam.encoding and msg.encoding not in ("rgb8", "bgr8"):
-                    raise ImageError(
-                        f"encoding {msg.encoding!r} is not supported (expected {cam.encoding!r})"
-                    )
-                img = image_from_raw(
-                    msg.height, msg.width, msg.encoding, msg.step, bytes(msg.data),
-                    expect_size=(cam.height, cam.width),
-                )
-            else:
-                img = image_from_compressed(msg.format, bytes(msg.data))
-                if img.shape[:2] != (cam.height, cam.width):
-                    raise ImageError(
-                        f"size {img.shape[1]}x{img.shape[0]} differs from the expected "
-                        f"{cam.width}x{cam.height}"
-                    )
-            inputs.put_image(camera, img, stamp_to_ns(msg.header.stamp), self._now_ns())
-        except (ImageError, InputError) as err:
+        stamp, now = stamp_to_ns(msg.header.stamp), self._now_ns()
+        stats.arrival(stamp, now)
+        if isinstance(msg, Image):
+            frame: RawFrame | CompressedFrame = RawFrame(
+                msg.height, msg.width, msg.encoding, msg.step, msg.data
+            )
+        else:
+            frame = CompressedFrame(msg.format, msg.data)
+        frames.submit(camera, frame, stamp, now)
+
+    def _on_frame_done(
+        self, camera: str, info: Processed | None, err: ImageError | None
+    ) -> None:
+        """Frame worker thread: count the outcome; a rejection reaches the input buffer."""
+        stats = self._cam_stats.get(camera)
+        if stats is None:
+            return
+        if err is None:
+            assert info is not None
+            stats.accepted_frame(info.source_size, info.encoding)
+            return
+        stats.rejected_frame(err.cause, str(err))
+        inputs = self._inputs
+        if err.cause != "stamp" and inputs is not None:  # put_image counted a bad stamp
             inputs.reject(camera, str(err), self._now_ns())
-            self.get_logger().warning(f"rejected image from {cam.topic}: {err}",
-                                   throttle_duration_sec=2.0)
+        self.get_logger().warning(f"rejected image from {stats.topic}: {err}",
+                                  throttle_duration_sec=2.0)
 
     def _on_teleop(self, msg: JointState) -> None:
         if self._cfg is None or self._arbiter is None:
@@ -747,6 +799,32 @@ class PolicyNode(LifecycleNode):
             msg.status.extend(self._diag_sections(name, hw, state))
         self._diag_pub.publish(msg)
 
+    def _camera_diagnostics(
+        self, now_ros: int, vals: list[tuple[str, Any]]
+    ) -> list[tuple[int, str]]:
+        """Per camera: sizes, rates and the verdict line (core.camerastats) into ``vals``."""
+        out = []
+        frames = self._frames
+        for cam, stats in self._cam_stats.items():
+            sup = frames.superseded.get(cam, 0) if frames is not None else 0
+            rep = stats.report(now_ros, sup, self.count_publishers(stats.topic))
+            level, line = camera_verdict(rep)
+            size_rx = "n/a" if rep.size_received is None else (
+                f"{rep.size_received[1]}x{rep.size_received[0]} {rep.encoding_received}")
+            vals += [
+                (f"{cam} size received", size_rx),
+                (f"{cam} size used", f"{rep.size_used[1]}x{rep.size_used[0]}"),
+                (f"{cam} preprocess", rep.preprocess),
+                (f"{cam} frames received", rep.received),
+                (f"{cam} frames superseded", rep.superseded),
+                (f"{cam} publisher rate (Hz)", "unknown" if rep.publisher_rate_hz is None
+                 else f"{rep.publisher_rate_hz:.1f} ({rep.rate_source})"),
+                (f"{cam} delivery", "unknown" if rep.delivery is None else rep.delivery),
+                (f"{cam} verdict", line),
+            ]
+            out.append((level, line))
+        return out
+
     def _diag_sections(self, name: str, hw: str, state: str) -> list[DiagnosticStatus]:
         cfg, inputs = self._cfg, self._inputs
         assert cfg is not None and inputs is not None
@@ -766,12 +844,17 @@ class PolicyNode(LifecycleNode):
             ]
             if st.last_error:
                 vals.append((f"{st.name} last error", st.last_error))
+        verdicts = self._camera_diagnostics(now_ros, vals)
         recent = inputs.recent_errors(now_ros)
         msg_txt = "all inputs fresh"
         if recent:
             level, msg_txt = WARN, "rejected in the last 5 s: " + "; ".join(recent)
         if stale:
             level, msg_txt = ERROR if state == "active" else WARN, "stale: " + "; ".join(stale)
+        bad = [(lvl, line) for lvl, line in verdicts if lvl > OK]
+        if bad:
+            level = max(level, max(lvl for lvl, _ in bad))
+            msg_txt += " | " + " | ".join(line for _, line in bad)
         out.append(diag_status(f"{name}: inputs", level, msg_txt, vals, hw))
         # inference
         lat = self._infer_latency.summary()
@@ -852,6 +935,7 @@ class PolicyNode(LifecycleNode):
     def destroy_node(self) -> None:
         """Stop the worker threads before the publishers they use are destroyed."""
         self._stop_threads()
+        self._stop_frames()
         super().destroy_node()
 
     def _stop_threads(self) -> None:

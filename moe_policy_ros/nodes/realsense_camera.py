@@ -4,6 +4,9 @@ Topics (publishers use SystemDefaultsQoS, as sensor drivers do under REP 2003 an
 realsense-ros does; consumers subscribe with the sensor-data profile):
 
 * ``~/color/image_raw`` (sensor_msgs/Image, ``rgb8``) and ``~/color/camera_info``
+* with ``compressed``: ``~/color/image_raw/compressed`` (sensor_msgs/CompressedImage, JPEG at
+  ``jpeg_quality``, format ``"rgb8; jpeg compressed bgr8"`` as image_transport's compressed
+  plugin publishes it)
 * with ``enable_depth``: ``~/aligned_depth_to_color/image_raw`` (``16UC1``, depth units of
   the device, normally millimetres) and ``~/aligned_depth_to_color/camera_info``. Depth is
   reprojected into the color camera with ``rs.align``, so it shares the color intrinsics and
@@ -33,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
@@ -43,7 +47,7 @@ from rcl_interfaces.msg import (
 )
 from rclpy.node import Node
 from rclpy.qos import qos_profile_system_default
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
@@ -82,6 +86,8 @@ class CameraParams:
     bag_path: str
     bag_repeat: bool
     timestamp_max_drift_ppm: float
+    compressed: bool = False
+    jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -148,6 +154,9 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     ),
     "bag_path": ("", _descriptor("recording to play when source is 'bag' (rosbag2 .db3)", _S)),
     "bag_repeat": (False, _descriptor("loop the recording", _B)),
+    "compressed": (False, _descriptor("also publish ~/color/image_raw/compressed (JPEG)", _B)),
+    "jpeg_quality": (90, _descriptor("JPEG quality of the compressed image", _I,
+                                     int_range=(1, 100))),
     "timestamp_max_drift_ppm": (
         200.0,
         _descriptor(
@@ -221,6 +230,11 @@ class RealSenseCameraNode(Node):
         self._color_pub = self.create_publisher(Image, "~/color/image_raw", qos)
         self._color_info_pub = self.create_publisher(CameraInfo, "~/color/camera_info", qos)
         self._depth_pub = self._depth_info_pub = None
+        self._jpeg_pub = None
+        if self.params.compressed:
+            self._jpeg_pub = self.create_publisher(
+                CompressedImage, "~/color/image_raw/compressed", qos
+            )
         if self.params.enable_depth:
             self._depth_pub = self.create_publisher(
                 Image, "~/aligned_depth_to_color/image_raw", qos
@@ -417,6 +431,16 @@ class RealSenseCameraNode(Node):
         img.height, img.width, img.encoding, img.step, data = rgb_to_raw(frames.color)
         img.data = _byte_array(data)
         info = camera_info(intr, header) if intr is not None else None
+        jpeg = None
+        if self._jpeg_pub is not None:
+            ok, coded = cv2.imencode(
+                ".jpg", cv2.cvtColor(frames.color, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, self.params.jpeg_quality],
+            )
+            if not ok:
+                raise RuntimeError("JPEG encoding of the color frame failed")
+            jpeg = CompressedImage(header=header, format="rgb8; jpeg compressed bgr8")
+            jpeg.data = _byte_array(coded.tobytes())
         depth_img = None
         if frames.depth is not None and self._depth_pub is not None:
             depth_img = Image(header=header, is_bigendian=0)
@@ -427,6 +451,8 @@ class RealSenseCameraNode(Node):
             if self._closed or not self.context.ok():
                 return
             self._color_pub.publish(img)
+            if jpeg is not None and self._jpeg_pub is not None:
+                self._jpeg_pub.publish(jpeg)
             if info is not None:
                 self._color_info_pub.publish(info)
             if depth_img is not None and self._depth_pub is not None:

@@ -22,6 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 from moe_policy_ros.core.bundle import BundleError, load_bundle, sha256_file
 from moe_policy_ros.core.manifest import MANIFEST_NAME, parse_manifest, write_manifest
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 OPSET = 17
 CAMS = (("top", 24, 32), ("wrist", 16, 16))
 P = 5  # proprio dim
@@ -509,3 +511,27 @@ def test_missing_directory_and_manifest(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(BundleError, match=r"policy\.yaml: bundle manifest not found"):
         load_bundle(tmp_path / "empty")
+
+
+def test_camera_preprocess_defaults_and_declared(bundle: Path) -> None:
+    """Bundles without observation.cameras[].preprocess (all shipped ones) load with the
+    default (resize, area); a declared one is read; a bad one is refused naming it."""
+    for shipped in sorted((REPO_ROOT / "models").glob("*/policy.yaml")):
+        m = load_bundle(shipped.parent).manifest
+        for cam in m.observation.cameras:
+            assert "preprocess" not in yaml.safe_load(shipped.read_text())["observation"][
+                "cameras"][0]
+            assert (cam.preprocess.mode, cam.preprocess.roi, cam.preprocess.interpolation) == (
+                "resize", None, "area")
+    data = yaml.safe_load((bundle / MANIFEST_NAME).read_text())
+    cams = data["observation"]["cameras"]
+    assert cams, "the test bundle has a camera"
+    cams[0]["preprocess"] = {"mode": "roi", "roi": [10, 20, 320, 240]}
+    m = parse_manifest(data)
+    assert m.observation.cameras[0].preprocess.roi == (10, 20, 320, 240)
+    cams[0]["preprocess"] = {"mode": "zoom"}
+    with pytest.raises(BundleError, match=r"preprocess.mode.*'zoom'"):
+        parse_manifest(data)
+    cams[0]["preprocess"] = {"mode": "roi"}
+    with pytest.raises(BundleError, match=r"needs roi"):
+        parse_manifest(data)

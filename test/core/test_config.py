@@ -135,6 +135,33 @@ def test_camera_not_listed_is_refused(doc: dict[str, Any]) -> None:
         config_from_params(_params(doc))
 
 
+def test_camera_preprocess_override_and_rate(doc: dict[str, Any]) -> None:
+    top = doc["/**"]["ros__parameters"]["cameras"]["top"]
+    cfg = config_from_params(_params(doc))
+    pre = cfg.cameras[0].preprocess
+    assert (pre.mode, pre.roi, pre.interpolation) == ("", (), "")  # empty: the bundle's
+    assert cfg.cameras[0].expected_rate_hz == 0.0
+    top.update(preprocess={"mode": "roi", "roi": [160, 0, 960, 720]}, expected_rate_hz=30.0)
+    cam = config_from_params(_params(doc)).cameras[0]
+    assert (cam.preprocess.mode, cam.preprocess.roi) == ("roi", (160, 0, 960, 720))
+    assert cam.expected_rate_hz == 30.0
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "match"),
+    [
+        ({"mode": "stretch"}, r"cameras.0.preprocess.mode.*'stretch'"),
+        ({"roi": [1, 2, 3]}, r"roi must be \[x, y, w, h\].*\[1, 2, 3\]"),
+        ({"roi": [0, 0, 0, 10]}, r"w, h > 0"),
+        ({"interpolation": "cubic"}, r"interpolation.*'cubic'"),
+    ],
+)
+def test_bad_camera_preprocess_names_the_value(doc: dict[str, Any], preprocess, match) -> None:
+    doc["/**"]["ros__parameters"]["cameras"]["top"]["preprocess"] = preprocess
+    with pytest.raises(ConfigError, match=match):
+        config_from_params(_params(doc))
+
+
 def test_missing_sections_and_files() -> None:
     with pytest.raises(ConfigError, match=r"robot: required section is missing"):
         config_from_params({"policy": {"bundle": "x"}})

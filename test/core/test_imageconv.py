@@ -10,6 +10,8 @@ import pytest
 
 from moe_policy_ros.core.imageconv import (
     ImageError,
+    aspect_distortion,
+    crop_box,
     depth_to_raw,
     image_from_compressed,
     image_from_raw,
@@ -193,3 +195,76 @@ def test_depth_to_raw_is_little_endian_16uc1() -> None:
     assert data == bytes([1, 0, 2, 1, 255, 255, 0, 0])
     with pytest.raises(ImageError, match=r"uint16 of shape \(H, W\); got int32"):
         depth_to_raw(depth.astype(np.int32))
+
+
+# --------------------------------------------------------------------------- crop modes
+
+
+def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("in_hw", "out_hw", "box"),
+    [
+        ((480, 640), (96, 128), (0, 0, 640, 480)),  # same aspect: the whole frame
+        ((720, 1280), (96, 128), (160, 0, 960, 720)),  # 16:9 -> 4:3: cut the sides
+        ((480, 640), (100, 100), (80, 0, 480, 480)),
+        ((640, 480), (96, 128), (0, 140, 480, 360)),  # portrait -> landscape: cut top/bottom
+    ],
+)
+def test_center_crop_box_keeps_the_output_aspect(in_hw, out_hw, box) -> None:
+    assert crop_box(in_hw, out_hw, "center_crop") == box
+    _x, _y, w, h = box
+    assert abs(w / h - out_hw[1] / out_hw[0]) < 0.01
+    assert aspect_distortion(in_hw, out_hw, "center_crop") < 0.01
+
+
+def test_crop_box_resize_and_roi_and_errors() -> None:
+    assert crop_box((480, 640), (96, 128)) == (0, 0, 640, 480)
+    assert crop_box((480, 640), (96, 128), "roi", (10, 20, 300, 200)) == (10, 20, 300, 200)
+    with pytest.raises(ImageError, match=r"\(600, 0, 100, 100\).*640x480") as err:
+        crop_box((480, 640), (96, 128), "roi", (600, 0, 100, 100))
+    assert err.value.cause == "size"
+    with pytest.raises(ImageError, match="needs roi"):
+        crop_box((480, 640), (96, 128), "roi", None)
+    with pytest.raises(ImageError, match="'zoom'"):
+        crop_box((480, 640), (96, 128), "zoom")
+    assert aspect_distortion((720, 1280), (96, 128)) == pytest.approx(1 / 3)
+
+
+def test_resize_to_plain_is_unchanged_area_when_shrinking() -> None:
+    """The training recorder's semantics: INTER_AREA to shrink, INTER_LINEAR to enlarge."""
+    img = _noise(480, 640)
+    np.testing.assert_array_equal(
+        resize_to(img, (96, 128)), cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA)
+    )
+    small = _noise(20, 30)
+    np.testing.assert_array_equal(
+        resize_to(small, (40, 60)), cv2.resize(small, (60, 40), interpolation=cv2.INTER_LINEAR)
+    )
+
+
+def test_resize_to_crops_then_resizes_into_out() -> None:
+    img = _noise(720, 1280)
+    out = np.empty((96, 128, 3), np.uint8)
+    res = resize_to(img, (96, 128), mode="center_crop", out=out)
+    assert res is out
+    ref = cv2.resize(np.ascontiguousarray(img[:, 160:1120]), (128, 96),
+                     interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(out, ref)
+    roi = resize_to(img, (96, 128), mode="roi", roi=(100, 50, 640, 480))
+    np.testing.assert_array_equal(roi, resize_to(np.ascontiguousarray(img[50:530, 100:740]),
+                                                 (96, 128)))
+    # an roi already at the output size is a copy of the region, not a view
+    exact = resize_to(img, (96, 128), mode="roi", roi=(7, 9, 128, 96))
+    np.testing.assert_array_equal(exact, img[9:105, 7:135])
+    assert exact.flags.owndata or exact.base is not img
+    near = resize_to(img, (96, 128), mode="center_crop", interpolation="nearest")
+    assert near.shape == (96, 128, 3)
+    with pytest.raises(ImageError, match=r"out buffer is uint8 \(96, 100, 3\)"):
+        resize_to(img, (96, 128), out=np.empty((96, 100, 3), np.uint8))
+    with pytest.raises(ImageError, match="'cubic'"):
+        resize_to(img, (96, 128), interpolation="cubic")
+    one = resize_to(np.zeros((40, 40, 1), np.uint8), (4, 4), out=np.empty((4, 4, 1), np.uint8))
+    assert one.shape == (4, 4, 1)

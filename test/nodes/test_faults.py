@@ -498,17 +498,17 @@ class TestSharedNode:
         rig.monitor.assert_valid(t0, "joint names")
 
     def test_bad_images(self, node: SharedNode) -> None:
-        """Images in 'mono16', '32FC1' or of the wrong size are rejected: HOLD within camera
+        """Images in 'mono16', '32FC1' or 'rgba8' (not what the bundle takes) are rejected
+        (another size is not a fault: it is preprocessed): HOLD within camera
         max_age + one period + SLACK_S, diagnostics name the camera and the bad value, the
         node stays alive."""
         rig, robot = node.rig, node.robot
         t0 = time.monotonic()
         bound = CAM.max_age_s + PERIOD + SLACK_S
-        h, w = CAM.height // 2, CAM.width // 2
         for label, enc, size, token in (
             ("mono16", "mono16", None, "'mono16'"),
             ("32FC1", "32FC1", None, "'32FC1'"),
-            ("size", "rgb8", (h, w), f"{h}x{w}"),
+            ("rgba8", "rgba8", None, "'rgba8'"),
         ):
             def inject(enc: str = enc, size: tuple[int, int] | None = size) -> None:
                 robot.image_encoding, robot.image_size_override = enc, size
@@ -522,7 +522,9 @@ class TestSharedNode:
 
             def names_it(s: Any, token: str = token) -> bool:
                 return (token in _values(s).get(f"{CAM.name} last error", "")
-                        and "stale" in s.message and CAM.name in s.message)
+                        and "stale" in s.message and CAM.name in s.message
+                        and "likely cause: encoding" in _values(s).get(f"{CAM.name} verdict", "")
+                        and "likely cause: encoding" in s.message)
 
             st = _wait_status(rig.diags, "inputs", names_it, t_hold, 3,
                               f"diagnostics naming {CAM.name} (stale) and {token}")

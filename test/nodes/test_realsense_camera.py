@@ -472,6 +472,47 @@ def test_node_reconnects_after_simulated_unplug(context: Any, spin: Callable[[An
 @pytest.mark.realsense
 @needs_rs
 @needs_ros
+def test_compressed_publishes_jpeg_beside_the_raw_image(
+    context: Any, spin: Callable[[Any], None]
+) -> None:
+    """compressed: true adds ~/color/image_raw/compressed (image_transport's layout): JPEG of
+    the same frame, same header; it decodes to the raw image within JPEG error."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from moe_policy_ros.core.imageconv import image_from_compressed
+
+    probe = Probe(context)
+    jpegs: list[Any] = []
+    probe.node.create_subscription(CompressedImage, "/realsense_camera/color/image_raw/compressed",
+                                   jpegs.append, qos_profile_sensor_data)
+    spin(probe.node)
+    src = SoftwareFrameSource(width=W, height=H, fps=FPS, generate=False)
+    node = camera_node(context, src, source="software", width=W, height=H, fps=FPS,
+                       compressed=True, jpeg_quality=95)
+    spin(node)
+    node.start()
+    rgb = np.ascontiguousarray(cv2.GaussianBlur(frame_pair(0)[0], (5, 5), 0))
+
+    def sent() -> bool:
+        src.inject(rgb)
+        time.sleep(0.03)
+        return len(jpegs) >= 3 and len(probe.get("color/image_raw")) >= 3
+
+    wait_for(sent, 10.0, "raw and compressed frames")
+    jpeg, raws = jpegs[-1], probe.get("color/image_raw")
+    raw = next(m for m in raws if stamp_ns(m) == stamp_ns(jpeg))
+    assert jpeg.format == "rgb8; jpeg compressed bgr8"
+    assert jpeg.header.frame_id == raw.header.frame_id
+    decoded = image_from_compressed(jpeg.format, bytes(jpeg.data))
+    assert decoded.shape == (H, W, 3)
+    assert np.abs(decoded.astype(int) - rgb.astype(int)).mean() < 4.0
+
+
+@pytest.mark.ros
+@pytest.mark.realsense
+@needs_rs
+@needs_ros
 def test_node_without_a_camera_waits_and_does_not_crash(
     context: Any, spin: Callable[[Any], None]
 ) -> None:

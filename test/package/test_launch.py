@@ -134,6 +134,19 @@ def test_dual_arm_launch_declares_every_argument_with_a_description() -> None:
     )
 
 
+def test_dual_arm_launch_applies_the_camera_transport_profile_to_every_node() -> None:
+    """core.transport.dds_environment of the params file, as additional_env of each node."""
+    nodes = _function(ast.parse(DUAL.read_text(), str(DUAL)), "_nodes")
+    calls = [n for n in ast.walk(nodes) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", None) == "dds_environment"]
+    assert len(calls) == 1
+    common = [n for n in ast.walk(nodes) if isinstance(n, ast.Call)
+              and getattr(n.func, "id", None) == "dict" and _keyword(n, "executable")]
+    assert len(common) == 1
+    env = _keyword(common[0], "additional_env")
+    assert isinstance(env, ast.Name) and env.id == "dds_env"
+
+
 def test_sim_launch_declares_and_forwards_the_dual_arm_arguments() -> None:
     tree = ast.parse(SIM.read_text(), str(SIM))
     func = _function(tree, "generate_launch_description")
@@ -199,6 +212,18 @@ def test_graph_with_realsense_section_remaps_onto_the_camera_topic() -> None:
         "~/color/camera_info": "/robot/cameras/top/camera_info",
     }
     assert dict(cam.parameters) == {"camera_name": "top"}
+
+
+def test_graph_compressed_camera_gets_the_image_transport_layout() -> None:
+    doc = _with_realsense(topic="/cameras/top/image_raw/compressed")
+    doc["/**"]["ros__parameters"]["cameras"]["top"]["message_type"] = "CompressedImage"
+    cam = node_graph(doc)[1]
+    assert dict(cam.remappings) == {
+        "~/color/image_raw": "/cameras/top/image_raw",
+        "~/color/image_raw/compressed": "/cameras/top/image_raw/compressed",
+        "~/color/camera_info": "/cameras/top/camera_info",
+    }
+    assert dict(cam.parameters) == {"camera_name": "top", "compressed": True}
 
 
 def test_bringup_command_carries_the_remappings_and_node_name(tmp_path: Path) -> None:
