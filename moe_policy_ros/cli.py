@@ -49,6 +49,18 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "live terminal view of mode, experts, gates, latency and rates",
     ),
+    "train": (
+        "moe_policy_ros.train.cli",
+        "add_arguments",
+        "run",
+        "train an MoE policy family on recorded episodes (checkpoints, rollouts, resume)",
+    ),
+    "evaluate": (
+        "moe_policy_ros.evaluate",
+        "add_arguments",
+        "run",
+        "success rate of a bundle on a task over fixed seeds (--in-process: no ROS)",
+    ),
     "demo": (
         "moe_policy_ros.demo",
         "add_arguments",
