@@ -5,7 +5,7 @@ A bundle is a directory::
     models/<name>/
       policy.yaml        # this manifest
       encoder.onnx       # encoder/router stage
-      experts.onnx       # expert stage (or denoise.onnx for diffusion/flow families)
+      experts.onnx       # expert stage (for the flow family: one denoising step)
 
 Graph contracts (batch size is fixed to 1; static shapes so that TensorRT and CUDA graphs
 apply):
@@ -24,6 +24,18 @@ apply):
   ``expert_idx`` int64 [k], ``x_t`` float32 [1, k, R], ``t`` float32 [1]; output ``velocity``
   float32 [1, k, R]. The runtime integrates x from noise (t = 0) to data (t = 1) with
   ``sampler.steps`` Euler steps, then combines actions = sum_j w_j * basis[idx_j] @ x_j.
+
+Combination weights w (``combination``; ``core/routing.py`` computes them, the models train
+with the same): ``gates`` the router gates renormalised over the active set; ``adapter``
+(AdaMoE ``adapter_sigmoid`` variant) the scale adapter's outputs of the active experts as
+given; ``router_plus_adapter`` (AdaMoE as released) softmax(gate_logits)[i] + adapter[i];
+``unit`` (SMP) 1 for every active skill, so the chunk is the projection of the denoised
+coefficients onto the active skills' span. A manifest without ``combination`` (written before
+it existed) gets its family's earlier behaviour: ``adapter`` for adamoe, ``gates`` otherwise.
+
+``novelty`` (Di-BM, when the model was calibrated over its training set): the range of the
+novelty score (the lowest calibrated expert energy) over the training observations, from
+which an operator picks ``safety.ood_energy_threshold`` (see README, "Out of distribution").
 """
 
 from __future__ import annotations
@@ -35,11 +47,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moe_policy_ros.core.config import RoutingConfig
+from moe_policy_ros.core.routing import Combination
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "policy.yaml"
 Family = Literal["adamoe", "smp", "dibm", "lar", "dense"]
 FAMILIES: tuple[str, ...] = ("adamoe", "smp", "dibm", "lar", "dense")
+#: the combinations each family may declare (the first is what a manifest without the field
+#: gets: the family's behaviour before the field existed)
+FAMILY_COMBINATIONS: dict[str, tuple[str, ...]] = {
+    "adamoe": ("adapter", "router_plus_adapter"),
+    "smp": ("gates", "unit"),
+    "dibm": ("gates",),
+    "lar": ("gates",),
+    "dense": ("gates",),
+}
 
 
 class BundleError(ValueError):
@@ -112,7 +134,7 @@ class ExpertsSpec(_M):
 
 
 class SamplerSpec(_M):
-    kind: Literal["flow_euler", "ddim"] = "flow_euler"
+    kind: Literal["flow_euler"] = "flow_euler"
     steps: int = Field(ge=1)
     rank: int = Field(ge=1, description="R, coefficients per skill")
 
@@ -173,6 +195,25 @@ class Provenance(_M):
     training: TrainingProvenance | None = None
 
 
+class NoveltySpec(_M):
+    """Range of the novelty score over the training set (Di-BM calibration)."""
+
+    score: Literal["min_energy"] = "min_energy"
+    samples: int = Field(ge=1, description="training observations calibrated over")
+    min: float
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NoveltySpec:
+        q = [self.min, self.p50, self.p95, self.p99, self.max]
+        if q != sorted(q):
+            raise ValueError(f"novelty quantiles must be ascending (got {q})")
+        return self
+
+
 class Manifest(_M):
     format_version: int
     name: str
@@ -184,6 +225,10 @@ class Manifest(_M):
     context_dim: int = Field(gt=0)
     latent_dim: int = 0
     sampler: SamplerSpec | None = None
+    combination: Combination | None = Field(
+        default=None, description="expert combination weights; None = the family's default"
+    )
+    novelty: NoveltySpec | None = None
     stages: dict[str, StageFile]
     provenance: Provenance = Provenance()
 
@@ -205,11 +250,24 @@ class Manifest(_M):
             raise ValueError(f"family {self.family} takes no sampler section")
         if self.family == "lar" and self.latent_dim <= 0:
             raise ValueError("family lar needs latent_dim > 0")
+        allowed = FAMILY_COMBINATIONS[self.family]
+        if self.combination is not None and self.combination not in allowed:
+            raise ValueError(
+                f"combination {self.combination!r} is not defined for family {self.family} "
+                f"(allowed: {list(allowed)})"
+            )
+        if self.novelty is not None and self.family != "dibm":
+            raise ValueError(f"family {self.family} has no novelty score (dibm only)")
         return self
 
     @property
     def is_flow(self) -> bool:
         return self.family == "smp"
+
+    @property
+    def combination_weights(self) -> str:
+        """The declared combination, or the family's pre-``combination`` behaviour."""
+        return self.combination or FAMILY_COMBINATIONS[self.family][0]
 
 
 def parse_manifest(data: Any, source: str = MANIFEST_NAME) -> Manifest:

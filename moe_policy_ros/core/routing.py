@@ -13,11 +13,18 @@ Design notes
   equal gates break toward the lower expert index. Every strategy picks a prefix of that
   ranking (sticky keeps an older prefix), which makes decisions deterministic and
   reproducible across runs and machines.
-* **Weights.** Renormalising the gates over the active set equals a softmax over the active
-  experts' logits; that form is used because it cannot divide by zero even when every active
-  gate underflows (sticky can keep an incumbent whose gates collapsed). For AdaMoE bundles
-  (``adapter_weights`` present) selection and weighting are decoupled: the weights are the
-  adapter weights of the active experts *as given*, not renormalised (see seed-methods.md).
+* **Weights.** ``combination`` (the bundle manifest's; the models train with the same) says
+  how the active experts are weighted. ``gates``: the gates renormalised over the active set,
+  computed as a softmax over the active experts' logits because that cannot divide by zero
+  even when every active gate underflows (sticky can keep an incumbent whose gates
+  collapsed). AdaMoE decouples selection from weighting: ``router_plus_adapter`` (the
+  released code) gives an active expert its gate (softmax over *all* experts, not
+  renormalised) plus its scale-adapter output; ``adapter`` (our earlier variant) its adapter
+  weight as given. ``unit`` (SMP) gives every active skill weight 1: the chunk is the
+  projection of the skills' coefficients onto the active skills' orthonormal span, so it
+  keeps its length whatever the size of the active set. ``combination=None`` keeps the
+  behaviour from before the field existed: adapter weights when the router outputs carry
+  them, else renormalised gates.
 * **Mass threshold.** The smallest prefix whose mass reaches ``tau`` is chosen. The mass is
   compared with an absolute tolerance of :data:`MASS_TOLERANCE` so that a mass that equals
   ``tau`` in exact arithmetic (gates 0.5 + 0.3 with ``tau=0.8``) is not pushed over by float
@@ -40,7 +47,7 @@ Design notes
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
@@ -50,7 +57,11 @@ from .types import RouterOutputs, RouterState, RoutingDecision
 #: Absolute tolerance when comparing a cumulative gate mass with ``tau``.
 MASS_TOLERANCE = 1e-9
 
+Combination = Literal["gates", "adapter", "router_plus_adapter", "unit"]
+COMBINATIONS: tuple[str, ...] = get_args(Combination)
+
 __all__ = [
+    "COMBINATIONS",
     "MASS_TOLERANCE",
     "DenseRouting",
     "MassRouting",
@@ -163,8 +174,13 @@ class _Strategy:
 
     name: str = ""
 
-    def __init__(self, num_experts: int) -> None:
+    def __init__(self, num_experts: int, combination: Combination | None = None) -> None:
         self.num_experts = _check_int("num_experts", num_experts, 1)
+        if combination is not None and combination not in COMBINATIONS:
+            raise ValueError(
+                f"combination must be one of {list(COMBINATIONS)} or None, got {combination!r}"
+            )
+        self.combination = combination
         self._previous: np.ndarray | None = None
 
     def reset(self) -> None:
@@ -192,10 +208,7 @@ class _Strategy:
         entropy = float(max(0.0, -np.sum(gates * logp)))
         active = _sorted_active(self._choose(gates))
 
-        if adapter is not None:
-            weights = adapter[active].astype(np.float32)
-        else:
-            weights = softmax(logits[active]).astype(np.float32)
+        weights = self._weights(logits, gates, adapter, active)
 
         switched = self._previous is not None and not np.array_equal(self._previous, active)
         self._previous = active.copy()
@@ -208,6 +221,25 @@ class _Strategy:
             latent=outputs.latent,
         )
         return RoutingDecision(active=active, weights=weights, state=state)
+
+    def _weights(
+        self, logits: np.ndarray, gates: np.ndarray, adapter: np.ndarray | None,
+        active: np.ndarray,
+    ) -> np.ndarray:
+        kind = self.combination
+        if kind is None:
+            kind = "adapter" if adapter is not None else "gates"
+        if kind == "unit":
+            return np.ones(active.shape[0], dtype=np.float32)
+        if kind == "gates":
+            return softmax(logits[active]).astype(np.float32)
+        if adapter is None:
+            raise ValueError(
+                f"combination {kind!r} needs adapter_weights in the router outputs (none given)"
+            )
+        if kind == "adapter":
+            return adapter[active].astype(np.float32)
+        return (gates[active] + adapter[active]).astype(np.float32)
 
 
 class DenseRouting(_Strategy):
@@ -224,8 +256,10 @@ class TopKRouting(_Strategy):
 
     name = "topk"
 
-    def __init__(self, num_experts: int, k: int) -> None:
-        super().__init__(num_experts)
+    def __init__(
+        self, num_experts: int, k: int, combination: Combination | None = None
+    ) -> None:
+        super().__init__(num_experts, combination)
         self.k = _check_int("k", k, 1, self.num_experts)
 
     def _choose(self, gates: np.ndarray) -> np.ndarray:
@@ -248,8 +282,9 @@ class MassRouting(_Strategy):
         k_min: int = 1,
         k_max: int = 0,
         mass: Literal["linear", "quadratic"] = "linear",
+        combination: Combination | None = None,
     ) -> None:
-        super().__init__(num_experts)
+        super().__init__(num_experts, combination)
         e = self.num_experts
         if not (isinstance(tau, (int, float)) and math.isfinite(tau) and 0.0 < tau <= 1.0):
             raise ValueError(f"tau must be in (0, 1], got {tau!r}")
@@ -287,8 +322,9 @@ class StickyRouting(_Strategy):
         base: TopKRouting | MassRouting,
         margin: float = 0.1,
         min_dwell_chunks: int = 3,
+        combination: Combination | None = None,
     ) -> None:
-        super().__init__(num_experts)
+        super().__init__(num_experts, combination)
         if not isinstance(base, (TopKRouting, MassRouting)):
             raise ValueError(f"sticky base must be a topk or mass strategy, got {base!r}")
         if base.num_experts != self.num_experts:
@@ -337,28 +373,32 @@ class StickyRouting(_Strategy):
 # --------------------------------------------------------------------------- factory
 
 
-def make_strategy(cfg: RoutingConfig, num_experts: int) -> RoutingStrategy:
+def make_strategy(
+    cfg: RoutingConfig, num_experts: int, combination: Combination | None = None
+) -> RoutingStrategy:
     """Build the strategy named by ``cfg.strategy`` for a bundle with ``num_experts`` experts.
 
     ``cfg.strategy == ""`` means "the bundle's default"; resolve it first (for example
     ``cfg.model_copy(update={"strategy": manifest_default})``). Only the fields the chosen
     strategy uses are checked against ``num_experts``; errors name the field and value.
+    ``combination``: how the active experts are weighted (the manifest's
+    ``combination_weights``; None = adapter weights if present, else renormalised gates).
     """
     e = _check_int("num_experts", num_experts, 1)
     kind = cfg.strategy
     if kind == "dense":
-        return DenseRouting(e)
+        return DenseRouting(e, combination)
     if kind == "topk":
-        return TopKRouting(e, _check_k(cfg.k, e))
+        return TopKRouting(e, _check_k(cfg.k, e), combination)
     if kind == "mass":
-        return MassRouting(e, cfg.tau, cfg.k_min, cfg.k_max, cfg.mass)
+        return MassRouting(e, cfg.tau, cfg.k_min, cfg.k_max, cfg.mass, combination)
     if kind == "sticky":
         base: TopKRouting | MassRouting
         if cfg.sticky_base == "topk":
             base = TopKRouting(e, _check_k(cfg.k, e))
         else:
             base = MassRouting(e, cfg.tau, cfg.k_min, cfg.k_max, cfg.mass)
-        return StickyRouting(e, base, cfg.margin, cfg.min_dwell_chunks)
+        return StickyRouting(e, base, cfg.margin, cfg.min_dwell_chunks, combination)
     if kind == "":
         raise ValueError(
             "routing strategy '' means the bundle's default; resolve it to one of "

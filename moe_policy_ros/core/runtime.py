@@ -14,7 +14,8 @@ One :meth:`MoEPolicy.infer` call produces one action chunk:
    ``expert_idx`` + ``expert_weights`` and return the combined chunk. The flow family (smp)
    integrates the active experts' coefficients with ``sampler.steps`` Euler steps from t = 0
    (noise) to t = 1 (data), the active set fixed for the chunk, then combines
-   ``actions = sum_j w_j * basis[idx_j] @ x_j``.
+   ``actions = sum_j w_j * basis[idx_j] @ x_j`` (:func:`compose_skills`). The weights follow
+   the manifest's ``combination`` (``core/routing.py``), the one the model trained with.
 5. the chunk is denormalised (``a * std + mean``) into float64 [H, A].
 
 Determinism: the flow noise comes from ``numpy.random.default_rng(seed)``: each chunk draws a
@@ -43,6 +44,7 @@ __all__ = [
     "MoEPolicy",
     "ObservationError",
     "Policy",
+    "compose_skills",
     "merge_routing",
     "synthetic_observation",
 ]
@@ -86,6 +88,20 @@ def synthetic_observation(manifest: Manifest, seed: int | None = None) -> Observ
     return Observation(images=images, proprio=proprio)
 
 
+def compose_skills(
+    basis: np.ndarray, active: np.ndarray, weights: np.ndarray, coeffs: np.ndarray
+) -> np.ndarray:
+    """Flow family: sum_j weights[j] * basis[active[j]] @ coeffs[j] -> flat chunk [H*A].
+
+    ``basis`` [E, H*A, R] (orthonormal columns across experts), ``coeffs`` [k, R] the active
+    skills' denoised coefficients; float64. With ``combination: unit`` (weights 1) this is
+    the projection onto the active skills' span, what ``SMPModel`` trains.
+    """
+    b = np.asarray(basis, np.float64)[np.asarray(active, np.int64)]  # [k, H*A, R]
+    w = np.asarray(weights, np.float64)
+    return np.einsum("j,jmr,jr->m", w, b, np.asarray(coeffs, np.float64))
+
+
 def _ms(t0: int, t1: int) -> float:
     return (t1 - t0) / 1e6
 
@@ -107,16 +123,16 @@ class MoEPolicy:
         self.seed = int(seed)
         self.num_experts = m.experts.count
         if m.is_flow:
-            assert m.sampler is not None
-            if m.sampler.kind != "flow_euler":
-                raise BundleError(
-                    f"{bundle.path}: sampler.kind {m.sampler.kind!r} is not supported by this "
-                    "runtime (supported: flow_euler)"
-                )
+            assert m.sampler is not None  # the manifest schema admits only flow_euler
             self.steps = m.sampler.steps
             self.rank = m.sampler.rank
         self.routing_config = merge_routing(m.routing, routing)
-        self.strategy: RoutingStrategy = make_strategy(self.routing_config, self.num_experts)
+        self.combination = m.combination_weights
+        self.strategy: RoutingStrategy = make_strategy(
+            self.routing_config,
+            self.num_experts,
+            self.combination,  # type: ignore[arg-type]
+        )
 
         contract = graph_contract(m)
         self.stages: dict[str, Stage] = {}
@@ -267,8 +283,7 @@ class MoEPolicy:
             t = np.array([s * dt], np.float32)
             v = stage.run({"context": context, "expert_idx": idx, "x_t": x, "t": t})["velocity"]
             x = (x + np.float32(dt) * v).astype(np.float32)
-        basis = np.asarray(enc["basis"][0], np.float64)[idx]  # [k, H*A, R]
-        flat = np.einsum("j,jmr,jr->m", w.astype(np.float64), basis, x[0].astype(np.float64))
+        flat = compose_skills(enc["basis"][0], idx, w, x[0])
         return flat.reshape(self.manifest.action.chunk_length, self.manifest.action.dim)
 
     def infer(self, obs: Observation) -> PolicyOutput:

@@ -12,6 +12,13 @@ from typing import Any
 
 FAMILIES: tuple[str, ...] = ("adamoe", "smp", "dibm", "lar", "dense")
 DIRECT_FAMILIES: tuple[str, ...] = ("adamoe", "dibm", "lar", "dense")
+#: AdaMoE combination weights: ``router_plus_adapter`` is the released code's (router
+#: probability of a selected expert + the scale adapter's output); ``adapter_sigmoid`` is our
+#: earlier variant (sigmoid adapter weights alone, straight-through router gradient).
+ADAMOE_WEIGHTINGS: tuple[str, ...] = ("router_plus_adapter", "adapter_sigmoid")
+#: Config keys of earlier model versions that are accepted and ignored (not for smp, whose
+#: mixture-of-directions basis they configured; such checkpoints must be re-trained).
+OBSOLETE_KEYS: tuple[str, ...] = ("basis_mixtures",)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,11 @@ class ModelConfig:
     each expert MLP, ``top_k`` the default active-set size (for ``dense``: the number of
     experts whose active parameter count the dense head matches), ``latent_dim`` Z (lar),
     ``rank`` R skill coefficients per expert and ``sampler_steps`` Euler steps (smp).
+
+    Fidelity options: ``adamoe_weighting`` (see :data:`ADAMOE_WEIGHTINGS`; recorded in the
+    manifest as ``combination``), ``route_tau`` the gate-mass threshold SMP trains with and
+    its bundle defaults to, ``lar_latent_fraction`` the share of the step budget LAR-MoE
+    spends in stage 1 (latent pre-training).
     """
 
     family: str
@@ -54,10 +66,12 @@ class ModelConfig:
     latent_dim: int = 16
     rank: int = 4
     sampler_steps: int = 10
-    basis_mixtures: int = 4
     time_dim: int = 16
     energy_hidden: int = 64
     router_gain: float = 1.0
+    adamoe_weighting: str = "router_plus_adapter"
+    route_tau: float = 0.8
+    lar_latent_fraction: float = 0.3
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -67,8 +81,7 @@ class ModelConfig:
         positive = (
             "num_experts", "proprio_dim", "action_dim", "chunk_length", "context_dim",
             "expert_hidden", "expert_depth", "trunk_layers", "trunk_heads", "vision_channels",
-            "top_k", "latent_dim", "rank", "sampler_steps", "basis_mixtures", "time_dim",
-            "energy_hidden",
+            "top_k", "latent_dim", "rank", "sampler_steps", "time_dim", "energy_hidden",
         )  # fmt: skip
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -78,6 +91,17 @@ class ModelConfig:
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must be unique: {names}")
+        if self.adamoe_weighting not in ADAMOE_WEIGHTINGS:
+            raise ValueError(
+                f"adamoe_weighting must be one of {ADAMOE_WEIGHTINGS} "
+                f"(got {self.adamoe_weighting!r})"
+            )
+        if not 0.0 < self.route_tau <= 1.0:
+            raise ValueError(f"route_tau must be in (0, 1] (got {self.route_tau})")
+        if not 0.0 < self.lar_latent_fraction < 1.0:
+            raise ValueError(
+                f"lar_latent_fraction must be in (0, 1) (got {self.lar_latent_fraction})"
+            )
         if not self.router_gain > 0:
             raise ValueError(f"router_gain must be positive (got {self.router_gain})")
         if self.context_dim % self.trunk_heads:
@@ -110,6 +134,16 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
+        data = dict(data)
+        for key in OBSOLETE_KEYS:
+            if key in data:
+                if data.get("family") == "smp":
+                    raise ValueError(
+                        f"model config key {key!r} belongs to the earlier SMP model (a basis "
+                        "mixed from a few fixed directions); its weights do not fit the current "
+                        "state-dependent basis: re-train"
+                    )
+                del data[key]
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")

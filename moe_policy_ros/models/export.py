@@ -38,6 +38,7 @@ from moe_policy_ros.core.manifest import (
     CameraSpec,
     ExpertsSpec,
     Manifest,
+    NoveltySpec,
     ObservationSpec,
     ProprioSpec,
     Provenance,
@@ -46,8 +47,8 @@ from moe_policy_ros.core.manifest import (
     StageFile,
     write_manifest,
 )
-from moe_policy_ros.models.config import FAMILIES, CameraShape, ModelConfig
-from moe_policy_ros.models.families import MoEModel, build_model
+from moe_policy_ros.models.config import ADAMOE_WEIGHTINGS, FAMILIES, CameraShape, ModelConfig
+from moe_policy_ros.models.families import DiBMModel, MoEModel, build_model
 
 EXPORTER_VERSION = "moe_policy_ros.models.export 0.1.0"
 OPSET = 17
@@ -94,8 +95,18 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> MoEModel:
     if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
         raise ValueError(f"{path}: not a moe_policy_ros checkpoint (needs config, state_dict)")
     model = build_model(dict(data["config"]))
-    model.load_state_dict(data["state_dict"])
+    missing, unexpected = model.load_state_dict(data["state_dict"], strict=False)
+    # Di-BM calibration buffers postdate some checkpoints: absent = not calibrated
+    missing = [k for k in missing if k not in _OPTIONAL_STATE]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: checkpoint weights do not fit the {model.cfg.family} model: missing "
+            f"{missing}, unexpected {unexpected} (written by an incompatible model version?)"
+        )
     return model.eval()
+
+
+_OPTIONAL_STATE = frozenset({"energy_offset", "novelty_range", "calibration_samples"})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -109,13 +120,24 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def default_routing(family: str, top_k: int) -> RoutingConfig:
-    """The routing a bundle names as its default, per family."""
+def default_routing(family: str, top_k: int, tau: float = 0.8) -> RoutingConfig:
+    """The routing a bundle names as its default, per family (the models train with the
+    same selection: top-k with ``top_k``, smp gate mass with ``tau`` = ``route_tau``)."""
     if family == "dense":
         return RoutingConfig(strategy="dense", k=1)
     if family == "smp":
-        return RoutingConfig(strategy="sticky", sticky_base="mass", tau=0.8, k=top_k)
+        return RoutingConfig(strategy="sticky", sticky_base="mass", tau=tau, k=top_k)
     return RoutingConfig(strategy="topk", k=top_k)
+
+
+def novelty_spec(model: MoEModel) -> NoveltySpec | None:
+    """The calibrated novelty range of a Di-BM model (None: not dibm or not calibrated)."""
+    if not isinstance(model, DiBMModel) or not model.calibrated:
+        return None
+    q = [float(v) for v in model.novelty_range]
+    return NoveltySpec(
+        samples=int(model.calibration_samples), min=q[0], p50=q[1], p95=q[2], p99=q[3], max=q[4]
+    )
 
 
 def _encoder_inputs(model: MoEModel, gen: torch.Generator) -> tuple[Tensor, ...]:
@@ -342,7 +364,7 @@ def export_bundle(
             std=_stats(action_std, cfg.action_dim, 1.0),
         ),
         experts=ExpertsSpec(count=cfg.num_experts, labels=labels),
-        routing=routing or default_routing(cfg.family, cfg.top_k),
+        routing=routing or default_routing(cfg.family, cfg.top_k, cfg.route_tau),
         context_dim=cfg.context_dim,
         latent_dim=cfg.latent_dim if cfg.family == "lar" else 0,
         sampler=(
@@ -350,6 +372,8 @@ def export_bundle(
             if cfg.family == "smp"
             else None
         ),
+        combination=model.combination,  # type: ignore[arg-type]
+        novelty=novelty_spec(model),
         stages={
             "encoder": StageFile(file=ENCODER_FILE, sha256=sha256_file(enc_path)),
             "experts": StageFile(file=EXPERTS_FILE, sha256=sha256_file(exp_path)),
@@ -456,6 +480,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--router-gain", type=float, default=None, help="scale of the router's initial weights"
     )
+    parser.add_argument(
+        "--adamoe-weighting",
+        choices=ADAMOE_WEIGHTINGS,
+        default=None,
+        help="adamoe combination weights: router_plus_adapter (released code, default) or the "
+        "adapter_sigmoid variant",
+    )
     parser.add_argument("--control-period", type=float, default=0.02, help="s per step")
     for what in ("action", "proprio"):
         for stat, dflt in (("mean", "0"), ("std", "1")):
@@ -513,12 +544,14 @@ def run_export(args: argparse.Namespace) -> int:
             config["proprio_dim"] = config["action_dim"]
         if args.router_gain is not None:
             config["router_gain"] = args.router_gain
+        if args.adamoe_weighting is not None:
+            config["adamoe_weighting"] = args.adamoe_weighting
         if args.camera:
             config["cameras"] = [_parse_camera(c) for c in args.camera]
         model = build_model(config)
         source = f"randomly initialised {args.family} (seed {args.seed}, untrained)"
     cfg = model.cfg
-    base = default_routing(cfg.family, cfg.top_k)
+    base = default_routing(cfg.family, cfg.top_k, cfg.route_tau)
     overrides: dict[str, Any] = {}
     if args.routing:
         overrides["strategy"] = args.routing

@@ -34,15 +34,43 @@ def topk_mask(gate_logits: Tensor, k: int) -> Tensor:
     return torch.zeros_like(gate_logits).scatter(-1, idx, 1.0)
 
 
+def mass_mask(gate_logits: Tensor, tau: float, k_min: int = 1, k_max: int = 0) -> Tensor:
+    """[B, E] 0/1 mask of the smallest gate-ranked set whose linear mass reaches ``tau``.
+
+    The same choice as ``core/routing.py``'s ``MassRouting`` (ties toward the lower index,
+    absolute tolerance 1e-9, clamped to ``k_min..k_max``, ``k_max`` 0 = all), so training can
+    route the way a bundle with a gate-mass default routes at inference. No gradient.
+    """
+    e = gate_logits.shape[-1]
+    k_max = e if k_max <= 0 else min(k_max, e)
+    g = gate_logits.detach().softmax(dim=-1)
+    # stable descending order: ties keep the lower expert index first
+    order = torch.sort(-g, dim=-1, stable=True).indices
+    ranked = torch.gather(g, -1, order)
+    cum = ranked.cumsum(dim=-1)
+    count = (cum < tau - 1e-9).sum(dim=-1, keepdim=True) + 1  # first index reaching tau
+    count = count.clamp(min=k_min, max=k_max)
+    keep = (torch.arange(e, device=g.device).unsqueeze(0) < count).to(g.dtype)
+    return torch.zeros_like(g).scatter(-1, order, keep)
+
+
+def router_z_loss(gate_logits: Tensor) -> Tensor:
+    """ST-MoE router z-loss: mean over the batch of logsumexp(logits)^2.
+
+    Keeps router logits small so the softmax stays in a well-conditioned range; AdaMoE's
+    released code adds it to the load-balancing loss.
+    """
+    return (torch.logsumexp(gate_logits, dim=-1) ** 2).mean()
+
+
 def load_balancing_loss(gate_logits: Tensor, k: int) -> Tensor:
-    """Switch/GShard auxiliary load-balancing loss (AdaMoE applies it to the router only).
+    """Switch/GShard auxiliary load-balancing loss.
 
     L_lb = E * sum_i f_i * P_i, with f_i = (1 / (B k)) sum_b 1[i in topk_k(g_b)] the share of
     routing slots dispatched to expert i (no gradient) and P_i = (1/B) sum_b g_{b,i} the mean
     router probability. L_lb = 1 at perfect balance and grows to E/k as routing collapses. Its
-    gradient only reaches whatever produced ``gate_logits``; AdaMoE feeds it
-    ``router(context.detach())`` so that it cannot fight the task loss in the trunk, experts
-    or scale adapter.
+    gradient only reaches whatever produced ``gate_logits`` (AdaMoE's ``adapter_sigmoid``
+    variant feeds it ``router(context.detach())``; the released code's weighting does not).
     """
     e = gate_logits.shape[-1]
     probs = gate_logits.softmax(dim=-1)
@@ -113,6 +141,24 @@ def energy_nce_loss(energies: Tensor, resp: Tensor) -> Tensor:
     logp = (-energies).log_softmax(dim=0)
     t = resp / resp.sum(dim=0, keepdim=True).clamp_min(1e-12)
     return -(t * logp).sum(dim=0).mean()
+
+
+def curriculum_weights(energies: Tensor) -> Tensor:
+    """Di-BM per-expert data distribution over the batch: p_i(b) = softmax_b(-E_i(c_b)).
+
+    ``energies`` [B, E] -> [B, E], each column sums to 1: the observations expert i claims.
+    """
+    return (-energies).softmax(dim=0)
+
+
+def curriculum_entropy(energies: Tensor) -> Tensor:
+    """Mean over experts of the entropy (nats) of p_i(b) = softmax_b(-E_i(c_b)).
+
+    Maximised (subtracted from the loss) so that an expert's curriculum does not collapse
+    onto a handful of observations; ln(B) when an expert claims the whole batch evenly.
+    """
+    logp = (-energies).log_softmax(dim=0)
+    return -(logp.exp() * logp).sum(dim=0).mean()
 
 
 def latent_alignment_loss(z_student: Tensor, z_teacher: Tensor) -> Tensor:
