@@ -43,8 +43,8 @@ from moe_policy_ros.core.manifest import (
     ProprioSpec,
     Provenance,
     SamplerSpec,
-    TrainingProvenance,
     StageFile,
+    TrainingProvenance,
     write_manifest,
 )
 from moe_policy_ros.models.config import ADAMOE_WEIGHTINGS, FAMILIES, CameraShape, ModelConfig

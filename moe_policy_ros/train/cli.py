@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (never falls back)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0 = one per core)")
+    n_experts = TRAIN_MODEL_DEFAULTS["num_experts"]
     parser.add_argument("--experts", type=int, default=None,
-                        help=f"number of experts N (default {TRAIN_MODEL_DEFAULTS['num_experts']})")
+                        help=f"number of experts N (default {n_experts})")
     for key, flag, help_text in SIZE_OPTIONS:
         dflt = TRAIN_MODEL_DEFAULTS.get(key)
         parser.add_argument(flag, type=int, default=None,

@@ -225,7 +225,7 @@ def load_data(
         if missing:
             raise DatasetError(f"{ds.episode_paths()[i]}: no camera {missing}")
     stored = tuple(int(v) for v in np.asarray(first.images[cams[0]]).shape[1:3])
-    size = (int(image_size[0]), int(image_size[1])) if image_size else stored
+    size = (int(image_size[0]), int(image_size[1])) if image_size else (stored[0], stored[1])
     train_i, val_i = split_episodes(len(eps), val_fraction, split_seed)
     stats = stats or NormStats.of([eps[i] for i in train_i])
     train = FrameStore([eps[i] for i in train_i], cams, size, stats)

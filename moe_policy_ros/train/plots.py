@@ -42,7 +42,8 @@ def plot_metrics(metrics: Path, out: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
     if roll:
         xs, ys = zip(*roll, strict=True)
         ax2.plot(xs, [100 * y for y in ys], "o-", color="tab:green")

@@ -138,7 +138,8 @@ def phase_bounds(model: MoEModel, steps: int) -> list[tuple[str, int, int]]:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over trainable parameters; no weight decay on biases, norms and 1-D tensors."""
-    decay, no_decay = [], []
+    decay: list[Tensor] = []
+    no_decay: list[Tensor] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -155,8 +156,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 class Ema:
     """EMA copy of a model (parameters averaged, buffers copied)."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.model = copy.deepcopy(model).eval()
+    def __init__(self, model: MoEModel, decay: float) -> None:
+        self.model: MoEModel = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.decay = decay
@@ -166,8 +167,8 @@ class Ema:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        ema_p = list(self.model.parameters())
-        src_p = [p.detach() for p in model.parameters()]
+        ema_p: list[Tensor] = list(self.model.parameters())
+        src_p: list[Tensor] = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
         for eb, b in zip(self.model.buffers(), model.buffers(), strict=True):
             eb.copy_(b)
@@ -298,6 +299,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.last_val: float | None = None
         self.metrics_path = self.out / "metrics.jsonl"
+        self._saved_step = -1
         self._begin_phase(0)
         self.ema = Ema(self.model, cfg.ema_decay)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -368,12 +370,13 @@ class Trainer:
         self.rollouts = [RolloutRecord(**r) for r in tr.get("rollouts", [])]
         self.best = tr.get("best")
         self.last_val = tr.get("val_loss")
+        self._saved_step = self.step
 
     # ------------------------------------------------------------------ state
 
     def policy_model(self, calibration_samples: int | None = None) -> MoEModel:
         """A copy of the EMA model, calibrated on (a subset of) the training frames."""
-        m = copy.deepcopy(self.ema.model).eval()
+        m: MoEModel = copy.deepcopy(self.ema.model).eval()
         for p in m.parameters():  # frozen params would put the transformer on its fused
             p.requires_grad_(True)  # inference path, which has no ONNX export
         n = len(self.data.train)
@@ -422,6 +425,7 @@ class Trainer:
         data = self.checkpoint(self.policy_model(samples), rollout)
         path = self.out / "checkpoints" / f"step_{self.step:07d}.pt"
         _save_atomic(data, path)
+        self._saved_step = self.step
         tmp = self.out / f".last.pt.tmp{os.getpid()}"
         shutil.copyfile(path, tmp)
         os.replace(tmp, self.out / "last.pt")
@@ -467,8 +471,7 @@ class Trainer:
         if cfg.rollout_episodes <= 0:
             return None
         from moe_policy_ros.core.config import load_config
-        from moe_policy_ros.rollout import InProcessRunner, LoopSettings
-        from moe_policy_ros.rollout import default_params_file
+        from moe_policy_ros.rollout import InProcessRunner, LoopSettings, default_params_file
         from moe_policy_ros.train.export_run import export_trained
 
         task = cfg.rollout_task or self.data.task
@@ -523,8 +526,9 @@ class Trainer:
             shutil.copyfile(path, self.out / "best.pt")
         self.plot()
         if self.progress:
+            val_text = "n/a" if self.last_val is None else f"{self.last_val:.4g}"
             msg = (
-                f"step {self.step}: val loss {self.last_val if self.last_val is not None else 'n/a'}"
+                f"step {self.step}: val loss {val_text}"
                 + (f", rollout success {rec.successes}/{rec.episodes}" if rec.episodes else "")
                 + (" (best)" if better else "")
             )
@@ -540,8 +544,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def train(self) -> dict[str, Any]:
-        """Run to ``cfg.steps``; returns a summary. Ctrl-C / SIGTERM save a checkpoint first."""
+    def train(self, until: int | None = None) -> dict[str, Any]:
+        """Run to ``cfg.steps`` (or stop at ``until`` with a checkpoint, as an interruption
+        would); returns a summary. Ctrl-C / SIGTERM save a checkpoint first."""
         cfg = self.cfg
         prev = signal.getsignal(signal.SIGTERM)
 
@@ -557,7 +562,10 @@ class Trainer:
         except ValueError:  # not the main thread
             prev = None
         try:
-            self._loop()
+            limit = cfg.steps if until is None else min(until, cfg.steps)
+            self._loop(limit)
+            if self.step < cfg.steps and self._saved_step != self.step:
+                self.save()
         except KeyboardInterrupt:
             path = self.save()
             print(f"\ninterrupted at step {self.step}: saved {path}; continue with --resume",
@@ -573,7 +581,7 @@ class Trainer:
             "best": self.best,
         }
 
-    def _loop(self) -> None:
+    def _loop(self, limit: int) -> None:
         cfg = self.cfg
         from tqdm import tqdm
 
@@ -589,11 +597,12 @@ class Trainer:
         chunk = self.model_config.chunk_length
         done_final = False
         try:
-            while self.step < cfg.steps:
+            while self.step < limit:
                 name, start, end = self.phases[self.phase_index]
                 if self.step >= end:
                     self._begin_phase(self.phase_index + 1)
                     self.optimizer = make_optimizer(self.model, cfg)
+                    window.clear()  # the new phase has other loss terms
                     self.log({"kind": "phase", "step": self.step,
                               "phase": self.phases[self.phase_index][0]})
                     continue
@@ -657,5 +666,5 @@ class Trainer:
                     t_last, s_last = time.monotonic(), self.step  # steps/s: training only
         finally:
             bar.close()
-        if not done_final and self.step >= cfg.steps and not (self.out / "best.pt").exists():
+        if not done_final and self.step >= cfg.steps and self._saved_step != self.step:
             self._evaluate_and_save(final=True)
