@@ -65,7 +65,7 @@ class TrainConfig:
     image_size: list[int] | None = None  # (H, W); None = the dataset's stored size
     cameras: list[str] | None = None
     steps: int = 30000
-    batch_size: int = 32
+    batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 500
@@ -264,7 +264,7 @@ class Trainer:
                 f"{self.out} already holds a run (last.pt); pass --resume to continue it or "
                 "choose another --out"
             )
-        ckpt = read_checkpoint(resume_from, str(self.device)) if resume_from else None
+        ckpt = read_checkpoint(resume_from) if resume_from else None  # CPU: RNG states
         if ckpt is not None:
             saved = ckpt["training"]["run"]["train_config"]
             self.cfg = cfg = TrainConfig(**{**saved, "out": str(self.out)})
@@ -480,7 +480,7 @@ class Trainer:
         bundle = self.out / "rollout_bundle"
         policy = self.policy_model(cfg.calibrate_samples)
         data = self.checkpoint(policy)
-        export_trained(policy, data, bundle, name=f"{self.out.name}_step{self.step}")
+        export_trained(policy.cpu(), data, bundle, name=f"{self.out.name}_step{self.step}")
         params = Path(cfg.rollout_params) if cfg.rollout_params else default_params_file()
         seeds = list(range(cfg.rollout_seed_start, cfg.rollout_seed_start + cfg.rollout_episodes))
         settings = LoopSettings(max_steps=cfg.rollout_max_steps)
@@ -512,7 +512,14 @@ class Trainer:
         if val is not None:
             self.last_val = val["loss"]
             self.log({"kind": "val", "step": self.step, **val})
-        rec = self.rollout()
+        try:
+            rec = self.rollout()
+        except Exception as err:  # a broken rollout must not end hours of training
+            rec = None
+            self.log({"kind": "rollout_error", "step": self.step,
+                      "error": f"{type(err).__name__}: {err}"})
+            print(f"step {self.step}: rollout failed: {type(err).__name__}: {err}",
+                  file=sys.stderr)
         if rec is None:  # no rollouts: rank by validation loss alone
             rec = RolloutRecord(self.step, 0, 0, [], self.last_val, [])
         else:
