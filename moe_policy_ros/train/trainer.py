@@ -419,10 +419,13 @@ class Trainer:
             },
         }
 
-    def save(self, rollout: RolloutRecord | None = None, final: bool = False) -> Path:
-        """Write ``checkpoints/step_<n>.pt`` and ``last.pt``; prune old periodic ones."""
-        samples = None if final else self.cfg.calibrate_samples
-        data = self.checkpoint(self.policy_model(samples), rollout)
+    def save(self, rollout: RolloutRecord | None = None, policy: MoEModel | None = None) -> Path:
+        """Write ``checkpoints/step_<n>.pt`` and ``last.pt``; prune old periodic ones.
+
+        ``policy``: the calibrated EMA model to store (default: calibrated here on a subset).
+        """
+        policy = policy or self.policy_model(self.cfg.calibrate_samples)
+        data = self.checkpoint(policy, rollout)
         path = self.out / "checkpoints" / f"step_{self.step:07d}.pt"
         _save_atomic(data, path)
         self._saved_step = self.step
@@ -465,8 +468,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ rollouts
 
-    def rollout(self) -> RolloutRecord | None:
-        """Export the EMA policy and run it in-process on the rollout seeds."""
+    def rollout(self, policy: MoEModel) -> RolloutRecord | None:
+        """Export ``policy`` (the calibrated EMA) and run it in-process on the rollout seeds."""
         cfg = self.cfg
         if cfg.rollout_episodes <= 0:
             return None
@@ -478,9 +481,8 @@ class Trainer:
         if task is None:
             raise ValueError("rollouts need a task: the dataset names none; pass --task")
         bundle = self.out / "rollout_bundle"
-        policy = self.policy_model(cfg.calibrate_samples)
-        data = self.checkpoint(policy)
-        export_trained(policy.cpu(), data, bundle, name=f"{self.out.name}_step{self.step}")
+        cpu = copy.deepcopy(policy).cpu()
+        export_trained(cpu, self.checkpoint(cpu), bundle, name=f"{self.out.name}_step{self.step}")
         params = Path(cfg.rollout_params) if cfg.rollout_params else default_params_file()
         seeds = list(range(cfg.rollout_seed_start, cfg.rollout_seed_start + cfg.rollout_episodes))
         settings = LoopSettings(max_steps=cfg.rollout_max_steps)
@@ -512,8 +514,9 @@ class Trainer:
         if val is not None:
             self.last_val = val["loss"]
             self.log({"kind": "val", "step": self.step, **val})
+        policy = self.policy_model(None if final else self.cfg.calibrate_samples)
         try:
-            rec = self.rollout()
+            rec = self.rollout(policy)
         except Exception as err:  # a broken rollout must not end hours of training
             rec = None
             self.log({"kind": "rollout_error", "step": self.step,
@@ -528,18 +531,18 @@ class Trainer:
         path = self.out / "checkpoints" / f"step_{self.step:07d}.pt"
         if better:
             self.best = {**asdict(rec), "path": str(path)}
-        self.save(rollout=rec, final=final)
+        self.save(rollout=rec, policy=policy)
         if better:
             shutil.copyfile(path, self.out / "best.pt")
         self.plot()
-        if self.progress:
-            val_text = "n/a" if self.last_val is None else f"{self.last_val:.4g}"
-            msg = (
-                f"step {self.step}: val loss {val_text}"
-                + (f", rollout success {rec.successes}/{rec.episodes}" if rec.episodes else "")
-                + (" (best)" if better else "")
-            )
-            print(msg, file=sys.stderr, flush=True)
+        val_text = "n/a" if self.last_val is None else f"{self.last_val:.4g}"
+        print(
+            f"step {self.step}: val loss {val_text}"
+            + (f", rollout success {rec.successes}/{rec.episodes}" if rec.episodes else "")
+            + (" (best)" if better else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def plot(self) -> None:
         from moe_policy_ros.train.plots import plot_metrics
