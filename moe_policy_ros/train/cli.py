@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in --out from last.pt (its saved settings win)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (never falls back)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0 = one per core)")
+                        help="torch CPU threads (0 = one per core but one, at least 1: on a "
+                        "shared 2-core machine two threads ran 4x slower than one)")
     n_experts = TRAIN_MODEL_DEFAULTS["num_experts"]
     parser.add_argument("--experts", type=int, default=None,
                         help=f"number of experts N (default {n_experts})")
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     from moe_policy_ros.train.trainer import Trainer
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))
     try:
         trainer = Trainer(config_from_args(args), device=args.device, resume=args.resume,
                           progress=not args.no_progress)
