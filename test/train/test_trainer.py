@@ -203,3 +203,38 @@ def test_learning_rate_warms_up_then_decays() -> None:
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     assert lrs[-1] == pytest.approx(1e-4, rel=0.05)
+
+
+def test_rollouts_during_training_pick_the_best_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    """The periodic rollout exports the EMA policy and runs it in the sim (seeds 100..)."""
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    cfg = _config(dataset, run, steps=20, eval_every=10, rollout_episodes=1,
+                  rollout_max_steps=5)
+    Trainer(cfg, progress=False).train()
+    rollouts = [m for m in _metrics(run) if m["kind"] == "rollout"]
+    assert [r["step"] for r in rollouts] == [10, 20]
+    assert all(r["episodes"] == 1 and r["seeds"] == [100] for r in rollouts)
+    assert (run / "rollout_bundle" / "policy.yaml").is_file()
+    best = read_checkpoint(run / "best.pt")["training"]
+    assert best["rollout"]["seeds"] == [100]
+    # no success in 5 steps: the tie goes to the lower validation loss
+    vals = {r["step"]: r["val_loss"] for r in rollouts}
+    assert best["step"] == min(vals, key=lambda s: vals[s])
+
+
+def test_random_shift_moves_whole_images() -> None:
+    from moe_policy_ros.train.data import random_shift
+
+    x = torch.arange(2 * 3 * 8 * 10, dtype=torch.float32).reshape(2, 3, 8, 10)
+    gen = torch.Generator().manual_seed(0)
+    out = random_shift(x, 2, gen)
+    assert out.shape == x.shape
+    assert torch.equal(random_shift(x, 0, gen), x)
+    for b in range(2):  # each sample is a shifted window of its replicate-padded self
+        padded = torch.nn.functional.pad(x[b : b + 1], (2, 2, 2, 2), mode="replicate")[0]
+        hits = [
+            (dy, dx) for dy in range(5) for dx in range(5)
+            if torch.equal(padded[:, dy : dy + 8, dx : dx + 10], out[b])
+        ]
+        assert len(hits) == 1
