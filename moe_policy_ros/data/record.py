@@ -246,8 +246,7 @@ def record_dataset(
         raise ValueError(f"--episodes {episodes} must be >= 1")
     log = log if log is not None else (lambda msg: print(msg, file=sys.stderr, flush=True))
     max_seeds = max_seeds if max_seeds is not None else 2 * episodes + 10
-    out.mkdir(parents=True, exist_ok=True)
-    old = read_meta(out)
+    old = read_meta(out) if out.is_dir() else {}
     ident = cfg.identity()
     if old:
         for key, val in {**ident, "seed_start": seed_start}.items():
@@ -256,7 +255,7 @@ def record_dataset(
                     f"{out / 'meta.json'}: existing dataset has {key}={old.get(key)!r}, this run "
                     f"asks for {val!r}; record into another directory"
                 )
-    kept = _kept_on_disk(out)
+    kept = _kept_on_disk(out) if out.is_dir() else {}
     dropped: list[int] = [int(s) for s in old.get("seeds_dropped", [])]
     failed_kept: list[int] = [int(s) for s in old.get("seeds_failed_kept", [])]
     kept_seeds = set(kept.values())
@@ -300,8 +299,9 @@ def record_dataset(
             "versions": _versions(),
         }
 
-    recorder = Recorder(cfg)
+    recorder = Recorder(cfg)  # bad cameras or rates fail here, before anything is written
     try:
+        out.mkdir(parents=True, exist_ok=True)
         seed = max(tried) + 1 if tried else seed_start
         bar = tqdm(
             total=episodes,

@@ -373,7 +373,6 @@ class EndEffectorSim:
             for b in range(m.nbody):
                 if self._descends(b, root):
                     m.body_gravcomp[b] = 1.0
-        self.steps_per_control = 1
 
     def _descends(self, body: int, ancestor: int) -> bool:
         while body > 0:

@@ -103,9 +103,12 @@ def test_failed_replays_are_dropped_and_counted(tmp_path: Path) -> None:
     assert not list(out.glob("episode_*.hdf5"))
 
 
-def test_rerun_resumes_and_refuses_other_settings(tmp_path: Path, capsys) -> None:
+def test_rerun_resumes_and_refuses_other_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "ds"
     assert record(out, "--keep-failed", episodes=1) == 0
+    assert "1 episodes in" in capsys.readouterr().out
     first = (out / "episode_0.hdf5").read_bytes()
     assert record(out, "--keep-failed", episodes=2) == 0
     meta = json.loads((out / "meta.json").read_text())
@@ -121,3 +124,18 @@ def test_rerun_resumes_and_refuses_other_settings(tmp_path: Path, capsys) -> Non
     rc = main([*argv, "--steps", "41", *SHORT[2:], "--keep-failed"])
     assert rc == 2
     assert "steps=40" in capsys.readouterr().err
+
+
+def test_progress_bar_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ds"
+    argv = ["record", "--task", "insertion", "--episodes", "1", "--out", str(out)]
+    assert main([*argv, *SHORT[:-1], "--keep-failed"]) == 0  # with the progress bar
+    err = capsys.readouterr().err
+    assert "insertion" in err and "1/1" in err  # tqdm: description and count
+    other = ["record", "--task", "insertion", "--episodes", "1", "--out", str(tmp_path / "x")]
+    assert main([*other, *SHORT, "--cameras", "wrist_cam"]) == 2
+    assert "no camera 'wrist_cam'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        main([*argv, "--render-size", "640"])
+    assert "HxW" in capsys.readouterr().err
