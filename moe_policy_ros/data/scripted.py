@@ -128,7 +128,7 @@ def _v(x: float, y: float, z: float) -> np.ndarray:
     return np.array([x, y, z], dtype=float)
 
 
-def _wp(
+def waypoint(
     t_s: float, xyz: np.ndarray | Sequence[float], quat: np.ndarray, gripper: float
 ) -> Waypoint:
     x, y, z = (float(v) for v in xyz)
@@ -208,26 +208,26 @@ def transfer_cube_script(
     ls, lq = start["left"]
     rs, rq = start["right"]
     right = (
-        _wp(0.0, rs, rq, OPEN),
-        _wp(1.6, grasp + _v(0, 0, 0.10), q_rpick, OPEN),
-        _wp(2.4, grasp, q_rpick, OPEN),
-        _wp(2.8, grasp, q_rpick, CLOSED),
-        _wp(3.0, grasp + _v(0, 0, 0.04), q_rpick, CLOSED),
-        _wp(4.2, r_hold, q_rmeet, CLOSED),
-        _wp(5.9, r_hold, q_rmeet, CLOSED),
-        _wp(6.3, r_hold, q_rmeet, OPEN),
-        _wp(7.2, r_hold + _v(0.12, 0.0, 0.03), q_rmeet, OPEN),
-        _wp(8.0, r_hold + _v(0.12, 0.0, 0.03), q_rmeet, OPEN),
+        waypoint(0.0, rs, rq, OPEN),
+        waypoint(1.6, grasp + _v(0, 0, 0.10), q_rpick, OPEN),
+        waypoint(2.4, grasp, q_rpick, OPEN),
+        waypoint(2.8, grasp, q_rpick, CLOSED),
+        waypoint(3.0, grasp + _v(0, 0, 0.04), q_rpick, CLOSED),
+        waypoint(4.2, r_hold, q_rmeet, CLOSED),
+        waypoint(5.9, r_hold, q_rmeet, CLOSED),
+        waypoint(6.3, r_hold, q_rmeet, OPEN),
+        waypoint(7.2, r_hold + _v(0.12, 0.0, 0.03), q_rmeet, OPEN),
+        waypoint(8.0, r_hold + _v(0.12, 0.0, 0.03), q_rmeet, OPEN),
     )
     left = (
-        _wp(0.0, ls, lq, OPEN),
-        _wp(3.4, l_take + _v(-0.12, 0.0, 0.0), q_lmeet, OPEN),
-        _wp(4.2, l_take + _v(-0.12, 0.0, 0.0), q_lmeet, OPEN),
-        _wp(5.2, l_take, q_lmeet, OPEN),
-        _wp(5.7, l_take, q_lmeet, CLOSED),
-        _wp(6.3, l_take, q_lmeet, CLOSED),
-        _wp(7.2, l_take + _v(-0.05, 0.0, 0.0), q_lmeet, CLOSED),
-        _wp(8.0, l_take + _v(-0.05, 0.0, 0.0), q_lmeet, CLOSED),
+        waypoint(0.0, ls, lq, OPEN),
+        waypoint(3.4, l_take + _v(-0.12, 0.0, 0.0), q_lmeet, OPEN),
+        waypoint(4.2, l_take + _v(-0.12, 0.0, 0.0), q_lmeet, OPEN),
+        waypoint(5.2, l_take, q_lmeet, OPEN),
+        waypoint(5.7, l_take, q_lmeet, CLOSED),
+        waypoint(6.3, l_take, q_lmeet, CLOSED),
+        waypoint(7.2, l_take + _v(-0.05, 0.0, 0.0), q_lmeet, CLOSED),
+        waypoint(8.0, l_take + _v(-0.05, 0.0, 0.0), q_lmeet, CLOSED),
     )
     phases = (
         (0.0, "approach"),
@@ -285,24 +285,24 @@ def insertion_script(
     rs, rq = start["right"]
     up = np.array([0.0, 0.0, 0.10])
     right = (
-        _wp(0.0, rs, rq, OPEN),
-        _wp(1.6, peg_grasp + up, q_r, OPEN),
-        _wp(2.4, peg_grasp, q_r, OPEN),
-        _wp(2.8, peg_grasp, q_r, CLOSED),
-        _wp(3.2, peg_grasp + up * 0.6, q_r, CLOSED),
-        _wp(4.6, r_ready, q_r, CLOSED),
-        _wp(5.2, r_ready, q_r, CLOSED),
-        _wp(6.6, r_in, q_r, CLOSED),
-        _wp(8.0, r_in, q_r, CLOSED),
+        waypoint(0.0, rs, rq, OPEN),
+        waypoint(1.6, peg_grasp + up, q_r, OPEN),
+        waypoint(2.4, peg_grasp, q_r, OPEN),
+        waypoint(2.8, peg_grasp, q_r, CLOSED),
+        waypoint(3.2, peg_grasp + up * 0.6, q_r, CLOSED),
+        waypoint(4.6, r_ready, q_r, CLOSED),
+        waypoint(5.2, r_ready, q_r, CLOSED),
+        waypoint(6.6, r_in, q_r, CLOSED),
+        waypoint(8.0, r_in, q_r, CLOSED),
     )
     left = (
-        _wp(0.0, ls, lq, OPEN),
-        _wp(1.6, sock_grasp + up, q_l, OPEN),
-        _wp(2.4, sock_grasp, q_l, OPEN),
-        _wp(2.8, sock_grasp, q_l, CLOSED),
-        _wp(3.2, sock_grasp + up * 0.6, q_l, CLOSED),
-        _wp(4.6, l_meet, q_l, CLOSED),
-        _wp(8.0, l_meet, q_l, CLOSED),
+        waypoint(0.0, ls, lq, OPEN),
+        waypoint(1.6, sock_grasp + up, q_l, OPEN),
+        waypoint(2.4, sock_grasp, q_l, OPEN),
+        waypoint(2.8, sock_grasp, q_l, CLOSED),
+        waypoint(3.2, sock_grasp + up * 0.6, q_l, CLOSED),
+        waypoint(4.6, l_meet, q_l, CLOSED),
+        waypoint(8.0, l_meet, q_l, CLOSED),
     )
     phases = (
         (0.0, "approach"),

@@ -139,3 +139,29 @@ def test_progress_bar_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         main([*argv, "--render-size", "640"])
     assert "HxW" in capsys.readouterr().err
+
+
+def test_script_interpolates_waypoints_and_labels_phases() -> None:
+    q0 = scripted.gripper_quat("left", 0.0)
+    q1 = scripted.gripper_quat("left", np.pi / 2)
+    s = scripted.Script(
+        "t",
+        {
+            "left": (
+                scripted.waypoint(0.0, (0, 0, 0), q0, 1.0),
+                scripted.waypoint(2.0, (0.2, 0, 0), q1, 0.0),
+            )
+        },
+        ((0.0, "a"), (1.5, "b")),
+    )
+    xyz, q, g = s.pose_at("left", 1.0)
+    np.testing.assert_allclose(xyz, [0.1, 0, 0])
+    assert g == pytest.approx(0.5)
+    # halfway in orientation: the gripper's x axis tilted 45 degrees down
+    x_axis = scripted.quat_to_mat(q)[:, 0]
+    np.testing.assert_allclose(x_axis, [np.sqrt(0.5), 0, -np.sqrt(0.5)], atol=1e-9)
+    np.testing.assert_allclose(s.pose_at("left", 9.0)[0], [0.2, 0, 0])
+    assert [s.phase_at(t) for t in (0.0, 1.49, 1.5, 5.0)] == [0, 0, 1, 1]
+    # the right gripper faces -x (toward the left arm), tilted down the same way
+    right = scripted.quat_to_mat(scripted.gripper_quat("right", np.pi / 2))[:, 0]
+    np.testing.assert_allclose(right, [0, 0, -1], atol=1e-9)
