@@ -200,9 +200,14 @@ class Recorder:
         return Replay(ep, first is not None, first, t1 - t0, time.perf_counter() - t1, render_s)
 
 
-def _kept_on_disk(out: Path) -> dict[int, int]:
-    """episode index -> seed, from the episode files present (the truth after a crash)."""
+def _kept_on_disk(out: Path) -> tuple[dict[int, int], list[int]]:
+    """(episode index -> seed, seeds whose replay failed) from the episode files present.
+
+    The files, not ``meta.json``, are the truth after a crash: each is renamed into place
+    only once complete.
+    """
     kept: dict[int, int] = {}
+    failed: list[int] = []
     for p in out.iterdir():
         m = EPISODE_RE.match(p.name)
         if not m:
@@ -210,12 +215,15 @@ def _kept_on_disk(out: Path) -> dict[int, int]:
         try:
             with h5py.File(p, "r") as f:
                 seed = int(f.attrs["seed"])
+                ok = bool(f.attrs["success"])
         except (OSError, KeyError) as err:
             raise DatasetError(
-                f"{p}: unreadable or without a 'seed' attr ({err}); remove it to resume"
+                f"{p}: unreadable or without 'seed'/'success' attrs ({err}); remove it to resume"
             ) from err
         kept[int(m.group(1))] = seed
-    return kept
+        if not ok:
+            failed.append(seed)
+    return kept, failed
 
 
 def _versions() -> dict[str, str]:
@@ -255,9 +263,8 @@ def record_dataset(
                     f"{out / 'meta.json'}: existing dataset has {key}={old.get(key)!r}, this run "
                     f"asks for {val!r}; record into another directory"
                 )
-    kept = _kept_on_disk(out) if out.is_dir() else {}
+    kept, failed_kept = _kept_on_disk(out) if out.is_dir() else ({}, [])
     dropped: list[int] = [int(s) for s in old.get("seeds_dropped", [])]
-    failed_kept: list[int] = [int(s) for s in old.get("seeds_failed_kept", [])]
     kept_seeds = set(kept.values())
     dropped = [s for s in dropped if s not in kept_seeds]
     tried = kept_seeds | set(dropped)

@@ -119,6 +119,7 @@ def test_rerun_resumes_and_refuses_other_settings(
     assert record(out, "--keep-failed", episodes=3) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["seeds_kept"] == [0, 1, 2]
+    assert meta["seeds_failed_kept"] == [0, 1, 2]  # 40-step replays fail; read from the files
     capsys.readouterr()
     argv = ["record", "--task", "transfer_cube", "--episodes", "3", "--out", str(out)]
     rc = main([*argv, "--steps", "41", *SHORT[2:], "--keep-failed"])
