@@ -5,9 +5,12 @@ How a demonstration is made (the ACT recipe, written here from scratch):
 1. :class:`EndEffectorSim` loads ``bimanual_viperx_end_effector_<task>.xml``: the same arms,
    but each ``gripper_link`` welded to a mocap body and no arm actuators. We set both welds'
    relative pose to identity, so the mocap pose *is* the commanded gripper-link pose (MuJoCo 3
-   would otherwise take it from ``qpos0``, where the arms are stretched out).
-2. A :class:`Script` holds, per arm, time-stamped waypoints of the tool point (between the
-   fingertips, ``TOOL_OFFSET_M`` along the gripper's x axis), its orientation and the gripper
+   would otherwise take it from ``qpos0``, where the arms are stretched out), and make the
+   scene a tight inverse kinematics: stiff welds, no dry friction on the arm joints, arm
+   gravity compensated. (As shipped, the soft welds drag the arms against 50-60 N m of joint
+   friction and lagged the targets by up to 8 cm in our runs, too much to grasp.)
+2. A :class:`Script` holds, per arm, time-stamped waypoints of the tool point (the middle of
+   the finger pads, ``TOOL_OFFSET_M`` along the gripper's x axis), its orientation and the gripper
    opening, plus named phases. Positions are linearly interpolated, orientations slerped.
 3. :func:`plan` runs the script at the control rate (50 Hz) in the mocap scene and reads the
    arm joints after every control step: ``actions[t]`` is the joint position the arm reached
@@ -45,7 +48,7 @@ from moe_policy_ros.sim.aloha import (
 )
 
 CONTROL_HZ = 50.0
-TOOL_OFFSET_M = 0.12  # gripper_link origin -> point between the fingertips, along gripper x
+TOOL_OFFSET_M = 0.12  # gripper_link origin -> middle of the finger pads (tips at 0.154 m)
 _EE_XML = {
     "transfer_cube": "bimanual_viperx_end_effector_transfer_cube.xml",
     "insertion": "bimanual_viperx_end_effector_insertion.xml",
