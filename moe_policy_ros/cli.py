@@ -49,6 +49,12 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "live terminal view of mode, experts, gates, latency and rates",
     ),
+    "record": (
+        "moe_policy_ros.data.record",
+        "add_arguments",
+        "run",
+        "record scripted ALOHA demonstrations (replayed in the joint-space sim) to HDF5",
+    ),
     "train": (
         "moe_policy_ros.train.cli",
         "add_arguments",
