@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "config/sim_dual_arm.yaml, make demo's)")
     parser.add_argument("--in-process", action="store_true",
                         help="sim and runtime in this process, no ROS")
+    parser.add_argument("--replay", type=Path, default=None, metavar="DATASET",
+                        help="instead of a bundle, replay the dataset's recorded commands "
+                        "(episodes by seed) through the same control path")
+    parser.add_argument("--replay-chunk", type=int, default=25,
+                        help="chunk length of the replay (control steps)")
     parser.add_argument("--routing", choices=("dense", "topk", "mass", "sticky"), default=None,
                         help="routing strategy (default: the bundle's)")
     parser.add_argument("--k", type=int, default=None, help="top-k / sticky k")
@@ -90,6 +95,11 @@ def make_runner(args: argparse.Namespace, bundle: Path, params: Path) -> Episode
         render_size=tuple(args.render_size),
         episode_timeout_s=args.episode_timeout,
     )
+    if args.in_process and args.replay is not None:
+        from moe_policy_ros.rollout import ReplayRunner
+
+        return ReplayRunner(args.replay, args.task, cfg, settings=settings,
+                            chunk_length=args.replay_chunk)
     if args.in_process:
         from moe_policy_ros.rollout import InProcessRunner
 
@@ -112,15 +122,15 @@ def run(args: argparse.Namespace) -> int:
 
             bundle = resolve_bundle(load_config(params).policy.bundle, params)
         runner = make_runner(args, bundle, params)
-    except (NotImplementedError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (NotImplementedError, FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
     from tqdm import tqdm
 
     seeds = list(range(args.seed_start, args.seed_start + args.episodes))
     mode = "in-process" if args.in_process else "ros2"
-    print(f"evaluate {bundle} on {args.task}, {mode}, seeds {seeds[0]}..{seeds[-1]}",
-          flush=True)
+    what = f"the commands recorded in {args.replay}" if args.replay else str(bundle)
+    print(f"evaluate {what} on {args.task}, {mode}, seeds {seeds[0]}..{seeds[-1]}", flush=True)
     results: list[EpisodeResult] = []
     t0 = time.monotonic()
     bar = tqdm(seeds, desc="episodes", unit="ep", disable=args.no_progress, file=sys.stderr)
@@ -132,9 +142,14 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"success {k}/{len(results)}")
             status = "success" if r.success else "failure"
             detail = f" ({r.error})" if r.error else ""
+            experts = (
+                f", {r.mean_active_experts:.2f} active experts, {r.switches} switches"
+                if r.latencies_ms
+                else ""
+            )
             tqdm.write(
-                f"seed {seed}: {status} after {r.steps} steps, max reward {r.max_reward}, "
-                f"{r.mean_active_experts:.2f} active experts, {r.switches} switches{detail}",
+                f"seed {seed}: {status} after {r.steps} steps, max reward {r.max_reward}"
+                f"{experts}{detail}",
                 file=sys.stdout,
             )
     finally:
@@ -155,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         doc = {
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "mode": mode,
-            "bundle": str(bundle),
+            "bundle": None if args.replay else str(bundle),
+            "replay": str(args.replay) if args.replay else None,
             "params": str(params),
             "task": args.task,
             "seeds": seeds,

@@ -128,70 +128,50 @@ class EpisodeResult:
         return d
 
 
-class InProcessRunner:
-    """One bundle in one sim, episode after episode (:meth:`run` per seed)."""
+class _ClosedLoop:
+    """The sim and the node's control path (scheduler, arbiter, safety filter); subclasses
+    supply the chunks (:meth:`_chunk`)."""
 
-    def __init__(
-        self,
-        bundle_dir: str | Path,
-        task: str,
-        config: RuntimeConfig,
-        *,
-        routing: RoutingConfig | None = None,
-        settings: LoopSettings | None = None,
-        policy_seed: int = 0,
-    ) -> None:
-        from moe_policy_ros.core.backends.ort import OrtBackend
+    num_experts = 0
+    _usage: np.ndarray
+
+    def __init__(self, task: str, config: RuntimeConfig, settings: LoopSettings | None) -> None:
         from moe_policy_ros.sim.aloha import JOINT_NAMES, AlohaSim
 
         self.settings = settings or LoopSettings()
         self.config = config
-        self.bundle = load_bundle(bundle_dir, expected_sha256=config.policy.sha256)
-        m = self.bundle.manifest
-        self.manifest = m
         robot = tuple(config.robot.joint_names)
         sim_joints = tuple(JOINT_NAMES)
         unknown = sorted({*robot} - {*sim_joints})
         if unknown:
             raise ValueError(f"robot joints {unknown} are not joints of the ALOHA sim")
-        missing = sorted(
-            {j for j in (*m.action.joints, *m.observation.proprio.joints) if j not in robot}
-        )
-        if missing:
-            raise ValueError(
-                f"bundle {bundle_dir} uses joints {missing} that robot.arms does not have "
-                f"(robot joints: {list(robot)})"
-            )
         self._robot_joints = robot
         self._to_robot = np.array([sim_joints.index(j) for j in robot])
-        self._action_idx = np.array([robot.index(j) for j in m.action.joints])
-        self._proprio_idx = np.array([robot.index(j) for j in m.observation.proprio.joints])
-        backend = OrtBackend("cpu", intra_op_threads=config.policy.intra_op_threads)
-        self.policy = MoEPolicy(self.bundle, backend, routing=routing, seed=policy_seed)
-        self.policy.warmup(config.policy.warmup_runs)
         self.sim = AlohaSim(task, seed=None)
         self.task = task
-        h, w = self.settings.render_size
-        self._cameras = [
-            (c.name, (c.height, c.width), self.sim.camera(c.name, width=w, height=h))
-            for c in m.observation.cameras
-        ]
         p = config.policy
         self._period_s = p.control_period_s
         ratio = p.control_rate_hz / p.inference_rate_hz
         self._infer_every = max(1, round(ratio))
         self._substeps = max(1, round(self._period_s / self.sim.timestep))
 
-    def close(self) -> None:
-        for _, _, renderer in self._cameras:
-            renderer.close()
-        self._cameras = []
+    def _reset(self, seed: int) -> None:
+        """Called after the sim reset, before the first step of an episode."""
 
-    def __enter__(self) -> InProcessRunner:
+    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
+               ks: list[int]) -> np.ndarray:
+        """The [H, J] chunk (robot joint order) for the observation at ``step``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _ClosedLoop:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
 
     # ------------------------------------------------------------------ episodes
 
@@ -212,14 +192,14 @@ class InProcessRunner:
     def _episode(self, res: EpisodeResult, t0: float, ks: list[int]) -> None:
         cfg, st, sim = self.config, self.settings, self.sim
         sim.reset(res.seed)
-        self.policy.reset()
+        self._usage = np.zeros(self.num_experts, np.int64)
+        self._reset(res.seed)
         n = len(self._robot_joints)
         sched = ChunkScheduler.from_config(cfg.policy.execution, n)
         clock = FakeClock()
         safety = SafetyFilter(cfg.robot, cfg.safety, self._period_s)
         arb = CommandArbiter(cfg.handover, safety, clock)
         period_ns = round(self._period_s * 1e9)
-        usage = np.zeros(self.manifest.experts.count, np.int64)
         warm = False
         refusal = ""
         nan_pending = False
@@ -231,21 +211,8 @@ class InProcessRunner:
                 )
             q = sim.joint_positions()[self._to_robot]
             if step % self._infer_every == 0:
-                images = {name: resize_to(r.render(), size) for name, size, r in self._cameras}
-                obs = Observation(
-                    images=images,
-                    proprio=q[self._proprio_idx].astype(np.float32),
-                    stamp_ns=clock.now_ns(),
-                )
-                out = self.policy.infer(obs)
+                chunk = self._chunk(step, q, res, ks)
                 res.chunks += 1
-                res.latencies_ms.append(out.timings_ms["total"])
-                dec = out.decision
-                ks.append(dec.k)
-                usage[dec.active] += 1
-                res.switches += int(dec.state.switched)
-                chunk = np.repeat(q[None, :], out.actions.shape[0], axis=0)
-                chunk[:, self._action_idx] = out.actions
                 if np.all(np.isfinite(chunk)):
                     sched.add_chunk(step + 1, chunk)
                     warm = True
@@ -279,9 +246,120 @@ class InProcessRunner:
                     res.success_step = step
                 if st.stop_on_success:
                     break
-        res.expert_usage = [int(u) for u in usage]
+        res.expert_usage = [int(u) for u in self._usage]
         if res.engaged_step is None:
             res.error = f"autonomy never engaged: {refusal or 'no policy command'}"
+
+
+class InProcessRunner(_ClosedLoop):
+    """One bundle in one sim, episode after episode (:meth:`run` per seed)."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        task: str,
+        config: RuntimeConfig,
+        *,
+        routing: RoutingConfig | None = None,
+        settings: LoopSettings | None = None,
+        policy_seed: int = 0,
+    ) -> None:
+        from moe_policy_ros.core.backends.ort import OrtBackend
+
+        self.bundle = load_bundle(bundle_dir, expected_sha256=config.policy.sha256)
+        m = self.bundle.manifest
+        self.manifest = m
+        self.num_experts = m.experts.count
+        robot = tuple(config.robot.joint_names)
+        missing = sorted(
+            {j for j in (*m.action.joints, *m.observation.proprio.joints) if j not in robot}
+        )
+        if missing:
+            raise ValueError(
+                f"bundle {bundle_dir} uses joints {missing} that robot.arms does not have "
+                f"(robot joints: {list(robot)})"
+            )
+        super().__init__(task, config, settings)
+        self._action_idx = np.array([robot.index(j) for j in m.action.joints])
+        self._proprio_idx = np.array([robot.index(j) for j in m.observation.proprio.joints])
+        backend = OrtBackend("cpu", intra_op_threads=config.policy.intra_op_threads)
+        self.policy = MoEPolicy(self.bundle, backend, routing=routing, seed=policy_seed)
+        self.policy.warmup(config.policy.warmup_runs)
+        h, w = self.settings.render_size
+        self._cameras = [
+            (c.name, (c.height, c.width), self.sim.camera(c.name, width=w, height=h))
+            for c in m.observation.cameras
+        ]
+
+    def close(self) -> None:
+        for _, _, renderer in self._cameras:
+            renderer.close()
+        self._cameras = []
+
+    def _reset(self, seed: int) -> None:
+        self.policy.reset()
+
+    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
+               ks: list[int]) -> np.ndarray:
+        images = {name: resize_to(r.render(), size) for name, size, r in self._cameras}
+        obs = Observation(
+            images=images,
+            proprio=q[self._proprio_idx].astype(np.float32),
+            stamp_ns=round(step * self._period_s * 1e9),
+        )
+        out = self.policy.infer(obs)
+        res.latencies_ms.append(out.timings_ms["total"])
+        dec = out.decision
+        ks.append(dec.k)
+        self._usage[dec.active] += 1
+        res.switches += int(dec.state.switched)
+        chunk = np.repeat(q[None, :], out.actions.shape[0], axis=0)
+        chunk[:, self._action_idx] = out.actions
+        return chunk
+
+class ReplayRunner(_ClosedLoop):
+    """Recorded commands instead of a policy: episode ``seed``'s actions, chunked as a policy
+    would chunk them (``actions[s+1 .. s+H]`` for the observation at step ``s``), through the
+    same scheduler, arbiter and safety filter. It checks that the demonstrations, the control
+    path and the parameter file agree: what it cannot do, no policy trained on them can."""
+
+    def __init__(
+        self,
+        dataset: str | Path,
+        task: str,
+        config: RuntimeConfig,
+        *,
+        settings: LoopSettings | None = None,
+        chunk_length: int = 25,
+    ) -> None:
+        from moe_policy_ros.data.episodes import Dataset
+
+        super().__init__(task, config, settings)
+        self.dataset = Dataset.open(dataset, joint_names=self._robot_joints)
+        names = [p.name for p in self.dataset.episode_paths()]
+        listed = {
+            str(e["file"]): int(e["seed"])
+            for e in self.dataset.meta.get("episodes", [])
+            if isinstance(e, dict) and "file" in e and e.get("seed") is not None
+        }
+        self._by_seed: dict[int, int] = {}
+        for i, name in enumerate(names):
+            seed = listed[name] if name in listed else self.dataset[i].seed  # slow path
+            if seed is not None:
+                self._by_seed[int(seed)] = i
+        self.chunk_length = int(chunk_length)
+        self._actions = np.zeros((1, len(self._robot_joints)))
+
+    def _reset(self, seed: int) -> None:
+        if seed not in self._by_seed:
+            raise KeyError(f"{self.dataset.root} has no episode recorded from seed {seed}")
+        self._actions = np.asarray(self.dataset[self._by_seed[seed]].action, np.float64)
+
+    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
+               ks: list[int]) -> np.ndarray:
+        n = self._actions.shape[0]
+        idx = np.minimum(np.arange(step + 1, step + 1 + self.chunk_length), n - 1)
+        return self._actions[idx]
 
 
 @dataclass(frozen=True)

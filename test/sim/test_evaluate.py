@@ -98,3 +98,33 @@ def test_evaluate_without_a_mode_says_what_to_pass() -> None:
     from moe_policy_ros.cli import main
 
     assert main(["evaluate", "--episodes", "1"]) == 2
+
+
+def test_a_scripted_demonstration_succeeds_through_the_control_path(tmp_path: Path) -> None:
+    """The script's commands, chunked like a policy's and sent through the node's scheduler,
+    arbiter (engage blend) and safety filter with make demo's parameters, still solve the
+    task: what the replay cannot do, no policy trained on the demonstrations could."""
+    import numpy as np
+
+    from moe_policy_ros.data import scripted
+    from moe_policy_ros.data.episodes import ALOHA_JOINT_NAMES, Episode, write_episode, write_meta
+    from moe_policy_ros.rollout import ReplayRunner
+
+    plan = scripted.plan("transfer_cube", 3, steps=400)
+    n = plan.actions.shape[0]
+    write_episode(
+        tmp_path / "episode_0.hdf5",
+        Episode(ALOHA_JOINT_NAMES, np.zeros((n, 14), np.float32),
+                plan.actions.astype(np.float32), {"top": np.zeros((n, 8, 8, 3), np.uint8)},
+                50.0, task="transfer_cube", seed=3),
+    )
+    write_meta(tmp_path, {"task": "transfer_cube", "episodes": [
+        {"file": "episode_0.hdf5", "seed": 3}]})
+    cfg = load_config(default_params_file())
+    with ReplayRunner(tmp_path, "transfer_cube", cfg) as runner:
+        res = runner.run(3)
+        # chunk of step 0 starts at step 1; engage is asked after tick 1, AUTONOMY from tick 2
+        assert res.error == "" and res.engaged_step == 2, res.error
+        assert res.success and res.success_step is not None
+        missing = runner.run(4)
+    assert not missing.success and "no episode recorded from seed 4" in missing.error
