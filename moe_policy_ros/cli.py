@@ -55,11 +55,23 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "check this machine (ROS, DDS, GL, ONNX Runtime/GPU, RealSense, bundles, a params file)",
     ),
-    "demo": (
-        "moe_policy_ros.demo",
+    "record": (
+        "moe_policy_ros.data.record",
         "add_arguments",
         "run",
-        "simulated dual-arm robot + bundled model for ~30 s, then a report",
+        "record scripted ALOHA demonstrations (replayed in the joint-space sim) to HDF5",
+    ),
+    "train": (
+        "moe_policy_ros.train.cli",
+        "add_arguments",
+        "run",
+        "train an MoE policy family on recorded episodes (checkpoints, rollouts, resume)",
+    ),
+    "evaluate": (
+        "moe_policy_ros.evaluate",
+        "add_arguments",
+        "run",
+        "success rate of a bundle on a task over fixed seeds (--in-process: no ROS)",
     ),
 }
 

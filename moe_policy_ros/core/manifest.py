@@ -187,6 +187,26 @@ def _is_sha256(v: str) -> bool:
     return len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
+class TrainingProvenance(_M):
+    """Where a trained bundle came from (written by ``moe-policy-ros export --checkpoint`` for
+    checkpoints of ``moe-policy-ros train``): data, budget, and how it was selected."""
+
+    trainer: str = ""
+    dataset: str = ""
+    dataset_sha256: str = ""
+    task: str = ""
+    demo_seeds: tuple[int, ...] = ()
+    train_episodes: int = 0
+    val_episodes: int = 0
+    steps: int = 0
+    wall_time_s: float = 0.0
+    val_loss: float | None = None
+    rollout_successes: int | None = None
+    rollout_episodes: int = 0
+    rollout_seeds: tuple[int, ...] = ()
+    train_seed: int = 0
+
+
 class Provenance(_M):
     exporter: str = ""
     created: str = ""
@@ -200,6 +220,7 @@ class Provenance(_M):
         "from (kept outside the bundle; the torch backend checks it); empty = none",
     )
     notes: str = ""
+    training: TrainingProvenance | None = None
 
 
 class NoveltySpec(_M):

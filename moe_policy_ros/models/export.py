@@ -44,6 +44,7 @@ from moe_policy_ros.core.manifest import (
     Provenance,
     SamplerSpec,
     StageFile,
+    TrainingProvenance,
     write_manifest,
 )
 from moe_policy_ros.models.config import ADAMOE_WEIGHTINGS, FAMILIES, CameraShape, ModelConfig
@@ -277,12 +278,14 @@ def export_bundle(
     seed: int = 0,
     checkpoint_out: str | Path | None = None,
     source_checkpoint: str | Path | None = None,
+    training: TrainingProvenance | None = None,
 ) -> Path:
     """Export ``model`` into ``out_dir`` and return the manifest path (``policy.yaml``).
 
     ``checkpoint_out`` writes the model's weights-only checkpoint there (it must lie outside
     ``out_dir``); ``source_checkpoint`` names the checkpoint the model was loaded from. The
-    SHA-256 of whichever is given lands in ``provenance.checkpoint_sha256``.
+    SHA-256 of whichever is given lands in ``provenance.checkpoint_sha256``; ``training``
+    (see :func:`trained_export_kwargs`) in ``provenance.training``.
 
     ``cameras`` default to the model's cameras with mean/std 0.5; ``joints`` (action joint
     names) and ``proprio_joints`` default to the 14 ALOHA names when the dims are 14, else
@@ -389,6 +392,7 @@ def export_bundle(
             source=source or "randomly initialised reference model (untrained)",
             parity_max_abs_err=float(f"{parity['max']:.3g}"),
             checkpoint_sha256=ckpt_sha,
+            training=training,
             notes=notes
             or (
                 f"parity encoder {parity['encoder']:.3g}, experts {parity['experts']:.3g} "
@@ -529,9 +533,13 @@ def _stat_arg(text: str | None, dim: int) -> list[float] | None:
 def run_export(args: argparse.Namespace) -> int:
     """Build or load the model, export it, print the parity error; 0 on success."""
     torch.manual_seed(args.seed)
+    trained: dict[str, Any] = {}
     if args.checkpoint is not None:
         model = load_checkpoint(args.checkpoint)
         source = str(args.checkpoint)
+        trained = trained_export_kwargs(
+            torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        )
     else:
         config: dict[str, Any] = {"family": args.family, "num_experts": args.experts}
         for key, _, _ in _SIZE_OPTIONS:
@@ -561,21 +569,28 @@ def run_export(args: argparse.Namespace) -> int:
         overrides["sticky_base"] = args.sticky_base
     routing = RoutingConfig(**{**base.model_dump(), **overrides})
     name = args.name or Path(args.out).name
+    given = {
+        "action_mean": _stat_arg(args.action_mean, cfg.action_dim),
+        "action_std": _stat_arg(args.action_std, cfg.action_dim),
+        "proprio_mean": _stat_arg(args.proprio_mean, cfg.proprio_dim),
+        "proprio_std": _stat_arg(args.proprio_std, cfg.proprio_dim),
+    }
+    kwargs: dict[str, Any] = {
+        "control_period_s": args.control_period,
+        "source": source,
+        **trained,  # a trained checkpoint's joints, stats, cameras and provenance
+        **{k: v for k, v in given.items() if v is not None},  # explicit flags win
+    }
     try:
         path = export_bundle(
             model,
             args.out,
             name=name,
-            control_period_s=args.control_period,
-            action_mean=_stat_arg(args.action_mean, cfg.action_dim),
-            action_std=_stat_arg(args.action_std, cfg.action_dim),
-            proprio_mean=_stat_arg(args.proprio_mean, cfg.proprio_dim),
-            proprio_std=_stat_arg(args.proprio_std, cfg.proprio_dim),
             routing=routing,
-            source=source,
             seed=args.seed,
             checkpoint_out=args.save_checkpoint,
             source_checkpoint=args.checkpoint,
+            **kwargs,
         )
     except ExportError as err:
         print(f"export failed: {err}")
@@ -591,6 +606,72 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"parity max abs error (onnxruntime vs torch): {m.provenance.parity_max_abs_err:.3g}")
     print(m.provenance.notes)
     return 0
+
+
+# --------------------------------------------------------------------------- trained checkpoints
+# (owned by the training work, issue 10 part 3: what a `moe-policy-ros train` checkpoint adds)
+
+#: The model size flags, shared with ``moe-policy-ros train``.
+SIZE_OPTIONS = _SIZE_OPTIONS
+
+
+def trained_export_kwargs(data: dict[str, Any]) -> dict[str, Any]:
+    """:func:`export_bundle` keyword arguments from a ``moe-policy-ros train`` checkpoint.
+
+    ``data`` is the loaded checkpoint dict; one without a ``training`` section gives ``{}``.
+    The run description in it supplies the joint names, the normalisation statistics of the
+    training set, the cameras with the trainer's image normalisation (mean 0, std 1: the
+    model sees ``x / 255``), the control period (1 / dataset fps) and the provenance: dataset
+    path and hash, demonstration seeds, steps, wall time, validation loss and rollout success
+    with its seeds.
+    """
+    tr = data.get("training") if isinstance(data, dict) else None
+    if not tr:
+        return {}
+    run = tr["run"]
+    cfg = ModelConfig.from_dict(dict(data["config"]))
+    norm = run.get("image_normalisation", {"mean": [0.0] * 3, "std": [1.0] * 3})
+    cameras = [
+        CameraSpec(
+            name=c.name,
+            height=c.height,
+            width=c.width,
+            mean=tuple(norm["mean"]),
+            std=tuple(norm["std"]),
+        )
+        for c in cfg.cameras
+    ]
+    stats = run["stats"]
+    rollout = tr.get("rollout") or {}
+    training = TrainingProvenance(
+        trainer=str(run.get("trainer", "")),
+        dataset=str(run.get("dataset", "")),
+        dataset_sha256=str(run.get("dataset_sha256", "")),
+        task=str(run.get("task") or ""),
+        demo_seeds=tuple(int(s) for s in run.get("demo_seeds", [])),
+        train_episodes=len(run.get("train_episodes", [])),
+        val_episodes=len(run.get("val_episodes", [])),
+        steps=int(tr["step"]),
+        wall_time_s=round(float(tr.get("wall_time_s", 0.0)), 1),
+        val_loss=None if tr.get("val_loss") is None else float(tr["val_loss"]),
+        rollout_successes=int(rollout["successes"]) if rollout.get("episodes") else None,
+        rollout_episodes=int(rollout.get("episodes", 0)),
+        rollout_seeds=tuple(int(s) for s in rollout.get("seeds", [])),
+        train_seed=int(run["train_config"].get("seed", 0)),
+    )
+    fps = float(run.get("fps") or 50.0)
+    return {
+        "joints": list(run["joint_names"]),
+        "cameras": cameras,
+        "action_mean": list(stats["action_mean"]),
+        "action_std": list(stats["action_std"]),
+        "proprio_mean": list(stats["proprio_mean"]),
+        "proprio_std": list(stats["proprio_std"]),
+        "control_period_s": 1.0 / fps,
+        "source": f"moe-policy-ros train: {cfg.family} on {run.get('dataset', '?')} "
+        f"(step {int(tr['step'])})",
+        "training": training,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,439 @@
+"""In-process closed loop: the ALOHA sim and a bundle on the real runtime, no ROS.
+
+An episode here is what the ``aloha_sim`` + ``moe_policy`` graph does over DDS, with the
+transport taken out and time made exact:
+
+* **Observation.** Every ``control_rate / inference_rate`` control steps (50 / 10 Hz = 5 by
+  default, the policy node's rates) each bundle camera is rendered at the sim's render size
+  (``render_size``, default 480x640 as the ``aloha_sim`` node and the recorder use) and resized
+  to the bundle's size with :func:`core.imageconv.resize_to`, the preprocessing the recorder
+  applied to the training images; proprio is the measured joint positions.
+* **Inference** through :class:`core.runtime.MoEPolicy` on ONNX Runtime (CPU), the bundle's
+  default routing unless overridden. Inference takes no simulated time.
+* **Chunk scheduling** as the node does it: the chunk of the observation taken at step ``s``
+  starts at ``s + 1`` (``actions[i]`` is for step ``s + 1 + i``), merged by
+  :class:`core.scheduler.ChunkScheduler` with the parameter file's execution settings.
+* **Arbitration and safety**: :class:`core.handover.CommandArbiter` with the file's handover
+  and safety settings on a :class:`core.clock.FakeClock`; autonomy is engaged (as the evaluate
+  command does through ``~/engage``) at the first tick after the first chunk, so the engage
+  blend and the safety filter shape the commands exactly as on the robot.
+* **Physics**: the sent command is the sim's position target for one control period
+  (``round(period / timestep)`` physics steps).
+
+Success is gym-aloha's reward stage 4 at any step (:meth:`AlohaSim.success`); the episode ends
+there or after ``max_steps``. An episode that raises, or runs past its wall-clock budget, is a
+failure whose ``error`` names the cause; it never stops the run.
+
+This module imports neither torch nor rclpy (the evaluate command runs on a robot computer).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moe_policy_ros.core.bundle import load_bundle
+from moe_policy_ros.core.clock import FakeClock
+from moe_policy_ros.core.config import RoutingConfig, RuntimeConfig
+from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs
+from moe_policy_ros.core.imageconv import resize_to
+from moe_policy_ros.core.runtime import MoEPolicy
+from moe_policy_ros.core.safety import SafetyFilter
+from moe_policy_ros.core.scheduler import ChunkScheduler
+from moe_policy_ros.core.types import Observation
+
+__all__ = [
+    "EpisodeResult",
+    "InProcessRunner",
+    "LoopSettings",
+    "Summary",
+    "summarize",
+    "wilson_interval",
+]
+
+DEFAULT_RENDER_SIZE: tuple[int, int] = (480, 640)  # (H, W) px, the sim node's camera size
+DEFAULT_EPISODE_STEPS = 400  # 8 s at 50 Hz, the demonstrations' length
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (default 95%); (0, 1) for n = 0.
+
+    p~ = (p + z^2 / 2n) / (1 + z^2 / n), half width z / (1 + z^2 / n) * sqrt(p (1 - p) / n
+    + z^2 / 4n^2). Unlike the normal approximation it stays inside [0, 1] and is not empty at
+    k = 0 or k = n.
+    """
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n (got k={k}, n={n})")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Closed-loop settings that are not in the parameter file."""
+
+    max_steps: int = DEFAULT_EPISODE_STEPS
+    render_size: tuple[int, int] = DEFAULT_RENDER_SIZE  # (H, W) px
+    stop_on_success: bool = True
+    episode_timeout_s: float = 600.0  # wall-clock budget of one episode
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (got {self.max_steps})")
+        if len(self.render_size) != 2 or min(self.render_size) < 1:
+            raise ValueError(f"render_size must be (H, W) > 0 (got {self.render_size})")
+        if not self.episode_timeout_s > 0:
+            raise ValueError(f"episode_timeout_s must be > 0 (got {self.episode_timeout_s})")
+
+
+@dataclass
+class EpisodeResult:
+    """One episode: success, what the router did, and the cause when it errored."""
+
+    seed: int
+    success: bool
+    steps: int = 0
+    max_reward: int = 0
+    success_step: int | None = None
+    engaged_step: int | None = None
+    chunks: int = 0
+    mean_active_experts: float = float("nan")
+    switches: int = 0
+    expert_usage: list[int] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    interventions: int = 0
+    wall_s: float = 0.0
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("latencies_ms")
+        lat = np.asarray(self.latencies_ms, np.float64)
+        d["latency_ms_p50"] = float(np.percentile(lat, 50)) if lat.size else None
+        d["latency_ms_p99"] = float(np.percentile(lat, 99)) if lat.size else None
+        if not math.isfinite(d["mean_active_experts"]):
+            d["mean_active_experts"] = None
+        return d
+
+
+class _ClosedLoop:
+    """The sim and the node's control path (scheduler, arbiter, safety filter); subclasses
+    supply the chunks (:meth:`_chunk`)."""
+
+    num_experts = 0
+    _usage: np.ndarray
+
+    def __init__(self, task: str, config: RuntimeConfig, settings: LoopSettings | None) -> None:
+        from moe_policy_ros.sim.aloha import JOINT_NAMES, AlohaSim
+
+        self.settings = settings or LoopSettings()
+        self.config = config
+        robot = tuple(config.robot.joint_names)
+        sim_joints = tuple(JOINT_NAMES)
+        unknown = sorted({*robot} - {*sim_joints})
+        if unknown:
+            raise ValueError(f"robot joints {unknown} are not joints of the ALOHA sim")
+        self._robot_joints = robot
+        self._to_robot = np.array([sim_joints.index(j) for j in robot])
+        self.sim = AlohaSim(task, seed=None)
+        self.task = task
+        p = config.policy
+        self._period_s = p.control_period_s
+        ratio = p.control_rate_hz / p.inference_rate_hz
+        self._infer_every = max(1, round(ratio))
+        self._substeps = max(1, round(self._period_s / self.sim.timestep))
+
+    def _reset(self, seed: int) -> None:
+        """Called after the sim reset, before the first step of an episode."""
+
+    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
+               ks: list[int]) -> np.ndarray:
+        """The [H, J] chunk (robot joint order) for the observation at ``step``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _ClosedLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+    # ------------------------------------------------------------------ episodes
+
+    def run(self, seed: int) -> EpisodeResult:
+        """Run one episode from ``seed``; errors become a failed result naming the cause."""
+        res = EpisodeResult(seed=int(seed), success=False)
+        t0 = time.monotonic()
+        ks: list[int] = []  # active experts per chunk
+        try:
+            self._episode(res, t0, ks)
+        except Exception as err:  # any failure is this episode's, never the run's
+            res.success = False
+            res.error = f"{type(err).__name__}: {err}"
+        res.wall_s = time.monotonic() - t0
+        res.mean_active_experts = float(np.mean(ks)) if ks else float("nan")
+        return res
+
+    def _episode(self, res: EpisodeResult, t0: float, ks: list[int]) -> None:
+        cfg, st, sim = self.config, self.settings, self.sim
+        sim.reset(res.seed)
+        self._usage = np.zeros(self.num_experts, np.int64)
+        self._reset(res.seed)
+        n = len(self._robot_joints)
+        sched = ChunkScheduler.from_config(cfg.policy.execution, n)
+        clock = FakeClock()
+        safety = SafetyFilter(cfg.robot, cfg.safety, self._period_s)
+        arb = CommandArbiter(cfg.handover, safety, clock)
+        period_ns = round(self._period_s * 1e9)
+        warm = False
+        refusal = ""
+        nan_pending = False
+        for step in range(st.max_steps):
+            if time.monotonic() - t0 > st.episode_timeout_s:
+                raise TimeoutError(
+                    f"episode ran past its {st.episode_timeout_s:g} s wall-clock budget at "
+                    f"step {step}"
+                )
+            q = sim.joint_positions()[self._to_robot]
+            if step % self._infer_every == 0:
+                chunk = self._chunk(step, q, res, ks)
+                res.chunks += 1
+                if np.all(np.isfinite(chunk)):
+                    sched.add_chunk(step + 1, chunk)
+                    warm = True
+                else:  # as the node: the filter sees a NaN command and holds
+                    nan_pending = True
+            proposal = sched.action_at(step)
+            sched.prune(step)
+            if nan_pending:
+                proposal = np.full(n, np.nan)
+                sched.clear()
+                nan_pending = False
+            tick = arb.tick(TickInputs(measured=q, policy_command=proposal, policy_warm=warm))
+            res.interventions += int(bool(tick.filter.interventions))
+            if arb.mode == Mode.AUTONOMY and res.engaged_step is None:
+                res.engaged_step = step
+            if res.engaged_step is None and proposal is not None:
+                ok, why = arb.engage_autonomy(True)
+                refusal = "" if ok else why
+            if tick.sent is not None:
+                target = sim.targets
+                target[self._to_robot] = tick.sent
+                sim.set_targets(target)
+            sim.step(self._substeps)
+            clock.advance_ns(period_ns)
+            res.steps = step + 1
+            reward = sim.reward()
+            res.max_reward = max(res.max_reward, reward)
+            if reward == 4:
+                res.success = True
+                if res.success_step is None:
+                    res.success_step = step
+                if st.stop_on_success:
+                    break
+        res.expert_usage = [int(u) for u in self._usage]
+        if res.engaged_step is None:
+            res.error = f"autonomy never engaged: {refusal or 'no policy command'}"
+
+
+class InProcessRunner(_ClosedLoop):
+    """One bundle in one sim, episode after episode (:meth:`run` per seed)."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        task: str,
+        config: RuntimeConfig,
+        *,
+        routing: RoutingConfig | None = None,
+        settings: LoopSettings | None = None,
+        policy_seed: int = 0,
+    ) -> None:
+        from moe_policy_ros.core.backends.ort import OrtBackend
+
+        self.bundle = load_bundle(bundle_dir, expected_sha256=config.policy.sha256)
+        m = self.bundle.manifest
+        self.manifest = m
+        self.num_experts = m.experts.count
+        robot = tuple(config.robot.joint_names)
+        missing = sorted(
+            {j for j in (*m.action.joints, *m.observation.proprio.joints) if j not in robot}
+        )
+        if missing:
+            raise ValueError(
+                f"bundle {bundle_dir} uses joints {missing} that robot.arms does not have "
+                f"(robot joints: {list(robot)})"
+            )
+        super().__init__(task, config, settings)
+        self._action_idx = np.array([robot.index(j) for j in m.action.joints])
+        self._proprio_idx = np.array([robot.index(j) for j in m.observation.proprio.joints])
+        backend = OrtBackend("cpu", intra_op_threads=config.policy.intra_op_threads)
+        self.policy = MoEPolicy(self.bundle, backend, routing=routing, seed=policy_seed)
+        self.policy.warmup(config.policy.warmup_runs)
+        h, w = self.settings.render_size
+        self._cameras = [
+            (c.name, (c.height, c.width), self.sim.camera(c.name, width=w, height=h))
+            for c in m.observation.cameras
+        ]
+
+    def close(self) -> None:
+        for _, _, renderer in self._cameras:
+            renderer.close()
+        self._cameras = []
+
+    def _reset(self, seed: int) -> None:
+        self.policy.reset()
+
+    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
+               ks: list[int]) -> np.ndarray:
+        images = {name: resize_to(r.render(), size) for name, size, r in self._cameras}
+        obs = Observation(
+            images=images,
+            proprio=q[self._proprio_idx].astype(np.float32),
+            stamp_ns=round(step * self._period_s * 1e9),
+        )
+        out = self.policy.infer(obs)
+        res.latencies_ms.append(out.timings_ms["total"])
+        dec = out.decision
+        ks.append(dec.k)
+        self._usage[dec.active] += 1
+        res.switches += int(dec.state.switched)
+        chunk = np.repeat(q[None, :], out.actions.shape[0], axis=0)
+        chunk[:, self._action_idx] = out.actions
+        return chunk
+
+class ReplayRunner(_ClosedLoop):
+    """Recorded commands instead of a policy: episode ``seed``'s actions, chunked as a policy
+    would chunk them (``actions[s+1 .. s+H]`` for the observation at step ``s``), through the
+    same scheduler, arbiter and safety filter. It checks that the demonstrations, the control
+    path and the parameter file agree: what it cannot do, no policy trained on them can."""
+
+    def __init__(
+        self,
+        dataset: str | Path,
+        task: str,
+        config: RuntimeConfig,
+        *,
+        settings: LoopSettings | None = None,
+        chunk_length: int = 25,
+    ) -> None:
+        from moe_policy_ros.data.episodes import Dataset
+
+        super().__init__(task, config, settings)
+        self.dataset = Dataset.open(dataset, joint_names=self._robot_joints)
+        names = [p.name for p in self.dataset.episode_paths()]
+        listed = {
+            str(e["file"]): int(e["seed"])
+            for e in self.dataset.meta.get("episodes", [])
+            if isinstance(e, dict) and "file" in e and e.get("seed") is not None
+        }
+        self._by_seed: dict[int, int] = {}
+        for i, name in enumerate(names):
+            seed = listed[name] if name in listed else self.dataset[i].seed  # slow path
+            if seed is not None:
+                self._by_seed[int(seed)] = i
+        self.chunk_length = int(chunk_length)
+        self._actions = np.zeros((1, len(self._robot_joints)))
+
+    def _reset(self, seed: int) -> None:
+        if seed not in self._by_seed:
+            raise KeyError(f"{self.dataset.root} has no episode recorded from seed {seed}")
+        self._actions = np.asarray(self.dataset[self._by_seed[seed]].action, np.float64)
+
+    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
+               ks: list[int]) -> np.ndarray:
+        n = self._actions.shape[0]
+        idx = np.minimum(np.arange(step + 1, step + 1 + self.chunk_length), n - 1)
+        return self._actions[idx]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Aggregate of a run: success with its Wilson interval and the router statistics."""
+
+    episodes: int
+    successes: int
+    rate: float
+    ci95: tuple[float, float]
+    mean_active_experts: float | None
+    switches_per_episode: float | None
+    latency_ms_p50: float | None
+    latency_ms_p99: float | None
+    errors: int
+
+    def line(self) -> str:
+        """``success: k/N (p%, 95% CI lo-hi%)``."""
+        lo, hi = self.ci95
+        return (
+            f"success: {self.successes}/{self.episodes} ({100 * self.rate:.0f}%, "
+            f"95% CI {100 * lo:.0f}-{100 * hi:.0f}%)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci95"] = list(self.ci95)
+        d["line"] = self.line()
+        return d
+
+
+def summarize(results: Sequence[EpisodeResult]) -> Summary:
+    n = len(results)
+    k = sum(1 for r in results if r.success)
+    lat = np.concatenate(
+        [np.asarray(r.latencies_ms, np.float64) for r in results] or [np.zeros(0)]
+    )
+    active = [r.mean_active_experts for r in results if math.isfinite(r.mean_active_experts)]
+    ran = [r for r in results if r.chunks]
+    return Summary(
+        episodes=n,
+        successes=k,
+        rate=k / n if n else 0.0,
+        ci95=wilson_interval(k, n),
+        mean_active_experts=float(np.mean(active)) if active else None,
+        switches_per_episode=float(np.mean([r.switches for r in ran])) if ran else None,
+        latency_ms_p50=float(np.percentile(lat, 50)) if lat.size else None,
+        latency_ms_p99=float(np.percentile(lat, 99)) if lat.size else None,
+        errors=sum(1 for r in results if r.error),
+    )
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def default_params_file() -> Path:
+    """The parameter file ``make demo`` uses (``config/sim_dual_arm.yaml``)."""
+    local = repo_root() / "config" / "sim_dual_arm.yaml"
+    if local.is_file():
+        return local
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("moe_policy_ros")) / "config" / "sim_dual_arm.yaml"
+
+
+def resolve_bundle(path: str | Path, params_file: Path) -> Path:
+    """A bundle path as the node resolves ``policy.bundle``: absolute, relative to the working
+    directory, or relative to the package (the source checkout, then the parameter file's
+    package share)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    for base in (repo_root(), params_file.resolve().parents[1]):
+        if (base / p).exists():
+            return base / p
+    raise FileNotFoundError(f"bundle {path}: not found (relative to . or {repo_root()})")

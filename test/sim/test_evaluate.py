@@ -1,0 +1,130 @@
+"""`moe-policy-ros evaluate --in-process`: the real sim and the real runtime, no ROS; the
+Wilson interval; an episode that fails inside is a failure with its cause."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moe_policy_ros.core.config import load_config
+from moe_policy_ros.rollout import (
+    EpisodeResult,
+    InProcessRunner,
+    LoopSettings,
+    default_params_file,
+    resolve_bundle,
+    summarize,
+    wilson_interval,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+LINE = re.compile(r"^success: (\d+)/(\d+) \((\d+)%, 95% CI (\d+)-(\d+)%\)$")
+
+
+def test_wilson_interval_known_values() -> None:
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(40, 50) == pytest.approx((0.6696, 0.8876), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="k=3, n=2"):
+        wilson_interval(3, 2)
+
+
+def test_summary_line_and_statistics() -> None:
+    results = [
+        EpisodeResult(seed=1, success=True, chunks=2, mean_active_experts=2.0, switches=1,
+                      latencies_ms=[1.0, 3.0]),
+        EpisodeResult(seed=2, success=False, chunks=2, mean_active_experts=1.0, switches=3,
+                      latencies_ms=[2.0, 2.0], error="TimeoutError: x"),
+    ]
+    s = summarize(results)
+    assert s.line() == "success: 1/2 (50%, 95% CI 9-91%)"
+    assert s.mean_active_experts == 1.5 and s.switches_per_episode == 2.0
+    assert s.latency_ms_p50 == 2.0 and s.errors == 1
+
+
+def test_evaluate_in_process_end_to_end_without_torch(tmp_path: Path) -> None:
+    """The default bundle (make demo's) through the CLI on one short episode, in a process
+    that must never import torch or rclpy."""
+    code = (
+        "import sys\n"
+        "from moe_policy_ros.cli import main\n"
+        f"rc = main(['evaluate', '--in-process', '--episodes', '1', '--seed-start', '1000',"
+        f" '--max-steps', '12', '--out', {str(tmp_path)!r}, '--no-progress'])\n"
+        "assert rc == 0, rc\n"
+        "heavy = [m for m in ('torch', 'rclpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    m = LINE.match(last)
+    assert m, last
+    assert m.group(2) == "1"
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    bundle = resolve_bundle(load_config(default_params_file()).policy.bundle,
+                            default_params_file())
+    assert doc["bundle"] == str(bundle) and doc["seeds"] == [1000]
+    ep = doc["episodes"][0]
+    assert ep["steps"] == 12 and ep["chunks"] == 3  # inference every 5 steps at 50/10 Hz
+    assert ep["error"] == "" and ep["engaged_step"] is not None
+    assert doc["summary"]["line"] == last
+    for key in ("mean_active_experts", "switches_per_episode", "latency_ms_p50",
+                "latency_ms_p99"):
+        assert doc["summary"][key] is not None, key
+
+
+def test_an_episode_that_fails_inside_is_a_failure_with_its_cause() -> None:
+    params = default_params_file()
+    cfg = load_config(params)
+    bundle = resolve_bundle(cfg.policy.bundle, params)
+    settings = LoopSettings(max_steps=5, render_size=(96, 128), episode_timeout_s=1e-9)
+    with InProcessRunner(bundle, "transfer_cube", cfg, settings=settings) as runner:
+        res = runner.run(1000)
+        assert not res.success and "TimeoutError" in res.error and "budget" in res.error
+        runner.settings = LoopSettings(max_steps=5, render_size=(96, 128))
+        ok = runner.run(1000)  # the runner is still usable after a failed episode
+        assert ok.error == "" and ok.steps == 5
+
+
+def test_evaluate_without_a_mode_says_what_to_pass() -> None:
+    from moe_policy_ros.cli import main
+
+    assert main(["evaluate", "--episodes", "1"]) == 2
+
+
+def test_a_scripted_demonstration_succeeds_through_the_control_path(tmp_path: Path) -> None:
+    """The script's commands, chunked like a policy's and sent through the node's scheduler,
+    arbiter (engage blend) and safety filter with make demo's parameters, still solve the
+    task: what the replay cannot do, no policy trained on the demonstrations could."""
+    import numpy as np
+
+    from moe_policy_ros.data import scripted
+    from moe_policy_ros.data.episodes import ALOHA_JOINT_NAMES, Episode, write_episode, write_meta
+    from moe_policy_ros.rollout import ReplayRunner
+
+    plan = scripted.plan("transfer_cube", 3, steps=400)
+    n = plan.actions.shape[0]
+    write_episode(
+        tmp_path / "episode_0.hdf5",
+        Episode(ALOHA_JOINT_NAMES, np.zeros((n, 14), np.float32),
+                plan.actions.astype(np.float32), {"top": np.zeros((n, 8, 8, 3), np.uint8)},
+                50.0, task="transfer_cube", seed=3),
+    )
+    write_meta(tmp_path, {"task": "transfer_cube", "episodes": [
+        {"file": "episode_0.hdf5", "seed": 3}]})
+    cfg = load_config(default_params_file())
+    with ReplayRunner(tmp_path, "transfer_cube", cfg) as runner:
+        res = runner.run(3)
+        # chunk of step 0 starts at step 1; engage is asked after tick 1, AUTONOMY from tick 2
+        assert res.error == "" and res.engaged_step == 2, res.error
+        assert res.success and res.success_step is not None
+        missing = runner.run(4)
+    assert not missing.success and "no episode recorded from seed 4" in missing.error
