@@ -55,6 +55,12 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "check this machine (ROS, DDS, GL, ONNX Runtime/GPU, RealSense, bundles, a params file)",
     ),
+    "demo": (
+        "moe_policy_ros.demo",
+        "add_arguments",
+        "run",
+        "simulated dual-arm robot + bundled model for ~30 s, then a report",
+    ),
     "record": (
         "moe_policy_ros.data.record",
         "add_arguments",
