@@ -42,7 +42,9 @@ class ModelConfig:
     ``context_dim`` D, ``expert_hidden``/``expert_depth`` width and number of hidden layers of
     each expert MLP, ``top_k`` the default active-set size (for ``dense``: the number of
     experts whose active parameter count the dense head matches), ``latent_dim`` Z (lar),
-    ``rank`` R skill coefficients per expert and ``sampler_steps`` Euler steps (smp).
+    ``rank`` R skill coefficients per expert and ``sampler_steps`` Euler steps (smp),
+    ``vision_keypoints`` spatial-softmax keypoints per camera (0: the earlier average-pool
+    encoder, which is what checkpoints without the field were trained with).
 
     Fidelity options: ``adamoe_weighting`` (see :data:`ADAMOE_WEIGHTINGS`; recorded in the
     manifest as ``combination``), ``route_tau`` the gate-mass threshold SMP trains with and
@@ -62,6 +64,7 @@ class ModelConfig:
     trunk_layers: int = 2
     trunk_heads: int = 4
     vision_channels: int = 16
+    vision_keypoints: int = 16
     top_k: int = 2
     latent_dim: int = 16
     rank: int = 4
@@ -86,6 +89,8 @@ class ModelConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if int(self.vision_keypoints) < 0:
+            raise ValueError(f"vision_keypoints must be >= 0 (got {self.vision_keypoints})")
         if not self.cameras:
             raise ValueError("cameras: at least one camera is needed")
         names = [c.name for c in self.cameras]

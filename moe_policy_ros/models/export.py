@@ -98,6 +98,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> MoEModel:
     if config.get("family") == "adamoe" and "adamoe_weighting" not in config:
         # written before the field existed: trained with the sigmoid adapter weights
         config["adamoe_weighting"] = "adapter_sigmoid"
+    # written before keypoints existed: the average-pool vision encoder
+    config.setdefault("vision_keypoints", 0)
     model = build_model(config)
     missing, unexpected = model.load_state_dict(data["state_dict"], strict=False)
     # Di-BM calibration buffers postdate some checkpoints: absent = not calibrated
@@ -449,6 +451,7 @@ _SIZE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("trunk_layers", "--trunk-layers", "transformer trunk layers"),
     ("trunk_heads", "--trunk-heads", "transformer trunk heads"),
     ("vision_channels", "--vision-channels", "CNN base channels"),
+    ("vision_keypoints", "--vision-keypoints", "spatial-softmax keypoints per camera (0: pool)"),
     ("chunk_length", "--chunk-length", "H, control steps per chunk"),
     ("action_dim", "--action-dim", "A (default: number of joints, 14)"),
     ("top_k", "--top-k", "default active experts k"),

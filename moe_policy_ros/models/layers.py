@@ -1,6 +1,6 @@
 """Building blocks shared by the reference models, all ONNX-exportable (opset 17).
 
-* :class:`VisionEncoder` small strided CNN per camera -> one D-dim token.
+* :class:`VisionEncoder` small CNN per camera with spatial-softmax keypoints -> one D-dim token.
 * :class:`ProprioEncoder` MLP on normalised joint positions -> one token.
 * :class:`Trunk` ``nn.TransformerEncoder`` (batch_first, pre-norm, no dropout) over the tokens,
   mean-pooled -> context ``c`` [B, D].
@@ -24,24 +24,55 @@ from moe_policy_ros.models.config import CameraShape
 
 
 class VisionEncoder(nn.Module):
-    """Three stride-2 convolutions, global average pool, linear -> [B, D]."""
+    """Small CNN per camera -> one D-dim token, with spatial-softmax keypoints.
 
-    def __init__(self, camera: CameraShape, channels: int, out_dim: int) -> None:
+    ``keypoints`` K > 0 (the default for new models): three convolutions (two of stride 2, so
+    the feature map is a quarter of the image in each direction), a 1x1 convolution to K maps,
+    and a spatial softmax (Levine et al. 2016, as robomimic and Diffusion Policy use it): each
+    map becomes the expected (x, y) image coordinate of its softmax, in [-1, 1], with a learned
+    temperature. The 2K coordinates plus the globally pooled features go through a linear
+    layer. A global average pool alone keeps *what* is in the image but little of *where*,
+    and a manipulation policy must locate the object it grasps.
+
+    ``keypoints == 0``: the earlier encoder (three stride-2 convolutions, global average pool,
+    linear), kept so that checkpoints written before keypoints existed load unchanged.
+    """
+
+    def __init__(self, camera: CameraShape, channels: int, out_dim: int, keypoints: int = 0
+                 ) -> None:
         super().__init__()
         c = channels
         self.camera = camera
+        self.keypoints = keypoints
+        last_stride = 1 if keypoints else 2
         self.net = nn.Sequential(
             nn.Conv2d(3, c, 5, stride=2, padding=2),
             nn.GELU(),
             nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
             nn.GELU(),
-            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1),
+            nn.Conv2d(2 * c, 2 * c, 3, stride=last_stride, padding=1),
             nn.GELU(),
         )
-        self.proj = nn.Linear(2 * c, out_dim)
+        if keypoints:
+            self.keypoint_maps = nn.Conv2d(2 * c, keypoints, 1)
+            self.log_temperature = nn.Parameter(torch.zeros(()))
+            h, w = (-(-camera.height // 4), -(-camera.width // 4))  # ceil: padding keeps it
+            ys = torch.linspace(-1.0, 1.0, h).view(h, 1).expand(h, w).reshape(-1)
+            xs = torch.linspace(-1.0, 1.0, w).view(1, w).expand(h, w).reshape(-1)
+            self.register_buffer("grid", torch.stack([xs, ys], dim=1), persistent=False)
+            self.proj = nn.Linear(2 * c + 2 * keypoints, out_dim)
+        else:
+            self.proj = nn.Linear(2 * c, out_dim)
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.proj(self.net(image).mean(dim=(2, 3)))
+        feats = self.net(image)
+        pooled = feats.mean(dim=(2, 3))
+        if not self.keypoints:
+            return self.proj(pooled)
+        maps = self.keypoint_maps(feats).flatten(2)  # [B, K, h*w]
+        attn = (maps * torch.exp(-self.log_temperature)).softmax(dim=-1)
+        coords = (attn @ self.grid).flatten(1)  # [B, 2K] expected (x, y) per keypoint
+        return self.proj(torch.cat([pooled, coords], dim=1))
 
 
 class ProprioEncoder(nn.Module):
