@@ -18,6 +18,11 @@ One :meth:`MoEPolicy.infer` call produces one action chunk:
    the manifest's ``combination`` (``core/routing.py``), the one the model trained with.
 5. the chunk is denormalised (``a * std + mean``) into float64 [H, A].
 
+Real-time chunking (``merge: rtc``): ``infer(obs, guidance=RtcGuidance(...))`` guides the flow
+sampler toward the committed commands the scheduler hands over (``core/rtc.py``); the active
+set and the chunk's gathered expert weights stay fixed while it runs. Only the flow family
+has a sampler to guide: guidance for a direct family raises ``ValueError``.
+
 Determinism: the flow noise comes from ``numpy.random.default_rng(seed)``: each chunk draws a
 float32 standard-normal [E, R] block (one row per expert, whether active or not) and uses the
 active experts' rows, so the noise of an expert does not depend on which others are active.
@@ -38,6 +43,7 @@ from moe_policy_ros.core.bundle import BundleError, LoadedBundle, graph_contract
 from moe_policy_ros.core.config import RoutingConfig
 from moe_policy_ros.core.manifest import Manifest
 from moe_policy_ros.core.routing import RoutingStrategy, make_strategy
+from moe_policy_ros.core.rtc import RtcGuidance, guided_flow_sample, soft_mask
 from moe_policy_ros.core.types import Observation, PolicyOutput, RouterOutputs, RoutingDecision
 
 __all__ = [
@@ -266,7 +272,12 @@ class MoEPolicy:
             latent=row("latent"),
         )
 
-    def _experts(self, enc: dict[str, np.ndarray], decision: RoutingDecision) -> np.ndarray:
+    def _experts(
+        self,
+        enc: dict[str, np.ndarray],
+        decision: RoutingDecision,
+        guidance: RtcGuidance | None = None,
+    ) -> np.ndarray:
         context = enc["context"]
         idx = np.ascontiguousarray(decision.active, dtype=np.int64)
         w = np.ascontiguousarray(decision.weights, dtype=np.float32)
@@ -275,6 +286,8 @@ class MoEPolicy:
             out = stage.run({"context": context, "expert_idx": idx, "expert_weights": w})
             return np.asarray(out["actions"][0], dtype=np.float64)
         noise = self._rng.standard_normal((self.num_experts, self.rank), dtype=np.float32)
+        if guidance is not None:
+            return self._guided(enc, idx, w, noise[idx], guidance)
         x = noise[idx][None]  # [1, k, R]
         dt = 1.0 / self.steps
         for s in range(self.steps):
@@ -284,7 +297,53 @@ class MoEPolicy:
         flat = compose_skills(enc["basis"][0], idx, w, x[0])
         return flat.reshape(self.manifest.action.chunk_length, self.manifest.action.dim)
 
-    def infer(self, obs: Observation) -> PolicyOutput:
+    def _guided(
+        self,
+        enc: dict[str, np.ndarray],
+        idx: np.ndarray,
+        w: np.ndarray,
+        x0: np.ndarray,
+        g: RtcGuidance,
+    ) -> np.ndarray:
+        """The RTC-guided sampler (``core/rtc.py``) in model space; returns [H, A]."""
+        h, a = self.manifest.action.chunk_length, self.manifest.action.dim
+        y = np.asarray(g.committed, np.float64)
+        if y.shape[1] != a:
+            raise ValueError(f"rtc: committed actions have {y.shape[1]} columns, action dim {a}")
+        if g.execution_horizon >= h:
+            raise ValueError(
+                f"rtc: execution_horizon {g.execution_horizon} must be < the chunk length {h}"
+            )
+        n = min(y.shape[0], h)
+        target = np.zeros((h, a), np.float64)
+        target[:n] = (y[:n] - self._a_mean) / self._a_std
+        mask = np.repeat(soft_mask(h, g.delay_steps, g.execution_horizon, n), a)
+        stage = self.stages["experts"]
+        context = enc["context"]
+
+        def velocity(x: np.ndarray, tau: float) -> np.ndarray:
+            feeds = {
+                "context": context,
+                "expert_idx": idx,
+                "x_t": np.ascontiguousarray(x, np.float32)[None],
+                "t": np.array([tau], np.float32),
+            }
+            return np.asarray(stage.run(feeds)["velocity"][0], np.float32)
+
+        basis = np.asarray(enc["basis"][0])[idx]
+        x1 = guided_flow_sample(
+            velocity, x0, self.steps, basis, w, target.reshape(-1), mask,
+            g.max_guidance_weight, g.fd_eps,
+        )  # fmt: skip
+        return compose_skills(enc["basis"][0], idx, w, x1).reshape(h, a)
+
+    def infer(self, obs: Observation, guidance: RtcGuidance | None = None) -> PolicyOutput:
+        """One chunk; ``guidance`` (flow family only) runs the RTC-guided sampler."""
+        if guidance is not None and not self.manifest.is_flow:
+            raise ValueError(
+                f"rtc guidance needs a flow sampler; bundle {self.manifest.name!r} is family "
+                f"{self.manifest.family!r} (use merge replace/blend/ensemble)"
+            )
         t0 = time.perf_counter_ns()
         feeds = self._preprocess(obs)
         t1 = time.perf_counter_ns()
@@ -292,7 +351,7 @@ class MoEPolicy:
         t2 = time.perf_counter_ns()
         decision = self.strategy.select(self._router_outputs(enc))
         t3 = time.perf_counter_ns()
-        actions = self._experts(enc, decision)
+        actions = self._experts(enc, decision, guidance)
         t4 = time.perf_counter_ns()
         actions = actions * self._a_std + self._a_mean
         t5 = time.perf_counter_ns()
