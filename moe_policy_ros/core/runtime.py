@@ -16,6 +16,9 @@ One :meth:`MoEPolicy.infer` call produces one action chunk:
    (noise) to t = 1 (data), the active set fixed for the chunk, then combines
    ``actions = sum_j w_j * basis[idx_j] @ x_j`` (:func:`compose_skills`). The weights follow
    the manifest's ``combination`` (``core/routing.py``), the one the model trained with.
+   On ONNX Runtime CPU the flow expert graph is split at load time so that the active
+   experts' weights are gathered once per chunk, not on every Euler step
+   (``core/backends/ort_hoist.py``; ``gather_once=False`` keeps the per-call graph).
 5. the chunk is denormalised (``a * std + mean``) into float64 [H, A].
 
 Real-time chunking (``merge: rtc``): ``infer(obs, guidance=RtcGuidance(...))`` guides the flow
@@ -121,6 +124,7 @@ class MoEPolicy:
         backend: Backend,
         routing: RoutingConfig | None = None,
         seed: int = 0,
+        gather_once: bool = True,
     ) -> None:
         m = bundle.manifest
         self.bundle = bundle
@@ -151,6 +155,7 @@ class MoEPolicy:
                     f"{want_out}"
                 )
             self.stages[name] = stage
+        self.gather_once = bool(gather_once) and self._hoist_flow_experts(bundle, backend)
 
         cams = m.observation.cameras
         self._cams = [(c.name, c.height, c.width) for c in cams]
@@ -171,6 +176,29 @@ class MoEPolicy:
         self._a_mean = np.asarray(m.action.mean, np.float64)
         self._a_std = np.asarray(m.action.std, np.float64)
         self._rng = np.random.default_rng(self.seed)
+
+    def _hoist_flow_experts(self, bundle: LoadedBundle, backend: Backend) -> bool:
+        """Flow family on ONNX Runtime CPU: gather the active experts' weights (and every other
+        per-chunk value) once per chunk, not per flow step (``core/backends/ort_hoist.py``).
+        Returns whether it did; other backends keep the per-call graph."""
+        from moe_policy_ros.core.backends.ort import OrtBackend, OrtStage
+
+        stage = self.stages["experts"]
+        if not (
+            self.manifest.is_flow
+            and isinstance(backend, OrtBackend)
+            and backend.provider == "cpu"
+            and isinstance(stage, OrtStage)
+        ):
+            return False
+        from moe_policy_ros.core.backends.ort_hoist import HoistedStage
+
+        self.stages["experts"] = HoistedStage(
+            bundle.stage_path("experts"),
+            stage.session.get_session_options(),
+            {"context", "expert_idx"},
+        )
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 
