@@ -53,7 +53,7 @@ def test_hoisted_stage_matches_the_plain_graph_and_prepares_once_per_chunk() -> 
         ctx = rng.standard_normal((1, 128)).astype(np.float32)
         chunks += 1
         for step in range(4):
-            feeds = {"context": ctx, "expert_idx": idx,
+            feeds: dict[str, np.ndarray] = {"context": ctx, "expert_idx": idx,
                      "x_t": rng.standard_normal((1, k, 4)).astype(np.float32),
                      "t": np.array([step / 4], np.float32)}  # fmt: skip
             want = plain.run(None, feeds)[0]
