@@ -133,7 +133,23 @@ class ChunkScheduler:
     # ------------------------------------------------------------------ writers
 
     def add_chunk(self, start_step: int, actions: np.ndarray) -> None:
-        """Add a chunk: ``actions[i]`` is the command for control step ``start_step + i``."""
+        """Add a chunk: ``actions[i]`` is the command for control step ``start_step + i``.
+
+        In ``rtc`` mode chunks must come through :meth:`add_guided_chunk`: an unguided chunk
+        there would be a plain ``replace`` without anyone noticing, so it raises.
+        """
+        if self.merge == "rtc":
+            raise ValueError(
+                "merge 'rtc' takes chunks sampled with RTC guidance (add_guided_chunk, from "
+                "MoEPolicy.infer(obs, guidance=...)); this chunk came without it"
+            )
+        self._add(start_step, actions)
+
+    def add_guided_chunk(self, start_step: int, actions: np.ndarray) -> None:
+        """Add a chunk sampled with RTC guidance toward :meth:`committed` (any merge mode)."""
+        self._add(start_step, actions)
+
+    def _add(self, start_step: int, actions: np.ndarray) -> None:
         start = _as_step("start_step", start_step)
         arr = np.asarray(actions)
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != self.action_dim:

@@ -166,8 +166,9 @@ def test_seam_is_continuous_against_replace_and_blend(smp: tuple[SMPModel, MoEPo
     for mode in ("replace", "blend", "rtc"):
         policy.reset()
         sched = ChunkScheduler(2, merge=mode, blend_steps=3)
+        add = sched.add_guided_chunk if mode == "rtc" else sched.add_chunk
         old = policy.infer(obs).actions
-        sched.add_chunk(0, old)
+        add(0, old)
         sent = [sched.action_at(t) for t in range(start)]
         if mode == "rtc":
             g = RtcGuidance(sched.committed(start, h), d, 1, 5.0)
@@ -175,7 +176,7 @@ def test_seam_is_continuous_against_replace_and_blend(smp: tuple[SMPModel, MoEPo
         else:
             new = policy.infer(obs).actions
         sent += [sched.action_at(t) for t in range(start, start + d)]  # frozen: old chunk
-        sched.add_chunk(start, new)
+        add(start, new)
         sent += [sched.action_at(t) for t in range(start + d, start + h)]
         switch = start + d
         seams[mode] = float(np.abs(sent[switch] - old[switch]).max())

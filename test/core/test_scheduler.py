@@ -377,9 +377,11 @@ def test_thread_safety_smoke(merge: str) -> None:
 
 def test_rtc_merge_replaces_and_committed_is_what_would_run() -> None:
     s = ChunkScheduler(1, merge="rtc")
-    s.add_chunk(0, np.arange(10.0)[:, None])
+    with pytest.raises(ValueError, match="RTC guidance"):
+        s.add_chunk(0, np.arange(10.0)[:, None])
+    s.add_guided_chunk(0, np.arange(10.0)[:, None])
     assert at(s, 0) == 0.0
-    s.add_chunk(4, 100.0 + np.arange(6.0)[:, None])  # covers 4..9
+    s.add_guided_chunk(4, 100.0 + np.arange(6.0)[:, None])  # covers 4..9
     np.testing.assert_array_equal(s.committed(2, 20)[:, 0], [2, 3, 100, 101, 102, 103, 104,
                                                               105])  # fmt: skip
     assert s.committed(2, 3).shape == (3, 1)
