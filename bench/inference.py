@@ -4,7 +4,8 @@ For each bundle: per-stage median/p99 (``PolicyOutput.timings_ms``) under the bu
 routing, then the expert stage against k = 1..N (top-k routing) and the bytes of expert
 weights the expert stage reads and copies per chunk. Flow bundles are measured twice: with
 the active experts' weights gathered once per chunk (``gather_once``, the default) and per
-Euler step as before (``gather_once=False``).
+Euler step as before (``gather_once=False``), and with RTC guidance (``rtc``: the previous
+chunk shifted by the execution horizon s = 5 as the committed actions, d = 3).
 
 Bundles: the shipped demo bundles, and with ``--large`` two generated ~150M-parameter bundles
 (LAR-MoE scale: ``lar`` with MLP experts and ``smp`` with flow experts), exported at bench
@@ -45,6 +46,7 @@ from moe_policy_ros.core.backends import make_backend  # noqa: E402
 from moe_policy_ros.core.backends.ort_hoist import HoistedStage  # noqa: E402
 from moe_policy_ros.core.bundle import load_bundle  # noqa: E402
 from moe_policy_ros.core.config import RoutingConfig  # noqa: E402
+from moe_policy_ros.core.rtc import RtcGuidance  # noqa: E402
 from moe_policy_ros.core.runtime import MoEPolicy, synthetic_observation  # noqa: E402
 
 STAGES = ("preprocess", "encoder", "routing", "experts", "total")
@@ -136,6 +138,19 @@ def bench_bundle(path: Path, runs: int, threads: int, k_runs: int) -> dict[str, 
             "strategy": m.routing.strategy, "mean_k": mean_k,
             **{s: _stats(v) for s, v in t.items()},
         }  # fmt: skip
+    if m.is_flow:  # rtc-guided chunks: committed = previous chunk shifted by s, d = 3
+        h, s_exec = m.action.chunk_length, min(5, m.action.chunk_length - 1)
+        pol = _policy(bundle, backend, None, True)
+        prev = pol.infer(obs[0]).actions
+        t = {s: [] for s in STAGES}
+        for i in range(runs):
+            g = RtcGuidance(prev[s_exec:], min(3, h - s_exec), s_exec)
+            out = pol.infer(obs[i % len(obs)], guidance=g)
+            prev = out.actions
+            for s in STAGES:
+                t[s].append(out.timings_ms[s])
+        res["rtc"] = {"delay_steps": min(3, h - s_exec), "execution_horizon": s_exec,
+                      **{s: _stats(v) for s, v in t.items()}}  # fmt: skip
     res["k_sweep"] = []
     for k in range(1, e + 1):
         row: dict[str, Any] = {"k": k}
@@ -171,6 +186,54 @@ def _export(name: str, argv: list[str], root: Path) -> Path:
     return out
 
 
+def _ms(x: dict[str, float]) -> str:
+    return f"{x['median']:.2f} / {x['p99']:.2f}"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Markdown tables of a report (what docs/benchmarks.md shows)."""
+    lines = [f"{report['date']}, {report['machine']}, onnxruntime {report['onnxruntime']} CPU, "
+             f"{report['threads']} intra-op thread(s), fp32, batch 1. `{report['command']}`", ""]
+    lines += ["| bundle | params | routing (mean k) | variant | preprocess | encoder | routing "
+              "| experts | total | load avg before/after |", "|" + "---|" * 10]
+    for r in report["results"]:
+        load = f"{r['load_before'][0]} / {r['load_after'][0]}"
+        rows = list(r["default_routing"].items())
+        if "rtc" in r:
+            rtc = r["rtc"]
+            label = f"rtc guided (d={rtc['delay_steps']}, s={rtc['execution_horizon']})"
+            rows.append((label, rtc))
+        for variant, v in rows:
+            strat = r["default_routing"]["gather_once"]
+            lines.append(
+                f"| {r['bundle']} | {r['params'] / 1e6:.1f} M | {strat['strategy']} "
+                f"({strat['mean_k']:.2f}) | {variant} | "
+                + " | ".join(_ms(v[s]) for s in STAGES) + f" | {load} |"
+            )
+    lines += ["", "Expert stage vs k (top-k routing), median / p99 ms, and expert weight MB "
+              "read / copied per chunk:", ""]
+    lines += ["| bundle | k | experts (gather once) | MB read / copied | experts (gather per "
+              "step) | MB read / copied |", "|" + "---|" * 6]
+    for r in report["results"]:
+        for row in r["k_sweep"]:
+            once = row["gather_once"]["experts"]
+            if "bytes_read" in row:  # MLP experts: one call per chunk
+                lines.append(f"| {r['bundle']} | {row['k']} | {_ms(once)} | "
+                             f"{_mb(row['bytes_read'])} / {_mb(row['bytes_copied'])} | - | - |")
+                continue
+            per = row["gather_per_step"]["experts"]
+            lines.append(
+                f"| {r['bundle']} | {row['k']} | {_ms(once)} | {_mb(row['bytes_read_once'])} / "
+                f"{_mb(row['bytes_copied_once'])} | {_ms(per)} | "
+                f"{_mb(row['bytes_read_per_step'])} / {_mb(row['bytes_copied_per_step'])} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("bundles", nargs="*", type=Path,
@@ -180,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k-runs", type=int, default=100, help="chunks per k of the sweep")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--markdown", type=Path, default=None,
+                   help="print the Markdown tables of a saved JSON report and exit")
     args = p.parse_args(argv)  # fmt: skip
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     import onnxruntime
 
     report: dict[str, Any] = {

@@ -41,3 +41,7 @@ def test_inference_bench_report(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert row["bytes_copied_per_step"] == 10 * k * s
         assert row["bytes_read_once"] < row["bytes_read_per_step"]
     assert len(report["results"]) == 1 and "load_before" in r
+    assert r["rtc"]["delay_steps"] == 3 and r["rtc"]["total"]["median"] > 0
+    assert bench.main(["--markdown", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| demo_smp | 8 |" in table and "rtc guided (d=3, s=5)" in table
