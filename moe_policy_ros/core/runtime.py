@@ -197,6 +197,7 @@ class MoEPolicy:
             bundle.stage_path("experts"),
             stage.session.get_session_options(),
             {"context", "expert_idx"},
+            expected_sha256=self.manifest.stages["experts"].sha256,
         )
         return True
 

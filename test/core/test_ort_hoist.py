@@ -62,6 +62,8 @@ def test_hoisted_stage_matches_the_plain_graph_and_prepares_once_per_chunk() -> 
     assert hoisted.prepare_runs == chunks and hoisted.step_runs == 4 * chunks
     with pytest.raises(ValueError, match="missing"):
         hoisted.run({"context": ctx})
+    with pytest.raises(ValueError, match="differs from the manifest"):
+        HoistedStage(EXPERTS, _opts(), {"context", "expert_idx"}, expected_sha256="0" * 64)
 
 
 def test_policy_chunks_are_unchanged_by_hoisting() -> None:

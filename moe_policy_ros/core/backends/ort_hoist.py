@@ -112,11 +112,26 @@ def split_invariant(model: Any, per_chunk: set[str]) -> tuple[Any, Any, list[str
 class HoistedStage:
     """Prepare once per ``(context, expert_idx)``, step per call; see the module doc."""
 
-    def __init__(self, onnx_path: Path, session_options: Any, per_chunk: set[str]) -> None:
+    def __init__(
+        self,
+        onnx_path: Path,
+        session_options: Any,
+        per_chunk: set[str],
+        expected_sha256: str = "",
+    ) -> None:
+        import hashlib
+
         import onnx
         import onnxruntime as ort
 
-        model = onnx.load(str(onnx_path))
+        raw = Path(onnx_path).read_bytes()
+        got = hashlib.sha256(raw).hexdigest()
+        if expected_sha256 and got != expected_sha256.lower():
+            raise ValueError(
+                f"{onnx_path}: SHA-256 {got} differs from the manifest's {expected_sha256} "
+                "(the file changed after the bundle was verified)"
+            )
+        model = onnx.load_from_string(raw)
         self.input_names: list[str] = [i.name for i in model.graph.input]
         self.output_names: list[str] = [o.name for o in model.graph.output]
         prepare, step, self.boundary = split_invariant(model, per_chunk)
