@@ -46,7 +46,12 @@ from moe_policy_ros.core.bundle import BundleError, LoadedBundle, graph_contract
 from moe_policy_ros.core.config import RoutingConfig
 from moe_policy_ros.core.manifest import Manifest
 from moe_policy_ros.core.routing import RoutingStrategy, make_strategy
-from moe_policy_ros.core.rtc import RtcGuidance, guided_flow_sample, soft_mask
+from moe_policy_ros.core.rtc import (
+    RtcGuidance,
+    check_block_diagonal,
+    guided_flow_sample,
+    soft_mask,
+)
 from moe_policy_ros.core.types import Observation, PolicyOutput, RouterOutputs, RoutingDecision
 
 __all__ = [
@@ -176,6 +181,7 @@ class MoEPolicy:
         self._a_mean = np.asarray(m.action.mean, np.float64)
         self._a_std = np.asarray(m.action.std, np.float64)
         self._rng = np.random.default_rng(self.seed)
+        self._rtc_checked = False
 
     def _hoist_flow_experts(self, bundle: LoadedBundle, backend: Backend) -> bool:
         """Flow family on ONNX Runtime CPU: gather the active experts' weights (and every other
@@ -350,15 +356,31 @@ class MoEPolicy:
         stage = self.stages["experts"]
         context = enc["context"]
 
+        k = idx.shape[0]
+        tiled: dict[int, np.ndarray] = {}
+
         def velocity(x: np.ndarray, tau: float) -> np.ndarray:
+            # rows beyond k: copies of the active set (the FD perturbations), same weights
+            reps = x.shape[0] // k
+            if reps not in tiled:
+                tiled[reps] = np.ascontiguousarray(np.tile(idx, reps))
             feeds = {
                 "context": context,
-                "expert_idx": idx,
+                "expert_idx": tiled[reps],
                 "x_t": np.ascontiguousarray(x, np.float32)[None],
                 "t": np.array([tau], np.float32),
             }
             return np.asarray(stage.run(feeds)["velocity"][0], np.float32)
 
+        if not self._rtc_checked:
+            leak = check_block_diagonal(velocity, x0)
+            if leak > 1e-5:
+                raise ValueError(
+                    f"rtc: bundle {self.manifest.name!r}: an expert's velocity changes by "
+                    f"{leak:.3g} when another expert's input moves; the finite-difference "
+                    "VJP needs experts that see only their own coefficients"
+                )
+            self._rtc_checked = True
         basis = np.asarray(enc["basis"][0])[idx]
         x1 = guided_flow_sample(
             velocity, x0, self.steps, basis, w, target.reshape(-1), mask,

@@ -100,7 +100,8 @@ def _velocity(policy: MoEPolicy, context: np.ndarray, idx: np.ndarray) -> Any:
     stage = policy.stages["experts"]
 
     def v(x: np.ndarray, tau: float) -> np.ndarray:
-        feeds = {"context": context, "expert_idx": idx, "x_t": x[None].astype(np.float32),
+        rows = np.tile(idx, x.shape[0] // idx.shape[0])
+        feeds = {"context": context, "expert_idx": rows, "x_t": x[None].astype(np.float32),
                  "t": np.array([tau], np.float32)}  # fmt: skip
         return np.asarray(stage.run(feeds)["velocity"][0])
 
