@@ -116,6 +116,11 @@ def compose_skills(
     return np.einsum("j,jmr,jr->m", w, b, np.asarray(coeffs, np.float64))
 
 
+#: rtc: largest gathered expert weights (bytes, estimated from the stage file) for which the
+#: finite-difference rows share one expert-stage call
+RTC_BATCH_BYTES = 32 * 1024 * 1024
+
+
 def _ms(t0: int, t1: int) -> float:
     return (t1 - t0) / 1e6
 
@@ -182,6 +187,7 @@ class MoEPolicy:
         self._a_std = np.asarray(m.action.std, np.float64)
         self._rng = np.random.default_rng(self.seed)
         self._rtc_checked = False
+        self._expert_file_bytes = bundle.stage_path("experts").stat().st_size / self.num_experts
 
     def _hoist_flow_experts(self, bundle: LoadedBundle, backend: Backend) -> bool:
         """Flow family on ONNX Runtime CPU: gather the active experts' weights (and every other
@@ -359,9 +365,15 @@ class MoEPolicy:
         k = idx.shape[0]
         tiled: dict[int, np.ndarray] = {}
 
+        # Rows beyond k are copies of the active set (the FD perturbations). One call for all
+        # rows saves per-call overhead but gathers the active weights once per copy: above
+        # RTC_BATCH_BYTES of gathered weights, one call per copy instead.
+        per_copy = k * self._expert_file_bytes
+
         def velocity(x: np.ndarray, tau: float) -> np.ndarray:
-            # rows beyond k: copies of the active set (the FD perturbations), same weights
             reps = x.shape[0] // k
+            if reps > 1 and reps * per_copy > RTC_BATCH_BYTES:
+                return np.concatenate([velocity(x[i * k : (i + 1) * k], tau) for i in range(reps)])
             if reps not in tiled:
                 tiled[reps] = np.ascontiguousarray(np.tile(idx, reps))
             feeds = {

@@ -199,3 +199,21 @@ def test_rtc_on_the_demo_flow_bundle_and_direct_family_refused() -> None:
     direct = MoEPolicy(load_bundle(REPO / "models" / "demo_adamoe"), ort)
     with pytest.raises(ValueError, match="needs a flow sampler"):
         direct.infer(synthetic_observation(direct.manifest), guidance=RtcGuidance(first, 1, 1))
+
+
+def test_fd_rows_in_one_call_or_one_call_per_copy_agree(
+    smp: tuple[SMPModel, MoEPolicy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moe_policy_ros.core.runtime as runtime
+
+    _, policy = smp
+    obs = synthetic_observation(policy.manifest, seed=5)
+    policy.reset()
+    old = policy.infer(obs).actions
+    g = RtcGuidance(old[2:], 2, 1)
+    batched = policy.infer(obs, guidance=g).actions
+    monkeypatch.setattr(runtime, "RTC_BATCH_BYTES", 0)  # as for a large bundle
+    policy.reset()
+    policy.infer(obs)
+    split = policy.infer(obs, guidance=g).actions
+    np.testing.assert_allclose(split, batched, rtol=1e-5, atol=1e-5)
