@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -55,6 +56,7 @@ __all__ = [
     "RtcGuidance",
     "check_block_diagonal",
     "fd_vjp",
+    "guidance_for",
     "guidance_weight",
     "guided_flow_sample",
     "soft_mask",
@@ -215,3 +217,30 @@ def guided_flow_sample(
             v = (v + guidance_weight(tau, beta) * vjp).astype(np.float32)
         x = (x + np.float32(dt) * v).astype(np.float32)
     return x
+
+
+class _Committed(Protocol):
+    def committed(self, step: int, horizon: int) -> np.ndarray: ...
+
+
+class _Delay(Protocol):
+    def estimate(self) -> int: ...
+
+
+def guidance_for(
+    scheduler: _Committed,
+    step: int,
+    horizon: int,
+    delay: _Delay,
+    execution_horizon: int,
+    max_guidance_weight: float,
+) -> RtcGuidance:
+    """The guidance for a chunk whose observation is at control ``step``: the scheduler's
+    committed commands from ``step`` on (``ChunkScheduler.committed``) and the frozen prefix
+    from the delay estimate (``DelayEstimator.estimate``)."""
+    return RtcGuidance(
+        committed=scheduler.committed(step, horizon),
+        delay_steps=delay.estimate(),
+        execution_horizon=execution_horizon,
+        max_guidance_weight=max_guidance_weight,
+    )
