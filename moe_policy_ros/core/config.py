@@ -213,17 +213,38 @@ class ExecutionConfig(_Strict):
     per arm per control tick from the chunk scheduler; overlapping chunks are merged by
     ``merge`` (``ensemble``: ACT temporal ensembling with weights exp(-ensemble_decay * i),
     i = age rank of the chunk, oldest first; ``blend``: crossfade from the old chunk to the new
-    over ``blend_steps`` control steps; ``replace``: the newest chunk wins).
+    over ``blend_steps`` control steps; ``replace``: the newest chunk wins; ``rtc``: real-time
+    chunking for flow experts (Black et al. 2025): the next chunk's sampler is guided toward
+    the commands already committed for the steps that run while it is computed, then the new
+    chunk replaces the old one; see ``core/rtc.py``). ``rtc_execution_horizon`` is the paper's
+    s, ``rtc_max_guidance_weight`` its beta (the clip on the guidance weight),
+    ``rtc_delay_window`` the number of recent inference delays whose maximum is the frozen
+    prefix d.
     """
 
     mode: Literal["chunk", "stream"] = Field(
         default="stream", description="JointTrajectory per chunk, or a command per tick"
     )
-    merge: Literal["ensemble", "blend", "replace"] = Field(
+    merge: Literal["ensemble", "blend", "replace", "rtc"] = Field(
         default="blend", description="how overlapping chunks merge (stream)"
     )
     ensemble_decay: float = Field(default=0.01, ge=0, description="ACT ensembling decay")
     blend_steps: int = Field(default=5, ge=1, description="control steps of crossfade")
+    rtc_execution_horizon: int = Field(
+        default=5,
+        ge=1,
+        description="rtc: execution horizon s, control steps of a chunk executed before the "
+        "next starts; the soft mask is 0 from chunk step H - s on",
+    )
+    rtc_max_guidance_weight: float = Field(
+        default=5.0, gt=0, le=1e3, description="rtc: maximum guidance weight beta (clip)"
+    )
+    rtc_delay_window: int = Field(
+        default=10,
+        ge=1,
+        description="rtc: the frozen prefix d is the largest inference delay (control steps) "
+        "among the last this many chunks",
+    )
     latency_compensation: bool = Field(
         default=True, description="skip chunk steps elapsed since the observation"
     )

@@ -16,7 +16,15 @@ One :meth:`MoEPolicy.infer` call produces one action chunk:
    (noise) to t = 1 (data), the active set fixed for the chunk, then combines
    ``actions = sum_j w_j * basis[idx_j] @ x_j`` (:func:`compose_skills`). The weights follow
    the manifest's ``combination`` (``core/routing.py``), the one the model trained with.
+   On ONNX Runtime CPU the flow expert graph is split at load time so that the active
+   experts' weights are gathered once per chunk, not on every Euler step
+   (``core/backends/ort_hoist.py``; ``gather_once=False`` keeps the per-call graph).
 5. the chunk is denormalised (``a * std + mean``) into float64 [H, A].
+
+Real-time chunking (``merge: rtc``): ``infer(obs, guidance=RtcGuidance(...))`` guides the flow
+sampler toward the committed commands the scheduler hands over (``core/rtc.py``); the active
+set and the chunk's gathered expert weights stay fixed while it runs. Only the flow family
+has a sampler to guide: guidance for a direct family raises ``ValueError``.
 
 Determinism: the flow noise comes from ``numpy.random.default_rng(seed)``: each chunk draws a
 float32 standard-normal [E, R] block (one row per expert, whether active or not) and uses the
@@ -38,6 +46,12 @@ from moe_policy_ros.core.bundle import BundleError, LoadedBundle, graph_contract
 from moe_policy_ros.core.config import RoutingConfig
 from moe_policy_ros.core.manifest import Manifest
 from moe_policy_ros.core.routing import RoutingStrategy, make_strategy
+from moe_policy_ros.core.rtc import (
+    RtcGuidance,
+    check_block_diagonal,
+    guided_flow_sample,
+    soft_mask,
+)
 from moe_policy_ros.core.types import Observation, PolicyOutput, RouterOutputs, RoutingDecision
 
 __all__ = [
@@ -102,6 +116,11 @@ def compose_skills(
     return np.einsum("j,jmr,jr->m", w, b, np.asarray(coeffs, np.float64))
 
 
+#: rtc: largest gathered expert weights (bytes, estimated from the stage file) for which the
+#: finite-difference rows share one expert-stage call
+RTC_BATCH_BYTES = 32 * 1024 * 1024
+
+
 def _ms(t0: int, t1: int) -> float:
     return (t1 - t0) / 1e6
 
@@ -115,6 +134,7 @@ class MoEPolicy:
         backend: Backend,
         routing: RoutingConfig | None = None,
         seed: int = 0,
+        gather_once: bool = True,
     ) -> None:
         m = bundle.manifest
         self.bundle = bundle
@@ -145,6 +165,7 @@ class MoEPolicy:
                     f"{want_out}"
                 )
             self.stages[name] = stage
+        self.gather_once = bool(gather_once) and self._hoist_flow_experts(bundle, backend)
 
         cams = m.observation.cameras
         self._cams = [(c.name, c.height, c.width) for c in cams]
@@ -165,6 +186,32 @@ class MoEPolicy:
         self._a_mean = np.asarray(m.action.mean, np.float64)
         self._a_std = np.asarray(m.action.std, np.float64)
         self._rng = np.random.default_rng(self.seed)
+        self._rtc_checked = False
+        self._expert_file_bytes = bundle.stage_path("experts").stat().st_size / self.num_experts
+
+    def _hoist_flow_experts(self, bundle: LoadedBundle, backend: Backend) -> bool:
+        """Flow family on ONNX Runtime CPU: gather the active experts' weights (and every other
+        per-chunk value) once per chunk, not per flow step (``core/backends/ort_hoist.py``).
+        Returns whether it did; other backends keep the per-call graph."""
+        from moe_policy_ros.core.backends.ort import OrtBackend, OrtStage
+
+        stage = self.stages["experts"]
+        if not (
+            self.manifest.is_flow
+            and isinstance(backend, OrtBackend)
+            and backend.provider == "cpu"
+            and isinstance(stage, OrtStage)
+        ):
+            return False
+        from moe_policy_ros.core.backends.ort_hoist import HoistedStage
+
+        self.stages["experts"] = HoistedStage(
+            bundle.stage_path("experts"),
+            stage.session.get_session_options(),
+            {"context", "expert_idx"},
+            expected_sha256=self.manifest.stages["experts"].sha256,
+        )
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -266,7 +313,12 @@ class MoEPolicy:
             latent=row("latent"),
         )
 
-    def _experts(self, enc: dict[str, np.ndarray], decision: RoutingDecision) -> np.ndarray:
+    def _experts(
+        self,
+        enc: dict[str, np.ndarray],
+        decision: RoutingDecision,
+        guidance: RtcGuidance | None = None,
+    ) -> np.ndarray:
         context = enc["context"]
         idx = np.ascontiguousarray(decision.active, dtype=np.int64)
         w = np.ascontiguousarray(decision.weights, dtype=np.float32)
@@ -275,6 +327,8 @@ class MoEPolicy:
             out = stage.run({"context": context, "expert_idx": idx, "expert_weights": w})
             return np.asarray(out["actions"][0], dtype=np.float64)
         noise = self._rng.standard_normal((self.num_experts, self.rank), dtype=np.float32)
+        if guidance is not None:
+            return self._guided(enc, idx, w, noise[idx], guidance)
         x = noise[idx][None]  # [1, k, R]
         dt = 1.0 / self.steps
         for s in range(self.steps):
@@ -284,7 +338,75 @@ class MoEPolicy:
         flat = compose_skills(enc["basis"][0], idx, w, x[0])
         return flat.reshape(self.manifest.action.chunk_length, self.manifest.action.dim)
 
-    def infer(self, obs: Observation) -> PolicyOutput:
+    def _guided(
+        self,
+        enc: dict[str, np.ndarray],
+        idx: np.ndarray,
+        w: np.ndarray,
+        x0: np.ndarray,
+        g: RtcGuidance,
+    ) -> np.ndarray:
+        """The RTC-guided sampler (``core/rtc.py``) in model space; returns [H, A]."""
+        h, a = self.manifest.action.chunk_length, self.manifest.action.dim
+        y = np.asarray(g.committed, np.float64)
+        if y.shape[1] != a:
+            raise ValueError(f"rtc: committed actions have {y.shape[1]} columns, action dim {a}")
+        if g.execution_horizon >= h:
+            raise ValueError(
+                f"rtc: execution_horizon {g.execution_horizon} must be < the chunk length {h}"
+            )
+        n = min(y.shape[0], h)
+        target = np.zeros((h, a), np.float64)
+        target[:n] = (y[:n] - self._a_mean) / self._a_std
+        mask = np.repeat(soft_mask(h, g.delay_steps, g.execution_horizon, n), a)
+        stage = self.stages["experts"]
+        context = enc["context"]
+
+        k = idx.shape[0]
+        tiled: dict[int, np.ndarray] = {}
+
+        # Rows beyond k are copies of the active set (the FD perturbations). One call for all
+        # rows saves per-call overhead but gathers the active weights once per copy: above
+        # RTC_BATCH_BYTES of gathered weights, one call per copy instead.
+        per_copy = k * self._expert_file_bytes
+
+        def velocity(x: np.ndarray, tau: float) -> np.ndarray:
+            reps = x.shape[0] // k
+            if reps > 1 and reps * per_copy > RTC_BATCH_BYTES:
+                return np.concatenate([velocity(x[i * k : (i + 1) * k], tau) for i in range(reps)])
+            if reps not in tiled:
+                tiled[reps] = np.ascontiguousarray(np.tile(idx, reps))
+            feeds = {
+                "context": context,
+                "expert_idx": tiled[reps],
+                "x_t": np.ascontiguousarray(x, np.float32)[None],
+                "t": np.array([tau], np.float32),
+            }
+            return np.asarray(stage.run(feeds)["velocity"][0], np.float32)
+
+        if not self._rtc_checked:
+            leak = check_block_diagonal(velocity, x0)
+            if leak > 1e-5:
+                raise ValueError(
+                    f"rtc: bundle {self.manifest.name!r}: an expert's velocity changes by "
+                    f"{leak:.3g} when another expert's input moves; the finite-difference "
+                    "VJP needs experts that see only their own coefficients"
+                )
+            self._rtc_checked = True
+        basis = np.asarray(enc["basis"][0])[idx]
+        x1 = guided_flow_sample(
+            velocity, x0, self.steps, basis, w, target.reshape(-1), mask,
+            g.max_guidance_weight, g.fd_eps,
+        )  # fmt: skip
+        return compose_skills(enc["basis"][0], idx, w, x1).reshape(h, a)
+
+    def infer(self, obs: Observation, guidance: RtcGuidance | None = None) -> PolicyOutput:
+        """One chunk; ``guidance`` (flow family only) runs the RTC-guided sampler."""
+        if guidance is not None and not self.manifest.is_flow:
+            raise ValueError(
+                f"rtc guidance needs a flow sampler; bundle {self.manifest.name!r} is family "
+                f"{self.manifest.family!r} (use merge replace/blend/ensemble)"
+            )
         t0 = time.perf_counter_ns()
         feeds = self._preprocess(obs)
         t1 = time.perf_counter_ns()
@@ -292,7 +414,7 @@ class MoEPolicy:
         t2 = time.perf_counter_ns()
         decision = self.strategy.select(self._router_outputs(enc))
         t3 = time.perf_counter_ns()
-        actions = self._experts(enc, decision)
+        actions = self._experts(enc, decision, guidance)
         t4 = time.perf_counter_ns()
         actions = actions * self._a_std + self._a_mean
         t5 = time.perf_counter_ns()

@@ -29,6 +29,11 @@ Design notes
     starts from the command actually being sent: bumpless. Where no older chunk covers ``t``,
     the newest chunk is used alone. A chunk superseded before it was ever executed is skipped
     in the crossfade (the robot never followed it).
+  - ``rtc``: real-time chunking (``core/rtc.py``). The new chunk was sampled to agree with
+    :meth:`committed` (the commands the robot executes while it is computed), so it replaces
+    the old one from its first executed step, like ``replace``, without a crossfade that
+    would average two plans. The inference side asks :meth:`committed` for the target and a
+    :class:`DelayEstimator` for the frozen prefix ``d`` before it samples.
 
 * **Invariants raise.** Wrong shapes, NaN/Inf actions and a ``start_step`` earlier than the
   newest chunk's (since the last :meth:`clear`) raise ``ValueError`` naming the value. A
@@ -53,9 +58,9 @@ import numpy as np
 
 from .config import ExecutionConfig
 
-MergeMode = Literal["ensemble", "blend", "replace"]
+MergeMode = Literal["ensemble", "blend", "replace", "rtc"]
 
-__all__ = ["ChunkScheduler", "MergeMode"]
+__all__ = ["ChunkScheduler", "DelayEstimator", "MergeMode"]
 
 
 @dataclass
@@ -94,8 +99,10 @@ class ChunkScheduler:
             raise ValueError(f"action_dim must be an integer, got {action_dim!r}")
         if action_dim < 1:
             raise ValueError(f"action_dim must be >= 1, got {action_dim}")
-        if merge not in ("ensemble", "blend", "replace"):
-            raise ValueError(f"merge must be 'ensemble', 'blend' or 'replace', got {merge!r}")
+        if merge not in ("ensemble", "blend", "replace", "rtc"):
+            raise ValueError(
+                f"merge must be 'ensemble', 'blend', 'replace' or 'rtc', got {merge!r}"
+            )
         if not (
             isinstance(ensemble_decay, (int, float))
             and math.isfinite(ensemble_decay)
@@ -126,7 +133,23 @@ class ChunkScheduler:
     # ------------------------------------------------------------------ writers
 
     def add_chunk(self, start_step: int, actions: np.ndarray) -> None:
-        """Add a chunk: ``actions[i]`` is the command for control step ``start_step + i``."""
+        """Add a chunk: ``actions[i]`` is the command for control step ``start_step + i``.
+
+        In ``rtc`` mode chunks must come through :meth:`add_guided_chunk`: an unguided chunk
+        there would be a plain ``replace`` without anyone noticing, so it raises.
+        """
+        if self.merge == "rtc":
+            raise ValueError(
+                "merge 'rtc' takes chunks sampled with RTC guidance (add_guided_chunk, from "
+                "MoEPolicy.infer(obs, guidance=...)); this chunk came without it"
+            )
+        self._add(start_step, actions)
+
+    def add_guided_chunk(self, start_step: int, actions: np.ndarray) -> None:
+        """Add a chunk sampled with RTC guidance toward :meth:`committed` (any merge mode)."""
+        self._add(start_step, actions)
+
+    def _add(self, start_step: int, actions: np.ndarray) -> None:
         start = _as_step("start_step", start_step)
         arr = np.asarray(actions)
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != self.action_dim:
@@ -198,13 +221,42 @@ class ChunkScheduler:
             newest = covering[-1]
             if newest.first_exec is None:
                 newest.first_exec = t
-            if self.merge == "replace":
+            if self.merge in ("replace", "rtc"):
                 out = newest.actions[t - newest.start]
             elif self.merge == "ensemble":
                 out = self._ensemble(covering, t)
             else:
                 out = self._blend(t)
             return np.array(out, dtype=np.float64)
+
+    def committed(self, step: int, horizon: int) -> np.ndarray:
+        """The commands the held chunks give for steps ``step .. step + n - 1`` (float64
+        [n, A], ``n <= horizon`` consecutive covered steps; [0, A] if none covers ``step``).
+
+        The rtc target: what the robot executes from ``step`` on if no newer chunk arrives.
+        Same merge rule as :meth:`action_at` but without its side effect (a chunk not yet
+        executed counts as starting now); ``step`` is the new chunk's start step.
+        """
+        t0 = _as_step("step", step)
+        n = _as_step("horizon", horizon)
+        if n < 0:
+            raise ValueError(f"horizon must be >= 0, got {n}")
+        rows: list[np.ndarray] = []
+        with self._lock:
+            for t in range(t0, t0 + n):
+                covering = [c for c in self._chunks if c.covers(t)]
+                if not covering:
+                    break
+                newest = covering[-1]
+                if self.merge in ("replace", "rtc"):
+                    rows.append(newest.actions[t - newest.start])
+                elif self.merge == "ensemble":
+                    rows.append(self._ensemble(covering, t))
+                else:
+                    rows.append(self._blend(t, assume_start=t0))
+        if not rows:
+            return np.zeros((0, self.action_dim), np.float64)
+        return np.array(rows, dtype=np.float64)
 
     # ------------------------------------------------------------------ merging
 
@@ -213,8 +265,9 @@ class ChunkScheduler:
         rows = np.stack([c.actions[t - c.start] for c in covering])
         return np.asarray(w @ rows / np.sum(w))
 
-    def _blend(self, t: int) -> np.ndarray:
+    def _blend(self, t: int, assume_start: int | None = None) -> np.ndarray:
         # Chunks superseded before they were ever executed take no part in the crossfade.
+        # ``assume_start`` (committed): the newest chunk counts as first executed there.
         chain = [c for c in self._chunks[:-1] if c.first_exec is not None]
         chain.append(self._chunks[-1])
         value: np.ndarray | None = None
@@ -222,10 +275,52 @@ class ChunkScheduler:
             if not c.covers(t):
                 continue
             new = c.actions[t - c.start]
-            if value is None or c.first_exec is None:
+            first = c.first_exec
+            if first is None and c is chain[-1] and assume_start is not None:
+                first = max(assume_start, c.start)
+            if value is None or first is None:
                 value = new
                 continue
-            alpha = min(1.0, max(0.0, (t - c.first_exec + 1) / self.blend_steps))
+            alpha = min(1.0, max(0.0, (t - first + 1) / self.blend_steps))
             value = (1.0 - alpha) * value + alpha * new
         assert value is not None  # action_at checked that some chunk covers t
         return value
+
+
+class DelayEstimator:
+    """The frozen prefix ``d`` for rtc: the largest recent inference delay in control steps.
+
+    The delay of a chunk is the number of control steps between its observation step (its
+    ``start_step``) and the first step at which the control loop could execute it. RTC needs
+    an upper bound: an underestimate leaves committed commands unfrozen and the new chunk may
+    disagree with what already ran; an overestimate only freezes a little more. So the
+    estimate is the maximum over the last ``window`` delays (``initial`` before any).
+    """
+
+    def __init__(self, window: int = 10, initial: int = 0) -> None:
+        for name, v in (("window", window), ("initial", initial)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = int(window)
+        self.initial = int(initial)
+        self._lock = threading.Lock()
+        self._delays: list[int] = []
+
+    def record(self, delay_steps: int) -> None:
+        """Add one measured delay (control steps, >= 0)."""
+        d = _as_step("delay_steps", delay_steps)
+        if d < 0:
+            raise ValueError(f"delay_steps must be >= 0, got {d}")
+        with self._lock:
+            self._delays.append(d)
+            del self._delays[: max(0, len(self._delays) - self.window)]
+
+    def estimate(self) -> int:
+        with self._lock:
+            return max(self._delays) if self._delays else self.initial
+
+    def reset(self) -> None:
+        with self._lock:
+            self._delays = []

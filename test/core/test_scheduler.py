@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moe_policy_ros.core.config import ExecutionConfig
-from moe_policy_ros.core.scheduler import ChunkScheduler
+from moe_policy_ros.core.scheduler import ChunkScheduler, DelayEstimator
 
 
 def const_chunk(value: float, horizon: int, action_dim: int = 2) -> np.ndarray:
@@ -370,3 +370,48 @@ def test_thread_safety_smoke(merge: str) -> None:
     assert s.newest_start == last_start
     assert executed == sorted(set(executed))
     assert executed[-1] == last_start + horizon - 1
+
+
+# --------------------------------------------------------------------------- rtc side
+
+
+def test_rtc_merge_replaces_and_committed_is_what_would_run() -> None:
+    s = ChunkScheduler(1, merge="rtc")
+    with pytest.raises(ValueError, match="RTC guidance"):
+        s.add_chunk(0, np.arange(10.0)[:, None])
+    s.add_guided_chunk(0, np.arange(10.0)[:, None])
+    assert at(s, 0) == 0.0
+    s.add_guided_chunk(4, 100.0 + np.arange(6.0)[:, None])  # covers 4..9
+    np.testing.assert_array_equal(s.committed(2, 20)[:, 0], [2, 3, 100, 101, 102, 103, 104,
+                                                              105])  # fmt: skip
+    assert s.committed(2, 3).shape == (3, 1)
+    assert s.committed(10, 5).shape == (0, 1)  # nothing covers step 10
+    assert at(s, 5) == 101.0  # the new chunk wins at once, no crossfade
+
+
+def test_committed_follows_the_merge_rule_without_side_effects() -> None:
+    s = ChunkScheduler(1, merge="blend", blend_steps=4)
+    s.add_chunk(0, np.zeros((10, 1)))
+    at(s, 0)
+    s.add_chunk(2, np.ones((10, 1)))
+    ramp = s.committed(3, 4)[:, 0]  # as if the new chunk first ran at step 3
+    np.testing.assert_allclose(ramp, [0.25, 0.5, 0.75, 1.0])
+    assert at(s, 5) == 0.25  # committed() did not start the crossfade; step 5 does
+    with pytest.raises(ValueError, match="horizon"):
+        s.committed(0, -1)
+
+
+def test_delay_estimator_is_the_recent_maximum() -> None:
+    est = DelayEstimator(window=3, initial=2)
+    assert est.estimate() == 2
+    for d in (1, 5, 2, 1):
+        est.record(d)
+    assert est.estimate() == 5  # 5 is among the last 3
+    est.record(1)
+    assert est.estimate() == 2  # 5 has left the window
+    est.reset()
+    assert est.estimate() == 2
+    with pytest.raises(ValueError, match="delay_steps"):
+        est.record(-1)
+    with pytest.raises(ValueError, match="window"):
+        DelayEstimator(window=0)
