@@ -47,6 +47,7 @@ from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter
 from moe_policy_ros.core.scheduler import ChunkScheduler
 from moe_policy_ros.core.types import Observation
+from moe_policy_ros.evaluation.metrics import percentile, wilson_interval
 
 __all__ = [
     "EpisodeResult",
@@ -59,25 +60,6 @@ __all__ = [
 
 DEFAULT_RENDER_SIZE: tuple[int, int] = (480, 640)  # (H, W) px, the sim node's camera size
 DEFAULT_EPISODE_STEPS = 400  # 8 s at 50 Hz, the demonstrations' length
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (default 95%); (0, 1) for n = 0.
-
-    p~ = (p + z^2 / 2n) / (1 + z^2 / n), half width z / (1 + z^2 / n) * sqrt(p (1 - p) / n
-    + z^2 / 4n^2). Unlike the normal approximation it stays inside [0, 1] and is not empty at
-    k = 0 or k = n.
-    """
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"need 0 <= k <= n (got k={k}, n={n})")
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
@@ -116,13 +98,23 @@ class EpisodeResult:
     interventions: int = 0
     wall_s: float = 0.0
     error: str = ""
+    # Per chunk: the control step of its observation, the dominant expert and the active set
+    # (the router along the episode; figures.py draws it under the scripted phases).
+    trace_steps: list[int] = field(default_factory=list)
+    trace_dominant: list[int] = field(default_factory=list)
+    trace_active: list[list[int]] = field(default_factory=list)
+    # What the policy node reported on /diagnostics for this episode (ROS 2 mode): inference
+    # latency p50/p99, control period jitter p99, missed ticks. Empty in-process.
+    node_stats: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("latencies_ms")
-        lat = np.asarray(self.latencies_ms, np.float64)
-        d["latency_ms_p50"] = float(np.percentile(lat, 50)) if lat.size else None
-        d["latency_ms_p99"] = float(np.percentile(lat, 99)) if lat.size else None
+        d["latency_ms_p50"] = percentile(self.latencies_ms, 50)
+        d["latency_ms_p99"] = percentile(self.latencies_ms, 99)
+        if not self.latencies_ms and self.node_stats:
+            d["latency_ms_p50"] = self.node_stats.get("latency_ms_p50")
+            d["latency_ms_p99"] = self.node_stats.get("latency_ms_p99")
         if not math.isfinite(d["mean_active_experts"]):
             d["mean_active_experts"] = None
         return d
@@ -311,6 +303,9 @@ class InProcessRunner(_ClosedLoop):
         res.latencies_ms.append(out.timings_ms["total"])
         dec = out.decision
         ks.append(dec.k)
+        res.trace_steps.append(step)
+        res.trace_dominant.append(int(dec.dominant))
+        res.trace_active.append([int(i) for i in dec.active])
         self._usage[dec.active] += 1
         res.switches += int(dec.state.switched)
         chunk = np.repeat(q[None, :], out.actions.shape[0], axis=0)
@@ -375,6 +370,8 @@ class Summary:
     latency_ms_p50: float | None
     latency_ms_p99: float | None
     errors: int
+    control_jitter_ms_p99: float | None = None  # ROS 2 mode: worst episode's node p99
+    latency_source: str = "per chunk"  # or "node diagnostics" (ROS 2 mode)
 
     def line(self) -> str:
         """``success: k/N (p%, 95% CI lo-hi%)``."""
@@ -399,6 +396,16 @@ def summarize(results: Sequence[EpisodeResult]) -> Summary:
     )
     active = [r.mean_active_experts for r in results if math.isfinite(r.mean_active_experts)]
     ran = [r for r in results if r.chunks]
+    source = "per chunk"
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    if not lat.size:
+        # ROS 2 mode: the node reports each episode's window; the run's p50 is the median of
+        # the episodes' medians and its p99 the worst episode's p99 (not a pooled percentile).
+        p50 = percentile([r.node_stats.get("latency_ms_p50", math.nan) for r in results], 50)
+        p99s = [r.node_stats.get("latency_ms_p99", math.nan) for r in results]
+        p99 = percentile(p99s, 100)
+        source = "node diagnostics" if p50 is not None else source
+    jitter = percentile([r.node_stats.get("jitter_ms_p99", math.nan) for r in results], 100)
     return Summary(
         episodes=n,
         successes=k,
@@ -406,9 +413,11 @@ def summarize(results: Sequence[EpisodeResult]) -> Summary:
         ci95=wilson_interval(k, n),
         mean_active_experts=float(np.mean(active)) if active else None,
         switches_per_episode=float(np.mean([r.switches for r in ran])) if ran else None,
-        latency_ms_p50=float(np.percentile(lat, 50)) if lat.size else None,
-        latency_ms_p99=float(np.percentile(lat, 99)) if lat.size else None,
+        latency_ms_p50=p50,
+        latency_ms_p99=p99,
         errors=sum(1 for r in results if r.error),
+        control_jitter_ms_p99=jitter,
+        latency_source=source,
     )
 
 
