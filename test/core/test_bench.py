@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from test_bundle import write_bundle
 
-from moe_policy_ros.benchmark import MIN_RUNS, add_bench_arguments, run_bench
-from moe_policy_ros.inspect_bundle import add_inspect_arguments, run_inspect
+from moe_policy_ros.tools.bench import MIN_RUNS, add_bench_arguments, run_bench
+from moe_policy_ros.tools.inspect import add_inspect_arguments, run_inspect
 
 
 def _bench_args(argv: list[str]) -> argparse.Namespace:

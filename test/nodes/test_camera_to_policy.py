@@ -35,11 +35,11 @@ except ImportError as _err:  # pragma: no cover - depends on the machine
 
 from ros_helpers import REPO, FakeRobot, RosClient, bundle_home, engage, node_process, wait_for
 
-from moe_policy_ros.bringup import _command, prepare_params
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.core.transport import dds_environment
 from moe_policy_ros.graph import node_graph, read_params_doc
+from moe_policy_ros.tools.up import _command, prepare_params
 
 pytestmark = [pytest.mark.ros, pytest.mark.realsense, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ import yaml
 from ros_helpers import node_env
 
 from moe_policy_ros.cli import _COMMANDS
-from moe_policy_ros.monitor import MonitorState, render
+from moe_policy_ros.tools.monitor import MonitorState, render
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = [REPO / "config" / "dual_arm.yaml", REPO / "config" / "sim_dual_arm.yaml"]

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 
-from moe_policy_ros.bringup import _command, prepare_params
 from moe_policy_ros.core.config import ConfigError
 from moe_policy_ros.graph import (
     LAUNCH_ARGUMENTS,
@@ -27,6 +26,7 @@ from moe_policy_ros.graph import (
     read_params_doc,
     rewrite_params,
 )
+from moe_policy_ros.tools.up import _command, prepare_params
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"

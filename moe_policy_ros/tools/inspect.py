@@ -193,7 +193,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_policy_ros.inspect_bundle")
+    parser = argparse.ArgumentParser(prog="python -m moe_policy_ros.tools.inspect")
     add_inspect_arguments(parser)
     return run_inspect(parser.parse_args(argv))
 

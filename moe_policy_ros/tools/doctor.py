@@ -190,7 +190,7 @@ def check_dds(ctx: Context) -> Iterator[Finding]:
     timeout = 15.0
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from moe_policy_ros.doctor import _echo_main; "
+         "import sys; from moe_policy_ros.tools.doctor import _echo_main; "
          "_echo_main(sys.argv[1], sys.argv[2], float(sys.argv[3]))",
          f"{base}/ping", f"{base}/pong", str(timeout + 5)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,

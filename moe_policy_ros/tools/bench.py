@@ -187,7 +187,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_policy_ros.benchmark")
+    parser = argparse.ArgumentParser(prog="python -m moe_policy_ros.tools.bench")
     add_bench_arguments(parser)
     return run_bench(parser.parse_args(argv))
 

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.bringup import (
+from moe_policy_ros.core.config import load_config
+from moe_policy_ros.graph import node_graph, read_params_doc
+from moe_policy_ros.tools.up import (
     _bring_up,
     _Child,
     _command,
@@ -32,8 +34,6 @@ from moe_policy_ros.bringup import (
     apply_dds_environment,
     prepare_params,
 )
-from moe_policy_ros.core.config import load_config
-from moe_policy_ros.graph import node_graph, read_params_doc
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "sim_dual_arm.yaml"
 
