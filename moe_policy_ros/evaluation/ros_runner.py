@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.bringup import _Child, _command, _spawn, _stop, apply_dds_environment
+from moe_policy_ros.tools.up import _Child, _command, _spawn, _stop, apply_dds_environment
 from moe_policy_ros.graph import (
     POLICY_NODE,
     SIM_NODE,

@@ -1,0 +1,79 @@
+"""`moe-policy-ros evaluate` through ROS 2: aloha_sim and the policy node as separate processes
+over DDS, one short episode end to end; a node that dies is that episode's failure with its
+cause, and the next episode runs on a restarted graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from ros_helpers import REPO, node_env
+
+pytest.importorskip("rclpy")
+pytest.importorskip("mujoco")
+
+pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
+
+LINE = re.compile(r"^success: (\d+)/(\d+) \((\d+)%, 95% CI (\d+)-(\d+)%\)$")
+
+
+def test_evaluate_ros2_one_short_episode_with_a_routing_override(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_policy_ros.cli", "evaluate", "--episodes", "1",
+         "--seed-start", "1000", "--max-steps", "40", "--episode-timeout", "90",
+         "--routing", "topk", "--k", "1", "--out", str(tmp_path), "--no-progress"],
+        cwd=REPO, env=node_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    m = LINE.match(lines[-1])
+    assert m and m.group(2) == "1", lines[-1]
+    assert "| control jitter p99" in proc.stdout and "| mean active experts" in proc.stdout
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    assert doc["mode"] == "ros2" and doc["seeds"] == [1000]
+    assert doc["strategy"] == "topk" and doc["family"] == "smp"  # the override reached the node
+    assert doc["labels"] and len(doc["labels"]) == 8
+    ep = doc["episodes"][0]
+    assert ep["error"] == "", ep["error"]
+    assert ep["steps"] == 40 and ep["engaged_step"] == 0
+    assert ep["chunks"] >= 3  # 0.8 s of autonomy at 10 Hz inference
+    assert ep["mean_active_experts"] == 1.0  # topk k=1 through the node's parameters
+    n = len(ep["trace_steps"])
+    assert n >= 3 and len(ep["trace_dominant"]) == n and len(ep["trace_active"]) == n
+    assert all(a == [d] for a, d in zip(ep["trace_active"], ep["trace_dominant"], strict=True))
+    for key in ("latency_ms_p50", "latency_ms_p99", "jitter_ms_p99"):
+        assert ep["node_stats"][key] > 0, key
+    s = doc["summary"]
+    assert s["line"] == lines[-1] and s["latency_source"] == "node diagnostics"
+    assert s["control_jitter_ms_p99"] == ep["node_stats"]["jitter_ms_p99"]
+
+
+def test_a_node_that_dies_fails_its_episode_and_the_next_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in node_env().items():
+        monkeypatch.setenv(key, value)
+    from moe_policy_ros.evaluation.ros_runner import RosEpisodeRunner
+    from moe_policy_ros.rollout import LoopSettings, default_params_file, resolve_bundle
+
+    params = default_params_file()
+    bundle = resolve_bundle("models/demo_smp", params)
+    settings = LoopSettings(max_steps=400, episode_timeout_s=60.0)
+    with RosEpisodeRunner("transfer_cube", params, bundle, settings=settings) as runner:
+        sim = next(c for c in runner.children if c.spec.name == "aloha_sim")
+        # Kill the sim 3 s into the episode (well inside its 8 s step budget).
+        threading.Timer(3.0, lambda: os.killpg(sim.proc.pid, signal.SIGKILL)).start()
+        dead = runner.run(1000)
+        assert not dead.success
+        assert "aloha_sim exited" in dead.error or "stopped publishing" in dead.error, dead.error
+        runner.settings = LoopSettings(max_steps=20, episode_timeout_s=60.0)
+        again = runner.run(1001)
+        assert again.error == "", again.error
+        assert again.steps == 20 and again.chunks >= 1
