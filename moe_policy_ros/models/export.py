@@ -510,6 +510,15 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         help="default routing strategy written to the manifest (default: per family)",
     )
     parser.add_argument("--tau", type=float, default=None, help="gate-mass threshold")
+    parser.add_argument("--expert-labels-from-phases", type=Path, default=None,
+                        metavar="DATASET",
+                        help="name each expert after the demonstration phase it dominates "
+                        "most (recorded phase labels of DATASET), when the NMI between "
+                        "dominant expert and phase reaches --phase-min-nmi")
+    parser.add_argument("--phase-min-nmi", type=float, default=0.3,
+                        help="NMI below which the experts keep skill_i labels")
+    parser.add_argument("--phase-episodes", type=int, default=10,
+                        help="episodes of DATASET routed for the labels (0 = all)")
     parser.add_argument("--mass", choices=("linear", "quadratic"), default=None)
     parser.add_argument("--sticky-base", choices=("topk", "mass"), default=None)
 
@@ -605,6 +614,26 @@ def run_export(args: argparse.Namespace) -> int:
     )
     print(f"parity max abs error (onnxruntime vs torch): {m.provenance.parity_max_abs_err:.3g}")
     print(m.provenance.notes)
+    if args.expert_labels_from_phases is not None:
+        return _labels_from_phases(path.parent, args)
+    return 0
+
+
+def _labels_from_phases(bundle_dir: Path, args: argparse.Namespace) -> int:
+    """``--expert-labels-from-phases``: evaluation.phases names the experts (or says why
+    not)."""
+    from moe_policy_ros.data.episodes import DatasetError
+    from moe_policy_ros.evaluation.phases import label_bundle_from_phases
+
+    try:
+        labels, reason, _ = label_bundle_from_phases(
+            bundle_dir, args.expert_labels_from_phases, min_nmi=args.phase_min_nmi,
+            max_episodes=args.phase_episodes,
+        )
+    except (DatasetError, ValueError) as err:
+        print(f"expert labels from phases: {err} (the bundle keeps its labels)")
+        return 1
+    print(f"expert labels: {reason}: {', '.join(labels)}")
     return 0
 
 
