@@ -77,7 +77,13 @@ _COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "moe_policy_ros.tools.evaluate",
         "add_arguments",
         "run",
-        "success rate of a bundle on a task over fixed seeds (--in-process: no ROS)",
+        "success rate of a bundle on a task over fixed seeds (ROS 2 graph; --in-process: no ROS)",
+    ),
+    "results": (
+        "moe_policy_ros.tools.results",
+        "add_arguments",
+        "run",
+        "tables and figures for docs/results.md from evaluate outputs and phase labels",
     ),
 }
 
