@@ -10,9 +10,10 @@ transport taken out and time made exact:
   applied to the training images; proprio is the measured joint positions.
 * **Inference** through :class:`core.runtime.MoEPolicy` on ONNX Runtime (CPU), the bundle's
   default routing unless overridden. Inference takes no simulated time.
-* **Chunk scheduling** as the node does it: the chunk of the observation taken at step ``s``
-  starts at ``s + 1`` (``actions[i]`` is for step ``s + 1 + i``), merged by
-  :class:`core.scheduler.ChunkScheduler` with the parameter file's execution settings.
+* **Chunk scheduling** through the node's own :class:`core.timeline.ChunkTimeline`: the chunk
+  of the observation taken at step ``s`` starts at ``s + 1`` (``actions[i]`` is for step
+  ``s + 1 + i``; inference takes no simulated time, so the latency step is zero), merged with
+  the parameter file's execution settings; a non-finite chunk holds, as on the robot.
 * **Arbitration and safety**: :class:`core.handover.CommandArbiter` with the file's handover
   and safety settings on a :class:`core.clock.FakeClock`; autonomy is engaged (as the evaluate
   command does through ``~/engage``) at the first tick after the first chunk, so the engage
@@ -40,12 +41,13 @@ import numpy as np
 
 from moe_policy_ros.core.bundle import load_bundle
 from moe_policy_ros.core.clock import FakeClock
+from moe_policy_ros.core.compat import bundle_mismatches
 from moe_policy_ros.core.config import RoutingConfig, RuntimeConfig
 from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs
 from moe_policy_ros.core.imageconv import resize_to
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter
-from moe_policy_ros.core.scheduler import ChunkScheduler
+from moe_policy_ros.core.timeline import ChunkTimeline
 from moe_policy_ros.core.types import Observation
 from moe_policy_ros.evaluation.metrics import percentile, wilson_interval
 
@@ -127,7 +129,13 @@ class _ClosedLoop:
     num_experts = 0
     _usage: np.ndarray
 
-    def __init__(self, task: str, config: RuntimeConfig, settings: LoopSettings | None) -> None:
+    def __init__(
+        self,
+        task: str,
+        config: RuntimeConfig,
+        settings: LoopSettings | None,
+        action_joints: Sequence[str] | None = None,
+    ) -> None:
         from moe_policy_ros.sim.aloha import JOINT_NAMES, AlohaSim
 
         self.settings = settings or LoopSettings()
@@ -146,6 +154,10 @@ class _ClosedLoop:
         ratio = p.control_rate_hz / p.inference_rate_hz
         self._infer_every = max(1, round(ratio))
         self._substeps = max(1, round(self._period_s / self.sim.timestep))
+        self.timeline = ChunkTimeline(
+            robot, robot if action_joints is None else action_joints, p.execution,
+            self._period_s,
+        )
 
     def _reset(self, seed: int) -> None:
         """Called after the sim reset, before the first step of an episode."""
@@ -186,15 +198,14 @@ class _ClosedLoop:
         sim.reset(res.seed)
         self._usage = np.zeros(self.num_experts, np.int64)
         self._reset(res.seed)
-        n = len(self._robot_joints)
-        sched = ChunkScheduler.from_config(cfg.policy.execution, n)
+        timeline = self.timeline
+        timeline.clear()
         clock = FakeClock()
         safety = SafetyFilter(cfg.robot, cfg.safety, self._period_s)
         arb = CommandArbiter(cfg.handover, safety, clock)
         period_ns = round(self._period_s * 1e9)
         warm = False
         refusal = ""
-        nan_pending = False
         for step in range(st.max_steps):
             if time.monotonic() - t0 > st.episode_timeout_s:
                 raise TimeoutError(
@@ -202,20 +213,14 @@ class _ClosedLoop:
                     f"step {step}"
                 )
             q = sim.joint_positions()[self._to_robot]
+            now_ns = step * period_ns
+            timeline.mark(step, now_ns)
             if step % self._infer_every == 0:
                 chunk = self._chunk(step, q, res, ks)
                 res.chunks += 1
-                if np.all(np.isfinite(chunk)):
-                    sched.add_chunk(step + 1, chunk)
-                    warm = True
-                else:  # as the node: the filter sees a NaN command and holds
-                    nan_pending = True
-            proposal = sched.action_at(step)
-            sched.prune(step)
-            if nan_pending:
-                proposal = np.full(n, np.nan)
-                sched.clear()
-                nan_pending = False
+                # as the node: a NaN chunk reaches the filter as a NaN command, which holds
+                warm = timeline.offer(chunk, now_ns) == "added" or warm
+            proposal, _ = timeline.take(step)
             tick = arb.tick(TickInputs(measured=q, policy_command=proposal, policy_warm=warm))
             res.interventions += int(bool(tick.filter.interventions))
             if arb.mode == Mode.AUTONOMY and res.engaged_step is None:
@@ -263,16 +268,10 @@ class InProcessRunner(_ClosedLoop):
         self.manifest = m
         self.num_experts = m.experts.count
         robot = tuple(config.robot.joint_names)
-        missing = sorted(
-            {j for j in (*m.action.joints, *m.observation.proprio.joints) if j not in robot}
-        )
-        if missing:
-            raise ValueError(
-                f"bundle {bundle_dir} uses joints {missing} that robot.arms does not have "
-                f"(robot joints: {list(robot)})"
-            )
-        super().__init__(task, config, settings)
-        self._action_idx = np.array([robot.index(j) for j in m.action.joints])
+        problems = bundle_mismatches(m, robot, None, f"bundle {bundle_dir}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        super().__init__(task, config, settings, action_joints=m.action.joints)
         self._proprio_idx = np.array([robot.index(j) for j in m.observation.proprio.joints])
         backend = OrtBackend("cpu", intra_op_threads=config.policy.intra_op_threads)
         self.policy = MoEPolicy(self.bundle, backend, routing=routing, seed=policy_seed)
@@ -308,9 +307,7 @@ class InProcessRunner(_ClosedLoop):
         res.trace_active.append([int(i) for i in dec.active])
         self._usage[dec.active] += 1
         res.switches += int(dec.state.switched)
-        chunk = np.repeat(q[None, :], out.actions.shape[0], axis=0)
-        chunk[:, self._action_idx] = out.actions
-        return chunk
+        return self.timeline.expand(out.actions, q)
 
 class ReplayRunner(_ClosedLoop):
     """Recorded commands instead of a policy: episode ``seed``'s actions, chunked as a policy

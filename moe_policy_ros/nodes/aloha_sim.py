@@ -118,7 +118,9 @@ class _StampClock:
     def now_ns(self) -> int:
         return self._node.stamp_ns()
 
-    def sleep_until_ns(self, deadline_ns: int) -> None:  # not used by the followers
+    def sleep_until_ns(  # not used by the followers
+        self, deadline_ns: int, stop: threading.Event | None = None
+    ) -> bool:
         raise NotImplementedError
 
 

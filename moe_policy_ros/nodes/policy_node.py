@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,10 +42,12 @@ from moe_policy_ros.core.backends import make_backend
 from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
 from moe_policy_ros.core.camerastats import CameraStats, camera_verdict
 from moe_policy_ros.core.clock import MonotonicClock
+from moe_policy_ros.core.compat import bundle_mismatches
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
 from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs, TickOutput
 from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import JOINTS, InputBuffer, InputError
+from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.preprocess import (
     CameraPipeline,
@@ -58,8 +59,8 @@ from moe_policy_ros.core.preprocess import (
 )
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
-from moe_policy_ros.core.scheduler import ChunkScheduler
 from moe_policy_ros.core.stats import JitterMeter, LatencyWindow, RateMeter
+from moe_policy_ros.core.timeline import ADDED, NONFINITE, ChunkTimeline, TimedChunk
 from moe_policy_ros.core.types import Observation, PolicyOutput
 from moe_policy_ros.nodes.common import (
     COMMAND_QOS,
@@ -78,15 +79,6 @@ from moe_policy_ros.nodes.params import declare_parameters
 OK, WARN, ERROR = 0, 1, 2
 
 
-@dataclass
-class _Chunk:
-    """A chunk in robot joint order, ready for the control loop."""
-
-    actions: np.ndarray  # [H, J] robot joint order
-    start_step: int  # actions[i] is for control step start_step + i
-    stamp_ns: int  # observation time (ROS clock)
-
-
 class PolicyNode(LifecycleNode):
     """Runs an MoE policy bundle in a fixed-rate control loop; see the module docstring."""
 
@@ -98,12 +90,13 @@ class PolicyNode(LifecycleNode):
         self._joint_names: list[str] = []
         self._expert_labels: list[str] = []
         self._gate_layout: list[Dim] = []
-        self._scheduler: ChunkScheduler | None = None
+        self._timeline: ChunkTimeline | None = None
+        self._control: PeriodicLoop | None = None
+        self._worker: PeriodicLoop | None = None
         self._arbiter: CommandArbiter | None = None
         self._safety: SafetyFilter | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._mode_lock = threading.Lock()
         self._configure_error = ""
         self._entities: list[Any] = []
@@ -141,8 +134,8 @@ class PolicyNode(LifecycleNode):
         """Start the inference worker and the control loop; enable the publishers."""
         self._reset_stats()
         self._stop.clear()
-        assert self._scheduler is not None and self._policy is not None
-        self._scheduler.clear()
+        assert self._timeline is not None and self._policy is not None
+        self._timeline.clear()
         self._policy.reset()
         self._threads = [
             threading.Thread(target=self._inference_loop, name="inference", daemon=True),
@@ -186,26 +179,9 @@ class PolicyNode(LifecycleNode):
         bundle = load_bundle(bundle_path, expected_sha256=cfg.policy.sha256)
         m = bundle.manifest
         robot_joints = cfg.robot.joint_names
-        unknown = [j for j in (*m.action.joints, *m.observation.proprio.joints)
-                   if j not in robot_joints]
-        if unknown:
-            raise ConfigError(
-                f"bundle {bundle_path} uses joints {sorted(set(unknown))} that robot.arms "
-                f"does not have (robot joints: {robot_joints})"
-            )
-        cams = {c.name: c for c in cfg.cameras}
-        for spec in m.observation.cameras:
-            cam = cams.get(spec.name)
-            if cam is None:
-                raise ConfigError(
-                    f"bundle camera {spec.name!r} is not configured (cameras.names: "
-                    f"{sorted(cams)})"
-                )
-            if (cam.height, cam.width) != (spec.height, spec.width):
-                raise ConfigError(
-                    f"cameras.{spec.name}: size {cam.width}x{cam.height} differs from the "
-                    f"bundle's {spec.width}x{spec.height}"
-                )
+        problems = bundle_mismatches(m, robot_joints, cfg.cameras, f"bundle {bundle_path}")
+        if problems:
+            raise ConfigError("; ".join(problems))
         ckpt = resolve_share_path(cfg.policy.checkpoint) if cfg.policy.checkpoint else None
         backend = make_backend(
             cfg.policy.backend, device=cfg.policy.device,
@@ -223,7 +199,6 @@ class PolicyNode(LifecycleNode):
         self._expert_labels = labels
         self._gate_layout = [Dim(label="experts:" + ",".join(labels), size=len(labels),
                                  stride=len(labels))]
-        self._action_idx = np.array([robot_joints.index(j) for j in m.action.joints])
         self._proprio_idx = np.array(
             [robot_joints.index(j) for j in m.observation.proprio.joints]
         )
@@ -234,13 +209,12 @@ class PolicyNode(LifecycleNode):
             {c.name: c.max_age_s for c in cfg.cameras if c.name in used},
         )
         self._setup_cameras(cfg, bundle)
-        self._scheduler = ChunkScheduler(
-            len(robot_joints),
-            merge=cfg.policy.execution.merge,
-            ensemble_decay=cfg.policy.execution.ensemble_decay,
-            blend_steps=cfg.policy.execution.blend_steps,
-        )
         period = cfg.policy.control_period_s
+        self._timeline = ChunkTimeline(
+            robot_joints, m.action.joints, cfg.policy.execution, period
+        )
+        self._control = PeriodicLoop(cfg.policy.control_rate_hz, self._mono, late="skip")
+        self._worker = PeriodicLoop(cfg.policy.inference_rate_hz, self._mono, late="reanchor")
         self._safety = SafetyFilter(cfg.robot, cfg.safety, period)
         self._arbiter = CommandArbiter(cfg.handover, self._safety, self._mono)
         self._teleop: tuple[np.ndarray, int] | None = None
@@ -480,52 +454,37 @@ class PolicyNode(LifecycleNode):
         self._obs_to_cmd = LatencyWindow(500)
         self._control_rate = RateMeter(window_s=2.0)
         self._jitter = JitterMeter(period, size=1000)
-        self._overrun_active = False
         self._policy_warm = False
         self._ood_energy: float | None = None
         self._infer_count = 0
         self._infer_errors = 0
-        self._infer_overruns = 0
         self._last_infer_error = ""
         self._switches: list[float] = []  # monotonic seconds of switches (last minute)
         self._usage: np.ndarray | None = None
         self._active_count = LatencyWindow(200)
         self._nonfinite_chunks = 0
-        self._nan_pending = False
-        self._missed_ticks = 0
-        self._pending_chunk: _Chunk | None = None
         self._entropy = 0.0
         self._last_output: PolicyOutput | None = None
-        self._step_anchor: tuple[int, int] = (0, 0)  # (control step, ROS ns) of last tick
 
     # ------------------------------------------------------------------ inference worker
 
     def _inference_loop(self) -> None:
-        cfg = self._cfg
-        assert cfg is not None
-        period_ns = int(1e9 / cfg.policy.inference_rate_hz)
-        deadline = self._mono.now_ns()
-        while not self._stop.is_set():
-            deadline += period_ns
-            try:
-                self._infer_once()
-            except Exception as err:
-                if not self.context.ok():
-                    break  # SIGINT shut the context down under us: stop quietly
-                self._infer_errors += 1
-                self._last_infer_error = f"{type(err).__name__}: {err}"
-                self.get_logger().error(
-                    f"inference failed: {self._last_infer_error}", throttle_duration_sec=2.0
-                )
-            now = self._mono.now_ns()
-            if now > deadline:
-                # Overrun: count it and re-anchor instead of bursting to catch up.
-                self._infer_overruns += 1
-                self._overrun_active = True
-                deadline = now
-            else:
-                self._overrun_active = False
-            self._stop.wait(max(0.0, (deadline - self._mono.now_ns()) / 1e9))
+        assert self._worker is not None
+        self._worker.run(self._infer_step, self._stop)
+
+    def _infer_step(self, _step: int, _now: int) -> None:
+        """One worker iteration: a failure is counted and logged, never ends the worker."""
+        try:
+            self._infer_once()
+        except Exception as err:
+            if not self.context.ok():
+                self._stop.set()  # SIGINT shut the context down under us: stop quietly
+                return
+            self._infer_errors += 1
+            self._last_infer_error = f"{type(err).__name__}: {err}"
+            self.get_logger().error(
+                f"inference failed: {self._last_infer_error}", throttle_duration_sec=2.0
+            )
 
     def _infer_once(self) -> None:
         cfg, inputs, policy, bundle = self._cfg, self._inputs, self._policy, self._bundle
@@ -559,37 +518,17 @@ class PolicyNode(LifecycleNode):
         self._ood_energy = self._novelty(out)
         assert self._arbiter is not None
 
-        # Chunk in robot joint order; joints the policy does not command hold their
-        # measured position.
-        actions = np.repeat(joints.positions[None, :], out.actions.shape[0], axis=0)
-        actions[:, self._action_idx] = out.actions
-        step_now, ros_at_step = self._step_anchor
-        obs_step = step_now
-        if cfg.policy.execution.latency_compensation:
-            period_ns = int(1e9 * cfg.policy.control_period_s)
-            obs_step -= max(0, (ros_at_step - obs.stamp_ns) // period_ns)
-        start = obs_step + 1
-        if not np.all(np.isfinite(actions)):
-            # The scheduler refuses non-finite chunks; the arbiter sees the NaN command
-            # (ERROR + HOLD in the safety filter) through the nan_chunk path instead.
+        timeline = self._timeline
+        assert timeline is not None
+        offered = timeline.offer(timeline.expand(out.actions, joints.positions), obs.stamp_ns)
+        if offered == NONFINITE:
+            # The arbiter sees the NaN command (ERROR + HOLD in the safety filter).
             self._nonfinite_chunks += 1
             self.get_logger().error(
                 "policy output contains NaN/Inf: holding", throttle_duration_sec=2.0
             )
-            self._nan_pending = True
+        if offered != ADDED:
             return
-        assert self._scheduler is not None
-        with self._lock:
-            newest = self._scheduler.newest_start
-            if newest is not None and start < newest:
-                # An older observation than the newest chunk's (inputs arrived out of
-                # order): keep step alignment by dropping the steps before it.
-                drop = newest - start
-                if drop >= actions.shape[0]:
-                    return
-                actions, start = actions[drop:], newest
-            self._scheduler.add_chunk(start, actions)
-            self._pending_chunk = _Chunk(actions, start, obs.stamp_ns)
         self._policy_warm = True
         self._publish_router(out, shadow=self._arbiter.mode == Mode.TELEOP)
 
@@ -619,54 +558,34 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------ control loop
 
     def _control_loop(self) -> None:
-        cfg = self._cfg
-        assert cfg is not None
-        period_ns = int(1e9 * cfg.policy.control_period_s)
-        t0 = self._mono.now_ns()
-        step = 0
-        while not self._stop.is_set():
-            deadline = t0 + step * period_ns
-            wait = (deadline - self._mono.now_ns()) / 1e9
-            if wait > 0 and self._stop.wait(wait):
-                break
-            now = self._mono.now_ns()
-            self._control_rate.record(now)
-            self._jitter.add(now)
-            try:
-                self._tick(step)
-            except Exception as err:
-                if not self.context.ok():
-                    break  # SIGINT shut the context down under us: stop quietly
-                self.get_logger().error(
-                    f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
-                )
-            step += 1
-            behind = (self._mono.now_ns() - t0) // period_ns
-            if behind > step:  # missed ticks: skip them, never burst
-                self._missed_ticks += int(behind - step)
-                step = int(behind)
+        assert self._control is not None
+        self._control.run(self._control_step, self._stop)
+
+    def _control_step(self, step: int, now: int) -> None:
+        self._control_rate.record(now)
+        self._jitter.add(now)
+        try:
+            self._tick(step)
+        except Exception as err:
+            if not self.context.ok():
+                self._stop.set()  # SIGINT shut the context down under us: stop quietly
+                return
+            self.get_logger().error(
+                f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
+            )
 
     def _tick(self, step: int) -> None:
         """One control period: scheduler -> arbiter (modes, blend, safety filter) -> publish."""
-        cfg, inputs, sched, arb = self._cfg, self._inputs, self._scheduler, self._arbiter
-        assert cfg is not None and inputs is not None and sched is not None
+        cfg, inputs, timeline, arb = self._cfg, self._inputs, self._timeline, self._arbiter
+        assert cfg is not None and inputs is not None and timeline is not None
         assert arb is not None
         now_ros = self._now_ns()
-        self._step_anchor = (step, now_ros)
+        timeline.mark(step, now_ros)
         joints = inputs.joints()
         stale = inputs.stale_sources(now_ros)
         measured = None if joints is None or JOINTS in stale else joints.positions
-        with self._lock:
-            proposal = sched.action_at(step)
-            sched.prune(step)
-            pending = self._pending_chunk
-            self._pending_chunk = None
-        if self._nan_pending:
-            # A non-finite chunk reaches the filter as such: ERROR + HOLD there.
-            proposal = np.full(len(self._joint_names), np.nan)
-            self._nan_pending = False
-            with self._lock:
-                sched.clear()
+        # After a non-finite chunk the proposal is all-NaN: ERROR + HOLD in the filter.
+        proposal, pending = timeline.take(step)
         teleop, deadman = self._teleop, self._deadman
         out = arb.tick(
             TickInputs(
@@ -678,7 +597,7 @@ class PolicyNode(LifecycleNode):
                 deadman_stamp_ns=None if deadman is None else deadman[1],
                 stale_inputs=tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS),
                 policy_warm=self._policy_warm,
-                overrun=self._overrun_active,
+                overrun=self._worker is not None and self._worker.overrunning,
                 ood_energy=self._ood_energy,
             )
         )
@@ -726,7 +645,7 @@ class PolicyNode(LifecycleNode):
             offset += n
 
     def _publish_chunk_mode(
-        self, step: int, out: TickOutput, pending: _Chunk | None, now_ros: int
+        self, step: int, out: TickOutput, pending: TimedChunk | None, now_ros: int
     ) -> None:
         """JointTrajectory per arm (joint_trajectory_controller semantics).
 
@@ -873,7 +792,7 @@ class PolicyNode(LifecycleNode):
             ("latency median (ms)", lat.p50),
             ("latency p99 (ms)", lat.p99),
             ("expert stage median (ms)", self._expert_latency.summary().p50),
-            ("overruns", self._infer_overruns),
+            ("overruns", self._worker.overruns if self._worker else 0),
             ("errors", self._infer_errors),
             ("non-finite chunks", self._nonfinite_chunks),
             ("inference rate (Hz)", cfg.policy.inference_rate_hz),
@@ -916,7 +835,7 @@ class PolicyNode(LifecycleNode):
             ("achieved rate (Hz)", rate),
             ("target rate (Hz)", target),
             ("period jitter p99 (ms)", self._jitter.summary().p99 * 1e3),
-            ("missed ticks", self._missed_ticks),
+            ("missed ticks", self._control.skipped if self._control else 0),
             ("obs-to-command p50 (ms)", o2c.p50),
             ("obs-to-command p99 (ms)", o2c.p99),
             ("execution", cfg.policy.execution.mode),
