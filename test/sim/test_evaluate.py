@@ -94,10 +94,13 @@ def test_an_episode_that_fails_inside_is_a_failure_with_its_cause() -> None:
         assert ok.error == "" and ok.steps == 5
 
 
-def test_evaluate_without_a_mode_says_what_to_pass() -> None:
+def test_replay_without_in_process_says_what_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from moe_policy_ros.cli import main
 
-    assert main(["evaluate", "--episodes", "1"]) == 2
+    assert main(["evaluate", "--episodes", "1", "--replay", str(tmp_path)]) == 2
+    assert "--replay needs --in-process" in capsys.readouterr().err
 
 
 def test_a_scripted_demonstration_succeeds_through_the_control_path(tmp_path: Path) -> None:
