@@ -30,6 +30,7 @@ rclpy is imported when a runner is created, not at module import.
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import threading
 import time
@@ -40,7 +41,6 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.tools.up import _Child, _command, _spawn, _stop, apply_dds_environment
 from moe_policy_ros.graph import (
     POLICY_NODE,
     SIM_NODE,
@@ -50,6 +50,7 @@ from moe_policy_ros.graph import (
     write_params,
 )
 from moe_policy_ros.rollout import EpisodeResult, LoopSettings
+from moe_policy_ros.tools.up import _Child, _command, _spawn, _stop, apply_dds_environment
 
 #: Diagnostics keys of the policy node read per episode -> our names.
 NODE_STATS = {
@@ -145,6 +146,11 @@ class RosEpisodeRunner:
         self.camera_topic = next((c.topic for c in cfg.cameras), "cameras/top/image_raw")
         self._session: Any = None
         self._router_diag: dict[str, str] = {}
+        self.episode_count = 0
+        self._seed: int | None = None
+        self._t_engage: float | None = None
+        #: (engaged, ended) monotonic times of every episode run so far
+        self.windows: list[tuple[float, float]] = []
         self._open_session()
         try:
             self._start_graph()
@@ -302,6 +308,8 @@ class RosEpisodeRunner:
         """One episode from ``seed``; any failure is this episode's, with its cause."""
         res = EpisodeResult(seed=int(seed), success=False)
         t0 = time.monotonic()
+        self.episode_count += 1
+        self._seed, self._t_engage = int(seed), None
         try:
             if any(c.proc.poll() is not None for c in self.children):
                 self._restart_graph()
@@ -356,7 +364,7 @@ class RosEpisodeRunner:
         w.clear_episode()
         self._set_active(True)
         self._engage_autonomy(deadline)
-        t_engage = time.monotonic()
+        t_engage = self._t_engage = time.monotonic()
         res.engaged_step = 0
         budget_s = st.max_steps * self.period_s
         end_cause = ""
@@ -389,6 +397,7 @@ class RosEpisodeRunner:
                 break
             time.sleep(0.02)
         t_end = time.monotonic()
+        self.windows.append((t_engage, t_end))
         self._disengage()
         self._collect_router(res, t_engage, t_end)
         self._collect_node_stats(res, t_end)
@@ -409,7 +418,7 @@ class RosEpisodeRunner:
         res.trace_active = [a for _, a in active[:n]]
         ks = [len(a) for _, a in active]
         res.mean_active_experts = float(np.mean(ks)) if ks else float("nan")
-        res.switches = sum(1 for (_, a), (_, b) in zip(active, active[1:], strict=False)
+        res.switches = sum(1 for (_, a), (_, b) in itertools.pairwise(active)
                            if sorted(a) != sorted(b))
         usage = np.zeros(max(len(labels), 1 + max((max(a) for _, a in active if a),
                                                   default=-1)), np.int64)
@@ -439,6 +448,30 @@ class RosEpisodeRunner:
                     continue
                 if np.isfinite(v):
                     res.node_stats[name] = v
+
+    def status_lines(self) -> list[str]:
+        """Caption of the present moment (the demo video): episode, mode, active experts
+        (the dominant one first, starred), success of this episode so far."""
+        w = self.watch
+        with w.lock:
+            mode = w.mode or "?"
+            active = list(w.active[-1][1]) if w.active else []
+            gates = list(w.gates[-1][1]) if w.gates else []
+            labels = list(w.labels)
+            t_eng = self._t_engage
+            success = t_eng is not None and any(s and t >= t_eng for t, s in w.success)
+        dom = int(np.argmax(gates)) if gates else -1
+
+        def name(i: int) -> str:
+            return (labels[i] if i < len(labels) else f"expert {i}") + ("*" if i == dom else "")
+
+        when = "resetting" if t_eng is None else f"t={time.monotonic() - t_eng:4.1f} s"
+        experts = ", ".join(name(i) for i in sorted(active, key=lambda i: (i != dom, i)))
+        return [
+            f"episode {self.episode_count}  seed {self._seed}  {when}  mode {mode}",
+            f"active experts ({len(active)}): {experts or '-'}",
+            f"task success: {'YES' if success else 'not yet'}",
+        ]
 
     @property
     def labels(self) -> list[str]:

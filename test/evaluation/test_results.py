@@ -59,8 +59,8 @@ def test_results_from_evaluate_outputs_and_phases(tmp_path: Path) -> None:
     _png_ok(figs / "success_vs_experts.png")
     _png_ok(figs / "expert_phases.png")
     doc = json.loads((figs / "phases.json").read_text())
-    dom = sum((e["dominant"] for e in doc["episodes"]), [])
-    ph = sum((e["phase"] for e in doc["episodes"]), [])
+    dom = [d for e in doc["episodes"] for d in e["dominant"]]
+    ph = [p for e in doc["episodes"] for p in e["phase"]]
     assert len(dom) == 2 * 6  # every 5th of 30 steps, two episodes
     assert doc["nmi"] == pytest.approx(normalized_mutual_information(dom, ph))
     assert doc["phase_names"] == list(phases)
