@@ -50,6 +50,8 @@ class OverlayVideo:
 
     def add(self, _t: float, rgb: np.ndarray) -> None:
         """Scale, caption and encode one RGB frame (thread-safe; ignored after close)."""
+        if self._closed:
+            return
         cv2 = self._cv2
         h0, w0 = rgb.shape[:2]
         h = max(2, round(h0 * self.width / w0) // 2 * 2)
