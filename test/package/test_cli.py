@@ -38,7 +38,7 @@ def _help_lists_every_command(text: str) -> None:
         assert help_text.split()[0] in text
     assert set(_COMMANDS) == {
         "export", "inspect", "bench", "check-config", "up", "monitor", "demo", "doctor",
-        "record", "train", "evaluate",
+        "record", "train", "evaluate", "results",
     }
 
 
@@ -55,7 +55,7 @@ def test_help_lists_all_subcommands() -> None:
 
 
 @pytest.mark.parametrize("command", ["inspect", "bench", "check-config", "up", "monitor",
-                                     "demo", "record", "train", "evaluate"])
+                                     "demo", "record", "train", "evaluate", "results"])
 def test_subcommand_help(command: str) -> None:
     res = cli(command, "--help")
     assert res.returncode == 0, res.stderr
