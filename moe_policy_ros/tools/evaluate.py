@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=DEFAULT_EPISODE_STEPS,
                         help="control steps per episode (50 Hz)")
     parser.add_argument("--render-size", type=_size, default=DEFAULT_RENDER_SIZE,
-                        metavar="HxW", help="sim camera render size before resizing")
+                        metavar="HxW", help="in-process: sim camera render size before resizing "
+                        "(ROS 2 mode: the aloha_sim node's cameras parameters)")
     parser.add_argument("--episode-timeout", type=float, default=600.0,
                         help="wall-clock seconds before an episode counts as failed")
     parser.add_argument("--log-level", default="warn", help="ROS 2 mode: the nodes' log level")
