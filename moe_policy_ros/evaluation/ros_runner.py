@@ -69,7 +69,13 @@ NODE_STATS = {
 
 
 class EpisodeFailure(Exception):
-    """The episode cannot go on; the text is its cause."""
+    """The episode cannot go on; the text is its cause. ``restart``: the graph is not to be
+    trusted any more (a node silent or not answering) and is started again before the next
+    episode."""
+
+    def __init__(self, cause: str, *, restart: bool = False) -> None:
+        super().__init__(cause)
+        self.restart = restart
 
 
 @dataclass
@@ -147,6 +153,7 @@ class RosEpisodeRunner:
         self._session: Any = None
         self._router_diag: dict[str, str] = {}
         self.episode_count = 0
+        self._needs_restart = False
         self._seed: int | None = None
         self._t_engage: float | None = None
         #: (engaged, ended) monotonic times of every episode run so far
@@ -246,12 +253,14 @@ class RosEpisodeRunner:
             self._check_children()
             if time.monotonic() > deadline:
                 raise EpisodeFailure(f"service {client.srv_name} not available after "
-                                     f"{timeout:g} s")
+                                     f"{timeout:g} s", restart=True)
         fut = client.call_async(request)
         while not fut.done():
             self._check_children()
             if time.monotonic() > deadline:
-                raise EpisodeFailure(f"service {client.srv_name} did not answer in {timeout:g} s")
+                raise EpisodeFailure(
+                    f"service {client.srv_name} did not answer in {timeout:g} s", restart=True
+                )
             time.sleep(0.02)
         return fut.result()
 
@@ -311,11 +320,13 @@ class RosEpisodeRunner:
         self.episode_count += 1
         self._seed, self._t_engage = int(seed), None
         try:
-            if any(c.proc.poll() is not None for c in self.children):
+            if self._needs_restart or any(c.proc.poll() is not None for c in self.children):
+                self._needs_restart = False
                 self._restart_graph()
             self._episode(res, t0)
         except EpisodeFailure as err:
             res.error = str(err)
+            self._needs_restart = self._needs_restart or err.restart
         except Exception as err:  # never the run's
             res.error = f"{type(err).__name__}: {err}"
         finally:
@@ -368,6 +379,7 @@ class RosEpisodeRunner:
         res.engaged_step = 0
         budget_s = st.max_steps * self.period_s
         end_cause = ""
+        stalled = False
         while True:
             now = time.monotonic()
             res.steps = min(st.max_steps, int((now - t_engage) * self.control_rate_hz))
@@ -391,9 +403,19 @@ class RosEpisodeRunner:
             if now - w.joint_state_at > self.stall_timeout_s:
                 end_cause = (f"aloha_sim stopped publishing joint_states "
                              f"({now - w.joint_state_at:.1f} s silent) at step {res.steps}")
+                stalled = True
                 break
             if mode and mode != "AUTONOMY" and mode_at > t_engage:
                 end_cause = f"policy node left AUTONOMY for {mode} at step {res.steps}"
+                # Stale inputs make the node hold within a control period, long before the
+                # stall timeout: say so when the sim is what went silent.
+                t_left = time.monotonic()
+                while time.monotonic() - t_left < 1.0 and w.joint_state_at < t_left:
+                    time.sleep(0.02)
+                if w.joint_state_at < t_left:
+                    end_cause += (f": aloha_sim stopped publishing joint_states "
+                                  f"({time.monotonic() - w.joint_state_at:.1f} s silent)")
+                    stalled = True
                 break
             time.sleep(0.02)
         t_end = time.monotonic()
@@ -402,7 +424,7 @@ class RosEpisodeRunner:
         self._collect_router(res, t_engage, t_end)
         self._collect_node_stats(res, t_end)
         if end_cause and not res.success:
-            raise EpisodeFailure(end_cause)
+            raise EpisodeFailure(end_cause, restart=stalled)
 
     def _collect_router(self, res: EpisodeResult, t_engage: float, t_end: float) -> None:
         w = self.watch

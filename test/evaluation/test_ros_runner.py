@@ -77,3 +77,30 @@ def test_a_node_that_dies_fails_its_episode_and_the_next_runs(
         again = runner.run(1001)
         assert again.error == "", again.error
         assert again.steps == 20 and again.chunks >= 1
+
+
+def test_a_sim_that_stops_publishing_fails_its_episode_and_is_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in node_env().items():
+        monkeypatch.setenv(key, value)
+    from moe_policy_ros.evaluation.ros_runner import RosEpisodeRunner
+    from moe_policy_ros.rollout import LoopSettings, default_params_file, resolve_bundle
+
+    params = default_params_file()
+    bundle = resolve_bundle("models/demo_smp", params)
+    settings = LoopSettings(max_steps=400, episode_timeout_s=60.0)
+    with RosEpisodeRunner("transfer_cube", params, bundle, settings=settings) as runner:
+        sim = next(c for c in runner.children if c.spec.name == "aloha_sim")
+        frozen = sim.proc
+        # Freeze (not kill) the sim 3 s into the episode: alive, silent.
+        threading.Timer(3.0, lambda: os.killpg(frozen.pid, signal.SIGSTOP)).start()
+        res = runner.run(1000)
+        assert not res.success
+        assert "aloha_sim stopped publishing joint_states" in res.error, res.error
+        os.killpg(frozen.pid, signal.SIGCONT)  # let the restart stop it quickly
+        runner.settings = LoopSettings(max_steps=20, episode_timeout_s=60.0)
+        again = runner.run(1001)
+        assert again.error == "", again.error
+        assert frozen.poll() is not None  # the frozen process was replaced
+        assert again.steps == 20 and again.chunks >= 1
