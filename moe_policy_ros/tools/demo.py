@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.config import DEFAULT_NODE_NAME, load_config
+from moe_policy_ros.core.diagnostics import CONTROL_LOOP, INFERENCE, ROUTER, Key, status_name
 from moe_policy_ros.graph import node_graph, read_params_doc
 from moe_policy_ros.tools.up import (
     _bring_up,
@@ -255,13 +256,13 @@ def _report(
     rec: _Record, cfg: Any, params: Path, t_engaged: float, duration: float
 ) -> dict[str, Any]:
     diag = rec.diagnostics
-    ctl = diag.get("moe_policy: control loop", {})
-    inf = diag.get("moe_policy: inference", {})
-    rtr = diag.get("moe_policy: router", {})
+    ctl = diag.get(status_name(DEFAULT_NODE_NAME, CONTROL_LOOP), {})
+    inf = diag.get(status_name(DEFAULT_NODE_NAME, INFERENCE), {})
+    rtr = diag.get(status_name(DEFAULT_NODE_NAME, ROUTER), {})
     cmds = [t for t in rec.commands if t >= t_engaged]
     periods = np.diff(cmds) if len(cmds) > 2 else np.array([])
     nominal = 1.0 / cfg.policy.control_rate_hz
-    labels = [k.removeprefix("usage ") for k in rtr if k.startswith("usage ")]
+    labels = [k.removeprefix(Key.USAGE_PREFIX) for k in rtr if k.startswith(Key.USAGE_PREFIX)]
     usage: dict[str, int] = {}
     for _t, act in rec.active:
         for i in act:
@@ -285,29 +286,29 @@ def _report(
         "duration_s": duration,
         "control": {
             "target_hz": cfg.policy.control_rate_hz,
-            "achieved_hz_node": f(ctl, "achieved rate (Hz)"),
+            "achieved_hz_node": f(ctl, Key.ACHIEVED_RATE_HZ),
             "achieved_hz_recorder": (len(periods) / float(np.sum(periods)))
             if len(periods) else float("nan"),
-            "jitter_p99_ms_node": f(ctl, "period jitter p99 (ms)"),
+            "jitter_p99_ms_node": f(ctl, Key.JITTER_P99_MS),
             "jitter_p99_ms_recorder": float(np.percentile(np.abs(periods - nominal), 99) * 1e3)
             if len(periods) else float("nan"),
             "commands_received": len(cmds),
-            "missed_ticks_node": f(ctl, "missed ticks"),
+            "missed_ticks_node": f(ctl, Key.MISSED_TICKS),
         },
         "latency": {
-            "obs_to_command_p50_ms": f(ctl, "obs-to-command p50 (ms)"),
-            "obs_to_command_p99_ms": f(ctl, "obs-to-command p99 (ms)"),
+            "obs_to_command_p50_ms": f(ctl, Key.OBS_TO_COMMAND_P50_MS),
+            "obs_to_command_p99_ms": f(ctl, Key.OBS_TO_COMMAND_P99_MS),
             "command_delivery_p50_ms": _pct(rec.command_lat_ms, 50),
             "command_delivery_p99_ms": _pct(rec.command_lat_ms, 99),
-            "inference_median_ms": f(inf, "latency median (ms)"),
-            "inference_p99_ms": f(inf, "latency p99 (ms)"),
-            "expert_stage_median_ms": f(inf, "expert stage median (ms)"),
-            "backend": inf.get("backend", ""),
+            "inference_median_ms": f(inf, Key.LATENCY_MEDIAN_MS),
+            "inference_p99_ms": f(inf, Key.LATENCY_P99_MS),
+            "expert_stage_median_ms": f(inf, Key.EXPERT_STAGE_MEDIAN_MS),
+            "backend": inf.get(Key.BACKEND, ""),
         },
         "router": {
             "labels": labels,
-            "family": rtr.get("family", ""),
-            "strategy": rtr.get("strategy", ""),
+            "family": rtr.get(Key.FAMILY, ""),
+            "strategy": rtr.get(Key.STRATEGY, ""),
             "chunks": len(rec.active),
             "mean_active_experts": statistics.fmean(len(a) for _t, a in rec.active)
             if rec.active else float("nan"),
