@@ -38,7 +38,7 @@ from std_msgs.msg import MultiArrayDimension as Dim
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from moe_policy_ros.core.backends import make_backend
+from moe_policy_ros.backend_factory import build_backend
 from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
 from moe_policy_ros.core.camerastats import CameraStats
 from moe_policy_ros.core.clock import MonotonicClock
@@ -194,7 +194,7 @@ class PolicyNode(LifecycleNode):
         if problems:
             raise ConfigError("; ".join(problems))
         ckpt = resolve_share_path(cfg.policy.checkpoint) if cfg.policy.checkpoint else None
-        backend = make_backend(
+        backend = build_backend(
             cfg.policy.backend, device=cfg.policy.device,
             intra_op_threads=cfg.policy.intra_op_threads, checkpoint=ckpt,
         )

@@ -74,7 +74,6 @@ class _Recorder:
 
     def __init__(self, cfg_topics: dict[str, str]) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import (
             Bool,
@@ -84,7 +83,7 @@ class _Recorder:
             String,
         )
 
-        from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS, RosSession
+        from moe_policy_ros.session import LATCHED_QOS, MONITOR_QOS, SENSOR_QOS, RosSession
 
         self.rec = _Record()
         self.t0 = time.monotonic()
@@ -120,8 +119,8 @@ class _Recorder:
 
         n.create_subscription(Float64MultiArray, cfg_topics["command"], on_cmd, 50)
         n.create_subscription(JointState, "/moe_policy/command", on_state, 50)
-        n.create_subscription(JointState, "/joint_states", on_js, qos_profile_sensor_data)
-        n.create_subscription(Image, cfg_topics["camera"], on_img, qos_profile_sensor_data)
+        n.create_subscription(JointState, "/joint_states", on_js, SENSOR_QOS)
+        n.create_subscription(Image, cfg_topics["camera"], on_img, SENSOR_QOS)
         n.create_subscription(
             Float32MultiArray, "/moe_policy/router/gates",
             lambda m: r.gates.append((t(), list(m.data))), MONITOR_QOS,

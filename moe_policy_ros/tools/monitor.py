@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import Float32MultiArray, Int32MultiArray, String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS, RosSession
+    from moe_policy_ros.session import LATCHED_QOS, MONITOR_QOS, RosSession
 
     session = RosSession("moe_policy_monitor")
     node = session.node
