@@ -65,21 +65,13 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
 from .config import RobotConfig, SafetyConfig
+from .types import Level
 
 TOL = 1e-9  # rad; a clamp that moves a value less than this is not an intervention
-
-
-class Level(IntEnum):
-    """Diagnostic levels, numerically equal to diagnostic_msgs/DiagnosticStatus."""
-
-    OK = 0
-    WARN = 1
-    ERROR = 2
 
 
 # Intervention kinds, the keys of ``SafetyFilter.counts``.

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from moe_policy_ros.core.config import DEFAULT_NODE_NAME
+from moe_policy_ros.core.diagnostics import CONTROL_LOOP, INFERENCE, ROUTER, Key, status_name
 from moe_policy_ros.graph import (
     POLICY_NODE,
     SIM_NODE,
@@ -52,20 +54,20 @@ from moe_policy_ros.graph import (
 from moe_policy_ros.rollout import EpisodeResult, LoopSettings
 from moe_policy_ros.tools.up import _Child, _command, _spawn, _stop, apply_dds_environment
 
-#: Diagnostics keys of the policy node read per episode -> our names.
+#: Diagnostics of the policy node read per episode: status -> {value key -> our name}.
 NODE_STATS = {
-    "moe_policy: inference": {
-        "latency median (ms)": "latency_ms_p50",
-        "latency p99 (ms)": "latency_ms_p99",
-        "chunks": "node_chunks",
+    status_name(DEFAULT_NODE_NAME, INFERENCE): {
+        Key.LATENCY_MEDIAN_MS: "latency_ms_p50",
+        Key.LATENCY_P99_MS: "latency_ms_p99",
     },
-    "moe_policy: control loop": {
-        "period jitter p99 (ms)": "jitter_ms_p99",
-        "missed ticks": "missed_ticks",
-        "achieved rate (Hz)": "control_rate_hz",
-        "obs-to-command p99 (ms)": "obs_to_command_ms_p99",
+    status_name(DEFAULT_NODE_NAME, CONTROL_LOOP): {
+        Key.JITTER_P99_MS: "jitter_ms_p99",
+        Key.MISSED_TICKS: "missed_ticks",
+        Key.ACHIEVED_RATE_HZ: "control_rate_hz",
+        Key.OBS_TO_COMMAND_P99_MS: "obs_to_command_ms_p99",
     },
 }
+ROUTER_STATUS = status_name(DEFAULT_NODE_NAME, ROUTER)
 
 
 class EpisodeFailure(Exception):
@@ -171,12 +173,11 @@ class RosEpisodeRunner:
         from diagnostic_msgs.msg import DiagnosticArray
         from lifecycle_msgs.srv import ChangeState, GetState
         from rcl_interfaces.srv import SetParameters
-        from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Bool, Float32MultiArray, Int32MultiArray, String
         from std_srvs.srv import SetBool, Trigger
 
-        from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS, RosSession
+        from moe_policy_ros.session import LATCHED_QOS, MONITOR_QOS, SENSOR_QOS, RosSession
 
         self._session = RosSession("moe_policy_evaluate")
         n, w = self._session.node, self.watch
@@ -213,7 +214,7 @@ class RosEpisodeRunner:
                 if st.name in NODE_STATS
             }
             for st in m.status:
-                if st.name == "moe_policy: router":
+                if st.name == ROUTER_STATUS:
                     self._router_diag = {kv.key: kv.value for kv in st.values}
             if got:
                 with w.lock:
@@ -230,12 +231,12 @@ class RosEpisodeRunner:
         n.create_subscription(String, f"{pol}/mode", on_mode, LATCHED_QOS)
         n.create_subscription(Float32MultiArray, f"{pol}/router/gates", on_gates, MONITOR_QOS)
         n.create_subscription(Int32MultiArray, f"{pol}/router/active", on_active, MONITOR_QOS)
-        n.create_subscription(JointState, "/joint_states", on_js, qos_profile_sensor_data)
+        n.create_subscription(JointState, "/joint_states", on_js, SENSOR_QOS)
         n.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
         if self._frame_sink is not None:
             topic = self.camera_topic
             n.create_subscription(Image, topic if topic.startswith("/") else f"/{topic}",
-                                  on_image, qos_profile_sensor_data)
+                                  on_image, SENSOR_QOS)
         self._change: Any = n.create_client(ChangeState, f"{pol}/change_state")
         self._get: Any = n.create_client(GetState, f"{pol}/get_state")
         self._engage: Any = n.create_client(SetBool, f"{pol}/engage_autonomy")
@@ -503,11 +504,11 @@ class RosEpisodeRunner:
 
     @property
     def family(self) -> str | None:
-        return self._router_diag.get("family")
+        return self._router_diag.get(Key.FAMILY)
 
     @property
     def strategy(self) -> str | None:
-        return self._router_diag.get("strategy")
+        return self._router_diag.get(Key.STRATEGY)
 
     def close(self) -> None:
         try:
@@ -531,7 +532,7 @@ class RosEpisodeRunner:
 def ros_missing() -> str:
     """"" when rclpy imports here, else why not (for a clear CLI error)."""
     try:
-        import rclpy  # noqa: F401
+        import moe_policy_ros.session  # noqa: F401  (rclpy)
     except ImportError as err:
         return f"the ROS 2 mode needs rclpy ({err}); pass --in-process to run without ROS"
     return ""

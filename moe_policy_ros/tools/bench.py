@@ -1,6 +1,6 @@
 """`moe-policy-ros bench`: time each inference stage of a bundle under a routing strategy.
 
-The bundle is verified and loaded like the node does (:func:`load_bundle`, :func:`make_backend`,
+The bundle is verified and loaded like the node does (:func:`load_bundle`, :func:`build_backend`,
 :class:`MoEPolicy`), warmed up, then run ``--runs`` times on a fixed pool of seeded random
 observations (so gate-dependent strategies see varied inputs). Reported per stage
 (``preprocess``, ``encoder``, ``routing``, ``experts``, ``total``, as in
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.core.backends import KINDS, BackendUnavailable, make_backend
+from moe_policy_ros.backend_factory import build_backend
+from moe_policy_ros.core.backends import KINDS, BackendUnavailable
 from moe_policy_ros.core.bundle import BundleError, load_bundle
 from moe_policy_ros.core.config import RoutingConfig
 from moe_policy_ros.core.runtime import MoEPolicy, ObservationError, synthetic_observation
@@ -122,8 +123,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark and return the result object (what ``--json`` prints)."""
     bundle = load_bundle(args.bundle, expected_sha256=args.sha256)
-    backend = make_backend(args.backend, args.device, intra_op_threads=args.threads,
-                           fp16=args.fp16, checkpoint=args.checkpoint)
+    backend = build_backend(args.backend, args.device, intra_op_threads=args.threads,
+                            fp16=args.fp16, checkpoint=args.checkpoint)
     policy = MoEPolicy(bundle, backend, _routing(args), seed=args.seed)
     policy.warmup(args.warmup)
     pool = [synthetic_observation(bundle.manifest, seed=args.seed + i) for i in range(OBS_POOL)]

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.config import DEFAULT_NODE_NAME, load_config
+from moe_policy_ros.core.diagnostics import CONTROL_LOOP, INFERENCE, ROUTER, Key, status_name
 from moe_policy_ros.graph import SIM_NODE, read_params_doc
 
 
@@ -69,7 +70,6 @@ class _Recorder:
 
     def __init__(self, cfg_topics: dict[str, str]) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import (
             Bool,
@@ -79,7 +79,7 @@ class _Recorder:
             String,
         )
 
-        from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS, RosSession
+        from moe_policy_ros.session import LATCHED_QOS, MONITOR_QOS, SENSOR_QOS, RosSession
 
         self.rec = _Record()
         self.t0 = time.monotonic()
@@ -115,8 +115,8 @@ class _Recorder:
 
         n.create_subscription(Float64MultiArray, cfg_topics["command"], on_cmd, 50)
         n.create_subscription(JointState, "/moe_policy/command", on_state, 50)
-        n.create_subscription(JointState, "/joint_states", on_js, qos_profile_sensor_data)
-        n.create_subscription(Image, cfg_topics["camera"], on_img, qos_profile_sensor_data)
+        n.create_subscription(JointState, "/joint_states", on_js, SENSOR_QOS)
+        n.create_subscription(Image, cfg_topics["camera"], on_img, SENSOR_QOS)
         n.create_subscription(
             Float32MultiArray, "/moe_policy/router/gates",
             lambda m: r.gates.append((t(), list(m.data))), MONITOR_QOS,
@@ -268,16 +268,16 @@ def _report(
     results: list[Any],
 ) -> dict[str, Any]:
     diag = rec.diagnostics
-    ctl = diag.get("moe_policy: control loop", {})
-    inf = diag.get("moe_policy: inference", {})
-    rtr = diag.get("moe_policy: router", {})
+    ctl = diag.get(status_name(DEFAULT_NODE_NAME, CONTROL_LOOP), {})
+    inf = diag.get(status_name(DEFAULT_NODE_NAME, INFERENCE), {})
+    rtr = diag.get(status_name(DEFAULT_NODE_NAME, ROUTER), {})
     # Command periods inside the episodes only (between them the node is inactive).
     cmds = [t for t in rec.commands if any(a <= t <= b for a, b in windows)]
     periods = np.concatenate([
         np.diff([t for t in rec.commands if a <= t <= b]) for a, b in windows
     ] or [np.array([])]) if windows else np.array([])
     nominal = 1.0 / cfg.policy.control_rate_hz
-    labels = [k.removeprefix("usage ") for k in rtr if k.startswith("usage ")]
+    labels = [k.removeprefix(Key.USAGE_PREFIX) for k in rtr if k.startswith(Key.USAGE_PREFIX)]
     usage: dict[str, int] = {}
     for _t, act in rec.active:
         for i in act:
@@ -301,29 +301,29 @@ def _report(
         "duration_s": float(sum(b - a for a, b in windows)),
         "control": {
             "target_hz": cfg.policy.control_rate_hz,
-            "achieved_hz_node": f(ctl, "achieved rate (Hz)"),
+            "achieved_hz_node": f(ctl, Key.ACHIEVED_RATE_HZ),
             "achieved_hz_recorder": (len(periods) / float(np.sum(periods)))
             if len(periods) else float("nan"),
-            "jitter_p99_ms_node": f(ctl, "period jitter p99 (ms)"),
+            "jitter_p99_ms_node": f(ctl, Key.JITTER_P99_MS),
             "jitter_p99_ms_recorder": float(np.percentile(np.abs(periods - nominal), 99) * 1e3)
             if len(periods) else float("nan"),
             "commands_received": len(cmds),
-            "missed_ticks_node": f(ctl, "missed ticks"),
+            "missed_ticks_node": f(ctl, Key.MISSED_TICKS),
         },
         "latency": {
-            "obs_to_command_p50_ms": f(ctl, "obs-to-command p50 (ms)"),
-            "obs_to_command_p99_ms": f(ctl, "obs-to-command p99 (ms)"),
+            "obs_to_command_p50_ms": f(ctl, Key.OBS_TO_COMMAND_P50_MS),
+            "obs_to_command_p99_ms": f(ctl, Key.OBS_TO_COMMAND_P99_MS),
             "command_delivery_p50_ms": _pct(rec.command_lat_ms, 50),
             "command_delivery_p99_ms": _pct(rec.command_lat_ms, 99),
-            "inference_median_ms": f(inf, "latency median (ms)"),
-            "inference_p99_ms": f(inf, "latency p99 (ms)"),
-            "expert_stage_median_ms": f(inf, "expert stage median (ms)"),
-            "backend": inf.get("backend", ""),
+            "inference_median_ms": f(inf, Key.LATENCY_MEDIAN_MS),
+            "inference_p99_ms": f(inf, Key.LATENCY_P99_MS),
+            "expert_stage_median_ms": f(inf, Key.EXPERT_STAGE_MEDIAN_MS),
+            "backend": inf.get(Key.BACKEND, ""),
         },
         "router": {
             "labels": labels,
-            "family": rtr.get("family", ""),
-            "strategy": rtr.get("strategy", ""),
+            "family": rtr.get(Key.FAMILY, ""),
+            "strategy": rtr.get(Key.STRATEGY, ""),
             "chunks": len(rec.active),
             "mean_active_experts": statistics.fmean(len(a) for _t, a in rec.active)
             if rec.active else float("nan"),

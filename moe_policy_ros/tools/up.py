@@ -144,7 +144,7 @@ class _LifecycleClient:
         self._abort = abort or (lambda: "")
         from lifecycle_msgs.srv import ChangeState, GetState
 
-        from moe_policy_ros.nodes.common import RosSession
+        from moe_policy_ros.session import RosSession
 
         self._session = RosSession("moe_policy_ros_up")
         self._node = self._session.node

@@ -314,7 +314,7 @@ def test_parity_ort_vs_torch_reference(exported: dict[str, Path], ort: Any,
     b = load_bundle(exported[family])
     routing = RoutingConfig(strategy="dense" if family == "dense" else "topk", k=2)
     pol = MoEPolicy(b, ort, routing, seed=3)
-    tb = make_backend("torch", checkpoint=_checkpoint(b))
+    tb = make_backend("torch", checkpoint=_checkpoint(b), model_loader=load_checkpoint)
     tpol = MoEPolicy(b, tb, routing, seed=3)
     assert tb.name == "torch-cpu"
     for i in range(2):
@@ -327,3 +327,17 @@ def test_parity_ort_vs_torch_reference(exported: dict[str, Path], ort: Any,
         tout = tpol.infer(obs)
         np.testing.assert_array_equal(tout.decision.active, out.decision.active)
         np.testing.assert_allclose(tout.actions, out.actions, rtol=1e-4, atol=2e-4)
+
+
+def test_torch_backend_gets_its_model_loader_injected(exported: dict[str, Path]) -> None:
+    """The core imports no models/: without an injected loader the torch backend says so
+    (after verifying the checkpoint), and backend_factory.build_backend injects it."""
+    from moe_policy_ros.backend_factory import build_backend
+    from moe_policy_ros.core.backends import BackendUnavailable
+
+    b = load_bundle(exported["adamoe"])
+    bare = make_backend("torch", checkpoint=_checkpoint(b))
+    with pytest.raises(BackendUnavailable, match="no model loader given"):
+        MoEPolicy(b, bare)
+    built = build_backend("torch", checkpoint=_checkpoint(b))
+    assert MoEPolicy(b, built).stages["encoder"].input_names

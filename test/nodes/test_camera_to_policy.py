@@ -116,7 +116,7 @@ def test_realsense_at_camera_size_feeds_the_policy(
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Float32MultiArray, Float64MultiArray, String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     params, doc = _params(tmp_path, width, height, message_type)
     specs = node_graph(doc)

@@ -202,7 +202,7 @@ def test_monitor_once_against_an_engaged_policy_node(tmp_path: Path) -> None:
 
     from moe_policy_ros.core.config import load_config
     from moe_policy_ros.core.manifest import read_manifest
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     cfg = load_config(CONFIGS[0])
     names = cfg.robot.joint_names
