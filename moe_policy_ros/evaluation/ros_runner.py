@@ -318,8 +318,8 @@ class RosEpisodeRunner:
         """One episode from ``seed``; any failure is this episode's, with its cause."""
         res = EpisodeResult(seed=int(seed), success=False)
         t0 = time.monotonic()
-        self.episode_count += 1
         self._seed, self._t_engage = int(seed), None
+        self.episode_count += 1  # after the reset of _t_engage (status_lines reads both)
         try:
             if self._needs_restart or any(c.proc.poll() is not None for c in self.children):
                 self._needs_restart = False

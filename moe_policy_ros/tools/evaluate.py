@@ -91,7 +91,12 @@ def make_runner(args: argparse.Namespace, bundle: Path, params: Path) -> Episode
         overrides["k"] = args.k
     if args.tau is not None:
         overrides["tau"] = args.tau
-    routing = RoutingConfig(**overrides) if overrides else None
+    # In-process routing as the node gets it: the parameter file's policy.routing (the fields
+    # it sets) over the bundle's default, then the command line's overrides.
+    file_routing = cfg.policy.routing
+    routing = RoutingConfig(**{
+        **file_routing.model_dump(include=file_routing.model_fields_set), **overrides
+    })
     settings = LoopSettings(
         max_steps=args.max_steps,
         render_size=tuple(args.render_size),
