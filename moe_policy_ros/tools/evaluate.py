@@ -91,12 +91,10 @@ def make_runner(args: argparse.Namespace, bundle: Path, params: Path) -> Episode
         overrides["k"] = args.k
     if args.tau is not None:
         overrides["tau"] = args.tau
-    # In-process routing as the node gets it: the parameter file's policy.routing (the fields
-    # it sets) over the bundle's default, then the command line's overrides.
-    file_routing = cfg.policy.routing
-    routing = RoutingConfig(**{
-        **file_routing.model_dump(include=file_routing.model_fields_set), **overrides
-    })
+    # In-process routing as the policy node gets it: the node declares every policy.routing
+    # field (the file's value or the schema default), so all of them override the bundle's
+    # routing except an empty strategy (core.runtime.merge_routing); then the overrides.
+    routing = RoutingConfig(**{**cfg.policy.routing.model_dump(), **overrides})
     settings = LoopSettings(
         max_steps=args.max_steps,
         render_size=tuple(args.render_size),
