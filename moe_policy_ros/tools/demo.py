@@ -36,7 +36,7 @@ from moe_policy_ros.tools.up import (
     prepare_params,
 )
 
-REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "sim_dual_arm.yaml"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "sim_dual_arm.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
