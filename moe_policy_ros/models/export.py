@@ -19,7 +19,6 @@ CLI glue (``moe-policy-ros export``): :func:`add_export_arguments` and :func:`ru
 from __future__ import annotations
 
 import argparse
-import hashlib
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 
 from moe_policy_ros.core.config import RoutingConfig
+from moe_policy_ros.core.io import sha256_file
 from moe_policy_ros.core.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -114,14 +114,6 @@ _OPTIONAL_STATE = frozenset({"energy_offset", "novelty_range", "calibration_samp
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_routing(family: str, top_k: int, tau: float = 0.8) -> RoutingConfig:

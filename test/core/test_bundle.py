@@ -19,7 +19,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from moe_policy_ros.core.bundle import BundleError, load_bundle, sha256_file
+from moe_policy_ros.core.bundle import BundleError, load_bundle
+from moe_policy_ros.core.io import sha256_file
 from moe_policy_ros.core.manifest import MANIFEST_NAME, parse_manifest, write_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
