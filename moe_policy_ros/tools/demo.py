@@ -27,13 +27,12 @@ from moe_policy_ros.core.config import DEFAULT_NODE_NAME, load_config
 from moe_policy_ros.core.diagnostics import CONTROL_LOOP, INFERENCE, ROUTER, Key, status_name
 from moe_policy_ros.graph import node_graph, read_params_doc
 from moe_policy_ros.tools.up import (
-    _bring_up,
-    _Child,
-    _command,
-    _spawn,
-    _stop,
+    LaunchOptions,
     apply_dds_environment,
+    bring_up,
     prepare_params,
+    start_graph,
+    stop_graph,
 )
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "sim_dual_arm.yaml"
@@ -206,10 +205,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     specs = node_graph(doc, sim=True)
     apply_dds_environment(doc, "demo")  # before the recorder's participant exists
-    up_args = argparse.Namespace(
-        namespace="", log_level=args.log_level, use_sim_time=False, model=args.model,
-        enclave="",
-    )
+    options = LaunchOptions(log_level=args.log_level, model=args.model or "")
     arm = cfg.robot.arms[0]
     topics = {
         "command": arm.command_topic if cfg.policy.execution.mode == "stream"
@@ -217,14 +213,12 @@ def run(args: argparse.Namespace) -> int:
         "camera": cfg.cameras[0].topic if cfg.cameras else "/cameras/top/image_raw",
     }
     print(f"[demo] graph from {params}: {', '.join(s.name for s in specs)}", flush=True)
-    run_params = prepare_params(doc, specs, up_args, out)  # out/params.yaml: what ran
-    children = [
-        _Child(s, c, _spawn(s, c)) for s in specs for c in [_command(s, up_args, run_params)]
-    ]
+    run_params = prepare_params(doc, specs, options, out)  # out/params.yaml: what ran
+    children = start_graph(specs, options, run_params)
     recorder = _Recorder(topics)
     rc = 0
     try:
-        ok, msg = _bring_up("/moe_policy", 90.0)
+        ok, msg = bring_up("/moe_policy", 90.0)
         print(f"[demo] lifecycle: {msg}", flush=True)
         if not ok:
             return 1
@@ -244,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
                 break
         time.sleep(1.2)  # one more diagnostics period
     finally:
-        _stop(children)
+        stop_graph(children)
         recorder.close()
     rec = recorder.rec
     report = _report(rec, cfg, params, t_engaged if rc == 0 else 0.0, args.duration)
