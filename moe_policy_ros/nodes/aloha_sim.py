@@ -61,7 +61,7 @@ from moe_policy_ros.core.trajectory import (
     TrajectoryFollower,
     TrajectoryPoint,
 )
-from moe_policy_ros.nodes.common import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp, stamp_to_ns
+from moe_policy_ros.session import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp, stamp_to_ns
 from moe_policy_ros.sim.aloha import (
     ARM_JOINT_NAMES,
     GL_BACKEND,
