@@ -29,7 +29,6 @@ rclpy is imported when a runner is created, not at module import.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import tempfile
 import threading
@@ -52,7 +51,13 @@ from moe_policy_ros.graph import (
     write_params,
 )
 from moe_policy_ros.rollout import EpisodeResult, LoopSettings
-from moe_policy_ros.tools.up import _Child, _command, _spawn, _stop, apply_dds_environment
+from moe_policy_ros.tools.up import (
+    LaunchOptions,
+    NodeProcess,
+    apply_dds_environment,
+    start_graph,
+    stop_graph,
+)
 
 #: Diagnostics of the policy node read per episode: status -> {value key -> our name}.
 NODE_STATS = {
@@ -147,8 +152,8 @@ class RosEpisodeRunner:
         self.params_file = write_params(
             rewrite_params(doc, self.specs, "", overrides), directory
         )
-        self._up_args = argparse.Namespace(namespace="", log_level=log_level, enclave="")
-        self.children: list[_Child] = []
+        self._options = LaunchOptions(log_level=log_level)
+        self.children: list[NodeProcess] = []
         self.watch = Watch()
         self._frame_sink = frame_sink
         self.camera_topic = next((c.topic for c in cfg.cameras), "cameras/top/image_raw")
@@ -295,11 +300,7 @@ class RosEpisodeRunner:
             self._transition(Transition.TRANSITION_DEACTIVATE, "deactivate")
 
     def _start_graph(self) -> None:
-        self.children = [
-            _Child(spec, cmd, _spawn(spec, cmd))
-            for spec in self.specs
-            for cmd in [_command(spec, self._up_args, self.params_file)]
-        ]
+        self.children = start_graph(self.specs, self._options, self.params_file)
         # Configure (loads and warms the bundle) with the start-up budget.
         saved = self.service_timeout_s
         self.service_timeout_s = self.startup_timeout_s
@@ -309,7 +310,7 @@ class RosEpisodeRunner:
             self.service_timeout_s = saved
 
     def _restart_graph(self) -> None:
-        _stop(self.children)
+        stop_graph(self.children)
         self._start_graph()
 
     # ------------------------------------------------------------------ episodes
@@ -516,7 +517,7 @@ class RosEpisodeRunner:
                 self._set_active(False)
         except Exception:
             pass
-        _stop(self.children)
+        stop_graph(self.children)
         if self._session is not None:
             self._session.close()
             self._session = None

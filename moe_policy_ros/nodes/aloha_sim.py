@@ -61,7 +61,7 @@ from moe_policy_ros.core.trajectory import (
     TrajectoryFollower,
     TrajectoryPoint,
 )
-from moe_policy_ros.nodes.common import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp
+from moe_policy_ros.session import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp, stamp_to_ns
 from moe_policy_ros.sim.aloha import (
     ARM_JOINT_NAMES,
     GL_BACKEND,
@@ -95,7 +95,7 @@ def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
         )
         for p in msg.points
     )
-    start = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    start = stamp_to_ns(msg.header.stamp)
     return Trajectory(tuple(msg.joint_names), points, start)
 
 

@@ -1,8 +1,7 @@
 """Shared rclpy glue for the nodes: parameters, diagnostics, main().
 
 QoS profiles, stamp conversions, share paths and :class:`RosSession` live in
-:mod:`moe_policy_ros.session` (the public module for talking ROS outside ``nodes/``) and are
-re-exported here for the nodes.
+:mod:`moe_policy_ros.session` (the public module for talking ROS, which the nodes use too).
 """
 
 from __future__ import annotations
@@ -19,34 +18,6 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from moe_policy_ros.core.config import unflatten
-from moe_policy_ros.session import (
-    COMMAND_QOS,
-    COMMAND_SUB_QOS,
-    LATCHED_QOS,
-    MONITOR_QOS,
-    PACKAGE,
-    SENSOR_QOS,
-    RosSession,
-    ns_to_stamp,
-    resolve_share_path,
-    stamp_to_ns,
-)
-
-__all__ = [
-    "COMMAND_QOS",
-    "COMMAND_SUB_QOS",
-    "LATCHED_QOS",
-    "MONITOR_QOS",
-    "PACKAGE",
-    "SENSOR_QOS",
-    "RosSession",
-    "diag_status",
-    "nested_parameters",
-    "ns_to_stamp",
-    "resolve_share_path",
-    "spin_node",
-    "stamp_to_ns",
-]
 
 
 def nested_parameters(node: Node) -> dict[str, Any]:

@@ -75,19 +75,17 @@ from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
 from moe_policy_ros.core.timeline import ADDED, NONFINITE, ChunkTimeline, TimedChunk
 from moe_policy_ros.core.types import Observation, PolicyOutput
-from moe_policy_ros.nodes.common import (
+from moe_policy_ros.nodes.common import diag_status, nested_parameters, spin_node
+from moe_policy_ros.nodes.params import declare_parameters
+from moe_policy_ros.session import (
     COMMAND_QOS,
     LATCHED_QOS,
     MONITOR_QOS,
     SENSOR_QOS,
-    diag_status,
-    nested_parameters,
     ns_to_stamp,
     resolve_share_path,
-    spin_node,
     stamp_to_ns,
 )
-from moe_policy_ros.nodes.params import declare_parameters
 
 
 class PolicyNode(LifecycleNode):

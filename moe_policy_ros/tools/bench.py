@@ -27,12 +27,13 @@ from moe_policy_ros.core.backends import KINDS, BackendUnavailable
 from moe_policy_ros.core.bundle import BundleError, load_bundle
 from moe_policy_ros.core.config import RoutingConfig
 from moe_policy_ros.core.runtime import MoEPolicy, ObservationError, synthetic_observation
+from moe_policy_ros.tools import module_main
 
 MIN_RUNS = 200
 STAGES = ("preprocess", "encoder", "routing", "experts", "total")
 OBS_POOL = 16
 
-__all__ = ["MIN_RUNS", "add_bench_arguments", "machine_info", "run_bench"]
+__all__ = ["MIN_RUNS", "add_arguments", "machine_info", "run"]
 
 
 def _runs(text: str) -> int:
@@ -44,7 +45,7 @@ def _runs(text: str) -> int:
     return n
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``moe-policy-ros bench``."""
     parser.add_argument("bundle", type=Path, help="bundle directory (holds policy.yaml)")
     parser.add_argument("--backend", choices=KINDS, default="auto", help="inference backend")
@@ -176,7 +177,7 @@ def _table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Benchmark and print (table or ``--json``); 0 on success, 2 on a bundle/backend error."""
     try:
         result = bench(args)
@@ -188,9 +189,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_policy_ros.tools.bench")
-    add_bench_arguments(parser)
-    return run_bench(parser.parse_args(argv))
+    return module_main("python -m moe_policy_ros.tools.bench", add_arguments, run,
+                       argv)
 
 
 if __name__ == "__main__":

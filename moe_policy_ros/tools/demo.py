@@ -79,7 +79,13 @@ class _Recorder:
             String,
         )
 
-        from moe_policy_ros.session import LATCHED_QOS, MONITOR_QOS, SENSOR_QOS, RosSession
+        from moe_policy_ros.session import (
+            LATCHED_QOS,
+            MONITOR_QOS,
+            SENSOR_QOS,
+            RosSession,
+            stamp_to_ns,
+        )
 
         self.rec = _Record()
         self.t0 = time.monotonic()
@@ -101,7 +107,7 @@ class _Recorder:
 
         def on_state(m: Any) -> None:
             now = n.get_clock().now().nanoseconds
-            stamp = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+            stamp = stamp_to_ns(m.header.stamp)
             r.command_lat_ms.append((now - stamp) / 1e6)
 
         def on_diag(m: Any) -> None:

@@ -412,7 +412,7 @@ def check_realsense(ctx: Context) -> Iterator[Finding]:
 def _models_dir(arg: Path | None) -> Path | None:
     if arg is not None:
         return arg
-    source = Path(__file__).resolve().parents[1] / "models"
+    source = Path(__file__).resolve().parents[2] / "models"
     if source.is_dir():
         return source
     try:
@@ -487,7 +487,7 @@ def _resolve_bundle(bundle: str) -> Path:
         from moe_policy_ros.session import resolve_share_path
     except ImportError:  # no rclpy: resolve against the source checkout only
         p = Path(bundle).expanduser()
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         return p if p.is_absolute() or p.exists() else root / p
     return resolve_share_path(bundle)
 

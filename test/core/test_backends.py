@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_bundle import reference_encoder, write_bundle
 
 from moe_policy_ros.core.backends import (
     KINDS,
@@ -42,8 +41,8 @@ HAS_ORT_CUDA = "CUDAExecutionProvider" in ort_providers()
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_bundle(tmp_path_factory.mktemp("bk") / "adamoe", "adamoe")
+def bundle(tmp_path_factory: pytest.TempPathFactory, hand_bundle: Any) -> Path:
+    return hand_bundle.write_bundle(tmp_path_factory.mktemp("bk") / "adamoe", "adamoe")
 
 
 def test_parse_device() -> None:
@@ -54,7 +53,7 @@ def test_parse_device() -> None:
         parse_device("tpu")
 
 
-def test_ort_cpu_stage_runs_real_graph(bundle: Path) -> None:
+def test_ort_cpu_stage_runs_real_graph(bundle: Path, hand_bundle: Any) -> None:
     be = make_backend("onnxruntime", intra_op_threads=1)
     assert isinstance(be, Backend)
     assert be.name == "onnxruntime-cpu"
@@ -70,7 +69,7 @@ def test_ort_cpu_stage_runs_real_graph(bundle: Path) -> None:
     pol = MoEPolicy(b, be)
     feeds = pol._preprocess(obs)
     out = stage.run(feeds)
-    ref = reference_encoder(bundle, obs.images, obs.proprio)
+    ref = hand_bundle.reference_encoder(bundle, obs.images, obs.proprio)
     for name in stage.output_names:
         np.testing.assert_allclose(out[name][0], ref[name], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"missing: \['proprio'\]"):
@@ -179,11 +178,11 @@ def _parity(bundle_dir: Path, backend: Any, tol: float = 1e-3) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_ORT_CUDA, reason="onnxruntime-gpu (CUDAExecutionProvider) missing")
-def test_ort_cuda_io_binding_parity(bundle: Path, tmp_path: Path) -> None:
+def test_ort_cuda_io_binding_parity(bundle: Path, tmp_path: Path, hand_bundle: Any) -> None:
     be = make_backend("onnxruntime-cuda", "cuda")
     assert "IO binding" in be.describe()
     _parity(bundle, be)
-    _parity(write_bundle(tmp_path / "smp", "smp"), be)
+    _parity(hand_bundle.write_bundle(tmp_path / "smp", "smp"), be)
 
 
 @pytest.mark.gpu

@@ -111,3 +111,24 @@ def test_ros_outside_nodes_goes_through_the_session_module() -> None:
         if bad:
             offenders[str(f.relative_to(REPO))] = bad
     assert not offenders, f"ROS outside nodes/ not through moe_policy_ros.session: {offenders}"
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """Modules share public functions (e.g. the demo starts the graph through up's
+    start_graph/bring_up), never another module's ``_private`` names."""
+    package = REPO / "moe_policy_ros"
+    offenders = {}
+    for f in sorted(package.rglob("*.py")):
+        tree = ast.parse(f.read_text(), filename=str(f))
+        bad = [
+            f"{node.module}.{a.name}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("moe_policy_ros")
+            for a in node.names
+            if a.name.startswith("_") and not a.name.startswith("__")
+            and a.name != "_requirements"  # the package's own import-time version gate
+        ]
+        if bad:
+            offenders[str(f.relative_to(REPO))] = bad
+    assert not offenders, f"imports of private names: {offenders}"

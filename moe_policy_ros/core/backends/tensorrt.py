@@ -39,6 +39,7 @@ from moe_policy_ros.core.backends.base import (
     parse_device,
 )
 from moe_policy_ros.core.backends.onnx_io import graph_io, shape_profile
+from moe_policy_ros.core.io import sha256_file
 
 if TYPE_CHECKING:
     from moe_policy_ros.core.bundle import LoadedBundle
@@ -225,7 +226,7 @@ class TensorRTBackend:
         )
 
     def engine_path(self, onnx_path: Path, max_k: int) -> Path:
-        sha = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
+        sha = sha256_file(onnx_path)
         key = engine_cache_key(sha, self._trt.__version__, self.gpu_name, self.fp16, max_k)
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(onnx_path).stem)
         return self.cache_dir / f"{stem}-{key}.engine"

@@ -25,7 +25,7 @@ import numpy as np
 
 from moe_policy_ros.core.backends.base import BackendUnavailable, parse_device
 from moe_policy_ros.core.backends.onnx_io import graph_io
-from moe_policy_ros.core.bundle import sha256_file
+from moe_policy_ros.core.io import sha256_file
 
 if TYPE_CHECKING:
     from moe_policy_ros.core.bundle import LoadedBundle

@@ -33,7 +33,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def _help_lists_every_command(text: str) -> None:
-    for name, (_m, _a, _r, help_text) in _COMMANDS.items():
+    for name, (_module, help_text) in _COMMANDS.items():
         assert re.search(rf"^\s+{re.escape(name)}\b", text, re.M), f"{name} not in --help"
         assert help_text.split()[0] in text
     assert set(_COMMANDS) == {
