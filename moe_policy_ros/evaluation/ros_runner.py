@@ -163,6 +163,7 @@ class RosEpisodeRunner:
         self._needs_restart = False
         self._seed: int | None = None
         self._t_engage: float | None = None
+        self._ended = ""  # the last episode's outcome once it is over (for the caption)
         #: (engaged, ended) monotonic times of every episode run so far
         self.windows: list[tuple[float, float]] = []
         self._open_session()
@@ -319,7 +320,7 @@ class RosEpisodeRunner:
         """One episode from ``seed``; any failure is this episode's, with its cause."""
         res = EpisodeResult(seed=int(seed), success=False)
         t0 = time.monotonic()
-        self._seed, self._t_engage = int(seed), None
+        self._seed, self._t_engage, self._ended = int(seed), None, ""
         self.episode_count += 1  # after the reset of _t_engage (status_lines reads both)
         try:
             if self._needs_restart or any(c.proc.poll() is not None for c in self.children):
@@ -337,6 +338,7 @@ class RosEpisodeRunner:
             except Exception as err:
                 res.error = res.error or f"disengage failed: {err}"
         res.wall_s = time.monotonic() - t0
+        self._ended = "SUCCESS" if res.success else "failure"
         return res
 
     def _disengage(self) -> None:
@@ -490,6 +492,8 @@ class RosEpisodeRunner:
             return (labels[i] if i < len(labels) else f"expert {i}") + ("*" if i == dom else "")
 
         when = "resetting" if t_eng is None else f"t={time.monotonic() - t_eng:4.1f} s"
+        if self._ended:
+            when = f"ended: {self._ended}"
         experts = ", ".join(name(i) for i in sorted(active, key=lambda i: (i != dom, i)))
         return [
             f"episode {self.episode_count}  seed {self._seed}  {when}  mode {mode}",
