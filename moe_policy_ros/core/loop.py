@@ -18,6 +18,13 @@ What a late iteration does depends on what the loop drives (``late=``):
   an overrun (:attr:`PeriodicLoop.overruns`; :attr:`PeriodicLoop.overrunning` stays True
   until an iteration ends in time); the grid restarts at that moment, so the next iteration
   starts at once and the ones after it a period apart. ``step`` counts iterations.
+* ``"catch_up"`` (a simulator's physics, a frame generator): every grid point gets its
+  iteration, late ones back to back, as long as the loop is at most ``max_lag_s`` behind;
+  further behind, the backlog is dropped (an overrun, reported to ``on_reanchor`` with the
+  lag) and the grid restarts there. ``step`` counts iterations.
+
+:meth:`PeriodicLoop.set_rate` changes the rate from any thread; the grid restarts at the end
+of the iteration running then (a simulator's real-time factor changing).
 
 The body runs on the loop's thread; exceptions propagate (the caller decides what a failed
 iteration means). Set the stop event to end the loop: it returns at the next wait.
@@ -31,32 +38,43 @@ from typing import Literal
 
 from moe_policy_ros.core.clock import Clock
 
-LateMode = Literal["skip", "reanchor"]
+LateMode = Literal["skip", "reanchor", "catch_up"]
 
 
 class PeriodicLoop:
     """Calls ``body(step, now_ns)`` at ``rate_hz`` on absolute deadlines; see the module."""
 
-    def __init__(self, rate_hz: float, clock: Clock, *, late: LateMode = "skip") -> None:
-        if not rate_hz > 0:
-            raise ValueError(f"rate_hz must be positive, got {rate_hz}")
-        if late not in ("skip", "reanchor"):
-            raise ValueError(f"late must be 'skip' or 'reanchor', got {late!r}")
-        self.period_ns = round(1e9 / rate_hz)
+    def __init__(
+        self, rate_hz: float, clock: Clock, *, late: LateMode = "skip", max_lag_s: float = 0.0
+    ) -> None:
+        if late not in ("skip", "reanchor", "catch_up"):
+            raise ValueError(f"late must be 'skip', 'reanchor' or 'catch_up', got {late!r}")
+        if late == "catch_up" and not max_lag_s > 0:
+            raise ValueError(f"catch_up needs max_lag_s > 0, got {max_lag_s}")
+        self.period_ns = _period_ns(rate_hz)
         self.clock = clock
         self.late = late
+        self.max_lag_ns = round(max_lag_s * 1e9)
+        self._new_period: int | None = None
         self.ticks = 0  # iterations run
         self.skipped = 0  # "skip": grid points passed without a tick
         self.overruns = 0  # "reanchor": iterations that ended after the next deadline
         self.overrunning = False  # "reanchor": the last iteration overran
+
+    def set_rate(self, rate_hz: float) -> None:
+        """Run at ``rate_hz`` from the end of the current iteration on (the grid restarts)."""
+        self._new_period = _period_ns(rate_hz)
 
     def run(
         self,
         body: Callable[[int, int], None],
         stop: threading.Event,
         max_ticks: int | None = None,
+        on_reanchor: Callable[[int], None] | None = None,
     ) -> None:
-        """Run until ``stop`` is set (or ``max_ticks`` iterations); counters start at zero."""
+        """Run until ``stop`` is set (or ``max_ticks`` iterations); counters start at zero.
+
+        ``on_reanchor(lag_ns)`` is called when ``"catch_up"`` drops its backlog."""
         self.ticks = self.skipped = self.overruns = 0
         self.overrunning = False
         clock, period = self.clock, self.period_ns
@@ -69,7 +87,21 @@ class PeriodicLoop:
             self.ticks += 1
             step += 1
             now = clock.now_ns()
-            if self.late == "skip":
+            if self._new_period is not None:  # a new rate: the grid restarts now
+                period = self.period_ns = self._new_period
+                self._new_period = None
+                t0, deadline = now - step * period, now
+                continue
+            if self.late == "catch_up":
+                deadline += period
+                lag = now - deadline
+                self.overrunning = lag > self.max_lag_ns
+                if self.overrunning:  # too far behind: drop the backlog
+                    self.overruns += 1
+                    if on_reanchor is not None:
+                        on_reanchor(lag)
+                    deadline = now
+            elif self.late == "skip":
                 behind = (now - t0) // period
                 if behind > step:  # whole ticks missed: skip them, never burst
                     self.skipped += int(behind - step)
@@ -81,3 +113,9 @@ class PeriodicLoop:
                 if self.overrunning:  # count it and re-anchor instead of bursting
                     self.overruns += 1
                     deadline = now
+
+
+def _period_ns(rate_hz: float) -> int:
+    if not rate_hz > 0:
+        raise ValueError(f"rate_hz must be positive, got {rate_hz}")
+    return round(1e9 / rate_hz)

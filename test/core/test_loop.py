@@ -90,3 +90,30 @@ def test_monotonic_clock_wait_is_interrupted_by_stop() -> None:
 def test_bad_settings_are_refused_with_the_value(rate: float, late: str, named: str) -> None:
     with pytest.raises(ValueError, match=named):
         PeriodicLoop(rate, FakeClock(), late=late)  # type: ignore[arg-type]
+
+
+def test_catch_up_runs_late_ticks_back_to_back_then_drops_a_long_backlog() -> None:
+    clock = FakeClock()
+    loop = PeriodicLoop(100.0, clock, late="catch_up", max_lag_s=0.025)
+    lags: list[int] = []
+    # tick 1 takes 25 ms (ends 15 ms behind): ticks 2, 3 run at once, the grid is kept;
+    # tick 5 takes 60 ms (ends 50 ms behind > 25 ms): the backlog is dropped there.
+    calls, body = _record(clock, {1: 25.0, 5: 60.0})
+    loop.run(body, threading.Event(), max_ticks=8, on_reanchor=lags.append)
+    assert [t // MS for _, t in calls] == [0, 10, 35, 35, 40, 50, 110, 120]
+    assert loop.overruns == 1 and lags == [50 * MS]
+
+
+def test_set_rate_restarts_the_grid_after_the_current_tick() -> None:
+    clock = FakeClock()
+    loop = PeriodicLoop(100.0, clock, late="catch_up", max_lag_s=1.0)
+    seen: list[int] = []
+
+    def body(step: int, now_ns: int) -> None:
+        seen.append(now_ns // MS)
+        if step == 1:
+            loop.set_rate(50.0)
+
+    loop.run(body, threading.Event(), max_ticks=5)
+    assert seen == [0, 10, 10, 30, 50]
+    assert loop.period_ns == 20 * MS
