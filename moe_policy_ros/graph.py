@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from moe_policy_ros.core.config import ConfigError, node_fqn, node_key_matches, params_for_node
+from moe_policy_ros.core.io import load_yaml
 
 #: The launch arguments of ``dual_arm.launch.py`` (name, default, description), also declared
 #: by ``sim_dual_arm.launch.py`` (which forces ``sim:=true`` and has its own params_file
@@ -75,12 +76,7 @@ class NodeSpec:
 
 
 def read_params_doc(path: str | Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"parameter file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"parameter file {path} is not valid YAML: {err}") from None
+    doc = load_yaml(path, "parameter file", ConfigError)
     if not isinstance(doc, dict):
         raise ConfigError(f"parameter file {path} must be a mapping at top level")
     return doc

@@ -10,9 +10,10 @@ transport taken out and time made exact:
   applied to the training images; proprio is the measured joint positions.
 * **Inference** through :class:`core.runtime.MoEPolicy` on ONNX Runtime (CPU), the bundle's
   default routing unless overridden. Inference takes no simulated time.
-* **Chunk scheduling** as the node does it: the chunk of the observation taken at step ``s``
-  starts at ``s + 1`` (``actions[i]`` is for step ``s + 1 + i``), merged by
-  :class:`core.scheduler.ChunkScheduler` with the parameter file's execution settings.
+* **Chunk scheduling** through the node's own :class:`core.timeline.ChunkTimeline`: the chunk
+  of the observation taken at step ``s`` starts at ``s + 1`` (``actions[i]`` is for step
+  ``s + 1 + i``; inference takes no simulated time, so the latency step is zero), merged with
+  the parameter file's execution settings; a non-finite chunk holds, as on the robot.
 * **Arbitration and safety**: :class:`core.handover.CommandArbiter` with the file's handover
   and safety settings on a :class:`core.clock.FakeClock`; autonomy is engaged (as the evaluate
   command does through ``~/engage``) at the first tick after the first chunk, so the engage
@@ -40,13 +41,15 @@ import numpy as np
 
 from moe_policy_ros.core.bundle import load_bundle
 from moe_policy_ros.core.clock import FakeClock
+from moe_policy_ros.core.compat import bundle_mismatches
 from moe_policy_ros.core.config import RoutingConfig, RuntimeConfig
 from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs
 from moe_policy_ros.core.imageconv import resize_to
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter
-from moe_policy_ros.core.scheduler import ChunkScheduler
+from moe_policy_ros.core.timeline import ChunkTimeline
 from moe_policy_ros.core.types import Observation
+from moe_policy_ros.evaluation.metrics import percentile, wilson_interval
 
 __all__ = [
     "EpisodeResult",
@@ -59,25 +62,6 @@ __all__ = [
 
 DEFAULT_RENDER_SIZE: tuple[int, int] = (480, 640)  # (H, W) px, the sim node's camera size
 DEFAULT_EPISODE_STEPS = 400  # 8 s at 50 Hz, the demonstrations' length
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (default 95%); (0, 1) for n = 0.
-
-    p~ = (p + z^2 / 2n) / (1 + z^2 / n), half width z / (1 + z^2 / n) * sqrt(p (1 - p) / n
-    + z^2 / 4n^2). Unlike the normal approximation it stays inside [0, 1] and is not empty at
-    k = 0 or k = n.
-    """
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"need 0 <= k <= n (got k={k}, n={n})")
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
@@ -116,13 +100,23 @@ class EpisodeResult:
     interventions: int = 0
     wall_s: float = 0.0
     error: str = ""
+    # Per chunk: the control step of its observation, the dominant expert and the active set
+    # (the router along the episode; figures.py draws it under the scripted phases).
+    trace_steps: list[int] = field(default_factory=list)
+    trace_dominant: list[int] = field(default_factory=list)
+    trace_active: list[list[int]] = field(default_factory=list)
+    # What the policy node reported on /diagnostics for this episode (ROS 2 mode): inference
+    # latency p50/p99, control period jitter p99, missed ticks. Empty in-process.
+    node_stats: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("latencies_ms")
-        lat = np.asarray(self.latencies_ms, np.float64)
-        d["latency_ms_p50"] = float(np.percentile(lat, 50)) if lat.size else None
-        d["latency_ms_p99"] = float(np.percentile(lat, 99)) if lat.size else None
+        d["latency_ms_p50"] = percentile(self.latencies_ms, 50)
+        d["latency_ms_p99"] = percentile(self.latencies_ms, 99)
+        if not self.latencies_ms and self.node_stats:
+            d["latency_ms_p50"] = self.node_stats.get("latency_ms_p50")
+            d["latency_ms_p99"] = self.node_stats.get("latency_ms_p99")
         if not math.isfinite(d["mean_active_experts"]):
             d["mean_active_experts"] = None
         return d
@@ -135,7 +129,13 @@ class _ClosedLoop:
     num_experts = 0
     _usage: np.ndarray
 
-    def __init__(self, task: str, config: RuntimeConfig, settings: LoopSettings | None) -> None:
+    def __init__(
+        self,
+        task: str,
+        config: RuntimeConfig,
+        settings: LoopSettings | None,
+        action_joints: Sequence[str] | None = None,
+    ) -> None:
         from moe_policy_ros.sim.aloha import JOINT_NAMES, AlohaSim
 
         self.settings = settings or LoopSettings()
@@ -154,6 +154,10 @@ class _ClosedLoop:
         ratio = p.control_rate_hz / p.inference_rate_hz
         self._infer_every = max(1, round(ratio))
         self._substeps = max(1, round(self._period_s / self.sim.timestep))
+        self.timeline = ChunkTimeline(
+            robot, robot if action_joints is None else action_joints, p.execution,
+            self._period_s,
+        )
 
     def _reset(self, seed: int) -> None:
         """Called after the sim reset, before the first step of an episode."""
@@ -194,15 +198,14 @@ class _ClosedLoop:
         sim.reset(res.seed)
         self._usage = np.zeros(self.num_experts, np.int64)
         self._reset(res.seed)
-        n = len(self._robot_joints)
-        sched = ChunkScheduler.from_config(cfg.policy.execution, n)
+        timeline = self.timeline
+        timeline.clear()
         clock = FakeClock()
         safety = SafetyFilter(cfg.robot, cfg.safety, self._period_s)
         arb = CommandArbiter(cfg.handover, safety, clock)
         period_ns = round(self._period_s * 1e9)
         warm = False
         refusal = ""
-        nan_pending = False
         for step in range(st.max_steps):
             if time.monotonic() - t0 > st.episode_timeout_s:
                 raise TimeoutError(
@@ -210,20 +213,14 @@ class _ClosedLoop:
                     f"step {step}"
                 )
             q = sim.joint_positions()[self._to_robot]
+            now_ns = step * period_ns
+            timeline.mark(step, now_ns)
             if step % self._infer_every == 0:
                 chunk = self._chunk(step, q, res, ks)
                 res.chunks += 1
-                if np.all(np.isfinite(chunk)):
-                    sched.add_chunk(step + 1, chunk)
-                    warm = True
-                else:  # as the node: the filter sees a NaN command and holds
-                    nan_pending = True
-            proposal = sched.action_at(step)
-            sched.prune(step)
-            if nan_pending:
-                proposal = np.full(n, np.nan)
-                sched.clear()
-                nan_pending = False
+                # as the node: a NaN chunk reaches the filter as a NaN command, which holds
+                warm = timeline.offer(chunk, now_ns) == "added" or warm
+            proposal, _ = timeline.take(step)
             tick = arb.tick(TickInputs(measured=q, policy_command=proposal, policy_warm=warm))
             res.interventions += int(bool(tick.filter.interventions))
             if arb.mode == Mode.AUTONOMY and res.engaged_step is None:
@@ -271,16 +268,10 @@ class InProcessRunner(_ClosedLoop):
         self.manifest = m
         self.num_experts = m.experts.count
         robot = tuple(config.robot.joint_names)
-        missing = sorted(
-            {j for j in (*m.action.joints, *m.observation.proprio.joints) if j not in robot}
-        )
-        if missing:
-            raise ValueError(
-                f"bundle {bundle_dir} uses joints {missing} that robot.arms does not have "
-                f"(robot joints: {list(robot)})"
-            )
-        super().__init__(task, config, settings)
-        self._action_idx = np.array([robot.index(j) for j in m.action.joints])
+        problems = bundle_mismatches(m, robot, None, f"bundle {bundle_dir}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        super().__init__(task, config, settings, action_joints=m.action.joints)
         self._proprio_idx = np.array([robot.index(j) for j in m.observation.proprio.joints])
         backend = OrtBackend("cpu", intra_op_threads=config.policy.intra_op_threads)
         self.policy = MoEPolicy(self.bundle, backend, routing=routing, seed=policy_seed)
@@ -311,11 +302,12 @@ class InProcessRunner(_ClosedLoop):
         res.latencies_ms.append(out.timings_ms["total"])
         dec = out.decision
         ks.append(dec.k)
+        res.trace_steps.append(step)
+        res.trace_dominant.append(int(dec.dominant))
+        res.trace_active.append([int(i) for i in dec.active])
         self._usage[dec.active] += 1
         res.switches += int(dec.state.switched)
-        chunk = np.repeat(q[None, :], out.actions.shape[0], axis=0)
-        chunk[:, self._action_idx] = out.actions
-        return chunk
+        return self.timeline.expand(out.actions, q)
 
 class ReplayRunner(_ClosedLoop):
     """Recorded commands instead of a policy: episode ``seed``'s actions, chunked as a policy
@@ -375,6 +367,8 @@ class Summary:
     latency_ms_p50: float | None
     latency_ms_p99: float | None
     errors: int
+    control_jitter_ms_p99: float | None = None  # ROS 2 mode: worst episode's node p99
+    latency_source: str = "per chunk"  # or "node diagnostics" (ROS 2 mode)
 
     def line(self) -> str:
         """``success: k/N (p%, 95% CI lo-hi%)``."""
@@ -399,6 +393,16 @@ def summarize(results: Sequence[EpisodeResult]) -> Summary:
     )
     active = [r.mean_active_experts for r in results if math.isfinite(r.mean_active_experts)]
     ran = [r for r in results if r.chunks]
+    source = "per chunk"
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    if not lat.size:
+        # ROS 2 mode: the node reports each episode's window; the run's p50 is the median of
+        # the episodes' medians and its p99 the worst episode's p99 (not a pooled percentile).
+        p50 = percentile([r.node_stats.get("latency_ms_p50", math.nan) for r in results], 50)
+        p99s = [r.node_stats.get("latency_ms_p99", math.nan) for r in results]
+        p99 = percentile(p99s, 100)
+        source = "node diagnostics" if p50 is not None else source
+    jitter = percentile([r.node_stats.get("jitter_ms_p99", math.nan) for r in results], 100)
     return Summary(
         episodes=n,
         successes=k,
@@ -406,9 +410,11 @@ def summarize(results: Sequence[EpisodeResult]) -> Summary:
         ci95=wilson_interval(k, n),
         mean_active_experts=float(np.mean(active)) if active else None,
         switches_per_episode=float(np.mean([r.switches for r in ran])) if ran else None,
-        latency_ms_p50=float(np.percentile(lat, 50)) if lat.size else None,
-        latency_ms_p99=float(np.percentile(lat, 99)) if lat.size else None,
+        latency_ms_p50=p50,
+        latency_ms_p99=p99,
         errors=sum(1 for r in results if r.error),
+        control_jitter_ms_p99=jitter,
+        latency_source=source,
     )
 
 

@@ -79,7 +79,7 @@ class RosClient:
     """
 
     def __init__(self, name: str = "test_client") -> None:
-        from moe_policy_ros.nodes.common import RosSession
+        from moe_policy_ros.session import RosSession
 
         self.session = RosSession(name)
         self.node = self.session.node

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from moe_policy_ros.core.io import sha256_file
 from moe_policy_ros.core.manifest import (
     MANIFEST_NAME,
     BundleError,
@@ -41,10 +42,8 @@ __all__ = [
     "TensorSpec",
     "graph_contract",
     "load_bundle",
-    "sha256_file",
 ]
 
-_CHUNK = 1 << 20
 
 # A dim is an int (static) or a name (dynamic, e.g. the number of active experts "k").
 Dim = int | str
@@ -91,14 +90,6 @@ class LoadedBundle:
             raise BundleError(
                 f"{self.path}: no stage {name!r} (stages: {sorted(self.stage_paths)})"
             ) from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def graph_contract(manifest: Manifest) -> dict[str, StageContract]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-OK, WARN, ERROR = 0, 1, 2
+from moe_policy_ros.core.types import Level
 
 #: Shipped Fast DDS profile, named in the transport verdict (see core/transport.py).
 PROFILE_HINT = "the shipped Fast DDS profile (config/dds/fastdds_shm.xml)"
@@ -58,7 +58,7 @@ class CameraReport:
     publishers: int | None = None  # matched publishers on the topic, when known
 
 
-def camera_verdict(r: CameraReport, min_delivery: float = 0.9) -> tuple[int, str]:
+def camera_verdict(r: CameraReport, min_delivery: float = 0.9) -> tuple[Level, str]:
     """``(level, line)``: what is wrong with a camera's input and the likely cause."""
     pub = ""
     if r.publisher_rate_hz:
@@ -67,43 +67,43 @@ def camera_verdict(r: CameraReport, min_delivery: float = 0.9) -> tuple[int, str
             pub += " (from stamps)"
     if r.received == 0:
         if r.publishers == 0:
-            return ERROR, (
+            return Level.ERROR, (
                 f"{r.name}: no frames: nothing publishes {r.topic} (likely cause: the camera "
                 f"driver is not running or publishes on another topic)"
             )
         who = "no publisher matched, or " if r.publishers is None else (
             f"{r.publishers} publisher(s) matched but "
         )
-        return ERROR, (
+        return Level.ERROR, (
             f"{r.name}: no frames on {r.topic}: {who}none arrived (likely cause: transport: "
             f"large images are lost as UDP fragments without a shared-memory segment big "
             f"enough; apply {PROFILE_HINT})"
         )
     if r.accepted == 0 and r.rejected > 0:
         cause = max(r.causes, key=lambda c: r.causes[c]) if r.causes else "data"
-        return ERROR, (
+        return Level.ERROR, (
             f"{r.name}: all {r.rejected} frames rejected (likely cause: {cause}): {r.last_error}"
         )
     if r.delivery is not None and r.delivery < min_delivery:
         # A gap in the stamps is a frame lost on the way or one the publisher skipped (a
         # simulator falling behind, a driver dropping frames); the node cannot tell which.
-        return WARN, (
+        return Level.WARN, (
             f"{r.name}: {r.rate_hz:.1f} Hz received{pub}, {1 - r.delivery:.0%} of frames "
             f"missing (likely cause: transport: apply {PROFILE_HINT} or a larger segment; "
             f"else the publisher skips frames)"
         )
     if r.rejected > 0:
         cause = max(r.causes, key=lambda c: r.causes[c]) if r.causes else "data"
-        return WARN, (
+        return Level.WARN, (
             f"{r.name}: {r.rejected} of {r.received} frames rejected (likely cause: {cause}): "
             f"{r.last_error}"
         )
     if r.received and r.superseded > 0.5 * r.received:
-        return WARN, (
+        return Level.WARN, (
             f"{r.name}: preprocessing used {r.accepted} of {r.received} frames (likely cause: "
             f"CPU: the frame worker falls behind {_wh(r.size_received)} frames)"
         )
-    return OK, (
+    return Level.OK, (
         f"{r.name}: {_wh(r.size_received)} {r.encoding_received} -> {_wh(r.size_used)} "
         f"{r.preprocess}, {r.rate_hz:.1f} Hz{pub}"
     )

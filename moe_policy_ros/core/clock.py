@@ -13,11 +13,14 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    """A monotonic nanosecond clock that can also sleep until an absolute deadline."""
+    """A monotonic nanosecond clock that can also sleep until an absolute deadline.
+
+    ``sleep_until_ns`` returns early when ``stop`` is set and reports it (True: stopped).
+    """
 
     def now_ns(self) -> int: ...
 
-    def sleep_until_ns(self, deadline_ns: int) -> None: ...
+    def sleep_until_ns(self, deadline_ns: int, stop: threading.Event | None = None) -> bool: ...
 
 
 class MonotonicClock:
@@ -26,10 +29,13 @@ class MonotonicClock:
     def now_ns(self) -> int:
         return time.monotonic_ns()
 
-    def sleep_until_ns(self, deadline_ns: int) -> None:
+    def sleep_until_ns(self, deadline_ns: int, stop: threading.Event | None = None) -> bool:
         remaining = deadline_ns - time.monotonic_ns()
+        if stop is not None:
+            return stop.wait(remaining / 1e9) if remaining > 0 else stop.is_set()
         if remaining > 0:
             time.sleep(remaining / 1e9)
+        return False
 
 
 class FakeClock:
@@ -51,6 +57,7 @@ class FakeClock:
         with self._lock:
             self._now += ns
 
-    def sleep_until_ns(self, deadline_ns: int) -> None:
+    def sleep_until_ns(self, deadline_ns: int, stop: threading.Event | None = None) -> bool:
         with self._lock:
             self._now = max(self._now, deadline_ns)
+        return stop is not None and stop.is_set()

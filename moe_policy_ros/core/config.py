@@ -33,7 +33,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -42,6 +41,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from moe_policy_ros.core.io import load_yaml, validation_error_lines
 
 DEFAULT_NODE_NAME = "moe_policy"
 
@@ -353,19 +354,6 @@ class RuntimeConfig(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def _format_error(err: ValidationError, data: Mapping[str, Any]) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        value = e.get("input", "<missing>")
-        if e["type"] == "missing":
-            lines.append(f"{loc}: required field is missing")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc}: {msg} (got {value!r})")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
-
-
 def _limit_list(arm: str, sub: Mapping[str, Any], key: str, n: int) -> list[Any]:
     vals = sub.get(key)
     if vals is None:
@@ -531,20 +519,16 @@ def config_from_params(params: Mapping[str, Any]) -> RuntimeConfig:
     try:
         return RuntimeConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, data)) from None
+        raise ConfigError(
+            "invalid configuration:\n  " + "\n  ".join(validation_error_lines(err))
+        ) from None
 
 
 def load_param_file(
     path: str | Path, node_name: str = DEFAULT_NODE_NAME, namespace: str = ""
 ) -> dict[str, Any]:
     """Read a ROS parameter file and return the merged parameters one node sees."""
-    p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"parameter file not found: {p}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"parameter file {p} is not valid YAML: {err}") from None
+    doc = load_yaml(Path(path), "parameter file", ConfigError)
     return params_for_node(doc, node_name, namespace)
 
 

@@ -388,7 +388,6 @@ class CommandArbiter:
         with self._lock:
             now = self.clock.now_ns()
             self._inputs = inp
-            cfg = self.cfg
             if self._mode == Mode.HOLD and self._pending is not None:
                 ok, _ = self._engage(self._pending == Mode.AUTONOMY)
                 if ok:
@@ -396,43 +395,14 @@ class CommandArbiter:
 
             policy = _finite_vector(inp.policy_command, self._n)
             teleop, _ = self._teleop(inp, now)
-
-            # operator override
-            if self._mode in (Mode.AUTONOMY, Mode.TELEOP):
-                dm = self._deadman(inp, now)
-                if dm:
-                    self._transition(Mode.HOLD, dm, Level.WARN)
-            if self._mode == Mode.AUTONOMY and teleop is not None and policy is not None:
-                dev, joint = self._gap(teleop, policy)
-                if dev > cfg.override_threshold:
-                    self._transition(
-                        Mode.TELEOP,
-                        f"operator override: teleop departs from the policy by {dev:.3f} rad "
-                        f"on {joint} (> {cfg.override_threshold})",
-                        Level.WARN,
-                    )
+            self._operator_override(inp, now, policy, teleop)
 
             # command source
             mode = self._mode
             alpha: float | None = None
             candidate: np.ndarray | None = None
             if mode == Mode.AUTONOMY:
-                # an invalid policy command goes to the filter as is: it holds with ERROR
-                candidate = policy if policy is not None else _as_array(inp.policy_command)
-                if self._blend_pending and policy is not None:
-                    if self._blend_start is None:
-                        start = self._reference(inp)
-                        if start is None:
-                            start = policy
-                        self._blend_start = start
-                        self._blend_t0 = now
-                        self._blend_T = self._blend_duration(np.abs(policy - start))
-                    tau = (now - self._blend_t0) / 1e9 / self._blend_T
-                    if tau >= 1.0:
-                        self._blend_pending = False
-                    else:
-                        alpha = min_jerk(tau)
-                        candidate = self._blend_start + alpha * (policy - self._blend_start)
+                candidate, alpha = self._autonomy_candidate(inp, now, policy)
                 result = self.safety.filter(
                     candidate,
                     inp.measured,
@@ -441,15 +411,7 @@ class CommandArbiter:
                     ood_energy=inp.ood_energy,
                 )
             elif mode == Mode.TELEOP:
-                stale: tuple[str, ...] = ()
-                if teleop is not None:
-                    candidate = teleop
-                else:
-                    # stale: the filter holds (or warns, per hold_on_stale_inputs); None or
-                    # invalid: the filter holds
-                    candidate = _as_array(inp.teleop_command)
-                    if candidate is not None and self._teleop_stale(inp, now):
-                        stale = ("teleop",)
+                candidate, stale = self._teleop_candidate(inp, now, teleop)
                 result = self.safety.filter(candidate, inp.measured, stale=stale)
             else:
                 result = self.safety.filter(None, inp.measured, hold_reason=mode.value)
@@ -470,3 +432,57 @@ class CommandArbiter:
                 events=events,
                 mode_changes=self._changes,
             )
+
+    def _operator_override(
+        self, inp: TickInputs, now: int, policy: np.ndarray | None, teleop: np.ndarray | None
+    ) -> None:
+        """The deadman released -> HOLD; teleop departing from the policy -> TELEOP."""
+        if self._mode in (Mode.AUTONOMY, Mode.TELEOP):
+            dm = self._deadman(inp, now)
+            if dm:
+                self._transition(Mode.HOLD, dm, Level.WARN)
+        if self._mode == Mode.AUTONOMY and teleop is not None and policy is not None:
+            dev, joint = self._gap(teleop, policy)
+            if dev > self.cfg.override_threshold:
+                self._transition(
+                    Mode.TELEOP,
+                    f"operator override: teleop departs from the policy by {dev:.3f} rad "
+                    f"on {joint} (> {self.cfg.override_threshold})",
+                    Level.WARN,
+                )
+
+    def _autonomy_candidate(
+        self, inp: TickInputs, now: int, policy: np.ndarray | None
+    ) -> tuple[np.ndarray | None, float | None]:
+        """The policy command, min-jerk blended from the reference while engaging; the blend
+        fraction (None once the blend is over)."""
+        # an invalid policy command goes to the filter as is: it holds with ERROR
+        candidate = policy if policy is not None else _as_array(inp.policy_command)
+        if not (self._blend_pending and policy is not None):
+            return candidate, None
+        if self._blend_start is None:
+            start = self._reference(inp)
+            if start is None:
+                start = policy
+            self._blend_start = start
+            self._blend_t0 = now
+            self._blend_T = self._blend_duration(np.abs(policy - start))
+        tau = (now - self._blend_t0) / 1e9 / self._blend_T
+        if tau >= 1.0:
+            self._blend_pending = False
+            return candidate, None
+        alpha = min_jerk(tau)
+        return self._blend_start + alpha * (policy - self._blend_start), alpha
+
+    def _teleop_candidate(
+        self, inp: TickInputs, now: int, teleop: np.ndarray | None
+    ) -> tuple[np.ndarray | None, tuple[str, ...]]:
+        """The teleop command and the stale inputs to report with it."""
+        if teleop is not None:
+            return teleop, ()
+        # stale: the filter holds (or warns, per hold_on_stale_inputs); None or invalid: the
+        # filter holds
+        candidate = _as_array(inp.teleop_command)
+        if candidate is not None and self._teleop_stale(inp, now):
+            return candidate, ("teleop",)
+        return candidate, ()

@@ -47,6 +47,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moe_policy_ros.core.config import RoutingConfig
+from moe_policy_ros.core.io import load_yaml, validation_error_lines
 from moe_policy_ros.core.routing import Combination
 
 FORMAT_VERSION = 1
@@ -313,24 +314,15 @@ def parse_manifest(data: Any, source: str = MANIFEST_NAME) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as err:
-        parts = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")
-            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-            parts.append(f"{loc}: {msg}{got}")
-        raise BundleError(f"{source}: invalid manifest:\n  " + "\n  ".join(parts)) from None
+        lines = validation_error_lines(err)
+        raise BundleError(f"{source}: invalid manifest:\n  " + "\n  ".join(lines)) from None
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:
     path = Path(bundle_dir) / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{path}: bundle manifest not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise BundleError(f"{path}: not valid YAML: {err}") from None
-    return parse_manifest(data, str(path))
+    return parse_manifest(load_yaml(path, "bundle manifest", BundleError), str(path))
 
 
 def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:

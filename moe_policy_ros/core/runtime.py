@@ -155,7 +155,7 @@ class MoEPolicy:
         contract = graph_contract(m)
         self.stages: dict[str, Stage] = {}
         for name in ("encoder", "experts"):
-            stage = backend.load_stage(name, bundle.stage_path(name))
+            stage = backend.load_stage(bundle, name)
             want_in = sorted(t.name for t in contract[name].inputs)
             want_out = sorted(t.name for t in contract[name].outputs)
             if sorted(stage.input_names) != want_in or sorted(stage.output_names) != want_out:

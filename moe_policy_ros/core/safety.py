@@ -63,23 +63,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
 from .config import RobotConfig, SafetyConfig
+from .types import Level
 
 TOL = 1e-9  # rad; a clamp that moves a value less than this is not an intervention
-
-
-class Level(IntEnum):
-    """Diagnostic levels, numerically equal to diagnostic_msgs/DiagnosticStatus."""
-
-    OK = 0
-    WARN = 1
-    ERROR = 2
 
 
 # Intervention kinds, the keys of ``SafetyFilter.counts``.
@@ -168,6 +160,13 @@ def stale_inputs(
 def _names(mask: np.ndarray, names: Sequence[str]) -> tuple[str, ...]:
     idx = np.flatnonzero(mask)
     return tuple(names[int(i)] for i in idx)
+
+
+def _cut_text(kind: str, unit: str, scale: float) -> Callable[[str, float], str]:
+    """The message of a rate limit that cut a step (``by``: rad per step -> ``unit``)."""
+    return lambda joints, by: (
+        f"{kind.replace('_', ' ')} on {joints} (cut by up to {by / scale:.3g} {unit})"
+    )
 
 
 def _fmt_joints(joints: tuple[str, ...], limit: int = 4) -> str:
@@ -310,186 +309,149 @@ class SafetyFilter:
         ood_energy: float | None,
         hold_reason: str,
     ) -> FilterResult:
-        cfg = self.cfg
-        ivs: list[Intervention] = []
-        hazard = False
-
-        # --- measured positions
-        m: np.ndarray | None = None
-        if measured is not None:
-            m = self._vector(measured)
-            if m is None:
-                ivs.append(
-                    Intervention(
-                        INVALID_MEASURED,
-                        Level.ERROR,
-                        f"measured positions are not {self.n} finite values: holding",
-                        hold=True,
-                    )
-                )
-                hazard = True
-        else:
-            ivs.append(
-                Intervention(
-                    STALE,
-                    Level.WARN,
-                    "measured joint positions unavailable (joint_states stale): holding",
-                    ("joint_states",),
-                    hold=True,
-                )
-            )
-            hazard = True
-
-        # --- other stale inputs
-        if stale:
-            names = tuple(stale)
-            hold = cfg.hold_on_stale_inputs
-            ivs.append(
-                Intervention(
-                    STALE,
-                    Level.WARN,
-                    f"inputs stale: {', '.join(names)}" + (": holding" if hold else ""),
-                    names,
-                    hold=hold,
-                )
-            )
-            hazard = hazard or hold
-
-        # --- the proposed command (only when the caller does not ask for a hold)
-        p: np.ndarray | None = None
-        if not hold_reason:
-            if proposed is None:
-                if overrun:
-                    ivs.append(
-                        Intervention(
-                            OVERRUN,
-                            Level.WARN,
-                            "inference overrun: current chunk finished, holding",
-                            hold=True,
-                        )
-                    )
-                else:
-                    ivs.append(
-                        Intervention(
-                            NO_COMMAND, Level.WARN, "no command available: holding", hold=True
-                        )
-                    )
-                hazard = True
-            else:
-                p = self._vector(proposed)
-                if p is None:
-                    ivs.append(
-                        Intervention(
-                            INVALID,
-                            Level.ERROR,
-                            f"command contains NaN/Inf or is not {self.n} values: holding",
-                            hold=True,
-                        )
-                    )
-                    hazard = True
-                elif overrun:
-                    hold = cfg.overrun_action == "hold"
-                    ivs.append(
-                        Intervention(
-                            OVERRUN,
-                            Level.WARN,
-                            "inference overrun: holding"
-                            if hold
-                            else "inference overrun: finishing the current chunk",
-                            hold=hold,
-                        )
-                    )
-                    hazard = hazard or hold
-            if ood_energy is not None and cfg.ood_action != "ignore":
-                e = float(ood_energy)
-                if not e <= cfg.ood_energy_threshold:  # NaN counts as out of distribution
-                    hold = cfg.ood_action == "hold"
-                    ivs.append(
-                        Intervention(
-                            OOD,
-                            Level.WARN,
-                            f"observation out of distribution (energy {e:.3g} > "
-                            f"{cfg.ood_energy_threshold:.3g})" + (": holding" if hold else ""),
-                            hold=hold,
-                        )
-                    )
-                    hazard = hazard or hold
-
+        """Hazard checks (each may hold), then the limits; a hazard is an intervention that
+        holds, so ``hazard`` is derived from the interventions, never tracked beside them."""
+        m = None if measured is None else self._vector(measured)
+        p = None if hold_reason or proposed is None else self._vector(proposed)
+        checks = [self._check_measured(measured, m), self._check_stale(stale)]
+        if not hold_reason:  # the proposal counts only when the caller does not ask to hold
+            checks += [self._check_command(proposed, p, overrun), self._check_ood(ood_energy)]
+        ivs = [iv for iv in checks if iv is not None]
+        hazard = any(iv.hold for iv in ivs)
         holding = hazard or bool(hold_reason)
 
-        # --- anchor: the previous sent command, or the measured position at rest
+        # anchor: the previous sent command, or the measured position at rest
         if self._last is None:
             if m is None:
                 return self._finish(None, ivs, holding, hazard, hold_reason)
             self._last = np.clip(m, self.q_min, self.q_max)
             self._step = np.zeros(self.n)
-        last, s_prev = self._last, self._step
+        last = self._last
+        q, frozen = self._limited(None if holding else p, m, ivs)
+        new_step = q - last
+        new_step[frozen] = 0.0
+        self._step = new_step
+        self._last = q
+        return self._finish(q.copy(), ivs, holding, hazard, hold_reason)
 
-        # --- desired step
-        if holding or p is None:
+    # ------------------------------------------------------------------ hazard checks
+
+    def _check_measured(self, measured: object, m: np.ndarray | None) -> Intervention | None:
+        if measured is None:
+            return Intervention(
+                STALE, Level.WARN,
+                "measured joint positions unavailable (joint_states stale): holding",
+                ("joint_states",), hold=True,
+            )
+        if m is None:
+            return Intervention(
+                INVALID_MEASURED, Level.ERROR,
+                f"measured positions are not {self.n} finite values: holding", hold=True,
+            )
+        return None
+
+    def _check_stale(self, stale: Sequence[str]) -> Intervention | None:
+        if not stale:
+            return None
+        hold = self.cfg.hold_on_stale_inputs
+        names = tuple(stale)
+        return Intervention(
+            STALE, Level.WARN,
+            f"inputs stale: {', '.join(names)}" + (": holding" if hold else ""), names, hold,
+        )
+
+    def _check_command(
+        self, proposed: object, p: np.ndarray | None, overrun: bool
+    ) -> Intervention | None:
+        if proposed is None and overrun:
+            return Intervention(OVERRUN, Level.WARN,
+                                "inference overrun: current chunk finished, holding", hold=True)
+        if proposed is None:
+            return Intervention(NO_COMMAND, Level.WARN, "no command available: holding",
+                                hold=True)
+        if p is None:
+            return Intervention(
+                INVALID, Level.ERROR,
+                f"command contains NaN/Inf or is not {self.n} values: holding", hold=True,
+            )
+        if overrun:
+            hold = self.cfg.overrun_action == "hold"
+            return Intervention(
+                OVERRUN, Level.WARN,
+                "inference overrun: holding" if hold
+                else "inference overrun: finishing the current chunk",
+                hold=hold,
+            )
+        return None
+
+    def _check_ood(self, ood_energy: float | None) -> Intervention | None:
+        cfg = self.cfg
+        if ood_energy is None or cfg.ood_action == "ignore":
+            return None
+        e = float(ood_energy)
+        if e <= cfg.ood_energy_threshold:  # NaN counts as out of distribution
+            return None
+        hold = cfg.ood_action == "hold"
+        return Intervention(
+            OOD, Level.WARN,
+            f"observation out of distribution (energy {e:.3g} > "
+            f"{cfg.ood_energy_threshold:.3g})" + (": holding" if hold else ""),
+            hold=hold,
+        )
+
+    # ------------------------------------------------------------------ limits
+
+    def _limited(
+        self, p: np.ndarray | None, m: np.ndarray | None, ivs: list[Intervention]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The command after every limit, and the joints the deviation limit froze.
+
+        ``p`` None brakes to a stop (a hold). Each limit that acts is noted in ``ivs``.
+        """
+        assert self._last is not None
+        last, s_prev = self._last, self._step
+        if p is None:
             desired = np.sign(s_prev) * np.maximum(np.abs(s_prev) - self.max_dstep, 0.0)
         else:
             clamped = np.clip(p, self.q_min, self.q_max)
-            moved = np.abs(clamped - p) > TOL
-            if moved.any():
-                j = _names(moved, self.joint_names)
-                ivs.append(
-                    Intervention(
-                        POSITION,
-                        Level.WARN,
-                        f"position limit on {_fmt_joints(j)} "
-                        f"(by up to {float(np.max(np.abs(clamped - p))):.3g} rad)",
-                        j,
-                    )
-                )
+            self._note(ivs, POSITION, p, clamped,
+                       lambda js, by: f"position limit on {js} (by up to {by:.3g} rad)")
             desired = clamped - last
 
-        # --- acceleration, then velocity and braking toward the position limits
+        # acceleration, then velocity and braking toward the position limits
         step_a, step_v, step = self.bounded_step(last, s_prev, desired)
-        if not holding:
+        if p is not None:
             for kind, before, after, unit, scale in (
                 (ACCELERATION, desired, step_a, "rad/s^2", self.dt**2),
                 (VELOCITY, step_a, step_v, "rad/s", self.dt),
                 (POSITION, step_v, step, "rad/s (braking before the limit)", self.dt),
             ):
-                moved = np.abs(after - before) > TOL
-                if moved.any():
-                    j = _names(moved, self.joint_names)
-                    excess = float(np.max(np.abs(after - before))) / scale
-                    ivs.append(
-                        Intervention(
-                            kind,
-                            Level.WARN,
-                            f"{kind.replace('_', ' ')} on {_fmt_joints(j)} "
-                            f"(cut by up to {excess:.3g} {unit})",
-                            j,
-                        )
-                    )
+                self._note(ivs, kind, before, after, _cut_text(kind, unit, scale))
         q = np.clip(last + step, self.q_min, self.q_max)
 
-        # --- deviation from the measured position (position limits win)
-        dev_mask = np.zeros(self.n, dtype=bool)
+        # deviation from the measured position (position limits win)
+        frozen = np.zeros(self.n, dtype=bool)
         if m is not None:
             d = self.cfg.max_position_deviation
             qd = np.clip(q, m - d, m + d)
-            dev_mask = np.abs(qd - q) > TOL
-            if dev_mask.any():
-                j = _names(dev_mask, self.joint_names)
-                ivs.append(
-                    Intervention(
-                        DEVIATION,
-                        Level.WARN,
-                        f"deviation from measured limited to {d:.3g} rad on {_fmt_joints(j)}",
-                        j,
-                    )
-                )
+            frozen = self._note(ivs, DEVIATION, q, qd,
+                                lambda js, _by: f"deviation from measured limited to {d:.3g} "
+                                f"rad on {js}")
             q = np.clip(qd, self.q_min, self.q_max)
+        return q, frozen
 
-        new_step = q - last
-        new_step[dev_mask] = 0.0
-        self._step = new_step
-        self._last = q
-        return self._finish(q.copy(), ivs, holding, hazard, hold_reason)
+    def _note(
+        self, ivs: list[Intervention], kind: str, before: np.ndarray, after: np.ndarray,
+        text: Callable[[str, float], str],
+    ) -> np.ndarray:
+        """Note a limit that moved the command (``text(joints, largest change)``); the mask of
+        joints it moved."""
+        moved = np.abs(after - before) > TOL
+        if moved.any():
+            joints = _names(moved, self.joint_names)
+            by = float(np.max(np.abs(after - before)))
+            ivs.append(Intervention(kind, Level.WARN, text(_fmt_joints(joints), by), joints))
+        return moved
 
     def _finish(
         self,

@@ -11,8 +11,19 @@ of their joint), times in seconds or integer nanoseconds (``*_ns``) on a monoton
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
+
+
+class Level(IntEnum):
+    """Diagnostic levels, numerically equal to diagnostic_msgs/DiagnosticStatus (the one
+    level type of the package: safety filter, camera verdicts, diagnostics tasks)."""
+
+    OK = 0
+    WARN = 1
+    ERROR = 2
+    STALE = 3
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-FAMILIES: tuple[str, ...] = ("adamoe", "smp", "dibm", "lar", "dense")
+from moe_policy_ros.core.manifest import FAMILIES as FAMILIES  # the one family list
+
 DIRECT_FAMILIES: tuple[str, ...] = ("adamoe", "dibm", "lar", "dense")
 #: AdaMoE combination weights: ``router_plus_adapter`` is the released code's (router
 #: probability of a selected expert + the scale adapter's output); ``adapter_sigmoid`` is our

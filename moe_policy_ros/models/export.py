@@ -19,7 +19,6 @@ CLI glue (``moe-policy-ros export``): :func:`add_export_arguments` and :func:`ru
 from __future__ import annotations
 
 import argparse
-import hashlib
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 
 from moe_policy_ros.core.config import RoutingConfig
+from moe_policy_ros.core.io import sha256_file
 from moe_policy_ros.core.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -116,14 +116,6 @@ _OPTIONAL_STATE = frozenset({"energy_offset", "novelty_range", "calibration_samp
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_routing(family: str, top_k: int, tau: float = 0.8) -> RoutingConfig:
@@ -258,6 +250,75 @@ def check_parity(
 # --------------------------------------------------------------------------- export
 
 
+def _export_stages(
+    model: MoEModel, out: Path, *, name: str, trials: int, tolerance: float, seed: int
+) -> tuple[Path, Path, dict[str, float]]:
+    """Write the encoder and expert graphs into ``out`` and check their parity against the
+    model; raises :class:`ExportError` when it exceeds ``tolerance``."""
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(seed)
+    enc_path, exp_path = out / ENCODER_FILE, out / EXPERTS_FILE
+    enc_args = _encoder_inputs(model, gen)
+    with torch.no_grad():
+        context = model.encoder_module(*enc_args)[0]
+    k0 = min(2, cfg.num_experts)
+    exp_args = _expert_inputs(model, context, torch.arange(k0, dtype=torch.int64), gen)
+    if cfg.family == "smp":
+        dyn = {"expert_idx": {0: "k"}, "x_t": {1: "k"}, "velocity": {1: "k"}}
+    else:
+        dyn = {"expert_idx": {0: "k"}, "expert_weights": {0: "k"}}
+    _export_graph(model.encoder_module, enc_args, enc_path, model.encoder_input_names,
+                  model.encoder_output_names, None)
+    _export_graph(model.expert_module, exp_args, exp_path, model.expert_input_names,
+                  model.expert_output_names, dyn)
+    parity = check_parity(model, enc_path, exp_path, trials=trials, seed=seed)
+    if not parity["max"] <= tolerance:
+        raise ExportError(
+            f"{name}: ONNX Runtime vs PyTorch parity error {parity['max']:.3g} exceeds "
+            f"{tolerance:g} (encoder {parity['encoder']:.3g}, experts {parity['experts']:.3g})"
+        )
+    return enc_path, exp_path, parity
+
+
+def _checkpoint_sha(
+    model: MoEModel, out: Path, checkpoint_out: str | Path | None,
+    source_checkpoint: str | Path | None,
+) -> str:
+    """Save the checkpoint (outside the bundle) if asked; the SHA-256 of the one given."""
+    if checkpoint_out is not None:
+        ckpt_out = Path(checkpoint_out)
+        if ckpt_out.resolve().is_relative_to(out.resolve()):
+            raise ExportError(
+                f"{ckpt_out}: the checkpoint must be saved outside the bundle {out} "
+                "(bundles ship ONNX + manifest only)"
+            )
+        return sha256_file(save_checkpoint(model, ckpt_out))
+    if source_checkpoint is not None:
+        return sha256_file(Path(source_checkpoint))
+    return ""
+
+
+def _provenance(
+    parity: dict[str, float], ckpt_sha: str, source: str, notes: str,
+    training: TrainingProvenance | None, num_experts: int,
+) -> Provenance:
+    return Provenance(
+        exporter=EXPORTER_VERSION,
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        torch_version=torch.__version__,
+        onnx_opset=OPSET,
+        source=source or "randomly initialised reference model (untrained)",
+        parity_max_abs_err=float(f"{parity['max']:.3g}"),
+        checkpoint_sha256=ckpt_sha,
+        training=training,
+        notes=notes
+        or (
+            f"parity encoder {parity['encoder']:.3g}, experts {parity['experts']:.3g} "
+            f"(onnxruntime CPU vs torch fp32, k=1..{num_experts})"
+        ),
+    )
+
+
 def export_bundle(
     model: MoEModel,
     out_dir: str | Path,
@@ -305,50 +366,10 @@ def export_bundle(
 
     # a failed export must not leave an old manifest describing the new files
     (out / MANIFEST_NAME).unlink(missing_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-    enc_path, exp_path = out / ENCODER_FILE, out / EXPERTS_FILE
-    enc_args = _encoder_inputs(model, gen)
-    with torch.no_grad():
-        context = model.encoder_module(*enc_args)[0]
-    k0 = min(2, cfg.num_experts)
-    exp_args = _expert_inputs(model, context, torch.arange(k0, dtype=torch.int64), gen)
-    if cfg.family == "smp":
-        dyn = {"expert_idx": {0: "k"}, "x_t": {1: "k"}, "velocity": {1: "k"}}
-    else:
-        dyn = {"expert_idx": {0: "k"}, "expert_weights": {0: "k"}}
-    _export_graph(
-        model.encoder_module,
-        enc_args,
-        enc_path,
-        model.encoder_input_names,
-        model.encoder_output_names,
-        None,
+    enc_path, exp_path, parity = _export_stages(
+        model, out, name=name, trials=parity_trials, tolerance=tolerance, seed=seed
     )
-    _export_graph(
-        model.expert_module,
-        exp_args,
-        exp_path,
-        model.expert_input_names,
-        model.expert_output_names,
-        dyn,
-    )
-    parity = check_parity(model, enc_path, exp_path, trials=parity_trials, seed=seed)
-    if not parity["max"] <= tolerance:
-        raise ExportError(
-            f"{name}: ONNX Runtime vs PyTorch parity error {parity['max']:.3g} exceeds "
-            f"{tolerance:g} (encoder {parity['encoder']:.3g}, experts {parity['experts']:.3g})"
-        )
-    ckpt_sha = ""
-    if checkpoint_out is not None:
-        ckpt_out = Path(checkpoint_out)
-        if ckpt_out.resolve().is_relative_to(out.resolve()):
-            raise ExportError(
-                f"{ckpt_out}: the checkpoint must be saved outside the bundle {out} "
-                "(bundles ship ONNX + manifest only)"
-            )
-        ckpt_sha = sha256_file(save_checkpoint(model, ckpt_out))
-    elif source_checkpoint is not None:
-        ckpt_sha = sha256_file(Path(source_checkpoint))
+    ckpt_sha = _checkpoint_sha(model, out, checkpoint_out, source_checkpoint)
 
     labels = tuple(expert_labels) if expert_labels else _labels(cfg)
     manifest = Manifest(
@@ -386,21 +407,7 @@ def export_bundle(
             "encoder": StageFile(file=ENCODER_FILE, sha256=sha256_file(enc_path)),
             "experts": StageFile(file=EXPERTS_FILE, sha256=sha256_file(exp_path)),
         },
-        provenance=Provenance(
-            exporter=EXPORTER_VERSION,
-            created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            torch_version=torch.__version__,
-            onnx_opset=OPSET,
-            source=source or "randomly initialised reference model (untrained)",
-            parity_max_abs_err=float(f"{parity['max']:.3g}"),
-            checkpoint_sha256=ckpt_sha,
-            training=training,
-            notes=notes
-            or (
-                f"parity encoder {parity['encoder']:.3g}, experts {parity['experts']:.3g} "
-                f"(onnxruntime CPU vs torch fp32, k=1..{cfg.num_experts})"
-            ),
-        ),
+        provenance=_provenance(parity, ckpt_sha, source, notes, training, cfg.num_experts),
     )
     return write_manifest(out, manifest)
 
@@ -513,6 +520,15 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         help="default routing strategy written to the manifest (default: per family)",
     )
     parser.add_argument("--tau", type=float, default=None, help="gate-mass threshold")
+    parser.add_argument("--expert-labels-from-phases", type=Path, default=None,
+                        metavar="DATASET",
+                        help="name each expert after the demonstration phase it dominates "
+                        "most (recorded phase labels of DATASET), when the NMI between "
+                        "dominant expert and phase reaches --phase-min-nmi")
+    parser.add_argument("--phase-min-nmi", type=float, default=0.3,
+                        help="NMI below which the experts keep skill_i labels")
+    parser.add_argument("--phase-episodes", type=int, default=10,
+                        help="episodes of DATASET routed for the labels (0 = all)")
     parser.add_argument("--mass", choices=("linear", "quadratic"), default=None)
     parser.add_argument("--sticky-base", choices=("topk", "mass"), default=None)
 
@@ -608,6 +624,26 @@ def run_export(args: argparse.Namespace) -> int:
     )
     print(f"parity max abs error (onnxruntime vs torch): {m.provenance.parity_max_abs_err:.3g}")
     print(m.provenance.notes)
+    if args.expert_labels_from_phases is not None:
+        return _labels_from_phases(path.parent, args)
+    return 0
+
+
+def _labels_from_phases(bundle_dir: Path, args: argparse.Namespace) -> int:
+    """``--expert-labels-from-phases``: evaluation.phases names the experts (or says why
+    not)."""
+    from moe_policy_ros.data.episodes import DatasetError
+    from moe_policy_ros.evaluation.phases import label_bundle_from_phases
+
+    try:
+        labels, reason, _ = label_bundle_from_phases(
+            bundle_dir, args.expert_labels_from_phases, min_nmi=args.phase_min_nmi,
+            max_episodes=args.phase_episodes,
+        )
+    except (DatasetError, ValueError) as err:
+        print(f"expert labels from phases: {err} (the bundle keeps its labels)")
+        return 1
+    print(f"expert labels: {reason}: {', '.join(labels)}")
     return 0
 
 

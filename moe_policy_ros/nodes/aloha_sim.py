@@ -55,13 +55,15 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from moe_policy_ros.core.clock import MonotonicClock
+from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.trajectory import (
     Trajectory,
     TrajectoryError,
     TrajectoryFollower,
     TrajectoryPoint,
 )
-from moe_policy_ros.nodes.common import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp
+from moe_policy_ros.session import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp, stamp_to_ns
 from moe_policy_ros.sim.aloha import (
     ARM_JOINT_NAMES,
     GL_BACKEND,
@@ -95,7 +97,7 @@ def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
         )
         for p in msg.points
     )
-    start = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    start = stamp_to_ns(msg.header.stamp)
     return Trajectory(tuple(msg.joint_names), points, start)
 
 
@@ -118,7 +120,9 @@ class _StampClock:
     def now_ns(self) -> int:
         return self._node.stamp_ns()
 
-    def sleep_until_ns(self, deadline_ns: int) -> None:  # not used by the followers
+    def sleep_until_ns(  # not used by the followers
+        self, deadline_ns: int, stop: threading.Event | None = None
+    ) -> bool:
         raise NotImplementedError
 
 
@@ -366,68 +370,79 @@ class AlohaSimNode(Node):
             for _, r in renderers:
                 r.close()
 
+    def _tick_rate_hz(self, rtf: float) -> float:
+        """Pacing ticks per wall second: one tick is _TICK_STEPS physics steps."""
+        return rtf * 1e9 / (_TICK_STEPS * self._dt_ns)
+
     def _loop(self, renderers: list[tuple[_Camera, CameraRenderer]]) -> None:
+        """Physics on absolute wall deadlines (core.loop, catch_up): late ticks run back to
+        back up to _MAX_LAG_S behind, then the backlog is dropped with a warning; a
+        real_time_factor change restarts the grid."""
+        self._next_js = self._next_cam = self._next_success = 0
+        self._last_success: bool | None = None
+        self._paced_rtf = self._rtf
+        self._lag_warned_ns = 0
+        self._target_buf = self._sim.targets  # reused every tick (arm joints overwritten)
+        loop = PeriodicLoop(self._tick_rate_hz(self._rtf), MonotonicClock(), late="catch_up",
+                            max_lag_s=_MAX_LAG_S)
+
+        def tick(_step: int, _now: int) -> None:
+            self._physics_tick(renderers)
+            if self._rtf != self._paced_rtf:
+                self._paced_rtf = self._rtf
+                loop.set_rate(self._tick_rate_hz(self._rtf))
+
+        loop.run(tick, self._stop, on_reanchor=self._behind)
+
+    def _behind(self, lag_ns: int) -> None:
+        now = time.monotonic_ns()
+        if now - self._lag_warned_ns > 5e9:
+            self._lag_warned_ns = now
+            self.get_logger().warning(
+                f"physics is {lag_ns * 1e-9:.2f} s behind real_time_factor {self._paced_rtf}; "
+                "dropping the backlog"
+            )
+
+    def _physics_tick(self, renderers: list[tuple[_Camera, CameraRenderer]]) -> None:
+        """A pending reset, _TICK_STEPS physics steps, then what is due to be published."""
         sim = self._sim
-        targets = sim.targets
-        next_js = next_cam = next_success = 0
-        last_success: bool | None = None
-        rtf = self._rtf
-        wall0, sim0 = time.monotonic_ns(), self._sim_ns
-        lag_warned_ns = 0
-        while not self._stop.is_set():
-            with self._reset_lock:
-                req, self._reset_request = self._reset_request, None
-            if req is not None:
-                sim.reset(req[0])
-                q = sim.joint_positions()
-                for follower, idx in self._arms.values():
-                    follower.reset(q[idx])
-                last_success = None  # publish the new state at once
-                req[1].set()
+        with self._reset_lock:
+            req, self._reset_request = self._reset_request, None
+        if req is not None:
+            sim.reset(req[0])
+            q = sim.joint_positions()
+            for follower, idx in self._arms.values():
+                follower.reset(q[idx])
+            self._last_success = None  # publish the new state at once
+            req[1].set()
 
-            for _ in range(_TICK_STEPS):
-                t = self.stamp_ns()
-                for follower, idx in self._arms.values():
-                    targets[idx] = follower.sample(t)[0]
-                sim.set_targets(targets)
-                sim.step(1)
-                self._sim_ns += self._dt_ns
-            now_sim = self._sim_ns
-            stamp = _ns_to_stamp(self.stamp_ns())
+        targets = self._target_buf
+        for _ in range(_TICK_STEPS):
+            t = self.stamp_ns()
+            for follower, idx in self._arms.values():
+                targets[idx] = follower.sample(t)[0]
+            sim.set_targets(targets)
+            sim.step(1)
+            self._sim_ns += self._dt_ns
+        now_sim = self._sim_ns
+        stamp = _ns_to_stamp(self.stamp_ns())
 
-            if self._clock_pub is not None:
-                clk = ClockMsg()
-                clk.clock = stamp
-                self._clock_pub.publish(clk)
-            if now_sim >= next_js:
-                next_js = max(next_js + self._js_period_ns, now_sim)
-                self._publish_joint_states(stamp)
-                success = sim.success()
-                if success != last_success or now_sim >= next_success:
-                    next_success = now_sim + _SUCCESS_PERIOD_NS
-                    last_success = success
-                    self._success_pub.publish(Bool(data=success))
-            if renderers and now_sim >= next_cam:
-                next_cam = max(next_cam + self._cam_period_ns, now_sim)
-                for cam, r in renderers:
-                    self._publish_image(cam, r.render(), stamp)
-
-            # pacing: absolute deadlines, re-anchored on a real_time_factor change or overrun
-            now_wall = time.monotonic_ns()
-            if self._rtf != rtf:
-                rtf, wall0, sim0 = self._rtf, now_wall, now_sim
-            deadline = wall0 + round((now_sim - sim0) / rtf)
-            lag = now_wall - deadline
-            if lag > _MAX_LAG_S * 1e9:
-                if now_wall - lag_warned_ns > 5e9:
-                    lag_warned_ns = now_wall
-                    self.get_logger().warning(
-                        f"physics is {lag * 1e-9:.2f} s behind real_time_factor {rtf}; "
-                        "dropping the backlog"
-                    )
-                wall0, sim0 = now_wall, now_sim
-            elif lag < 0:
-                self._stop.wait(-lag * 1e-9)
+        if self._clock_pub is not None:
+            clk = ClockMsg()
+            clk.clock = stamp
+            self._clock_pub.publish(clk)
+        if now_sim >= self._next_js:
+            self._next_js = max(self._next_js + self._js_period_ns, now_sim)
+            self._publish_joint_states(stamp)
+            success = sim.success()
+            if success != self._last_success or now_sim >= self._next_success:
+                self._next_success = now_sim + _SUCCESS_PERIOD_NS
+                self._last_success = success
+                self._success_pub.publish(Bool(data=success))
+        if renderers and now_sim >= self._next_cam:
+            self._next_cam = max(self._next_cam + self._cam_period_ns, now_sim)
+            for cam, r in renderers:
+                self._publish_image(cam, r.render(), stamp)
 
     def _publish_joint_states(self, stamp: TimeMsg) -> None:
         msg = JointState()

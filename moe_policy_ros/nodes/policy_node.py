@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.publisher import Publisher
@@ -39,14 +38,30 @@ from std_msgs.msg import MultiArrayDimension as Dim
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from moe_policy_ros.core.backends import make_backend
+from moe_policy_ros.backend_factory import build_backend
 from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
-from moe_policy_ros.core.camerastats import CameraStats, camera_verdict
+from moe_policy_ros.core.camerastats import CameraStats
 from moe_policy_ros.core.clock import MonotonicClock
+from moe_policy_ros.core.compat import bundle_mismatches
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
+from moe_policy_ros.core.diagnostics import (
+    HARDWARE_ID,
+    LIFECYCLE,
+    ControlStats,
+    InferenceStats,
+    Level,
+    TaskStatus,
+    control_task,
+    inference_task,
+    inputs_task,
+    router_task,
+    safety_task,
+    status_name,
+)
 from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs, TickOutput
 from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import JOINTS, InputBuffer, InputError
+from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.preprocess import (
     CameraPipeline,
@@ -58,33 +73,19 @@ from moe_policy_ros.core.preprocess import (
 )
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
-from moe_policy_ros.core.scheduler import ChunkScheduler
-from moe_policy_ros.core.stats import JitterMeter, LatencyWindow, RateMeter
+from moe_policy_ros.core.timeline import ADDED, NONFINITE, ChunkTimeline, TimedChunk
 from moe_policy_ros.core.types import Observation, PolicyOutput
-from moe_policy_ros.nodes.common import (
+from moe_policy_ros.nodes.common import diag_status, nested_parameters, spin_node
+from moe_policy_ros.nodes.params import declare_parameters
+from moe_policy_ros.session import (
     COMMAND_QOS,
     LATCHED_QOS,
     MONITOR_QOS,
     SENSOR_QOS,
-    diag_status,
-    nested_parameters,
     ns_to_stamp,
     resolve_share_path,
-    spin_node,
     stamp_to_ns,
 )
-from moe_policy_ros.nodes.params import declare_parameters
-
-OK, WARN, ERROR = 0, 1, 2
-
-
-@dataclass
-class _Chunk:
-    """A chunk in robot joint order, ready for the control loop."""
-
-    actions: np.ndarray  # [H, J] robot joint order
-    start_step: int  # actions[i] is for control step start_step + i
-    stamp_ns: int  # observation time (ROS clock)
 
 
 class PolicyNode(LifecycleNode):
@@ -98,12 +99,13 @@ class PolicyNode(LifecycleNode):
         self._joint_names: list[str] = []
         self._expert_labels: list[str] = []
         self._gate_layout: list[Dim] = []
-        self._scheduler: ChunkScheduler | None = None
+        self._timeline: ChunkTimeline | None = None
+        self._control: PeriodicLoop | None = None
+        self._worker: PeriodicLoop | None = None
         self._arbiter: CommandArbiter | None = None
         self._safety: SafetyFilter | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._mode_lock = threading.Lock()
         self._configure_error = ""
         self._entities: list[Any] = []
@@ -141,8 +143,8 @@ class PolicyNode(LifecycleNode):
         """Start the inference worker and the control loop; enable the publishers."""
         self._reset_stats()
         self._stop.clear()
-        assert self._scheduler is not None and self._policy is not None
-        self._scheduler.clear()
+        assert self._timeline is not None and self._policy is not None
+        self._timeline.clear()
         self._policy.reset()
         self._threads = [
             threading.Thread(target=self._inference_loop, name="inference", daemon=True),
@@ -186,28 +188,11 @@ class PolicyNode(LifecycleNode):
         bundle = load_bundle(bundle_path, expected_sha256=cfg.policy.sha256)
         m = bundle.manifest
         robot_joints = cfg.robot.joint_names
-        unknown = [j for j in (*m.action.joints, *m.observation.proprio.joints)
-                   if j not in robot_joints]
-        if unknown:
-            raise ConfigError(
-                f"bundle {bundle_path} uses joints {sorted(set(unknown))} that robot.arms "
-                f"does not have (robot joints: {robot_joints})"
-            )
-        cams = {c.name: c for c in cfg.cameras}
-        for spec in m.observation.cameras:
-            cam = cams.get(spec.name)
-            if cam is None:
-                raise ConfigError(
-                    f"bundle camera {spec.name!r} is not configured (cameras.names: "
-                    f"{sorted(cams)})"
-                )
-            if (cam.height, cam.width) != (spec.height, spec.width):
-                raise ConfigError(
-                    f"cameras.{spec.name}: size {cam.width}x{cam.height} differs from the "
-                    f"bundle's {spec.width}x{spec.height}"
-                )
+        problems = bundle_mismatches(m, robot_joints, cfg.cameras, f"bundle {bundle_path}")
+        if problems:
+            raise ConfigError("; ".join(problems))
         ckpt = resolve_share_path(cfg.policy.checkpoint) if cfg.policy.checkpoint else None
-        backend = make_backend(
+        backend = build_backend(
             cfg.policy.backend, device=cfg.policy.device,
             intra_op_threads=cfg.policy.intra_op_threads, checkpoint=ckpt,
         )
@@ -223,7 +208,6 @@ class PolicyNode(LifecycleNode):
         self._expert_labels = labels
         self._gate_layout = [Dim(label="experts:" + ",".join(labels), size=len(labels),
                                  stride=len(labels))]
-        self._action_idx = np.array([robot_joints.index(j) for j in m.action.joints])
         self._proprio_idx = np.array(
             [robot_joints.index(j) for j in m.observation.proprio.joints]
         )
@@ -234,18 +218,18 @@ class PolicyNode(LifecycleNode):
             {c.name: c.max_age_s for c in cfg.cameras if c.name in used},
         )
         self._setup_cameras(cfg, bundle)
-        self._scheduler = ChunkScheduler(
-            len(robot_joints),
-            merge=cfg.policy.execution.merge,
-            ensemble_decay=cfg.policy.execution.ensemble_decay,
-            blend_steps=cfg.policy.execution.blend_steps,
-        )
         period = cfg.policy.control_period_s
+        self._timeline = ChunkTimeline(
+            robot_joints, m.action.joints, cfg.policy.execution, period
+        )
+        self._control = PeriodicLoop(cfg.policy.control_rate_hz, self._mono, late="skip")
+        self._worker = PeriodicLoop(cfg.policy.inference_rate_hz, self._mono, late="reanchor")
         self._safety = SafetyFilter(cfg.robot, cfg.safety, period)
         self._arbiter = CommandArbiter(cfg.handover, self._safety, self._mono)
         self._teleop: tuple[np.ndarray, int] | None = None
         self._deadman: tuple[bool, int] | None = None
         self._create_interfaces(cfg)
+        self._reset_stats()
         self.get_logger().info(
             f"configured: bundle {m.name} ({m.family}, {m.experts.count} experts, "
             f"H={m.action.chunk_length}) backend={backend.name} warm-up "
@@ -475,57 +459,28 @@ class PolicyNode(LifecycleNode):
 
     def _reset_stats(self) -> None:
         period = self._cfg.policy.control_period_s if self._cfg is not None else 0.02
-        self._infer_latency = LatencyWindow(200)
-        self._expert_latency = LatencyWindow(200)
-        self._obs_to_cmd = LatencyWindow(500)
-        self._control_rate = RateMeter(window_s=2.0)
-        self._jitter = JitterMeter(period, size=1000)
-        self._overrun_active = False
+        experts = self._bundle.manifest.experts.count if self._bundle is not None else 0
+        self._infer_stats = InferenceStats(experts)
+        self._control_stats = ControlStats(period)
         self._policy_warm = False
         self._ood_energy: float | None = None
-        self._infer_count = 0
-        self._infer_errors = 0
-        self._infer_overruns = 0
-        self._last_infer_error = ""
-        self._switches: list[float] = []  # monotonic seconds of switches (last minute)
-        self._usage: np.ndarray | None = None
-        self._active_count = LatencyWindow(200)
-        self._nonfinite_chunks = 0
-        self._nan_pending = False
-        self._missed_ticks = 0
-        self._pending_chunk: _Chunk | None = None
-        self._entropy = 0.0
-        self._last_output: PolicyOutput | None = None
-        self._step_anchor: tuple[int, int] = (0, 0)  # (control step, ROS ns) of last tick
 
     # ------------------------------------------------------------------ inference worker
 
     def _inference_loop(self) -> None:
-        cfg = self._cfg
-        assert cfg is not None
-        period_ns = int(1e9 / cfg.policy.inference_rate_hz)
-        deadline = self._mono.now_ns()
-        while not self._stop.is_set():
-            deadline += period_ns
-            try:
-                self._infer_once()
-            except Exception as err:
-                if not self.context.ok():
-                    break  # SIGINT shut the context down under us: stop quietly
-                self._infer_errors += 1
-                self._last_infer_error = f"{type(err).__name__}: {err}"
-                self.get_logger().error(
-                    f"inference failed: {self._last_infer_error}", throttle_duration_sec=2.0
-                )
-            now = self._mono.now_ns()
-            if now > deadline:
-                # Overrun: count it and re-anchor instead of bursting to catch up.
-                self._infer_overruns += 1
-                self._overrun_active = True
-                deadline = now
-            else:
-                self._overrun_active = False
-            self._stop.wait(max(0.0, (deadline - self._mono.now_ns()) / 1e9))
+        assert self._worker is not None
+        self._worker.run(self._infer_step, self._stop)
+
+    def _infer_step(self, _step: int, _now: int) -> None:
+        """One worker iteration: a failure is counted and logged, never ends the worker."""
+        try:
+            self._infer_once()
+        except Exception as err:
+            if not self.context.ok():
+                self._stop.set()  # SIGINT shut the context down under us: stop quietly
+                return
+            line = self._infer_stats.failed(err)
+            self.get_logger().error(f"inference failed: {line}", throttle_duration_sec=2.0)
 
     def _infer_once(self) -> None:
         cfg, inputs, policy, bundle = self._cfg, self._inputs, self._policy, self._bundle
@@ -544,52 +499,21 @@ class PolicyNode(LifecycleNode):
             stamp_ns=min(stamps),
         )
         out = policy.infer(obs)
-        self._infer_count += 1
-        self._infer_latency.add(out.timings_ms.get("total", 0.0))
-        self._expert_latency.add(out.timings_ms.get("experts", 0.0))
-        dec = out.decision
-        if self._usage is None:
-            self._usage = np.zeros(bundle.manifest.experts.count)
-        self._usage[dec.active] += 1
-        self._active_count.add(float(dec.k))
-        self._entropy = dec.state.entropy
-        if dec.state.switched:
-            self._switches.append(time.monotonic())
-        self._last_output = out
+        self._infer_stats.add(out, time.monotonic())
         self._ood_energy = self._novelty(out)
         assert self._arbiter is not None
 
-        # Chunk in robot joint order; joints the policy does not command hold their
-        # measured position.
-        actions = np.repeat(joints.positions[None, :], out.actions.shape[0], axis=0)
-        actions[:, self._action_idx] = out.actions
-        step_now, ros_at_step = self._step_anchor
-        obs_step = step_now
-        if cfg.policy.execution.latency_compensation:
-            period_ns = int(1e9 * cfg.policy.control_period_s)
-            obs_step -= max(0, (ros_at_step - obs.stamp_ns) // period_ns)
-        start = obs_step + 1
-        if not np.all(np.isfinite(actions)):
-            # The scheduler refuses non-finite chunks; the arbiter sees the NaN command
-            # (ERROR + HOLD in the safety filter) through the nan_chunk path instead.
-            self._nonfinite_chunks += 1
+        timeline = self._timeline
+        assert timeline is not None
+        offered = timeline.offer(timeline.expand(out.actions, joints.positions), obs.stamp_ns)
+        if offered == NONFINITE:
+            # The arbiter sees the NaN command (ERROR + HOLD in the safety filter).
+            self._infer_stats.nonfinite += 1
             self.get_logger().error(
                 "policy output contains NaN/Inf: holding", throttle_duration_sec=2.0
             )
-            self._nan_pending = True
+        if offered != ADDED:
             return
-        assert self._scheduler is not None
-        with self._lock:
-            newest = self._scheduler.newest_start
-            if newest is not None and start < newest:
-                # An older observation than the newest chunk's (inputs arrived out of
-                # order): keep step alignment by dropping the steps before it.
-                drop = newest - start
-                if drop >= actions.shape[0]:
-                    return
-                actions, start = actions[drop:], newest
-            self._scheduler.add_chunk(start, actions)
-            self._pending_chunk = _Chunk(actions, start, obs.stamp_ns)
         self._policy_warm = True
         self._publish_router(out, shadow=self._arbiter.mode == Mode.TELEOP)
 
@@ -619,54 +543,33 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------ control loop
 
     def _control_loop(self) -> None:
-        cfg = self._cfg
-        assert cfg is not None
-        period_ns = int(1e9 * cfg.policy.control_period_s)
-        t0 = self._mono.now_ns()
-        step = 0
-        while not self._stop.is_set():
-            deadline = t0 + step * period_ns
-            wait = (deadline - self._mono.now_ns()) / 1e9
-            if wait > 0 and self._stop.wait(wait):
-                break
-            now = self._mono.now_ns()
-            self._control_rate.record(now)
-            self._jitter.add(now)
-            try:
-                self._tick(step)
-            except Exception as err:
-                if not self.context.ok():
-                    break  # SIGINT shut the context down under us: stop quietly
-                self.get_logger().error(
-                    f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
-                )
-            step += 1
-            behind = (self._mono.now_ns() - t0) // period_ns
-            if behind > step:  # missed ticks: skip them, never burst
-                self._missed_ticks += int(behind - step)
-                step = int(behind)
+        assert self._control is not None
+        self._control.run(self._control_step, self._stop)
+
+    def _control_step(self, step: int, now: int) -> None:
+        self._control_stats.tick(now)
+        try:
+            self._tick(step)
+        except Exception as err:
+            if not self.context.ok():
+                self._stop.set()  # SIGINT shut the context down under us: stop quietly
+                return
+            self.get_logger().error(
+                f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
+            )
 
     def _tick(self, step: int) -> None:
         """One control period: scheduler -> arbiter (modes, blend, safety filter) -> publish."""
-        cfg, inputs, sched, arb = self._cfg, self._inputs, self._scheduler, self._arbiter
-        assert cfg is not None and inputs is not None and sched is not None
+        cfg, inputs, timeline, arb = self._cfg, self._inputs, self._timeline, self._arbiter
+        assert cfg is not None and inputs is not None and timeline is not None
         assert arb is not None
         now_ros = self._now_ns()
-        self._step_anchor = (step, now_ros)
+        timeline.mark(step, now_ros)
         joints = inputs.joints()
         stale = inputs.stale_sources(now_ros)
         measured = None if joints is None or JOINTS in stale else joints.positions
-        with self._lock:
-            proposal = sched.action_at(step)
-            sched.prune(step)
-            pending = self._pending_chunk
-            self._pending_chunk = None
-        if self._nan_pending:
-            # A non-finite chunk reaches the filter as such: ERROR + HOLD there.
-            proposal = np.full(len(self._joint_names), np.nan)
-            self._nan_pending = False
-            with self._lock:
-                sched.clear()
+        # After a non-finite chunk the proposal is all-NaN: ERROR + HOLD in the filter.
+        proposal, pending = timeline.take(step)
         teleop, deadman = self._teleop, self._deadman
         out = arb.tick(
             TickInputs(
@@ -678,7 +581,7 @@ class PolicyNode(LifecycleNode):
                 deadman_stamp_ns=None if deadman is None else deadman[1],
                 stale_inputs=tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS),
                 policy_warm=self._policy_warm,
-                overrun=self._overrun_active,
+                overrun=self._worker is not None and self._worker.overrunning,
                 ood_energy=self._ood_energy,
             )
         )
@@ -712,7 +615,7 @@ class PolicyNode(LifecycleNode):
             self._publish_chunk_mode(step, out, pending, now_ros)
         if out.policy_sent and pending is not None:
             # observation -> first command computed from it, on the ROS clock
-            self._obs_to_cmd.add((now_ros - pending.stamp_ns) / 1e6)
+            self._control_stats.obs_to_cmd.add((now_ros - pending.stamp_ns) / 1e6)
 
     def _publish_stream(self, sent: np.ndarray) -> None:
         cfg = self._cfg
@@ -726,7 +629,7 @@ class PolicyNode(LifecycleNode):
             offset += n
 
     def _publish_chunk_mode(
-        self, step: int, out: TickOutput, pending: _Chunk | None, now_ros: int
+        self, step: int, out: TickOutput, pending: TimedChunk | None, now_ros: int
     ) -> None:
         """JointTrajectory per arm (joint_trajectory_controller semantics).
 
@@ -784,151 +687,50 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------ diagnostics
 
     def _publish_diagnostics(self) -> None:
+        """One DiagnosticStatus per task (core.diagnostics); lifecycle always, the rest
+        once configured."""
         name = self.get_name()
-        hw = "moe_policy_ros"
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
         state = self._state_machine.current_state[1]
         if self._configure_error:
-            msg.status.append(diag_status(
-                f"{name}: lifecycle", ERROR, f"configure failed: {self._configure_error}",
-                {"state": state}, hw))
+            tasks = [TaskStatus(LIFECYCLE, Level.ERROR,
+                                f"configure failed: {self._configure_error}", [("state", state)])]
         else:
-            msg.status.append(diag_status(f"{name}: lifecycle", OK, state, {"state": state}, hw))
+            tasks = [TaskStatus(LIFECYCLE, Level.OK, state, [("state", state)])]
         if self._cfg is not None and self._inputs is not None:
-            msg.status.extend(self._diag_sections(name, hw, state))
+            tasks += self._diagnostic_tasks(state == "active")
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [
+            diag_status(status_name(name, t.task), t.level, t.message, t.values, HARDWARE_ID)
+            for t in tasks
+        ]
         self._diag_pub.publish(msg)
 
-    def _camera_diagnostics(
-        self, now_ros: int, vals: list[tuple[str, Any]]
-    ) -> list[tuple[int, str]]:
-        """Per camera: sizes, rates and the verdict line (core.camerastats) into ``vals``."""
-        out = []
-        frames = self._frames
-        for cam, stats in self._cam_stats.items():
-            sup = frames.superseded.get(cam, 0) if frames is not None else 0
-            rep = stats.report(now_ros, sup, self.count_publishers(stats.topic))
-            level, line = camera_verdict(rep)
-            size_rx = "n/a" if rep.size_received is None else (
-                f"{rep.size_received[1]}x{rep.size_received[0]} {rep.encoding_received}")
-            vals += [
-                (f"{cam} size received", size_rx),
-                (f"{cam} size used", f"{rep.size_used[1]}x{rep.size_used[0]}"),
-                (f"{cam} preprocess", rep.preprocess),
-                (f"{cam} frames received", rep.received),
-                (f"{cam} frames superseded", rep.superseded),
-                (f"{cam} publisher rate (Hz)", "unknown" if rep.publisher_rate_hz is None
-                 else f"{rep.publisher_rate_hz:.1f} ({rep.rate_source})"),
-                (f"{cam} delivery", "unknown" if rep.delivery is None else rep.delivery),
-                (f"{cam} verdict", line),
-            ]
-            out.append((level, line))
-        return out
-
-    def _diag_sections(self, name: str, hw: str, state: str) -> list[DiagnosticStatus]:
-        cfg, inputs = self._cfg, self._inputs
-        assert cfg is not None and inputs is not None
+    def _diagnostic_tasks(self, active: bool) -> list[TaskStatus]:
+        cfg, inputs, bundle, policy = self._cfg, self._inputs, self._bundle, self._policy
+        safety, arb = self._safety, self._arbiter
+        assert cfg is not None and inputs is not None and bundle is not None
+        assert safety is not None and arb is not None
         now_ros = self._now_ns()
-        out = []
-        # inputs
-        stale = inputs.stale(now_ros)
-        vals: list[tuple[str, Any]] = []
-        level = OK
-        for st in inputs.status.values():
-            age = st.age_s(now_ros)
-            vals += [
-                (f"{st.name} rate (Hz)", st.rate_hz()),
-                (f"{st.name} age (s)", "n/a" if age is None else age),
-                (f"{st.name} received", st.received),
-                (f"{st.name} rejected", st.rejected),
-            ]
-            if st.last_error:
-                vals.append((f"{st.name} last error", st.last_error))
-        verdicts = self._camera_diagnostics(now_ros, vals)
-        recent = inputs.recent_errors(now_ros)
-        msg_txt = "all inputs fresh"
-        if recent:
-            level, msg_txt = WARN, "rejected in the last 5 s: " + "; ".join(recent)
-        if stale:
-            level, msg_txt = ERROR if state == "active" else WARN, "stale: " + "; ".join(stale)
-        bad = [(lvl, line) for lvl, line in verdicts if lvl > OK]
-        if bad:
-            level = max(level, max(lvl for lvl, _ in bad))
-            msg_txt += " | " + " | ".join(line for _, line in bad)
-        out.append(diag_status(f"{name}: inputs", level, msg_txt, vals, hw))
-        # inference
-        lat = self._infer_latency.summary()
-        level = OK if self._infer_errors == 0 and self._nonfinite_chunks == 0 else WARN
-        if self._nonfinite_chunks:
-            level = ERROR
-        txt = f"{self._backend_name}, median {lat.p50:.1f} ms"
-        if self._nonfinite_chunks:
-            txt += f"; {self._nonfinite_chunks} chunks with NaN/Inf"
-        if self._last_infer_error:
-            txt += f"; last error: {self._last_infer_error}"
-        out.append(diag_status(f"{name}: inference", level, txt, [
-            ("backend", self._backend_name),
-            ("bundle", self._bundle.manifest.name if self._bundle else ""),
-            ("chunks", self._infer_count),
-            ("latency median (ms)", lat.p50),
-            ("latency p99 (ms)", lat.p99),
-            ("expert stage median (ms)", self._expert_latency.summary().p50),
-            ("overruns", self._infer_overruns),
-            ("errors", self._infer_errors),
-            ("non-finite chunks", self._nonfinite_chunks),
-            ("inference rate (Hz)", cfg.policy.inference_rate_hz),
-        ], hw))
-        # router
-        bundle = self._bundle
-        assert bundle is not None
-        labels = bundle.manifest.experts.labels
-        cutoff = time.monotonic() - 60.0
-        self._switches = [t for t in self._switches if t >= cutoff]
-        usage = self._usage if self._usage is not None else np.zeros(len(labels))
-        share = usage / max(1.0, float(usage.sum()))
-        rvals: list[tuple[str, Any]] = [
-            ("family", bundle.manifest.family),
-            ("strategy", self._policy.strategy.name if self._policy else ""),
-            ("active experts (mean)", self._active_count.summary().mean),
-            ("entropy (nats)", self._entropy),
-            ("switches per minute", len(self._switches)),
+        frames = self._frames
+        cameras = [
+            stats.report(now_ros, frames.superseded.get(cam, 0) if frames is not None else 0,
+                         self.count_publishers(stats.topic))
+            for cam, stats in self._cam_stats.items()
         ]
-        rvals += [(f"usage {lbl}", float(s)) for lbl, s in zip(labels, share, strict=True)]
-        last = self._last_output
-        if last is not None:
-            rvals.append(("dominant", labels[last.decision.dominant]))
-            if last.decision.state.energies is not None:
-                rvals.append(("min energy", float(np.min(last.decision.state.energies))))
-        mean_k = self._active_count.summary().mean
-        out.append(diag_status(f"{name}: router", OK, f"{mean_k:.2f} experts active on average",
-                               rvals, hw))
-        # control loop
-        rate = self._control_rate.rate_hz(self._mono.now_ns())
-        if not math.isfinite(rate):
-            rate = 0.0
-        o2c = self._obs_to_cmd.summary()
-        target = cfg.policy.control_rate_hz
-        level = OK
-        if state == "active" and rate < 0.9 * target:
-            level = WARN
-        out.append(diag_status(f"{name}: control loop", level,
-                               f"{rate:.1f} Hz (target {target:g} Hz)", [
-            ("achieved rate (Hz)", rate),
-            ("target rate (Hz)", target),
-            ("period jitter p99 (ms)", self._jitter.summary().p99 * 1e3),
-            ("missed ticks", self._missed_ticks),
-            ("obs-to-command p50 (ms)", o2c.p50),
-            ("obs-to-command p99 (ms)", o2c.p99),
-            ("execution", cfg.policy.execution.mode),
-        ], hw))
-        # safety and mode
-        assert self._safety is not None and self._arbiter is not None
-        s_level, s_msg, s_vals = self._safety.diagnostics()
-        mode = self._arbiter.mode.value
-        out.append(diag_status(f"{name}: safety", int(s_level), f"mode {mode}: {s_msg}",
-                               {"mode": mode, "mode changes": self._arbiter.mode_changes,
-                                **s_vals}, hw))
-        return out
+        m, p = bundle.manifest, cfg.policy
+        loops = (self._control, self._worker)
+        return [
+            inputs_task(inputs.status.values(), inputs.stale(now_ros),
+                        inputs.recent_errors(now_ros), cameras, now_ros, active),
+            inference_task(self._infer_stats, self._backend_name, m.name,
+                           loops[1].overruns if loops[1] else 0, p.inference_rate_hz),
+            router_task(self._infer_stats, m.family, policy.strategy.name if policy else "",
+                        m.experts.labels, time.monotonic()),
+            control_task(self._control_stats, self._mono.now_ns(), p.control_rate_hz,
+                         loops[0].skipped if loops[0] else 0, p.execution.mode, active),
+            safety_task(safety.diagnostics(), arb.mode.value, arb.mode_changes),
+        ]
 
     # ------------------------------------------------------------------ teardown
 

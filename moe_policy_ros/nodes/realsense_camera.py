@@ -51,7 +51,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
-from moe_policy_ros.nodes.common import diag_status, ns_to_stamp, spin_node
+from moe_policy_ros.nodes.common import diag_status, spin_node
 from moe_policy_ros.realsense.sources import (
     EndOfStream,
     Frames,
@@ -62,6 +62,7 @@ from moe_policy_ros.realsense.sources import (
     SourceError,
 )
 from moe_policy_ros.realsense.stamps import StampMapper
+from moe_policy_ros.session import ns_to_stamp
 
 NODE_NAME = "realsense_camera"
 SOURCES = ("device", "bag", "software")

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from moe_policy_ros.core.imageconv import ImageError, image_from_raw
+from moe_policy_ros.core.loop import PeriodicLoop
 
 try:
     import pyrealsense2 as rs
@@ -573,17 +574,17 @@ class SoftwareFrameSource:
             return True
 
     def _generate(self) -> None:
-        period_ns = int(1e9 / self.fps)
-        deadline = self._clock()
-        while not self._gen_stop.is_set():
+        """Frames at ``fps`` on absolute deadlines (core.loop, catch_up): more than one
+        period behind (or after an unplug), the generator resynchronises."""
+
+        def frame(_step: int, _now: int) -> None:
             if not self.unplugged:
                 rgb, depth = synthetic_pattern(self.width, self.height, self._frame_number)
                 self.inject(rgb, depth if self.enable_depth else None)
-            deadline += period_ns
-            now = self._clock()
-            if deadline < now - period_ns:  # fell behind (or was unplugged): resynchronise
-                deadline = now
-            self._gen_stop.wait(max(0.0, (deadline - now) / 1e9))
+
+        loop = PeriodicLoop(self.fps, _CallableClock(self._clock), late="catch_up",
+                            max_lag_s=1.0 / self.fps)
+        loop.run(frame, self._gen_stop)
 
     def wait(self, timeout_s: float) -> Frames | None:
         syncer = self._syncer
@@ -626,3 +627,17 @@ class SoftwareFrameSource:
         with self._lock:
             self._stop_locked()
             self._syncer = None
+
+
+class _CallableClock:
+    """A ``() -> ns`` function as a core.clock.Clock (waits on the stop event)."""
+
+    def __init__(self, now: Callable[[], int]) -> None:
+        self.now_ns = now
+
+    def sleep_until_ns(self, deadline_ns: int, stop: threading.Event | None = None) -> bool:
+        remaining = max(0.0, (deadline_ns - self.now_ns()) / 1e9)
+        if stop is None:
+            time.sleep(remaining)
+            return False
+        return stop.wait(remaining)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_bundle import reference_encoder, write_bundle
 
 from moe_policy_ros.core.backends import (
     KINDS,
@@ -42,8 +41,8 @@ HAS_ORT_CUDA = "CUDAExecutionProvider" in ort_providers()
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_bundle(tmp_path_factory.mktemp("bk") / "adamoe", "adamoe")
+def bundle(tmp_path_factory: pytest.TempPathFactory, hand_bundle: Any) -> Path:
+    return hand_bundle.write_bundle(tmp_path_factory.mktemp("bk") / "adamoe", "adamoe")
 
 
 def test_parse_device() -> None:
@@ -54,13 +53,13 @@ def test_parse_device() -> None:
         parse_device("tpu")
 
 
-def test_ort_cpu_stage_runs_real_graph(bundle: Path) -> None:
+def test_ort_cpu_stage_runs_real_graph(bundle: Path, hand_bundle: Any) -> None:
     be = make_backend("onnxruntime", intra_op_threads=1)
     assert isinstance(be, Backend)
     assert be.name == "onnxruntime-cpu"
     assert "CPUExecutionProvider" in be.describe() and "intra-op threads 1" in be.describe()
     b = load_bundle(bundle)
-    stage = be.load_stage("encoder", b.stage_paths["encoder"])
+    stage = be.load_stage(b, "encoder")
     assert isinstance(stage, Stage)
     assert stage.input_names == ["image_top", "image_wrist", "proprio"]
     assert stage.output_names == ["context", "gate_logits", "adapter_weights"]
@@ -70,7 +69,7 @@ def test_ort_cpu_stage_runs_real_graph(bundle: Path) -> None:
     pol = MoEPolicy(b, be)
     feeds = pol._preprocess(obs)
     out = stage.run(feeds)
-    ref = reference_encoder(bundle, obs.images, obs.proprio)
+    ref = hand_bundle.reference_encoder(bundle, obs.images, obs.proprio)
     for name in stage.output_names:
         np.testing.assert_allclose(out[name][0], ref[name], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"missing: \['proprio'\]"):
@@ -79,7 +78,7 @@ def test_ort_cpu_stage_runs_real_graph(bundle: Path) -> None:
 
 def test_expert_stage_accepts_every_k(bundle: Path) -> None:
     be = make_backend("onnxruntime", intra_op_threads=1)
-    stage = be.load_stage("experts", load_bundle(bundle).stage_paths["experts"])
+    stage = be.load_stage(load_bundle(bundle), "experts")
     ctx = np.ones((1, 8), np.float32)
     for k in range(1, 5):
         out = stage.run({"context": ctx, "expert_idx": np.arange(k, dtype=np.int64),
@@ -128,12 +127,12 @@ def test_torch_backend_needs_checkpoint(bundle: Path) -> None:
     pytest.importorskip("torch")
     be = make_backend("torch")
     with pytest.raises(BackendUnavailable, match="no checkpoint given"):
-        be.load_stage("encoder", load_bundle(bundle).stage_paths["encoder"])
+        be.load_stage(load_bundle(bundle), "encoder")
     # a checkpoint the bundle cannot vouch for (no provenance hash) is refused too
     (bundle.parent / "other.pt").write_bytes(b"weights")
     be = make_backend("torch", checkpoint=bundle.parent / "other.pt")
     with pytest.raises(BackendUnavailable, match="cannot be verified"):
-        be.load_stage("encoder", load_bundle(bundle).stage_paths["encoder"])
+        be.load_stage(load_bundle(bundle), "encoder")
 
 
 def test_unknown_kind() -> None:
@@ -179,23 +178,23 @@ def _parity(bundle_dir: Path, backend: Any, tol: float = 1e-3) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_ORT_CUDA, reason="onnxruntime-gpu (CUDAExecutionProvider) missing")
-def test_ort_cuda_io_binding_parity(bundle: Path, tmp_path: Path) -> None:
+def test_ort_cuda_io_binding_parity(bundle: Path, tmp_path: Path, hand_bundle: Any) -> None:
     be = make_backend("onnxruntime-cuda", "cuda")
     assert "IO binding" in be.describe()
     _parity(bundle, be)
-    _parity(write_bundle(tmp_path / "smp", "smp"), be)
+    _parity(hand_bundle.write_bundle(tmp_path / "smp", "smp"), be)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(bool(NO_CUDA), reason=NO_CUDA or "cuda")
 def test_torch_cuda_graph_parity(tmp_path: Path) -> None:
-    from moe_policy_ros.models.export import export_bundle
+    from moe_policy_ros.models.export import export_bundle, load_checkpoint
     from moe_policy_ros.models.families import build_model
 
     model = build_model({"family": "adamoe", "num_experts": 4, "context_dim": 32,
                          "expert_hidden": 32, "trunk_layers": 1})
     export_bundle(model, tmp_path / "b", name="g", parity_trials=1)
-    be = make_backend("torch", "cuda")
+    be = make_backend("torch", "cuda", model_loader=load_checkpoint)
     assert be.name == "torch-cuda" and "CUDA graph" in be.describe()
     _parity(tmp_path / "b", be)
 
@@ -217,3 +216,20 @@ def test_tensorrt_engine_cache_and_parity(bundle: Path, tmp_path: Path) -> None:
     fp16 = make_backend("tensorrt", "cuda", cache_dir=tmp_path / "engines", fp16=True)
     _parity(bundle, fp16, tol=5e-2)
     assert len(fp16.built) == 2  # type: ignore[attr-defined]  # fp16 is a different key
+
+
+def test_one_default_cache_dir_for_every_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moe_policy_ros.core.backends.base import default_cache_dir
+
+    monkeypatch.delenv("MOE_POLICY_ROS_ENGINE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "moe_policy_ros"
+    monkeypatch.setenv("MOE_POLICY_ROS_ENGINE_CACHE", str(tmp_path / "engines"))
+    assert default_cache_dir() == tmp_path / "engines"
+    text = "".join(
+        (Path(__file__).resolve().parents[2] / "moe_policy_ros/core/backends" / f).read_text()
+        for f in ("ort.py", "tensorrt.py")
+    )
+    assert "MOE_POLICY_ROS_ENGINE_CACHE" not in text and "XDG_CACHE_HOME" not in text

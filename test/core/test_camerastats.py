@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe_policy_ros.core.camerastats import (
-    ERROR,
-    OK,
-    WARN,
-    CameraReport,
-    CameraStats,
-    camera_verdict,
-)
+from moe_policy_ros.core.camerastats import CameraReport, CameraStats, camera_verdict
+from moe_policy_ros.core.types import Level
 
 S = 1_000_000_000
 P = S // 30  # 30 fps
@@ -38,7 +32,7 @@ def test_publisher_rate_and_delivery_from_stamps_with_losses() -> None:
     assert rep.delivery == pytest.approx(44 / 58, abs=0.01)  # 44 gaps hide 14 lost frames
     assert rep.rate_hz == pytest.approx(22.5, rel=0.1)
     level, line = camera_verdict(rep)
-    assert level == WARN
+    assert level == Level.WARN
     assert "of the publisher's" in line and "(from stamps)" in line
     assert "24% of frames missing" in line and "transport" in line
 
@@ -52,7 +46,7 @@ def test_configured_rate_wins_and_a_clean_stream_is_ok() -> None:
     assert (rep.rate_source, rep.publisher_rate_hz) == ("config", 15.0)
     assert rep.delivery == pytest.approx(1.0)
     level, line = camera_verdict(rep)
-    assert level == OK
+    assert level == Level.OK
     assert line.startswith("top: 1280x720 rgb8 -> 128x96 resize (area), 15.0 Hz")
 
 
@@ -66,22 +60,22 @@ def test_too_few_frames_leave_the_publisher_rate_unknown() -> None:
 @pytest.mark.parametrize(
     ("report", "level", "tokens"),
     [
-        (CameraReport("top", "/t", (96, 128), publishers=0), ERROR,
+        (CameraReport("top", "/t", (96, 128), publishers=0), Level.ERROR,
          ["no frames", "nothing publishes /t", "driver"]),
-        (CameraReport("top", "/t", (96, 128), publishers=1), ERROR,
+        (CameraReport("top", "/t", (96, 128), publishers=1), Level.ERROR,
          ["1 publisher(s) matched", "transport", "fastdds_shm.xml"]),
-        (CameraReport("top", "/t", (96, 128)), ERROR, ["no frames on /t", "transport"]),
+        (CameraReport("top", "/t", (96, 128)), Level.ERROR, ["no frames on /t", "transport"]),
         (CameraReport("top", "/t", (96, 128), received=6, rejected=6,
                       causes={"size": 6}, last_error="roi (600, 0, 10, 10) outside"),
-         ERROR, ["all 6 frames rejected", "likely cause: size", "roi (600"]),
+         Level.ERROR, ["all 6 frames rejected", "likely cause: size", "roi (600"]),
         (CameraReport("top", "/t", (96, 128), received=9, rejected=9,
                       causes={"encoding": 8, "data": 1}, last_error="'rgba8'"),
-         ERROR, ["likely cause: encoding"]),
+         Level.ERROR, ["likely cause: encoding"]),
         (CameraReport("top", "/t", (96, 128), received=10, accepted=8, rejected=2,
                       causes={"data": 2}, last_error="47 bytes"),
-         WARN, ["2 of 10 frames rejected", "likely cause: data"]),
+         Level.WARN, ["2 of 10 frames rejected", "likely cause: data"]),
         (CameraReport("top", "/t", (96, 128), received=100, accepted=30, superseded=70,
-                      size_received=(720, 1280)), WARN, ["30 of 100", "CPU", "1280x720"]),
+                      size_received=(720, 1280)), Level.WARN, ["30 of 100", "CPU", "1280x720"]),
     ],
 )
 def test_verdict_names_the_likely_cause(report, level, tokens) -> None:

@@ -10,7 +10,6 @@ from typing import Any, get_args
 import numpy as np
 import pytest
 import yaml
-from test_bundle import reference_chunk, reference_encoder, write_bundle
 
 from moe_policy_ros.core.backends import make_backend
 from moe_policy_ros.core.bundle import BundleError, LoadedBundle, load_bundle
@@ -33,9 +32,9 @@ def ort() -> Any:
 
 
 @pytest.fixture(scope="module")
-def hand_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def hand_bundles(tmp_path_factory: pytest.TempPathFactory, hand_bundle: Any) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hand")
-    return {f: write_bundle(root / f, f) for f in FAMILIES}
+    return {f: hand_bundle.write_bundle(root / f, f) for f in FAMILIES}
 
 
 def _noise(seed: int, e: int, r: int, chunk: int = 0) -> np.ndarray:
@@ -47,7 +46,7 @@ def _noise(seed: int, e: int, r: int, chunk: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_end_to_end_matches_numpy_reference(hand_bundles: dict[str, Path], ort: Any,
-                                            family: str) -> None:
+                                            family: str, hand_bundle: Any) -> None:
     path = hand_bundles[family]
     b = load_bundle(path)
     pol = MoEPolicy(b, ort, seed=7)
@@ -58,7 +57,7 @@ def test_end_to_end_matches_numpy_reference(hand_bundles: dict[str, Path], ort: 
         assert out.actions.shape == (4, 3) and out.actions.dtype == np.float64
         assert set(out.timings_ms) == {"preprocess", "encoder", "routing", "experts", "total"}
         assert all(v >= 0 for v in out.timings_ms.values())
-        ref_enc = reference_encoder(path, obs.images, obs.proprio)
+        ref_enc = hand_bundle.reference_encoder(path, obs.images, obs.proprio)
         np.testing.assert_allclose(out.decision.state.gates.sum(), 1.0, rtol=1e-6)
         # The default routing of these bundles is top-2 (dense: the single expert).
         want = np.sort(np.argsort(-ref_enc["gate_logits"], kind="stable")[: min(2, e)])
@@ -70,17 +69,19 @@ def test_end_to_end_matches_numpy_reference(hand_bundles: dict[str, Path], ort: 
             g = np.exp(ref_enc["gate_logits"][want] - ref_enc["gate_logits"].max())
             np.testing.assert_allclose(out.decision.weights, g / g.sum(), rtol=1e-5)
         noise = _noise(7, e, 2, chunk=i)[out.decision.active] if family == "smp" else None
-        ref = reference_chunk(path, obs.images, obs.proprio, out.decision.active,
+        ref = hand_bundle.reference_chunk(path, obs.images, obs.proprio, out.decision.active,
                               out.decision.weights, noise)
         np.testing.assert_allclose(out.actions, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_dense_and_mass_routing_override(hand_bundles: dict[str, Path], ort: Any) -> None:
+def test_dense_and_mass_routing_override(
+    hand_bundles: dict[str, Path], ort: Any, hand_bundle: Any
+) -> None:
     b = load_bundle(hand_bundles["dibm"])
     obs = synthetic_observation(b.manifest, seed=3)
     dense = MoEPolicy(b, ort, RoutingConfig(strategy="dense")).infer(obs)
     assert dense.decision.active.tolist() == [0, 1, 2, 3]
-    ref = reference_chunk(hand_bundles["dibm"], obs.images, obs.proprio,
+    ref = hand_bundle.reference_chunk(hand_bundles["dibm"], obs.images, obs.proprio,
                           dense.decision.active, dense.decision.weights)
     np.testing.assert_allclose(dense.actions, ref, rtol=1e-4, atol=1e-5)
     mass = MoEPolicy(b, ort, RoutingConfig(strategy="mass", tau=0.5)).infer(obs)
@@ -179,7 +180,9 @@ def _edit_manifest(root: Path, **changes: Any) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def test_every_manifest_the_loader_accepts_runs(tmp_path: Path, ort: Any) -> None:
+def test_every_manifest_the_loader_accepts_runs(
+    tmp_path: Path, ort: Any, hand_bundle: Any
+) -> None:
     """Each sampler kind and combination the manifest schema admits for a family is served by
     the runtime (no option is accepted at load and refused at run time)."""
     kinds = get_args(SamplerSpec.model_fields["kind"].annotation)
@@ -187,7 +190,7 @@ def test_every_manifest_the_loader_accepts_runs(tmp_path: Path, ort: Any) -> Non
     for family, combos in FAMILY_COMBINATIONS.items():
         for combo in (None, *combos):
             for kind in kinds if family == "smp" else (None,):
-                root = write_bundle(tmp_path / f"{family}_{combo}_{kind}", family)
+                root = hand_bundle.write_bundle(tmp_path / f"{family}_{combo}_{kind}", family)
                 if combo is not None:
                     _edit_manifest(root, combination=combo)
                 if kind is not None:
@@ -196,7 +199,7 @@ def test_every_manifest_the_loader_accepts_runs(tmp_path: Path, ort: Any) -> Non
                 assert b.manifest.combination_weights == (combo or combos[0])
                 obs = synthetic_observation(b.manifest, seed=1)
                 out = MoEPolicy(b, ort, seed=2).infer(obs)
-                enc = reference_encoder(root, obs.images, obs.proprio)
+                enc = hand_bundle.reference_encoder(root, obs.images, obs.proprio)
                 act = out.decision.active
                 gl, aw = enc["gate_logits"], enc["adapter_weights"]
                 active_gates = np.exp(gl[act] - gl[act].max())
@@ -209,14 +212,14 @@ def test_every_manifest_the_loader_accepts_runs(tmp_path: Path, ort: Any) -> Non
                 }[b.manifest.combination_weights]
                 np.testing.assert_allclose(out.decision.weights, want, rtol=1e-5)
                 noise = _noise(2, 4, 2)[act] if family == "smp" else None
-                ref = reference_chunk(root, obs.images, obs.proprio, act, out.decision.weights,
-                                      noise)
+                ref = hand_bundle.reference_chunk(root, obs.images, obs.proprio, act,
+                                                  out.decision.weights, noise)
                 np.testing.assert_allclose(out.actions, ref, rtol=1e-4, atol=1e-5)
-    root = write_bundle(tmp_path / "ddim", "smp")
+    root = hand_bundle.write_bundle(tmp_path / "ddim", "smp")
     _edit_manifest(root, sampler_kind="ddim")
     with pytest.raises(BundleError, match=r"sampler\.kind.*ddim"):
         load_bundle(root)
-    root = write_bundle(tmp_path / "wrong", "adamoe")
+    root = hand_bundle.write_bundle(tmp_path / "wrong", "adamoe")
     _edit_manifest(root, combination="unit")
     with pytest.raises(BundleError, match="'unit' is not defined for family adamoe"):
         load_bundle(root)
@@ -314,7 +317,7 @@ def test_parity_ort_vs_torch_reference(exported: dict[str, Path], ort: Any,
     b = load_bundle(exported[family])
     routing = RoutingConfig(strategy="dense" if family == "dense" else "topk", k=2)
     pol = MoEPolicy(b, ort, routing, seed=3)
-    tb = make_backend("torch", checkpoint=_checkpoint(b))
+    tb = make_backend("torch", checkpoint=_checkpoint(b), model_loader=load_checkpoint)
     tpol = MoEPolicy(b, tb, routing, seed=3)
     assert tb.name == "torch-cpu"
     for i in range(2):
@@ -327,3 +330,17 @@ def test_parity_ort_vs_torch_reference(exported: dict[str, Path], ort: Any,
         tout = tpol.infer(obs)
         np.testing.assert_array_equal(tout.decision.active, out.decision.active)
         np.testing.assert_allclose(tout.actions, out.actions, rtol=1e-4, atol=2e-4)
+
+
+def test_torch_backend_gets_its_model_loader_injected(exported: dict[str, Path]) -> None:
+    """The core imports no models/: without an injected loader the torch backend says so
+    (after verifying the checkpoint), and backend_factory.build_backend injects it."""
+    from moe_policy_ros.backend_factory import build_backend
+    from moe_policy_ros.core.backends import BackendUnavailable
+
+    b = load_bundle(exported["adamoe"])
+    bare = make_backend("torch", checkpoint=_checkpoint(b))
+    with pytest.raises(BackendUnavailable, match="no model loader given"):
+        MoEPolicy(b, bare)
+    built = build_backend("torch", checkpoint=_checkpoint(b))
+    assert MoEPolicy(b, built).stages["encoder"].input_names

@@ -28,7 +28,6 @@ from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.core.routing import make_strategy, softmax
 from moe_policy_ros.core.runtime import MoEPolicy, compose_skills, synthetic_observation
 from moe_policy_ros.core.types import RouterOutputs
-from moe_policy_ros.inspect_bundle import bundle_summary
 from moe_policy_ros.models import build_model, export_bundle, load_checkpoint, save_checkpoint
 from moe_policy_ros.models import losses as L
 from moe_policy_ros.models.export import default_routing
@@ -39,6 +38,7 @@ from moe_policy_ros.models.families import (
     MoEModel,
     SMPModel,
 )
+from moe_policy_ros.tools.inspect import bundle_summary
 
 B = 6
 E, R, H, A, D = TINY["num_experts"], TINY["rank"], TINY["chunk_length"], 14, TINY["context_dim"]

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 
-from moe_policy_ros.bringup import _command, prepare_params
 from moe_policy_ros.core.config import ConfigError
 from moe_policy_ros.graph import (
     LAUNCH_ARGUMENTS,
@@ -27,6 +26,7 @@ from moe_policy_ros.graph import (
     read_params_doc,
     rewrite_params,
 )
+from moe_policy_ros.tools.up import LaunchOptions, node_command, prepare_params
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
@@ -227,15 +227,13 @@ def test_graph_compressed_camera_gets_the_image_transport_layout() -> None:
 
 
 def test_bringup_command_carries_the_remappings_and_node_name(tmp_path: Path) -> None:
-    import argparse
-
     doc = _with_realsense()
     specs = node_graph(doc, namespace="robot1")
     spec = specs[1]
-    args = argparse.Namespace(namespace="robot1", log_level="warn", use_sim_time=True,
-                              model="/x/bundle", enclave="/enc")
-    params = prepare_params(doc, specs, args, tmp_path)
-    cmd = _command(spec, args, params)
+    options = LaunchOptions(namespace="robot1", log_level="warn", use_sim_time=True,
+                            model="/x/bundle", enclave="/enc")
+    params = prepare_params(doc, specs, options, tmp_path)
+    cmd = node_command(spec, options, params)
     assert cmd[1:4] == ["-m", spec.module, "--ros-args"]
     joined = " ".join(cmd)
     assert "-r __node:=realsense_top" in joined
@@ -382,7 +380,6 @@ def test_rewritten_file_gives_root_keyed_sections_and_overrides_under_a_namespac
 ) -> None:
     """A user file keyed `moe_policy:` (rcl: /moe_policy only) still reaches /r1/moe_policy
     after the rewrite that launch and `up` do, and the overrides win over every section."""
-    import argparse
 
     doc = read_params_doc(DUAL_CFG)
     doc["moe_policy"] = doc.pop("/**/moe_policy")
@@ -393,10 +390,10 @@ def test_rewritten_file_gives_root_keyed_sections_and_overrides_under_a_namespac
         "premise: rcl does not apply a bare node key under a namespace"
     )
     specs = node_graph(doc, namespace="r1")
-    args = argparse.Namespace(namespace="r1", use_sim_time=False, model="models/demo_smp")
+    options = LaunchOptions(namespace="r1", model="models/demo_smp")
     out = tmp_path / "run"
     out.mkdir()
-    params = prepare_params(doc, specs, args, out)
+    params = prepare_params(doc, specs, options, out)
     got = _node_params(params, POLICY_NODE, "/r1")
     assert got["policy.inference_rate_hz"] == 7.0
     assert got["policy.bundle"] == "models/demo_smp"

@@ -10,9 +10,14 @@ choice and the reasons for skipping the better options are in ``describe()`` and
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from moe_policy_ros.core.backends.base import Backend, BackendUnavailable, Stage, parse_device
+
+if TYPE_CHECKING:
+    from moe_policy_ros.core.bundle import LoadedBundle
 
 __all__ = [
     "KINDS",
@@ -44,8 +49,8 @@ class AutoBackend:
         self.name = inner.name
         self.reasons = reasons
 
-    def load_stage(self, name: str, onnx_path: Path) -> Stage:
-        return self.inner.load_stage(name, onnx_path)
+    def load_stage(self, bundle: LoadedBundle, stage: str) -> Stage:
+        return self.inner.load_stage(bundle, stage)
 
     def describe(self) -> str:
         why = "; ".join(self.reasons)
@@ -60,12 +65,15 @@ def make_backend(
     fp16: bool = False,
     cache_dir: str | Path | None = None,
     checkpoint: str | Path | None = None,
+    model_loader: Callable[[Path], Any] | None = None,
 ) -> Backend:
     """Build a backend by kind (see :data:`KINDS`) for ``device`` ("cpu", "cuda", "cuda:N").
 
     ``intra_op_threads`` applies to ONNX Runtime (0 = its default); ``fp16`` and ``cache_dir``
     to the TensorRT engines (native and the ONNX Runtime TensorRT provider); ``checkpoint``
-    (the weights-only checkpoint a bundle was exported from) to the torch backend.
+    (the weights-only checkpoint a bundle was exported from) and ``model_loader`` (checkpoint
+    path -> torch model; the core does not import ``models/``, so the caller injects it, see
+    :func:`moe_policy_ros.backend_factory.build_backend`) to the torch backend.
     """
     from moe_policy_ros.core.backends.ort import OrtBackend
 
@@ -89,7 +97,7 @@ def make_backend(
     if k == "torch":
         from moe_policy_ros.core.backends.torch_backend import TorchBackend
 
-        return TorchBackend(device, checkpoint=checkpoint)
+        return TorchBackend(device, checkpoint=checkpoint, model_loader=model_loader)
     raise ValueError(f"unknown backend kind {kind!r}; expected one of {list(KINDS)}")
 
 

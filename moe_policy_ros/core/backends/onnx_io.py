@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["bundle_dir_of", "graph_io", "num_experts_near", "shape_profile"]
+__all__ = ["graph_io", "shape_profile"]
 
 Shape = tuple[int, ...]
 
@@ -29,22 +29,6 @@ def graph_io(onnx_path: Path) -> tuple[list[str], list[str], dict[str, list[int 
                 ds.append(d.dim_param or "?")
         dims[vi.name] = ds
     return [vi.name for vi in ins], [vi.name for vi in model.graph.output], dims
-
-
-def bundle_dir_of(onnx_path: Path) -> Path | None:
-    """The nearest directory at or above ``onnx_path`` holding a ``policy.yaml``."""
-    for parent in Path(onnx_path).resolve().parents:
-        if (parent / "policy.yaml").is_file():
-            return parent
-    return None
-
-
-def num_experts_near(onnx_path: Path) -> int | None:
-    """E from the manifest of the bundle holding ``onnx_path`` (None if not in a bundle)."""
-    from moe_policy_ros.core.manifest import read_manifest
-
-    d = bundle_dir_of(onnx_path)
-    return None if d is None else read_manifest(d).experts.count
 
 
 def shape_profile(dims: dict[str, list[int | str]], max_k: int,

@@ -12,14 +12,16 @@ actually got and raises :class:`BackendUnavailable` instead.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from moe_policy_ros.core.backends.base import BackendUnavailable
-from moe_policy_ros.core.backends.onnx_io import graph_io, num_experts_near, shape_profile
+from moe_policy_ros.core.backends.base import BackendUnavailable, default_cache_dir
+from moe_policy_ros.core.backends.onnx_io import graph_io, shape_profile
+
+if TYPE_CHECKING:
+    from moe_policy_ros.core.bundle import LoadedBundle
 
 __all__ = ["OrtBackend", "OrtStage", "ort_providers"]
 
@@ -138,13 +140,13 @@ class OrtBackend:
             f"intra-op threads {threads}, graph optimisation all)"
         )
 
-    def _providers(self, onnx_path: Path) -> list[Any]:
+    def _providers(self, onnx_path: Path, num_experts: int) -> list[Any]:
         cuda = ("CUDAExecutionProvider", {"device_id": self.device_id})
         if self.provider == "cpu":
             return ["CPUExecutionProvider"]
         if self.provider == "cuda":
             return [cuda, "CPUExecutionProvider"]
-        cache = self.trt_cache_dir or _default_cache_dir() / "ort-trt"
+        cache = self.trt_cache_dir or default_cache_dir() / "ort-trt"
         cache.mkdir(parents=True, exist_ok=True)
         opts: dict[str, Any] = {
             "device_id": self.device_id,
@@ -156,7 +158,7 @@ class OrtBackend:
         }
         _, _, dims = graph_io(onnx_path)
         if any(not isinstance(d, int) for ds in dims.values() for d in ds):
-            max_k = num_experts_near(onnx_path) or 1
+            max_k = num_experts or 1
             prof = shape_profile(dims, max_k)
 
             def fmt(i: int) -> str:
@@ -167,8 +169,9 @@ class OrtBackend:
             opts["trt_profile_max_shapes"] = fmt(2)
         return [("TensorrtExecutionProvider", opts), cuda, "CPUExecutionProvider"]
 
-    def load_stage(self, name: str, onnx_path: Path) -> OrtStage:
+    def load_stage(self, bundle: LoadedBundle, stage: str) -> OrtStage:
         ort = self._ort
+        name, onnx_path = stage, bundle.stage_path(stage)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -180,7 +183,8 @@ class OrtBackend:
         so.log_severity_level = 3
         try:
             sess = ort.InferenceSession(
-                str(onnx_path), sess_options=so, providers=self._providers(Path(onnx_path))
+                str(onnx_path), sess_options=so,
+                providers=self._providers(onnx_path, bundle.num_experts),
             )
         except Exception as err:  # onnxruntime raises its own exception types
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -195,9 +199,3 @@ class OrtBackend:
             )
         return OrtStage(sess, self.device_id, on_gpu=self.provider != "cpu")
 
-
-def _default_cache_dir() -> Path:
-    env = os.environ.get("MOE_POLICY_ROS_ENGINE_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe_policy_ros"

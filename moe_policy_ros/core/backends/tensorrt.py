@@ -5,10 +5,11 @@
   limit, optional ``BuilderFlag.FP16``, and one optimisation profile in which every dynamic dim
   (the active-expert count ``k`` of the expert stage) spans ``1..E`` -> the serialised engine
   from ``build_serialized_network``.
-* **Cache.** Engines are stored under ``cache_dir`` (default ``$MOE_POLICY_ROS_ENGINE_CACHE`` or
-  ``~/.cache/moe_policy_ros/engines``) with a name keyed by the ONNX file's SHA-256, the
-  TensorRT version, the GPU name, the FP16 flag and the profile's max k, so that any of them
-  changing builds a new engine. A cached engine that fails to deserialise is rebuilt.
+* **Cache.** Engines are stored under ``cache_dir`` (default ``engines/`` in
+  :func:`~moe_policy_ros.core.backends.base.default_cache_dir`) with a name keyed by the
+  ONNX file's SHA-256, the TensorRT version, the GPU name, the FP16 flag and the
+  profile's max k, so that any of them changing builds a new engine. A cached engine that
+  fails to deserialise is rebuilt.
 * **Run.** Name-based I/O (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
   ``set_input_shape``, ``set_tensor_address``) and ``execute_async_v3`` on a dedicated CUDA
   stream. Device and pinned host buffers are torch tensors (torch is how this package talks to
@@ -28,12 +29,20 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moe_policy_ros.core.backends.base import BackendUnavailable, parse_device
-from moe_policy_ros.core.backends.onnx_io import graph_io, num_experts_near, shape_profile
+from moe_policy_ros.core.backends.base import (
+    BackendUnavailable,
+    default_cache_dir,
+    parse_device,
+)
+from moe_policy_ros.core.backends.onnx_io import graph_io, shape_profile
+from moe_policy_ros.core.io import sha256_file
+
+if TYPE_CHECKING:
+    from moe_policy_ros.core.bundle import LoadedBundle
 
 __all__ = ["TensorRTBackend", "TensorRTStage", "engine_cache_key"]
 
@@ -72,15 +81,6 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, fp16: bo
         sort_keys=True,
     )
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
-
-
-def _default_cache_dir() -> Path:
-    env = os.environ.get("MOE_POLICY_ROS_ENGINE_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe_policy_ros" / (
-        "engines"
-    )
 
 
 class _Slot:
@@ -209,7 +209,7 @@ class TensorRTBackend:
         self.name = "tensorrt"
         self.device_index = index
         self.fp16 = fp16
-        self.cache_dir = Path(cache_dir) if cache_dir else _default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "engines"
         self.cuda_graphs = cuda_graphs
         self.max_k = max_k
         self.workspace_bytes = workspace_bytes
@@ -226,7 +226,7 @@ class TensorRTBackend:
         )
 
     def engine_path(self, onnx_path: Path, max_k: int) -> Path:
-        sha = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
+        sha = sha256_file(onnx_path)
         key = engine_cache_key(sha, self._trt.__version__, self.gpu_name, self.fp16, max_k)
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(onnx_path).stem)
         return self.cache_dir / f"{stem}-{key}.engine"
@@ -271,9 +271,9 @@ class TensorRTBackend:
             raise RuntimeError(f"{onnx_path}: TensorRT could not deserialise the engine it built")
         return engine
 
-    def load_stage(self, name: str, onnx_path: Path) -> TensorRTStage:
-        max_k = self.max_k or num_experts_near(Path(onnx_path)) or 1
+    def load_stage(self, bundle: LoadedBundle, stage: str) -> TensorRTStage:
+        max_k = self.max_k or bundle.num_experts or 1
         with self._torch.cuda.device(self.device_index):
-            engine = self._engine(Path(onnx_path), max_k)
+            engine = self._engine(bundle.stage_path(stage), max_k)
             return TensorRTStage(self._trt, self._torch, engine, self.device_index,
                                  self.cuda_graphs)

@@ -3,10 +3,11 @@
 Bundles ship ONNX + manifest only; the checkpoint the stages were exported from is given
 separately (``make_backend("torch", checkpoint=...)``, ``policy.checkpoint``) and must hash to
 the bundle's ``provenance.checkpoint_sha256``. The stage graphs are not executed; instead
-``load_stage`` finds the bundle that holds the ONNX file, verifies it
-(:func:`~moe_policy_ros.core.bundle.load_bundle`), rebuilds the reference model with
-``moe_policy_ros.models.export.load_checkpoint`` (``torch.load(weights_only=True)``: no
-arbitrary unpickling) and runs ``encoder_module`` or
+``load_stage`` (given the verified bundle) rebuilds the reference model with the injected
+``model_loader`` (the core does not import ``models/``; callers pass
+``moe_policy_ros.models.export.load_checkpoint``, ``torch.load(weights_only=True)``: no
+arbitrary unpickling, through :func:`moe_policy_ros.backend_factory.build_backend`) and runs
+``encoder_module`` or
 ``expert_module``, whose positional inputs and outputs match the ONNX graph's, under
 ``torch.inference_mode``. On a GPU the encoder stage (static shapes) is captured into a CUDA
 graph after a warm-up and replayed.
@@ -16,13 +17,20 @@ Useful as the parity reference and for debugging; production runs ONNX Runtime o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moe_policy_ros.core.backends.base import BackendUnavailable, parse_device
-from moe_policy_ros.core.backends.onnx_io import bundle_dir_of, graph_io
+from moe_policy_ros.core.backends.onnx_io import graph_io
+from moe_policy_ros.core.io import sha256_file
+
+if TYPE_CHECKING:
+    from moe_policy_ros.core.bundle import LoadedBundle
+
+ModelLoader = Callable[[Path], Any]  # checkpoint path -> torch model
 
 __all__ = ["TorchBackend", "TorchStage", "reference_model"]
 
@@ -38,11 +46,12 @@ def _import_torch() -> Any:
     return torch
 
 
-def reference_model(bundle: Any, checkpoint: str | Path | None) -> Any:
-    """The torch reference model of a verified bundle (eval mode, on the CPU), rebuilt from
-    the checkpoint it was exported from (checked against ``provenance.checkpoint_sha256``)."""
-    from moe_policy_ros.core.bundle import sha256_file
-
+def reference_model(
+    bundle: LoadedBundle, checkpoint: str | Path | None, loader: ModelLoader | None
+) -> Any:
+    """The torch reference model of a verified bundle (eval mode, on the CPU), rebuilt by
+    ``loader`` from the checkpoint it was exported from (checked against
+    ``provenance.checkpoint_sha256``)."""
     _import_torch()
     want = bundle.manifest.provenance.checkpoint_sha256
     if checkpoint is None:
@@ -65,13 +74,12 @@ def reference_model(bundle: Any, checkpoint: str | Path | None) -> Any:
             f"torch backend: {path} is not the checkpoint bundle {bundle.path} was exported "
             f"from: SHA-256 expected {want}, got {got}"
         )
-    try:
-        from moe_policy_ros.models import export as mexport
-    except ImportError as err:
+    if loader is None:
         raise BackendUnavailable(
-            f"torch backend: moe_policy_ros.models.export is unavailable ({err})"
-        ) from None
-    model = mexport.load_checkpoint(path)  # torch.load(weights_only=True)
+            "torch backend: no model loader given (make_backend(..., model_loader=...); "
+            "moe_policy_ros.backend_factory.build_backend injects the models/ one)"
+        )
+    model = loader(path)
     model.eval()
     return model
 
@@ -148,9 +156,11 @@ class TorchBackend:
         *,
         cuda_graphs: bool = True,
         checkpoint: str | Path | None = None,
+        model_loader: ModelLoader | None = None,
     ) -> None:
         torch = _import_torch()
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.model_loader = model_loader
         self._torch = torch
         kind, index = parse_device(device)
         if kind == "cuda" and not torch.cuda.is_available():
@@ -170,26 +180,18 @@ class TorchBackend:
         graphs = ", CUDA graph for the encoder" if self.cuda_graphs else ""
         return f"{self.name} (torch {self._torch.__version__}, {dev}, inference_mode{graphs})"
 
-    def _model(self, onnx_path: Path) -> Any:
-        from moe_policy_ros.core.bundle import load_bundle
+    def _model(self, bundle: LoadedBundle) -> Any:
+        if bundle.path not in self._models:
+            model = reference_model(bundle, self.checkpoint, self.model_loader)
+            self._models[bundle.path] = model.to(self.device)
+        return self._models[bundle.path]
 
-        root = bundle_dir_of(onnx_path)
-        if root is None:
-            raise BackendUnavailable(
-                f"torch backend: {onnx_path} is not inside a bundle (no policy.yaml above it); "
-                "the torch backend needs the bundle to verify the checkpoint against"
-            )
-        if root not in self._models:
-            model = reference_model(load_bundle(root), self.checkpoint)
-            self._models[root] = model.to(self.device)
-        return self._models[root]
-
-    def load_stage(self, name: str, onnx_path: Path) -> TorchStage:
-        model = self._model(Path(onnx_path))
+    def load_stage(self, bundle: LoadedBundle, stage: str) -> TorchStage:
+        name = stage
         attr = {"encoder": "encoder_module", "experts": "expert_module"}.get(name)
         if attr is None:
             raise ValueError(f"torch backend: unknown stage {name!r} (encoder or experts)")
-        module = getattr(model, attr)
-        ins, outs, _ = graph_io(Path(onnx_path))
+        module = getattr(self._model(bundle), attr)
+        ins, outs, _ = graph_io(bundle.stage_path(name))
         return TorchStage(self._torch, module, ins, outs, self.device,
                           cuda_graph=self.cuda_graphs and name == "encoder")

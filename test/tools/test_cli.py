@@ -18,7 +18,7 @@ import yaml
 from ros_helpers import node_env
 
 from moe_policy_ros.cli import _COMMANDS
-from moe_policy_ros.monitor import MonitorState, render
+from moe_policy_ros.tools.monitor import MonitorState, render
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = [REPO / "config" / "dual_arm.yaml", REPO / "config" / "sim_dual_arm.yaml"]
@@ -33,12 +33,12 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def _help_lists_every_command(text: str) -> None:
-    for name, (_m, _a, _r, help_text) in _COMMANDS.items():
+    for name, (_module, help_text) in _COMMANDS.items():
         assert re.search(rf"^\s+{re.escape(name)}\b", text, re.M), f"{name} not in --help"
         assert help_text.split()[0] in text
     assert set(_COMMANDS) == {
         "export", "inspect", "bench", "check-config", "up", "monitor", "demo", "doctor",
-        "record", "train", "evaluate",
+        "record", "train", "evaluate", "results",
     }
 
 
@@ -55,7 +55,7 @@ def test_help_lists_all_subcommands() -> None:
 
 
 @pytest.mark.parametrize("command", ["inspect", "bench", "check-config", "up", "monitor",
-                                     "demo", "record", "train", "evaluate"])
+                                     "demo", "record", "train", "evaluate", "results"])
 def test_subcommand_help(command: str) -> None:
     res = cli(command, "--help")
     assert res.returncode == 0, res.stderr
@@ -202,7 +202,7 @@ def test_monitor_once_against_an_engaged_policy_node(tmp_path: Path) -> None:
 
     from moe_policy_ros.core.config import load_config
     from moe_policy_ros.core.manifest import read_manifest
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     cfg = load_config(CONFIGS[0])
     names = cfg.robot.joint_names

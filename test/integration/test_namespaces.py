@@ -96,7 +96,7 @@ def test_two_namespaced_sim_graphs_run_side_by_side_without_crosstalk(
     from std_msgs.msg import String
     from std_srvs.srv import SetBool
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     client = RosClient("namespaces_test")
     try:

@@ -1,9 +1,9 @@
 """`moe-policy-ros evaluate`: success rate of a bundle on a task over fixed seeds.
 
-Modes: ``--in-process`` runs the sim and the runtime in this process without ROS
-(:class:`moe_policy_ros.rollout.InProcessRunner`). A mode is anything with
-``run(seed) -> EpisodeResult`` and ``close()``; the ROS 2 mode (the sim and the policy node as
-separate processes over DDS) plugs in through :func:`make_runner` with the same reporting.
+Modes: by default the sim and the policy node run as separate processes over DDS
+(:class:`moe_policy_ros.evaluation.ros_runner.RosEpisodeRunner`); ``--in-process`` runs the sim
+and the runtime in this process without ROS (:class:`moe_policy_ros.rollout.InProcessRunner`).
+A mode is anything with ``run(seed) -> EpisodeResult`` and ``close()``, reported the same way.
 
 Output: a progress bar, one line per episode, a summary and the final line
 ``success: k/N (p%, 95% CI lo-hi%)`` (Wilson interval); with ``--out`` also ``eval.json``
@@ -71,9 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=DEFAULT_EPISODE_STEPS,
                         help="control steps per episode (50 Hz)")
     parser.add_argument("--render-size", type=_size, default=DEFAULT_RENDER_SIZE,
-                        metavar="HxW", help="sim camera render size before resizing")
+                        metavar="HxW", help="in-process: sim camera render size before resizing "
+                        "(ROS 2 mode: the aloha_sim node's cameras parameters)")
     parser.add_argument("--episode-timeout", type=float, default=600.0,
                         help="wall-clock seconds before an episode counts as failed")
+    parser.add_argument("--log-level", default="warn", help="ROS 2 mode: the nodes' log level")
     parser.add_argument("--out", type=Path, default=None, help="directory for eval.json")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -89,7 +91,10 @@ def make_runner(args: argparse.Namespace, bundle: Path, params: Path) -> Episode
         overrides["k"] = args.k
     if args.tau is not None:
         overrides["tau"] = args.tau
-    routing = RoutingConfig(**overrides) if overrides else None
+    # In-process routing as the policy node gets it: the node declares every policy.routing
+    # field (the file's value or the schema default), so all of them override the bundle's
+    # routing except an empty strategy (core.runtime.merge_routing); then the overrides.
+    routing = RoutingConfig(**{**cfg.policy.routing.model_dump(), **overrides})
     settings = LoopSettings(
         max_steps=args.max_steps,
         render_size=tuple(args.render_size),
@@ -104,9 +109,27 @@ def make_runner(args: argparse.Namespace, bundle: Path, params: Path) -> Episode
         from moe_policy_ros.rollout import InProcessRunner
 
         return InProcessRunner(bundle, args.task, cfg, routing=routing, settings=settings)
-    raise NotImplementedError(
-        "evaluate through ROS 2 is not available yet; pass --in-process"
-    )
+    if args.replay is not None:
+        raise ValueError("--replay needs --in-process")
+    from moe_policy_ros.evaluation.ros_runner import RosEpisodeRunner, ros_missing
+
+    missing = ros_missing()
+    if missing:
+        raise RuntimeError(missing)
+    return RosEpisodeRunner(args.task, params, bundle, routing=overrides, settings=settings,
+                            log_level=args.log_level)
+
+
+def _router_info(runner: EpisodeRunner) -> dict[str, Any]:
+    """Expert labels, family and effective routing strategy of the runner's bundle."""
+    policy = getattr(runner, "policy", None)
+    manifest = getattr(runner, "manifest", None)
+    if manifest is None:
+        return {"labels": list(getattr(runner, "labels", []) or []),
+                "family": getattr(runner, "family", None),
+                "strategy": getattr(runner, "strategy", None)}
+    return {"labels": list(manifest.experts.labels), "family": manifest.family,
+            "strategy": policy.strategy.name if policy is not None else None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
             bundle = resolve_bundle(load_config(params).policy.bundle, params)
         runner = make_runner(args, bundle, params)
-    except (NotImplementedError, FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
     from tqdm import tqdm
@@ -144,12 +167,12 @@ def run(args: argparse.Namespace) -> int:
             detail = f" ({r.error})" if r.error else ""
             experts = (
                 f", {r.mean_active_experts:.2f} active experts, {r.switches} switches"
-                if r.latencies_ms
+                if r.chunks and r.trace_active
                 else ""
             )
+            reward = f", max reward {r.max_reward}" if args.in_process else ""
             tqdm.write(
-                f"seed {seed}: {status} after {r.steps} steps, max reward {r.max_reward}"
-                f"{experts}{detail}",
+                f"seed {seed}: {status} after {r.steps} steps{reward}{experts}{detail}",
                 file=sys.stdout,
             )
     finally:
@@ -158,13 +181,10 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(results)
     wall = time.monotonic() - t0
 
-    def fmt(v: float | None, unit: str = "") -> str:
-        return "n/a" if v is None else f"{v:.2f}{unit}"
+    from moe_policy_ros.evaluation.report import error_causes, summary_table
 
-    print(f"mean active experts {fmt(summary.mean_active_experts)}, switches per episode "
-          f"{fmt(summary.switches_per_episode)}, inference latency p50 "
-          f"{fmt(summary.latency_ms_p50, ' ms')} p99 {fmt(summary.latency_ms_p99, ' ms')}, "
-          f"errors {summary.errors}, wall {wall:.0f} s")
+    causes = error_causes([r.error for r in results])
+    print(summary_table(summary, mode=mode, wall_s=wall, causes=causes), flush=True)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         doc = {
@@ -176,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
             "task": args.task,
             "seeds": seeds,
             "routing": {"strategy": args.routing, "k": args.k, "tau": args.tau},
+            **_router_info(runner),
             "max_steps": args.max_steps,
             "render_size": list(args.render_size),
             "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),

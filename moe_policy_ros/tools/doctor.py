@@ -136,8 +136,7 @@ def _cv2_version() -> str | None:
 
 def check_ros(ctx: Context) -> Iterator[Finding]:
     try:
-        import rclpy  # noqa: F401
-        from rclpy.utilities import get_rmw_implementation_identifier
+        from moe_policy_ros.session import rmw_implementation
     except ImportError as err:
         yield Finding("ros", "fail", f"rclpy does not import ({err})",
                       "source /opt/ros/<distro>/setup.bash, or in a venv: "
@@ -150,7 +149,7 @@ def check_ros(ctx: Context) -> Iterator[Finding]:
         if name.startswith("ros-") and name.endswith("-rclpy"):
             distro = distro or name[4:-6]
             source = source or f"PyPI wheels ({name} {dist.version})"
-    rmw = get_rmw_implementation_identifier()
+    rmw = rmw_implementation()
     ctx.ros_ok = True
     yield Finding("ros", "ok" if distro else "warn",
                   f"ROS 2 {distro or '(distro unknown)'} ({source or 'rclpy'}), rmw {rmw}",
@@ -160,18 +159,18 @@ def check_ros(ctx: Context) -> Iterator[Finding]:
 
 def _echo_main(ping: str, pong: str, timeout_s: float) -> None:
     """The far end of the DDS round trip (run in a child process)."""
-    import rclpy
     from std_msgs.msg import String
 
-    rclpy.init()
-    node = rclpy.create_node(f"moe_policy_ros_doctor_echo_{os.getpid()}")
+    from moe_policy_ros.session import RosSession
+
+    session = RosSession(f"moe_policy_ros_doctor_echo_{os.getpid()}")
+    node = session.node
     pub = node.create_publisher(String, pong, 10)
     node.create_subscription(String, ping, pub.publish, 10)
     deadline = time.monotonic() + timeout_s
-    while rclpy.ok() and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.1)
-    node.destroy_node()
-    rclpy.try_shutdown()
+    while session.context.ok() and time.monotonic() < deadline:
+        session.executor.spin_once(timeout_sec=0.1)
+    session.close()
 
 
 def check_dds(ctx: Context) -> Iterator[Finding]:
@@ -181,7 +180,7 @@ def check_dds(ctx: Context) -> Iterator[Finding]:
         return
     from std_msgs.msg import String
 
-    from moe_policy_ros.nodes.common import RosSession
+    from moe_policy_ros.session import RosSession
 
     env_desc = (f"ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0 (unset)')}, "
                 f"ROS_AUTOMATIC_DISCOVERY_RANGE="
@@ -190,7 +189,7 @@ def check_dds(ctx: Context) -> Iterator[Finding]:
     timeout = 15.0
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from moe_policy_ros.doctor import _echo_main; "
+         "import sys; from moe_policy_ros.tools.doctor import _echo_main; "
          "_echo_main(sys.argv[1], sys.argv[2], float(sys.argv[3]))",
          f"{base}/ping", f"{base}/pong", str(timeout + 5)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
@@ -413,7 +412,7 @@ def check_realsense(ctx: Context) -> Iterator[Finding]:
 def _models_dir(arg: Path | None) -> Path | None:
     if arg is not None:
         return arg
-    source = Path(__file__).resolve().parents[1] / "models"
+    source = Path(__file__).resolve().parents[2] / "models"
     if source.is_dir():
         return source
     try:
@@ -485,10 +484,10 @@ def check_params(ctx: Context) -> Iterator[Finding]:
 
 def _resolve_bundle(bundle: str) -> Path:
     try:
-        from moe_policy_ros.nodes.common import resolve_share_path
+        from moe_policy_ros.session import resolve_share_path
     except ImportError:  # no rclpy: resolve against the source checkout only
         p = Path(bundle).expanduser()
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         return p if p.is_absolute() or p.exists() else root / p
     return resolve_share_path(bundle)
 
@@ -511,12 +510,12 @@ def _bundle_vs_config(bundle: Any, cfg: Any) -> list[str]:
 
 
 def check_backend(ctx: Context) -> Iterator[Finding]:
-    from moe_policy_ros.core.backends import make_backend
+    from moe_policy_ros.backend_factory import build_backend
 
     pol = ctx.config.policy
     try:
-        backend = make_backend(pol.backend, pol.device, intra_op_threads=pol.intra_op_threads,
-                               checkpoint=pol.checkpoint or None)
+        backend = build_backend(pol.backend, pol.device, intra_op_threads=pol.intra_op_threads,
+                                checkpoint=pol.checkpoint or None)
     except Exception as err:  # BackendUnavailable and the libraries' own errors
         yield Finding("params backend", "fail", f"backend {pol.backend!r} on {pol.device}: "
                       f"{err}", "install what it names, or set policy.backend / policy.device",
@@ -541,11 +540,10 @@ def check_cameras(ctx: Context) -> Iterator[Finding]:
         yield Finding("cameras", "fail", "not checked: rclpy does not import",
                       "fix the ros line first", required=True)
         return
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
 
     from moe_policy_ros.core.imageconv import RAW_ENCODINGS
-    from moe_policy_ros.nodes.common import RosSession
+    from moe_policy_ros.session import SENSOR_QOS, RosSession
 
     cams = list(ctx.config.cameras)
     session = RosSession(f"moe_policy_ros_doctor_cameras_{os.getpid()}")
@@ -555,7 +553,7 @@ def check_cameras(ctx: Context) -> Iterator[Finding]:
         for c in cams:
             msg_type = Image if c.message_type == "Image" else CompressedImage
             session.node.create_subscription(
-                msg_type, topics[c.name], frames[c.name].append, qos_profile_sensor_data)
+                msg_type, topics[c.name], frames[c.name].append, SENSOR_QOS)
         session.spin_in_background()
         time.sleep(max(0.5, ctx.listen_s))
         graph = dict(session.node.get_topic_names_and_types())

@@ -1,11 +1,18 @@
 """`make demo` / `moe-policy-ros demo`: simulated dual-arm robot + bundled model, then a report.
 
 Starts the graph of ``config/sim_dual_arm.yaml`` (``aloha_sim`` + ``moe_policy``) as separate
-processes over real DDS, drives the policy to active, engages autonomy through the public
-service, records every public topic for ``--duration`` seconds from a separate recorder node,
-and writes ``report.md``, ``report.json`` and ``router.png`` (gates and active experts over
-time) to ``--out``. The numbers come from two independent places: the policy node's own
-``/diagnostics`` and the recorder's arrival times.
+processes over real DDS and runs ``--episodes`` whole episodes through it as ``evaluate`` does
+(:class:`moe_policy_ros.evaluation.ros_runner.RosEpisodeRunner`: sim reset with the episode's
+seed, policy re-activated, autonomy engaged, ``~/success`` watched, disengaged), printing each
+episode's result. A separate recorder node watches every public topic. Written to ``--out``:
+``report.md`` / ``report.json`` (per-episode results, rates, latency, router statistics),
+``router.png`` (gates and active experts over time, episodes shaded) and ``demo.mp4`` (the
+sim's camera with the episode, mode and active experts drawn on it,
+:class:`moe_policy_ros.evaluation.video.OverlayVideo`). The numbers come from two independent
+places: the policy node's own ``/diagnostics`` and the recorder's arrival times.
+
+The model is ``policy.bundle`` of the parameter file (one line in
+``config/sim_dual_arm.yaml``), or ``--model``; the task is ``aloha_sim.task`` there.
 """
 
 from __future__ import annotations
@@ -23,24 +30,22 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.bringup import (
-    _bring_up,
-    _Child,
-    _command,
-    _spawn,
-    _stop,
-    apply_dds_environment,
-    prepare_params,
-)
-from moe_policy_ros.core.config import load_config
-from moe_policy_ros.graph import node_graph, read_params_doc
-
-REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "sim_dual_arm.yaml"
+from moe_policy_ros.core.config import DEFAULT_NODE_NAME, load_config
+from moe_policy_ros.core.diagnostics import CONTROL_LOOP, INFERENCE, ROUTER, Key, status_name
+from moe_policy_ros.graph import SIM_NODE, read_params_doc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="", help="parameter file (default sim_dual_arm)")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds under autonomy")
+    parser.add_argument("--episodes", type=int, default=3,
+                        help="whole episodes, the sim reset between them")
+    parser.add_argument("--seed-start", type=int, default=1000,
+                        help="seed of the first episode (object poses; evaluation seeds)")
+    parser.add_argument("--max-steps", type=int, default=400,
+                        help="control steps per episode (400 = 8 s at 50 Hz)")
+    parser.add_argument("--episode-timeout", type=float, default=60.0,
+                        help="wall-clock seconds before an episode counts as failed")
+    parser.add_argument("--no-video", action="store_true", help="skip demo.mp4")
     parser.add_argument("--out", default="out/demo", help="report directory")
     parser.add_argument("--model", default="", help="override policy.bundle")
     parser.add_argument("--log-level", default="warn")
@@ -60,20 +65,11 @@ class _Record:
     images: int = 0
 
 
-def _default_params() -> Path:
-    if REPO_CONFIG.is_file():
-        return REPO_CONFIG
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory("moe_policy_ros")) / "config" / "sim_dual_arm.yaml"
-
-
 class _Recorder:
     """An rclpy node in this process that watches the public interface only."""
 
     def __init__(self, cfg_topics: dict[str, str]) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import (
             Bool,
@@ -83,7 +79,13 @@ class _Recorder:
             String,
         )
 
-        from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS, RosSession
+        from moe_policy_ros.session import (
+            LATCHED_QOS,
+            MONITOR_QOS,
+            SENSOR_QOS,
+            RosSession,
+            stamp_to_ns,
+        )
 
         self.rec = _Record()
         self.t0 = time.monotonic()
@@ -105,7 +107,7 @@ class _Recorder:
 
         def on_state(m: Any) -> None:
             now = n.get_clock().now().nanoseconds
-            stamp = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+            stamp = stamp_to_ns(m.header.stamp)
             r.command_lat_ms.append((now - stamp) / 1e6)
 
         def on_diag(m: Any) -> None:
@@ -119,8 +121,8 @@ class _Recorder:
 
         n.create_subscription(Float64MultiArray, cfg_topics["command"], on_cmd, 50)
         n.create_subscription(JointState, "/moe_policy/command", on_state, 50)
-        n.create_subscription(JointState, "/joint_states", on_js, qos_profile_sensor_data)
-        n.create_subscription(Image, cfg_topics["camera"], on_img, qos_profile_sensor_data)
+        n.create_subscription(JointState, "/joint_states", on_js, SENSOR_QOS)
+        n.create_subscription(Image, cfg_topics["camera"], on_img, SENSOR_QOS)
         n.create_subscription(
             Float32MultiArray, "/moe_policy/router/gates",
             lambda m: r.gates.append((t(), list(m.data))), MONITOR_QOS,
@@ -138,26 +140,6 @@ class _Recorder:
         n.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
         self.session.spin_in_background()
 
-    def engage(self, timeout: float) -> str:
-        from std_srvs.srv import SetBool
-
-        cli: Any = self.node.create_client(SetBool, "/moe_policy/engage_autonomy")
-        deadline = time.monotonic() + timeout
-        last = "service not available"
-        while time.monotonic() < deadline:
-            if not cli.wait_for_service(timeout_sec=1.0):
-                continue
-            fut = cli.call_async(SetBool.Request(data=True))
-            end = time.monotonic() + 5.0
-            while not fut.done() and time.monotonic() < end:
-                time.sleep(0.02)
-            res = fut.result() if fut.done() else None
-            if res is not None and res.success:
-                return ""
-            last = res.message if res is not None else "no answer"
-            time.sleep(0.5)
-        return last
-
     def close(self) -> None:
         self.session.close()
 
@@ -166,7 +148,8 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def _plot(rec: _Record, labels: list[str], path: Path) -> None:
+def _plot(rec: _Record, labels: list[str], path: Path,
+          windows: list[tuple[float, float]] = ()) -> None:  # type: ignore[assignment]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,65 +169,109 @@ def _plot(rec: _Record, labels: list[str], path: Path) -> None:
     ax2.set_yticks(range(len(labels)), labels, fontsize=7)
     ax2.set_ylabel("active experts")
     ax2.set_xlabel("time since start (s)")
+    for i, (a, b) in enumerate(windows):  # the episodes under autonomy
+        for ax in (ax1, ax2):
+            ax.axvspan(a, b, color="tab:green", alpha=0.08, lw=0)
+        ax2.text(a, -0.9, f"ep {i + 1}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _graph_failure(error: str) -> bool:
+    """An episode error that means the graph did not work (a node exited, went silent or did
+    not answer), as opposed to the policy node holding on its own (stale inputs, no command
+    in time on a loaded machine): that is the safety layer working, reported per episode."""
+    if not error:
+        return False
+    return not error.startswith("policy node left AUTONOMY") or "stopped publishing" in error
+
+
+def _sim_task(doc: dict[str, Any]) -> str:
+    from moe_policy_ros.core.config import params_for_node
+
+    return str(params_for_node(doc, SIM_NODE, "").get("task", "transfer_cube"))
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    params = Path(args.params) if args.params else _default_params()
+    if args.episodes < 1:
+        print(f"[demo] --episodes must be >= 1 (got {args.episodes})", file=sys.stderr)
+        return 2
+    from moe_policy_ros.evaluation.ros_runner import RosEpisodeRunner
+    from moe_policy_ros.evaluation.video import OverlayVideo, VideoError
+    from moe_policy_ros.rollout import LoopSettings, default_params_file, resolve_bundle
+
+    params = Path(args.params) if args.params else default_params_file()
     cfg = load_config(params)
     doc = read_params_doc(params)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    specs = node_graph(doc, sim=True)
-    apply_dds_environment(doc, "demo")  # before the recorder's participant exists
-    up_args = argparse.Namespace(
-        namespace="", log_level=args.log_level, use_sim_time=False, model=args.model,
-        enclave="",
-    )
+    task = _sim_task(doc)
+    bundle = resolve_bundle(args.model or cfg.policy.bundle, params)
     arm = cfg.robot.arms[0]
     topics = {
         "command": arm.command_topic if cfg.policy.execution.mode == "stream"
         else arm.trajectory_topic,
         "camera": cfg.cameras[0].topic if cfg.cameras else "/cameras/top/image_raw",
     }
-    print(f"[demo] graph from {params}: {', '.join(s.name for s in specs)}", flush=True)
-    run_params = prepare_params(doc, specs, up_args, out)  # out/params.yaml: what ran
-    children = [
-        _Child(s, c, _spawn(s, c)) for s in specs for c in [_command(s, up_args, run_params)]
-    ]
-    recorder = _Recorder(topics)
+    seeds = list(range(args.seed_start, args.seed_start + args.episodes))
+    print(f"[demo] {bundle.name} on {task}: {args.episodes} episodes of up to "
+          f"{args.max_steps} steps (seeds {seeds[0]}..{seeds[-1]}), graph from {params}",
+          flush=True)
+    runner: Any = None
+    video: OverlayVideo | None = None
+    holder: list[Any] = []
+
+    def caption() -> list[str]:
+        return holder[0].status_lines() if holder else ["starting"]
+
+    if not args.no_video:
+        video = OverlayVideo(out / "demo.mp4", caption, fps=15.0)
+    settings = LoopSettings(max_steps=args.max_steps, episode_timeout_s=args.episode_timeout)
+    results = []
     rc = 0
     try:
-        ok, msg = _bring_up("/moe_policy", 90.0)
-        print(f"[demo] lifecycle: {msg}", flush=True)
-        if not ok:
-            return 1
-        refused = recorder.engage(60.0)
-        if refused:
-            print(f"[demo] engage refused: {refused}", file=sys.stderr)
-            return 1
-        t_engaged = time.monotonic() - recorder.t0
-        print(f"[demo] autonomy engaged; running {args.duration:.0f} s", flush=True)
-        end = time.monotonic() + args.duration
-        while time.monotonic() < end:
-            time.sleep(0.25)
-            dead = [c.spec.name for c in children if c.proc.poll() is not None]
-            if dead:
-                print(f"[demo] node(s) exited early: {dead}", file=sys.stderr)
+        runner = RosEpisodeRunner(
+            task, params, bundle, settings=settings, log_level=args.log_level,
+            frame_sink=None if video is None else video.add, work_dir=out,  # out/params.yaml
+        )
+    except (RuntimeError, OSError, ValueError) as err:
+        print(f"[demo] {err}", file=sys.stderr)
+        if video is not None:
+            video.close()
+        return 1
+    holder.append(runner)
+    recorder = _Recorder(topics)
+    try:
+        for seed in seeds:
+            r = runner.run(seed)
+            results.append(r)
+            status = "SUCCESS" if r.success else "failure"
+            print(f"[demo] episode {len(results)}/{len(seeds)} seed {seed}: {status} after "
+                  f"{r.steps} steps, {r.mean_active_experts:.2f} active experts, "
+                  f"{r.switches} switches{f' ({r.error})' if r.error else ''}", flush=True)
+            if _graph_failure(r.error):
                 rc = 1
-                break
         time.sleep(1.2)  # one more diagnostics period
     finally:
-        _stop(children)
+        runner.close()
         recorder.close()
+        if video is not None:
+            try:
+                video.close()
+            except VideoError as err:
+                print(f"[demo] no video: {err}", file=sys.stderr)
     rec = recorder.rec
-    report = _report(rec, cfg, params, t_engaged if rc == 0 else 0.0, args.duration)
+    windows = [(a - recorder.t0, b - recorder.t0) for a, b in runner.windows]
+    report = _report(rec, cfg, params, windows, results)
+    report["bundle"] = str(bundle)
+    report["task"]["name"] = task
+    report["video"] = str(video.path) if video is not None and video.frames_written else None
+    report["video_frames"] = video.frames_written if video is not None else 0
     (out / "report.json").write_text(json.dumps(report, indent=2))
     labels = report["router"]["labels"]
-    _plot(rec, labels, out / "router.png")
+    _plot(rec, labels, out / "router.png", windows)
     text = _render(report, out)
     (out / "report.md").write_text(text)
     print(text)
@@ -252,16 +279,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(
-    rec: _Record, cfg: Any, params: Path, t_engaged: float, duration: float
+    rec: _Record, cfg: Any, params: Path, windows: list[tuple[float, float]],
+    results: list[Any],
 ) -> dict[str, Any]:
     diag = rec.diagnostics
-    ctl = diag.get("moe_policy: control loop", {})
-    inf = diag.get("moe_policy: inference", {})
-    rtr = diag.get("moe_policy: router", {})
-    cmds = [t for t in rec.commands if t >= t_engaged]
-    periods = np.diff(cmds) if len(cmds) > 2 else np.array([])
+    ctl = diag.get(status_name(DEFAULT_NODE_NAME, CONTROL_LOOP), {})
+    inf = diag.get(status_name(DEFAULT_NODE_NAME, INFERENCE), {})
+    rtr = diag.get(status_name(DEFAULT_NODE_NAME, ROUTER), {})
+    # Command periods inside the episodes only (between them the node is inactive).
+    cmds = [t for t in rec.commands if any(a <= t <= b for a, b in windows)]
+    periods = np.concatenate([
+        np.diff([t for t in rec.commands if a <= t <= b]) for a, b in windows
+    ] or [np.array([])]) if windows else np.array([])
     nominal = 1.0 / cfg.policy.control_rate_hz
-    labels = [k.removeprefix("usage ") for k in rtr if k.startswith("usage ")]
+    labels = [k.removeprefix(Key.USAGE_PREFIX) for k in rtr if k.startswith(Key.USAGE_PREFIX)]
     usage: dict[str, int] = {}
     for _t, act in rec.active:
         for i in act:
@@ -282,45 +313,65 @@ def _report(
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "params": str(params),
-        "duration_s": duration,
+        "duration_s": float(sum(b - a for a, b in windows)),
         "control": {
             "target_hz": cfg.policy.control_rate_hz,
-            "achieved_hz_node": f(ctl, "achieved rate (Hz)"),
+            "achieved_hz_node": f(ctl, Key.ACHIEVED_RATE_HZ),
             "achieved_hz_recorder": (len(periods) / float(np.sum(periods)))
             if len(periods) else float("nan"),
-            "jitter_p99_ms_node": f(ctl, "period jitter p99 (ms)"),
+            "jitter_p99_ms_node": f(ctl, Key.JITTER_P99_MS),
             "jitter_p99_ms_recorder": float(np.percentile(np.abs(periods - nominal), 99) * 1e3)
             if len(periods) else float("nan"),
             "commands_received": len(cmds),
-            "missed_ticks_node": f(ctl, "missed ticks"),
+            "missed_ticks_node": f(ctl, Key.MISSED_TICKS),
         },
         "latency": {
-            "obs_to_command_p50_ms": f(ctl, "obs-to-command p50 (ms)"),
-            "obs_to_command_p99_ms": f(ctl, "obs-to-command p99 (ms)"),
+            "obs_to_command_p50_ms": f(ctl, Key.OBS_TO_COMMAND_P50_MS),
+            "obs_to_command_p99_ms": f(ctl, Key.OBS_TO_COMMAND_P99_MS),
             "command_delivery_p50_ms": _pct(rec.command_lat_ms, 50),
             "command_delivery_p99_ms": _pct(rec.command_lat_ms, 99),
-            "inference_median_ms": f(inf, "latency median (ms)"),
-            "inference_p99_ms": f(inf, "latency p99 (ms)"),
-            "expert_stage_median_ms": f(inf, "expert stage median (ms)"),
-            "backend": inf.get("backend", ""),
+            "inference_median_ms": f(inf, Key.LATENCY_MEDIAN_MS),
+            "inference_p99_ms": f(inf, Key.LATENCY_P99_MS),
+            "expert_stage_median_ms": f(inf, Key.EXPERT_STAGE_MEDIAN_MS),
+            "backend": inf.get(Key.BACKEND, ""),
         },
         "router": {
             "labels": labels,
-            "family": rtr.get("family", ""),
-            "strategy": rtr.get("strategy", ""),
+            "family": rtr.get(Key.FAMILY, ""),
+            "strategy": rtr.get(Key.STRATEGY, ""),
             "chunks": len(rec.active),
             "mean_active_experts": statistics.fmean(len(a) for _t, a in rec.active)
             if rec.active else float("nan"),
             "usage_share": {k: v / n_chunks for k, v in sorted(usage.items())},
             "switches": switches,
         },
-        "task": {"success": success_any, "success_messages": len(rec.success)},
+        "task": {"success": success_any, "success_messages": len(rec.success),
+                 "successes": sum(1 for r in results if r.success),
+                 "episodes": len(results)},
+        "episodes": [
+            {"seed": r.seed, "success": r.success, "steps": r.steps,
+             "success_step": r.success_step, "mean_active_experts": r.to_dict()[
+                 "mean_active_experts"], "switches": r.switches, "error": r.error}
+            for r in results
+        ],
         "modes": [m for _t, m in rec.modes],
         "inputs": {"joint_states": rec.joint_states, "images": rec.images},
         "diagnostic_levels": rec.diag_levels,
     }
-    report["ok"] = bool(len(cmds) > 0 and rec.active and "AUTONOMY" in report["modes"])
+    report["ok"] = bool(len(cmds) > 0 and rec.active and "AUTONOMY" in report["modes"]
+                        and results and not any(_graph_failure(r.error) for r in results))
     return report
+
+
+def _episode_rows(episodes: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for i, e in enumerate(episodes, 1):
+        k = e["mean_active_experts"]
+        rows.append(
+            f"| {i} | {e['seed']} | {'success' if e['success'] else 'failure'} | {e['steps']} "
+            f"| {'n/a' if k is None else f'{k:.2f}'} | {e['switches']} | {e['error'] or '-'} |"
+        )
+    return rows
 
 
 def _render(r: dict[str, Any], out: Path) -> str:
@@ -348,12 +399,18 @@ def _render(r: dict[str, Any], out: Path) -> str:
         f"| expert stage median | {lat['expert_stage_median_ms']:.2f} ms |",
         f"| chunks / mean active experts / switches | {rt['chunks']} / "
         f"{rt['mean_active_experts']:.2f} / {rt['switches']} |",
-        f"| task success | {r['task']['success']} |",
+        f"| task success (episodes) | {r['task']['successes']}/{r['task']['episodes']} |",
         "",
         f"Expert usage ({rt['family']}, {rt['strategy']}): "
         + ", ".join(f"{k} {v:.0%}" for k, v in rt["usage_share"].items()),
         "",
+        "| episode | seed | result | steps | mean active experts | switches | error |",
+        "|---|---|---|---|---|---|---|",
+        *_episode_rows(r["episodes"]),
+        "",
         f"Plot of gates and active experts: {out / 'router.png'}",
+        f"Video (camera view, mode and active experts drawn on it): "
+        f"{r['video'] or 'not written'}",
         f"Result: {'OK' if r['ok'] else 'FAILED'}",
     ]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """`moe-policy-ros bench`: time each inference stage of a bundle under a routing strategy.
 
-The bundle is verified and loaded like the node does (:func:`load_bundle`, :func:`make_backend`,
+The bundle is verified and loaded like the node does (:func:`load_bundle`, :func:`build_backend`,
 :class:`MoEPolicy`), warmed up, then run ``--runs`` times on a fixed pool of seeded random
 observations (so gate-dependent strategies see varied inputs). Reported per stage
 (``preprocess``, ``encoder``, ``routing``, ``experts``, ``total``, as in
@@ -22,16 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from moe_policy_ros.core.backends import KINDS, BackendUnavailable, make_backend
+from moe_policy_ros.backend_factory import build_backend
+from moe_policy_ros.core.backends import KINDS, BackendUnavailable
 from moe_policy_ros.core.bundle import BundleError, load_bundle
 from moe_policy_ros.core.config import RoutingConfig
 from moe_policy_ros.core.runtime import MoEPolicy, ObservationError, synthetic_observation
+from moe_policy_ros.tools import module_main
 
 MIN_RUNS = 200
 STAGES = ("preprocess", "encoder", "routing", "experts", "total")
 OBS_POOL = 16
 
-__all__ = ["MIN_RUNS", "add_bench_arguments", "machine_info", "run_bench"]
+__all__ = ["MIN_RUNS", "add_arguments", "machine_info", "run"]
 
 
 def _runs(text: str) -> int:
@@ -43,7 +45,7 @@ def _runs(text: str) -> int:
     return n
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``moe-policy-ros bench``."""
     parser.add_argument("bundle", type=Path, help="bundle directory (holds policy.yaml)")
     parser.add_argument("--backend", choices=KINDS, default="auto", help="inference backend")
@@ -122,8 +124,8 @@ def _stats(values: list[float]) -> dict[str, float]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark and return the result object (what ``--json`` prints)."""
     bundle = load_bundle(args.bundle, expected_sha256=args.sha256)
-    backend = make_backend(args.backend, args.device, intra_op_threads=args.threads,
-                           fp16=args.fp16, checkpoint=args.checkpoint)
+    backend = build_backend(args.backend, args.device, intra_op_threads=args.threads,
+                            fp16=args.fp16, checkpoint=args.checkpoint)
     policy = MoEPolicy(bundle, backend, _routing(args), seed=args.seed)
     policy.warmup(args.warmup)
     pool = [synthetic_observation(bundle.manifest, seed=args.seed + i) for i in range(OBS_POOL)]
@@ -175,7 +177,7 @@ def _table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Benchmark and print (table or ``--json``); 0 on success, 2 on a bundle/backend error."""
     try:
         result = bench(args)
@@ -187,9 +189,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_policy_ros.benchmark")
-    add_bench_arguments(parser)
-    return run_bench(parser.parse_args(argv))
+    return module_main("python -m moe_policy_ros.tools.bench", add_arguments, run,
+                       argv)
 
 
 if __name__ == "__main__":

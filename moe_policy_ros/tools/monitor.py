@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from moe_policy_ros.core.diagnostics import Key, level_name
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", default="/moe_policy", help="policy node name (FQN)")
@@ -37,7 +39,9 @@ class MonitorState:
     diagnostics: dict[str, tuple[int, str, dict[str, str]]] = field(default_factory=dict)
 
 
-LEVEL_NAMES = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
+#: diagnostics values shown under each task's line
+SHOWN_KEYS = (Key.LATENCY_MEDIAN_MS, Key.LATENCY_P99_MS, Key.ACHIEVED_RATE_HZ,
+              Key.JITTER_P99_MS, Key.SWITCHES_PER_MINUTE, Key.ENTROPY)
 
 
 def render(state: MonitorState, width: int = 80, color: bool = True) -> str:
@@ -66,12 +70,11 @@ def render(state: MonitorState, width: int = 80, color: bool = True) -> str:
         lines.append("  (no router data yet)")
     lines.append("")
     for name, (level, msg, values) in sorted(state.diagnostics.items()):
-        lvl = LEVEL_NAMES.get(level, str(level))
+        lvl = level_name(level)
         col = {0: "32", 1: "33"}.get(level, "31")
         short = name.split(": ", 1)[-1]
         lines.append(f"[{c(col, f'{lvl:<5}')}] {short:<13} {msg[: max(10, width - 23)]}")
-        for key in ("latency median (ms)", "latency p99 (ms)", "achieved rate (Hz)",
-                    "period jitter p99 (ms)", "switches per minute", "entropy (nats)"):
+        for key in SHOWN_KEYS:
             if key in values:
                 lines.append(f"          {key}: {values[key]}")
     return "\n".join(lines)
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import Float32MultiArray, Int32MultiArray, String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS, MONITOR_QOS, RosSession
+    from moe_policy_ros.session import LATCHED_QOS, MONITOR_QOS, RosSession
 
     session = RosSession("moe_policy_monitor")
     node = session.node

@@ -62,7 +62,7 @@ def write_params(tmp: Path, **overrides: Any) -> Path:
 def _latched_mode(client: RosClient) -> list[tuple[float, Any]]:
     from std_msgs.msg import String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     return client.record(String, "/moe_policy/mode", LATCHED_QOS)
 

@@ -261,7 +261,7 @@ def rig() -> Iterator[Rig]:
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     client = RosClient("fault_test")
     rig = Rig(client, CommandMonitor(client),

@@ -55,45 +55,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for configure+activate")
 
 
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How the graph's processes are started (the ``up`` options other tools set too)."""
+
+    namespace: str = ""
+    log_level: str = "info"
+    use_sim_time: bool = False
+    model: str = ""  # overrides policy.bundle of the lifecycle (policy) node when set
+    enclave: str = ""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LaunchOptions:
+        return cls(args.namespace, args.log_level, bool(args.use_sim_time), args.model or "",
+                   args.enclave or "")
+
+
 @dataclass
-class _Child:
+class NodeProcess:
+    """One started node of the graph (restarted in place by ``--respawn``)."""
+
     spec: NodeSpec
     cmd: list[str]
     proc: subprocess.Popen[bytes]
     restarts: int = 0
 
 
-def overrides_for(specs: list[NodeSpec], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def overrides_for(specs: list[NodeSpec], options: LaunchOptions) -> dict[str, dict[str, Any]]:
     """Per-node parameter overrides from the command line (``--model``, ``--use-sim-time``)."""
     out: dict[str, dict[str, Any]] = {}
     for spec in specs:
         values: dict[str, Any] = {}
-        if args.use_sim_time:
+        if options.use_sim_time:
             values["use_sim_time"] = True
-        if spec.lifecycle and args.model:
-            values["policy.bundle"] = args.model
+        if spec.lifecycle and options.model:
+            values["policy.bundle"] = options.model
         out[spec.name] = values
     return out
 
 
 def prepare_params(
-    doc: dict[str, Any], specs: list[NodeSpec], args: argparse.Namespace, directory: Path
+    doc: dict[str, Any], specs: list[NodeSpec], options: LaunchOptions, directory: Path
 ) -> Path:
     """The parameter file every process of the graph reads (:func:`graph.rewrite_params`)."""
-    rewritten = rewrite_params(doc, specs, args.namespace, overrides_for(specs, args))
+    rewritten = rewrite_params(doc, specs, options.namespace, overrides_for(specs, options))
     return write_params(rewritten, directory)
 
 
-def _command(spec: NodeSpec, args: argparse.Namespace, params: Path) -> list[str]:
+def node_command(spec: NodeSpec, options: LaunchOptions, params: Path) -> list[str]:
     """The command line of one node; ``params`` is the file :func:`prepare_params` wrote."""
     cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
-           "--params-file", str(params), "--log-level", args.log_level]
-    if args.namespace.strip("/"):
-        cmd += ["-r", f"__ns:=/{args.namespace.strip('/')}"]
+           "--params-file", str(params), "--log-level", options.log_level]
+    if options.namespace.strip("/"):
+        cmd += ["-r", f"__ns:=/{options.namespace.strip('/')}"]
     for src, dst in spec.remappings:
         cmd += ["-r", f"{src}:={dst}"]
-    if args.enclave:
-        cmd += ["--enclave", args.enclave]
+    if options.enclave:
+        cmd += ["--enclave", options.enclave]
     return cmd
 
 
@@ -107,12 +125,25 @@ def apply_dds_environment(doc: dict[str, Any], tag: str = "up") -> None:
         print(f"[{tag}] camera transport: {shown} (set it yourself to use your own)", flush=True)
 
 
-def _spawn(spec: NodeSpec, cmd: list[str]) -> subprocess.Popen[bytes]:
+def spawn(spec: NodeSpec, cmd: list[str]) -> subprocess.Popen[bytes]:
+    """Start one node process in its own session (so a signal reaches its whole group)."""
     print(f"[up] starting {spec.name}: {' '.join(cmd[2:4])}", flush=True)
     return subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
 
 
-def _stop(children: list[_Child], grace_s: float = 5.0) -> None:
+def start_graph(
+    specs: list[NodeSpec], options: LaunchOptions, params: Path
+) -> list[NodeProcess]:
+    """Start every node of the graph, each reading ``params``."""
+    out = []
+    for spec in specs:
+        cmd = node_command(spec, options, params)
+        out.append(NodeProcess(spec, cmd, spawn(spec, cmd)))
+    return out
+
+
+def stop_graph(children: list[NodeProcess], grace_s: float = 5.0) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL, each after ``grace_s`` for what is still alive."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         alive = [c for c in children if c.proc.poll() is None]
         if not alive:
@@ -144,7 +175,7 @@ class _LifecycleClient:
         self._abort = abort or (lambda: "")
         from lifecycle_msgs.srv import ChangeState, GetState
 
-        from moe_policy_ros.nodes.common import RosSession
+        from moe_policy_ros.session import RosSession
 
         self._session = RosSession("moe_policy_ros_up")
         self._node = self._session.node
@@ -189,7 +220,7 @@ class _LifecycleClient:
         self._session.close()
 
 
-def _bring_up(
+def bring_up(
     fqn: str, timeout: float, abort: Callable[[], str] | None = None
 ) -> tuple[bool, str]:
     """Configure and activate ``fqn``; (active, message). Never raises for a timeout, a
@@ -241,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     apply_dds_environment(doc)
     with tempfile.TemporaryDirectory(prefix="moe_policy_ros_up_") as tmp:
-        return _run_graph(specs, args, prepare_params(doc, specs, args, Path(tmp)))
+        options = LaunchOptions.from_args(args)
+        return _run_graph(specs, args, prepare_params(doc, specs, options, Path(tmp)))
 
 
 def _run_graph(specs: list[NodeSpec], args: argparse.Namespace, params: Path) -> int:
@@ -253,10 +285,7 @@ def _run_graph(specs: list[NodeSpec], args: argparse.Namespace, params: Path) ->
     signal.signal(signal.SIGINT, _signal)
     signal.signal(signal.SIGTERM, _signal)
     print(f"[up] parameters as the nodes read them: {params}", flush=True)
-    children = []
-    for spec in specs:
-        cmd = _command(spec, args, params)
-        children.append(_Child(spec, cmd, _spawn(spec, cmd)))
+    children = start_graph(specs, LaunchOptions.from_args(args), params)
     policy_fqn = node_fqn(POLICY_NODE, args.namespace)
     rc = 0
 
@@ -269,7 +298,7 @@ def _run_graph(specs: list[NodeSpec], args: argparse.Namespace, params: Path) ->
 
     try:
         if not args.no_autostart:
-            ok, msg = _bring_up(policy_fqn, args.activate_timeout, _abort)
+            ok, msg = bring_up(policy_fqn, args.activate_timeout, _abort)
             print(f"[up] {msg}", flush=True)
             if not ok and not stop.is_set():  # a signal during bring-up is not a failure
                 rc = 1
@@ -287,9 +316,9 @@ def _run_graph(specs: list[NodeSpec], args: argparse.Namespace, params: Path) ->
                     print(f"[up] {c.spec.name} exited ({code}); respawn #{c.restarts}",
                           flush=True)
                     time.sleep(1.0)
-                    c.proc = _spawn(c.spec, c.cmd)
+                    c.proc = spawn(c.spec, c.cmd)
                     if c.spec.lifecycle and not args.no_autostart:
-                        ok, msg = _bring_up(policy_fqn, args.activate_timeout, _abort)
+                        ok, msg = bring_up(policy_fqn, args.activate_timeout, _abort)
                         print(f"[up] {msg}", flush=True)
                 else:
                     print(f"[up] {c.spec.name} exited ({code}); stopping", flush=True)
@@ -298,6 +327,6 @@ def _run_graph(specs: list[NodeSpec], args: argparse.Namespace, params: Path) ->
     finally:
         if any(c.spec.lifecycle and c.proc.poll() is None for c in children):
             _shut_down_policy(policy_fqn)
-        _stop(children)
+        stop_graph(children)
         print("[up] all nodes stopped", flush=True)
     return rc

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from moe_policy_ros.core.bundle import BundleError, LoadedBundle, load_bundle
+from moe_policy_ros.tools import module_main
 
-__all__ = ["add_inspect_arguments", "bundle_summary", "onnx_parameter_count", "run_inspect"]
+__all__ = ["add_arguments", "bundle_summary", "onnx_parameter_count", "run"]
 
 
-def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``moe-policy-ros inspect``."""
     parser.add_argument("bundle", type=Path, help="bundle directory (holds policy.yaml)")
     parser.add_argument("--sha256", default="", help="pinned manifest SHA-256 to check")
@@ -180,7 +181,7 @@ def _text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_inspect(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Verify and print; 0 when the bundle verifies, 2 (with the reason on stderr) if not."""
     try:
         b = load_bundle(args.bundle, expected_sha256=args.sha256)
@@ -193,9 +194,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_policy_ros.inspect_bundle")
-    add_inspect_arguments(parser)
-    return run_inspect(parser.parse_args(argv))
+    return module_main("python -m moe_policy_ros.tools.inspect", add_arguments,
+                       run, argv)
 
 
 if __name__ == "__main__":

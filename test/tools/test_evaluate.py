@@ -94,10 +94,13 @@ def test_an_episode_that_fails_inside_is_a_failure_with_its_cause() -> None:
         assert ok.error == "" and ok.steps == 5
 
 
-def test_evaluate_without_a_mode_says_what_to_pass() -> None:
+def test_replay_without_in_process_says_what_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from moe_policy_ros.cli import main
 
-    assert main(["evaluate", "--episodes", "1"]) == 2
+    assert main(["evaluate", "--episodes", "1", "--replay", str(tmp_path)]) == 2
+    assert "--replay needs --in-process" in capsys.readouterr().err
 
 
 def test_a_scripted_demonstration_succeeds_through_the_control_path(tmp_path: Path) -> None:
@@ -128,3 +131,32 @@ def test_a_scripted_demonstration_succeeds_through_the_control_path(tmp_path: Pa
         assert res.success and res.success_step is not None
         missing = runner.run(4)
     assert not missing.success and "no episode recorded from seed 4" in missing.error
+
+
+def test_in_process_routing_is_the_nodes(tmp_path: Path) -> None:
+    """--in-process routes as the policy node does: every policy.routing field of the
+    parameter file (or its schema default, as the node declares them all) over the bundle's
+    default (core.runtime.merge_routing), then --routing/--k/--tau."""
+    import argparse
+
+    from moe_policy_ros.core.runtime import merge_routing
+    from moe_policy_ros.tools.evaluate import add_arguments, make_runner
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    params = default_params_file()
+    cfg = load_config(params)
+    bundle = resolve_bundle(cfg.policy.bundle, params)
+    from moe_policy_ros.core.manifest import read_manifest
+
+    node_routing = cfg.policy.routing.__class__(**cfg.policy.routing.model_dump())
+    want = merge_routing(read_manifest(bundle).routing, node_routing)
+    args = parser.parse_args(["--in-process", "--max-steps", "5"])
+    with make_runner(args, bundle, params) as runner:  # type: ignore[attr-defined]
+        assert runner.policy.routing_config == want
+    args = parser.parse_args(["--in-process", "--routing", "mass", "--tau", "0.5"])
+    with make_runner(args, bundle, params) as runner:  # type: ignore[attr-defined]
+        got = runner.policy.routing_config
+        assert got.strategy == "mass" and got.tau == 0.5
+        assert got.model_dump(exclude={"strategy", "tau"}) == want.model_dump(
+            exclude={"strategy", "tau"})

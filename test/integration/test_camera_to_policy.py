@@ -16,7 +16,6 @@ the camera's report times).
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Iterator
@@ -35,11 +34,11 @@ except ImportError as _err:  # pragma: no cover - depends on the machine
 
 from ros_helpers import REPO, FakeRobot, RosClient, bundle_home, engage, node_process, wait_for
 
-from moe_policy_ros.bringup import _command, prepare_params
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.core.transport import dds_environment
 from moe_policy_ros.graph import node_graph, read_params_doc
+from moe_policy_ros.tools.up import LaunchOptions, node_command, prepare_params
 
 pytestmark = [pytest.mark.ros, pytest.mark.realsense, pytest.mark.slow]
 
@@ -116,17 +115,16 @@ def test_realsense_at_camera_size_feeds_the_policy(
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Float32MultiArray, Float64MultiArray, String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     params, doc = _params(tmp_path, width, height, message_type)
     specs = node_graph(doc)
     assert [s.name for s in specs] == ["moe_policy", "realsense_top"]
     cam = specs[1]
-    up_args = argparse.Namespace(namespace="", log_level="info", use_sim_time=False, model="",
-                                 enclave="")
+    options = LaunchOptions()
     (tmp_path / "run").mkdir()
-    run_params = prepare_params(doc, specs, up_args, tmp_path / "run")
-    cam_cmd = _command(cam, up_args, run_params)  # what `moe-policy-ros up` would run
+    run_params = prepare_params(doc, specs, options, tmp_path / "run")
+    cam_cmd = node_command(cam, options, run_params)  # what `moe-policy-ros up` would run
     assert cam_cmd[2:4] == [cam.module, "--ros-args"]
     info_topic = dict(cam.remappings)["~/color/camera_info"]
     if message_type == "CompressedImage":

@@ -141,7 +141,7 @@ def test_up_sim_graph_runs_autonomy_and_stops_on_sigint(client: RosClient, up: U
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int32MultiArray, String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     arms = {a.name: a for a in CFG.robot.arms}
     modes = client.record(String, "/moe_policy/mode", LATCHED_QOS)
@@ -215,7 +215,7 @@ def test_up_sim_graph_runs_autonomy_and_stops_on_sigint(client: RosClient, up: U
 def test_up_stops_cleanly_on_sigterm(client: RosClient, up: Up) -> None:
     from std_msgs.msg import String
 
-    from moe_policy_ros.nodes.common import LATCHED_QOS
+    from moe_policy_ros.session import LATCHED_QOS
 
     modes = client.record(String, "/moe_policy/mode", LATCHED_QOS)
     wait_for(lambda: "[up] /moe_policy: active" in up.log(), 90, "`up` to activate the policy")

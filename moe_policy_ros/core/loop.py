@@ -1,0 +1,121 @@
+"""A fixed-rate loop on absolute deadlines, with skip and overrun counting.
+
+Iteration ``k`` is due at an absolute deadline on an injected monotonic clock
+(:class:`~moe_policy_ros.core.clock.Clock`); the loop waits with ``Clock.sleep_until_ns``
+(interruptible through a stop event) and then calls ``body(step, now_ns)``. Deadlines are
+absolute, so a slow iteration does not shift every later one (``sleep(period)`` pacing drifts
+by the work time each iteration; LeRobot's ``cycle_timer`` is the model here, openpi's
+``time.time()`` pacing the counter-example).
+
+What a late iteration does depends on what the loop drives (``late=``):
+
+* ``"skip"`` (the control loop): stay on the grid ``t0 + step * period``. When an iteration
+  ends after one or more whole grid points have passed, those ticks are skipped and counted
+  (:attr:`PeriodicLoop.skipped`); ``step`` keeps numbering grid points, so step ``s`` always
+  means ``t0 + s * period``, and the loop never bursts to catch up. The tick whose deadline
+  has just passed runs at once.
+* ``"reanchor"`` (the inference worker): an iteration that ends after the next deadline is
+  an overrun (:attr:`PeriodicLoop.overruns`; :attr:`PeriodicLoop.overrunning` stays True
+  until an iteration ends in time); the grid restarts at that moment, so the next iteration
+  starts at once and the ones after it a period apart. ``step`` counts iterations.
+* ``"catch_up"`` (a simulator's physics, a frame generator): every grid point gets its
+  iteration, late ones back to back, as long as the loop is at most ``max_lag_s`` behind;
+  further behind, the backlog is dropped (an overrun, reported to ``on_reanchor`` with the
+  lag) and the grid restarts there. ``step`` counts iterations.
+
+:meth:`PeriodicLoop.set_rate` changes the rate from any thread; the grid restarts at the end
+of the iteration running then (a simulator's real-time factor changing).
+
+The body runs on the loop's thread; exceptions propagate (the caller decides what a failed
+iteration means). Set the stop event to end the loop: it returns at the next wait.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+from moe_policy_ros.core.clock import Clock
+
+LateMode = Literal["skip", "reanchor", "catch_up"]
+
+
+class PeriodicLoop:
+    """Calls ``body(step, now_ns)`` at ``rate_hz`` on absolute deadlines; see the module."""
+
+    def __init__(
+        self, rate_hz: float, clock: Clock, *, late: LateMode = "skip", max_lag_s: float = 0.0
+    ) -> None:
+        if late not in ("skip", "reanchor", "catch_up"):
+            raise ValueError(f"late must be 'skip', 'reanchor' or 'catch_up', got {late!r}")
+        if late == "catch_up" and not max_lag_s > 0:
+            raise ValueError(f"catch_up needs max_lag_s > 0, got {max_lag_s}")
+        self.period_ns = _period_ns(rate_hz)
+        self.clock = clock
+        self.late = late
+        self.max_lag_ns = round(max_lag_s * 1e9)
+        self._new_period: int | None = None
+        self.ticks = 0  # iterations run
+        self.skipped = 0  # "skip": grid points passed without a tick
+        self.overruns = 0  # "reanchor": iterations that ended after the next deadline
+        self.overrunning = False  # "reanchor": the last iteration overran
+
+    def set_rate(self, rate_hz: float) -> None:
+        """Run at ``rate_hz`` from the end of the current iteration on (the grid restarts)."""
+        self._new_period = _period_ns(rate_hz)
+
+    def run(
+        self,
+        body: Callable[[int, int], None],
+        stop: threading.Event,
+        max_ticks: int | None = None,
+        on_reanchor: Callable[[int], None] | None = None,
+    ) -> None:
+        """Run until ``stop`` is set (or ``max_ticks`` iterations); counters start at zero.
+
+        ``on_reanchor(lag_ns)`` is called when ``"catch_up"`` drops its backlog."""
+        self.ticks = self.skipped = self.overruns = 0
+        self.overrunning = False
+        clock, period = self.clock, self.period_ns
+        t0 = deadline = clock.now_ns()
+        step = 0
+        while not stop.is_set() and (max_ticks is None or self.ticks < max_ticks):
+            if clock.sleep_until_ns(deadline, stop):
+                break
+            body(step, clock.now_ns())
+            self.ticks += 1
+            step += 1
+            now = clock.now_ns()
+            if self._new_period is not None:  # a new rate: the grid restarts now
+                period = self.period_ns = self._new_period
+                self._new_period = None
+                t0, deadline = now - step * period, now
+                continue
+            if self.late == "catch_up":
+                deadline += period
+                lag = now - deadline
+                self.overrunning = lag > self.max_lag_ns
+                if self.overrunning:  # too far behind: drop the backlog
+                    self.overruns += 1
+                    if on_reanchor is not None:
+                        on_reanchor(lag)
+                    deadline = now
+            elif self.late == "skip":
+                behind = (now - t0) // period
+                if behind > step:  # whole ticks missed: skip them, never burst
+                    self.skipped += int(behind - step)
+                    step = int(behind)
+                deadline = t0 + step * period
+            else:
+                deadline += period
+                self.overrunning = now > deadline
+                if self.overrunning:  # count it and re-anchor instead of bursting
+                    self.overruns += 1
+                    deadline = now
+
+
+def _period_ns(rate_hz: float) -> int:
+    if not rate_hz > 0:
+        raise ValueError(f"rate_hz must be positive, got {rate_hz}")
+    return round(1e9 / rate_hz)

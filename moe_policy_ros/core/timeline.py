@@ -1,0 +1,142 @@
+"""The chunk timeline: from a policy's action chunk to the command of each control step.
+
+One object owns everything between "the policy produced a chunk" and "the control loop asks
+for step ``s``", so the policy node and the in-process evaluator (:mod:`moe_policy_ros.rollout`)
+run the same code:
+
+* **Joint order.** A bundle commands a subset of the robot's joints, in its own order;
+  :meth:`ChunkTimeline.expand` puts a chunk in the robot's order, and the joints the policy
+  does not command hold their measured position.
+* **The latency step.** The chunk of an observation taken at step ``s`` starts at ``s + 1``
+  (``actions[i]`` is for step ``s + 1 + i``). The control loop marks each tick with its ROS
+  time (:meth:`ChunkTimeline.mark`); with latency compensation, an observation stamped ``n``
+  whole periods before the last mark is placed ``n`` steps earlier, so the steps that elapsed
+  while it was being processed are skipped instead of executed late.
+* **Order.** A chunk from an observation older than the newest chunk's (inputs arrived out of
+  order) keeps step alignment by dropping its steps before the newest start; a chunk that
+  would be dropped whole is refused (:data:`LATE`).
+* **Non-finite output.** A chunk with NaN/Inf never reaches the scheduler: it is latched and
+  the next :meth:`ChunkTimeline.take` returns an all-NaN command (the safety filter turns that
+  into ERROR + HOLD) and clears the queued chunks.
+
+Thread-safe: the inference worker calls :meth:`offer`, the control loop :meth:`mark` and
+:meth:`take`, under one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from moe_policy_ros.core.config import ExecutionConfig
+from moe_policy_ros.core.scheduler import ChunkScheduler
+
+__all__ = ["ADDED", "LATE", "NONFINITE", "ChunkTimeline", "Offer", "TimedChunk"]
+
+Offer = Literal["added", "late", "nonfinite"]
+ADDED: Offer = "added"
+LATE: Offer = "late"
+NONFINITE: Offer = "nonfinite"
+
+
+@dataclass(frozen=True)
+class TimedChunk:
+    """A chunk in robot joint order, placed on the control-step timeline."""
+
+    actions: np.ndarray  # [H, J] robot joint order
+    start_step: int  # actions[i] is for control step start_step + i
+    stamp_ns: int  # observation time (ROS clock)
+
+
+class ChunkTimeline:
+    """Policy chunks -> per-step commands for the control loop; see the module docstring."""
+
+    def __init__(
+        self,
+        robot_joints: Sequence[str],
+        action_joints: Sequence[str],
+        execution: ExecutionConfig,
+        period_s: float,
+    ) -> None:
+        robot = list(robot_joints)
+        unknown = [j for j in action_joints if j not in robot]
+        if unknown:
+            raise ValueError(f"action joints {unknown} are not robot joints {robot}")
+        if not period_s > 0:
+            raise ValueError(f"period_s must be positive, got {period_s}")
+        self.num_joints = len(robot)
+        self.action_idx = np.array([robot.index(j) for j in action_joints], dtype=np.int64)
+        self.latency_compensation = bool(execution.latency_compensation)
+        self.period_ns = round(period_s * 1e9)
+        self.scheduler = ChunkScheduler.from_config(execution, len(robot))
+        self._lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every chunk, the latch and the step mark (a new activation or episode)."""
+        with self._lock:
+            self.scheduler.clear()
+            self._anchor = (0, 0)
+            self._pending: TimedChunk | None = None
+            self._nan_latched = False
+
+    # ------------------------------------------------------------------ inference side
+
+    def expand(self, actions: np.ndarray, measured: np.ndarray) -> np.ndarray:
+        """``[H, A]`` in the bundle's action order -> ``[H, J]`` in the robot's order."""
+        out = np.repeat(np.asarray(measured, np.float64)[None, :], actions.shape[0], axis=0)
+        out[:, self.action_idx] = actions
+        return out
+
+    def start_step(self, obs_stamp_ns: int) -> int:
+        """The control step a chunk from an observation stamped ``obs_stamp_ns`` starts at."""
+        with self._lock:
+            step, ros_ns = self._anchor
+        if self.latency_compensation:
+            step -= max(0, (ros_ns - obs_stamp_ns) // self.period_ns)
+        return step + 1
+
+    def offer(self, actions: np.ndarray, obs_stamp_ns: int) -> Offer:
+        """Queue a robot-order chunk for the observation stamped ``obs_stamp_ns``."""
+        start = self.start_step(obs_stamp_ns)
+        if not np.all(np.isfinite(actions)):
+            with self._lock:
+                self._nan_latched = True
+            return NONFINITE
+        with self._lock:
+            newest = self.scheduler.newest_start
+            if newest is not None and start < newest:
+                drop = newest - start
+                if drop >= actions.shape[0]:
+                    return LATE
+                actions, start = actions[drop:], newest
+            self.scheduler.add_chunk(start, actions)
+            self._pending = TimedChunk(actions, start, obs_stamp_ns)
+        return ADDED
+
+    # ------------------------------------------------------------------ control side
+
+    def mark(self, step: int, now_ns: int) -> None:
+        """The control loop is at ``step`` at ROS time ``now_ns`` (for the latency step)."""
+        with self._lock:
+            self._anchor = (step, now_ns)
+
+    def take(self, step: int) -> tuple[np.ndarray | None, TimedChunk | None]:
+        """The command proposed for ``step`` and the chunk added since the last take.
+
+        The proposal is None when no chunk covers the step, and all-NaN once after a
+        non-finite chunk (the queue is cleared then).
+        """
+        with self._lock:
+            proposal = self.scheduler.action_at(step)
+            self.scheduler.prune(step)
+            pending, self._pending = self._pending, None
+            if self._nan_latched:
+                self._nan_latched = False
+                self.scheduler.clear()
+                proposal = np.full(self.num_joints, np.nan)
+        return proposal, pending

@@ -1,0 +1,41 @@
+"""core.compat.bundle_mismatches: every mismatch between a bundle and the parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moe_policy_ros.core.compat import bundle_mismatches
+from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.manifest import read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_bundle_fits_the_sim_parameters() -> None:
+    cfg = load_config(REPO / "config" / "sim_dual_arm.yaml")
+    manifest = read_manifest(REPO / "models" / "demo_adamoe")
+    assert bundle_mismatches(manifest, cfg.robot.joint_names, cfg.cameras) == []
+
+
+def test_every_mismatch_is_reported_with_both_values() -> None:
+    cfg = load_config(REPO / "config" / "sim_dual_arm.yaml")
+    manifest = read_manifest(REPO / "models" / "demo_adamoe")
+    spec = manifest.observation.cameras[0]
+    wrong_size = cfg.cameras[0].model_copy(
+        update={"name": spec.name, "width": spec.width + 2, "height": spec.height}
+    )
+    robot = [j for j in cfg.robot.joint_names if j != manifest.action.joints[0]]
+    problems = bundle_mismatches(manifest, robot, [wrong_size], "bundle X")
+    assert len(problems) == 1 + len(manifest.observation.cameras)
+    assert problems[0].startswith(f"bundle X uses joints ['{manifest.action.joints[0]}']")
+    assert f"size {spec.width + 2}x{spec.height} differs from the bundle's " \
+           f"{spec.width}x{spec.height}" in problems[1]
+    for other in manifest.observation.cameras[1:]:
+        assert any(f"bundle camera {other.name!r} is not configured" in p for p in problems)
+
+
+def test_camera_checks_can_be_skipped() -> None:
+    cfg = load_config(REPO / "config" / "sim_dual_arm.yaml")
+    manifest = read_manifest(REPO / "models" / "demo_adamoe")
+    assert bundle_mismatches(manifest, cfg.robot.joint_names, None) == []
+    assert bundle_mismatches(manifest, cfg.robot.joint_names, []) != []

@@ -1,0 +1,119 @@
+"""core.loop.PeriodicLoop on a FakeClock: deadlines, skipped ticks, overruns, stop."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from moe_policy_ros.core.clock import FakeClock, MonotonicClock
+from moe_policy_ros.core.loop import PeriodicLoop
+
+MS = 1_000_000
+
+
+def _record(clock: FakeClock, work_ms: dict[int, float] | None = None):
+    calls: list[tuple[int, int]] = []
+
+    def body(step: int, now_ns: int) -> None:
+        calls.append((step, now_ns))
+        clock.advance((work_ms or {}).get(len(calls) - 1, 0.0) / 1e3)
+
+    return calls, body
+
+
+def test_ticks_on_absolute_deadlines_despite_work_time() -> None:
+    clock = FakeClock(start_ns=5 * MS)
+    loop = PeriodicLoop(50.0, clock)
+    calls, body = _record(clock, {i: 7.0 for i in range(10)})  # 7 ms of work in a 20 ms period
+    loop.run(body, threading.Event(), max_ticks=10)
+    assert calls == [(s, 5 * MS + s * 20 * MS) for s in range(10)]
+    assert (loop.ticks, loop.skipped, loop.overruns) == (10, 0, 0)
+
+
+def test_skip_mode_skips_whole_missed_ticks_and_keeps_the_grid() -> None:
+    clock = FakeClock()
+    loop = PeriodicLoop(50.0, clock, late="skip")
+    # tick 1 takes 50 ms (2.5 periods): grid point 2 is missed, 3 runs at once (late by 10 ms)
+    calls, body = _record(clock, {1: 50.0})
+    loop.run(body, threading.Event(), max_ticks=4)
+    assert calls == [(0, 0), (1, 20 * MS), (3, 70 * MS), (4, 80 * MS)]
+    assert loop.skipped == 1 and loop.overruns == 0 and loop.ticks == 4
+
+
+def test_reanchor_mode_counts_overruns_and_restarts_the_grid() -> None:
+    clock = FakeClock()
+    loop = PeriodicLoop(10.0, clock, late="reanchor")
+    seen: list[bool] = []
+    calls, inner = _record(clock, {1: 150.0})
+
+    def body(step: int, now_ns: int) -> None:
+        seen.append(loop.overrunning)
+        inner(step, now_ns)
+
+    loop.run(body, threading.Event(), max_ticks=4)
+    # iteration 1 (at 100 ms) ends at 250 ms, after its next deadline (200 ms): the next one
+    # starts at once, the one after a period later.
+    assert [t for _, t in calls] == [0, 100 * MS, 250 * MS, 350 * MS]
+    assert [s for s, _ in calls] == [0, 1, 2, 3]
+    assert loop.overruns == 1 and loop.skipped == 0
+    assert seen == [False, False, True, False]  # overrunning until one ends in time
+
+
+def test_stop_event_ends_the_loop_at_the_next_wait() -> None:
+    clock = FakeClock()
+    stop = threading.Event()
+    loop = PeriodicLoop(100.0, clock)
+    steps: list[int] = []
+
+    def body(step: int, now_ns: int) -> None:
+        steps.append(step)
+        if step == 2:
+            stop.set()
+
+    loop.run(body, stop)
+    assert steps == [0, 1, 2]
+
+
+def test_monotonic_clock_wait_is_interrupted_by_stop() -> None:
+    stop = threading.Event()
+    stop.set()
+    clock = MonotonicClock()
+    assert clock.sleep_until_ns(clock.now_ns() + 60 * 1_000_000_000, stop) is True
+    assert clock.sleep_until_ns(clock.now_ns() - 1) is False
+
+
+@pytest.mark.parametrize(
+    ("rate", "late", "named"),
+    [(0.0, "skip", "rate_hz .* 0.0"), (-1.0, "skip", "-1.0"), (10.0, "burst", "'burst'")],
+)
+def test_bad_settings_are_refused_with_the_value(rate: float, late: str, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        PeriodicLoop(rate, FakeClock(), late=late)  # type: ignore[arg-type]
+
+
+def test_catch_up_runs_late_ticks_back_to_back_then_drops_a_long_backlog() -> None:
+    clock = FakeClock()
+    loop = PeriodicLoop(100.0, clock, late="catch_up", max_lag_s=0.025)
+    lags: list[int] = []
+    # tick 1 takes 25 ms (ends 15 ms behind): ticks 2, 3 run at once, the grid is kept;
+    # tick 5 takes 60 ms (ends 50 ms behind > 25 ms): the backlog is dropped there.
+    calls, body = _record(clock, {1: 25.0, 5: 60.0})
+    loop.run(body, threading.Event(), max_ticks=8, on_reanchor=lags.append)
+    assert [t // MS for _, t in calls] == [0, 10, 35, 35, 40, 50, 110, 120]
+    assert loop.overruns == 1 and lags == [50 * MS]
+
+
+def test_set_rate_restarts_the_grid_after_the_current_tick() -> None:
+    clock = FakeClock()
+    loop = PeriodicLoop(100.0, clock, late="catch_up", max_lag_s=1.0)
+    seen: list[int] = []
+
+    def body(step: int, now_ns: int) -> None:
+        seen.append(now_ns // MS)
+        if step == 1:
+            loop.set_rate(50.0)
+
+    loop.run(body, threading.Event(), max_ticks=5)
+    assert seen == [0, 10, 10, 30, 50]
+    assert loop.period_ns == 20 * MS

@@ -1,0 +1,88 @@
+"""core.timeline.ChunkTimeline: joint order, the latency step, order, the NaN latch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe_policy_ros.core.config import ExecutionConfig
+from moe_policy_ros.core.timeline import ADDED, LATE, NONFINITE, ChunkTimeline
+
+ROBOT = ["a", "b", "c"]
+PERIOD_NS = 20_000_000
+
+
+def _timeline(action_joints: list[str] | None = None, **execution: object) -> ChunkTimeline:
+    cfg = ExecutionConfig(merge="replace", **execution)  # type: ignore[arg-type]
+    return ChunkTimeline(ROBOT, action_joints or ROBOT, cfg, PERIOD_NS / 1e9)
+
+
+def _chunk(h: int, value: float) -> np.ndarray:
+    return np.full((h, len(ROBOT)), value) + np.arange(h)[:, None]
+
+
+def test_expand_puts_actions_in_robot_order_and_holds_the_rest() -> None:
+    tl = _timeline(["c", "a"])
+    out = tl.expand(np.array([[3.0, 1.0], [30.0, 10.0]]), np.array([0.1, 0.2, 0.3]))
+    np.testing.assert_array_equal(out, [[1.0, 0.2, 3.0], [10.0, 0.2, 30.0]])
+
+
+def test_unknown_action_joint_is_named() -> None:
+    with pytest.raises(ValueError, match=r"\['z'\]"):
+        _timeline(["a", "z"])
+
+
+def test_chunk_starts_one_step_after_its_observation() -> None:
+    tl = _timeline()
+    tl.mark(10, 10 * PERIOD_NS)
+    assert tl.offer(_chunk(4, 0.0), 10 * PERIOD_NS) == ADDED
+    proposal, pending = tl.take(10)
+    assert proposal is None
+    assert pending is not None and pending.start_step == 11
+    proposal, pending = tl.take(11)
+    np.testing.assert_array_equal(proposal, [0.0, 0.0, 0.0])
+    assert pending is None  # the new chunk is handed out once, at the next take
+
+
+@pytest.mark.parametrize(("compensate", "start"), [(True, 9), (False, 11)])
+def test_latency_step_places_an_old_observation_earlier(compensate: bool, start: int) -> None:
+    tl = _timeline(latency_compensation=compensate)
+    tl.mark(10, 10 * PERIOD_NS)
+    stamp = 10 * PERIOD_NS - 2 * PERIOD_NS - 5  # just over two periods old: step 8, chunk from 9
+    assert tl.start_step(stamp) == start
+    tl.offer(_chunk(6, 0.0), stamp)
+    np.testing.assert_array_equal(tl.take(11)[0], np.full(3, 11.0 - start))
+
+
+def test_out_of_order_chunk_is_trimmed_to_the_newest_start_or_refused() -> None:
+    tl = _timeline(latency_compensation=False)
+    tl.mark(10, 0)
+    tl.offer(_chunk(4, 100.0), 0)  # starts at 11
+    tl.mark(7, 0)  # an older observation's step
+    assert tl.offer(_chunk(5, 0.0), 0) == ADDED  # starts at 8: steps 8..10 dropped
+    _, pending = tl.take(11)
+    assert pending is not None and pending.start_step == 11
+    np.testing.assert_array_equal(pending.actions[0], [3.0, 3.0, 3.0])
+    tl.mark(2, 0)
+    assert tl.offer(_chunk(5, 0.0), 0) == LATE  # would start at 3: all before 11
+
+
+def test_nonfinite_chunk_latches_one_nan_command_and_clears_the_queue() -> None:
+    tl = _timeline()
+    tl.offer(_chunk(10, 1.0), 0)
+    bad = _chunk(10, 1.0)
+    bad[3, 1] = np.nan
+    assert tl.offer(bad, 0) == NONFINITE
+    proposal, _ = tl.take(1)
+    assert proposal is not None and np.all(np.isnan(proposal))
+    assert tl.take(2)[0] is None  # queue cleared; the latch fires once
+
+
+def test_clear_forgets_chunks_mark_and_latch() -> None:
+    tl = _timeline()
+    tl.mark(50, 50 * PERIOD_NS)
+    tl.offer(_chunk(3, 0.0), 50 * PERIOD_NS)
+    tl.offer(np.full((3, 3), np.inf), 0)
+    tl.clear()
+    assert tl.take(51) == (None, None)
+    assert tl.start_step(0) == 1

@@ -1,0 +1,1 @@
+"""Helpers behind the fixtures of test/conftest.py (tests use the fixtures)."""
