@@ -29,6 +29,8 @@ def nested_parameters(node: Node) -> dict[str, Any]:
         ):
             continue
         value = param.value
+        if value is None and name.startswith("policy.routing."):
+            continue  # unset: the bundle's routing value applies (nodes/params.py)
         if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
             value = list(value)
         flat[name] = value

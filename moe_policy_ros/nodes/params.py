@@ -34,6 +34,17 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "handover": HandoverConfig,
 }
 READ_ONLY_PREFIXES = ("robot.", "cameras.")
+#: Parameters whose schema default must not hide the bundle's own value: declared typed but
+#: unset unless the parameter file gives them, and left out of the configuration while unset
+#: (:func:`moe_policy_ros.nodes.common.nested_parameters`), so ``merge_routing`` sees only the
+#: fields a user set. A bundle exported with top-1 routing runs top-1 unless the file says k.
+BUNDLE_DEFAULT_PREFIXES = ("policy.routing.",)
+_PARAM_TYPES = {
+    bool: Parameter.Type.BOOL,
+    int: Parameter.Type.INTEGER,
+    float: Parameter.Type.DOUBLE,
+    str: Parameter.Type.STRING,
+}
 
 
 def _leaves(prefix: str, model: type[BaseModel]) -> Iterator[tuple[str, Any, str]]:
@@ -64,6 +75,11 @@ def declare_parameters(node: Node) -> None:
             d = ParameterDescriptor(description=desc, dynamic_typing=True)
             if ov is not None:
                 node.declare_parameter(name, ov.value, d)
+            elif name.startswith(BUNDLE_DEFAULT_PREFIXES) and type(default) in _PARAM_TYPES:
+                # unset unless the file (or a set) gives it: the bundle's value applies then
+                d.dynamic_typing = False
+                d.description = (desc + "; " if desc else "") + "unset = the bundle's value"
+                node.declare_parameter(name, _PARAM_TYPES[type(default)], d)
             elif isinstance(default, (bool, int, float, str)):
                 node.declare_parameter(name, default, d)
             elif default is None:

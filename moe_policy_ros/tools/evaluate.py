@@ -91,10 +91,12 @@ def make_runner(args: argparse.Namespace, bundle: Path, params: Path) -> Episode
         overrides["k"] = args.k
     if args.tau is not None:
         overrides["tau"] = args.tau
-    # In-process routing as the policy node gets it: the node declares every policy.routing
-    # field (the file's value or the schema default), so all of them override the bundle's
-    # routing except an empty strategy (core.runtime.merge_routing); then the overrides.
-    routing = RoutingConfig(**{**cfg.policy.routing.model_dump(), **overrides})
+    # In-process routing as the policy node gets it: the policy.routing fields the file sets
+    # override the bundle's routing (an empty strategy keeps the bundle's; unset fields are
+    # the bundle's, see nodes/params.py and core.runtime.merge_routing); then the overrides.
+    given = cfg.policy.routing
+    routing = RoutingConfig.model_validate(
+        {**{f: getattr(given, f) for f in given.model_fields_set}, **overrides})
     settings = LoopSettings(
         max_steps=args.max_steps,
         render_size=tuple(args.render_size),

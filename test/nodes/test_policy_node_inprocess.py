@@ -78,3 +78,22 @@ def test_configure_fails_cleanly_on_a_missing_bundle(node: PolicyNode) -> None:
     node.set_parameters([Parameter("policy.bundle", value="models/demo_smp")])
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node._bundle is not None and node._bundle.manifest.family == "smp"
+
+
+def test_routing_fields_the_file_does_not_set_stay_the_bundles(node: PolicyNode) -> None:
+    """A bundle exported with top-1 runs top-1 unless the parameter file (or a set) says k."""
+    from moe_policy_ros.core.config import RoutingConfig, config_from_params
+    from moe_policy_ros.core.runtime import merge_routing
+    from moe_policy_ros.nodes.common import nested_parameters
+
+    bundle_default = RoutingConfig(strategy="topk", k=1, tau=0.7)
+    routing = config_from_params(nested_parameters(node)).policy.routing
+    assert not {"k", "tau"} & routing.model_fields_set  # dual_arm.yaml leaves them unset
+    assert node.has_parameter("policy.routing.k")
+    assert node._parameters["policy.routing.k"].value is None  # declared typed, unset
+    assert "unset = the bundle's value" in node.describe_parameter("policy.routing.k").description
+    merged = merge_routing(bundle_default, routing)
+    assert (merged.strategy, merged.k, merged.tau) == ("topk", 1, 0.7)
+    assert node.set_parameters([Parameter("policy.routing.k", value=3)])[0].successful
+    routing = config_from_params(nested_parameters(node)).policy.routing
+    assert merge_routing(bundle_default, routing).k == 3

@@ -134,9 +134,9 @@ def test_a_scripted_demonstration_succeeds_through_the_control_path(tmp_path: Pa
 
 
 def test_in_process_routing_is_the_nodes(tmp_path: Path) -> None:
-    """--in-process routes as the policy node does: every policy.routing field of the
-    parameter file (or its schema default, as the node declares them all) over the bundle's
-    default (core.runtime.merge_routing), then --routing/--k/--tau."""
+    """--in-process routes as the policy node does: the policy.routing fields the parameter
+    file sets over the bundle's default (core.runtime.merge_routing; fields the file leaves
+    out stay the bundle's, as in the node), then --routing/--k/--tau."""
     import argparse
 
     from moe_policy_ros.core.runtime import merge_routing
@@ -149,8 +149,8 @@ def test_in_process_routing_is_the_nodes(tmp_path: Path) -> None:
     bundle = resolve_bundle(cfg.policy.bundle, params)
     from moe_policy_ros.core.manifest import read_manifest
 
-    node_routing = cfg.policy.routing.__class__(**cfg.policy.routing.model_dump())
-    want = merge_routing(read_manifest(bundle).routing, node_routing)
+    want = merge_routing(read_manifest(bundle).routing, cfg.policy.routing)
+    assert want.k == read_manifest(bundle).routing.k  # the shipped file leaves k unset
     args = parser.parse_args(["--in-process", "--max-steps", "5"])
     with make_runner(args, bundle, params) as runner:  # type: ignore[attr-defined]
         assert runner.policy.routing_config == want
