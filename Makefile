@@ -38,8 +38,8 @@ test-distro:
 	@test -d .venv-distro/pydantic1 || .venv-distro/bin/python -m pip install -q --no-deps \
 	  --target .venv-distro/pydantic1 pydantic==1.10.14
 	AMENT_PREFIX_PATH=$(CURDIR)/.venv-distro MOE_POLICY_ROS_PYDANTIC1=$(CURDIR)/.venv-distro/pydantic1 \
-	  .venv-distro/bin/python -m pytest -q -ra test/core test/nodes test/integration test/package/test_versions.py \
-	  test/tools/test_cli.py test/package/test_launch.py
+	  .venv-distro/bin/python -m pytest -q -ra test/core test/nodes test/integration \
+	  test/package/test_versions.py test/tools/test_cli.py test/package/test_launch.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy moe_policy_ros

@@ -26,6 +26,23 @@ class InputError(ValueError):
     """An input message is malformed; the message names the bad value."""
 
 
+def joint_command(
+    names: Sequence[str], msg_names: Sequence[str], positions: Sequence[float]
+) -> np.ndarray:
+    """A named joint command (e.g. teleop) as float64 in ``names`` order; extra joints are
+    ignored. InputError names what is wrong: counts that differ, joints missing, NaN/Inf."""
+    if len(positions) != len(msg_names):
+        raise InputError(f"{len(msg_names)} names but {len(positions)} positions")
+    index = {n: i for i, n in enumerate(msg_names)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise InputError(f"teleop command lacks joints {missing}")
+    q = np.array([positions[index[n]] for n in names], dtype=np.float64)
+    if not np.all(np.isfinite(q)):
+        raise InputError("non-finite positions")
+    return q
+
+
 @dataclass
 class SourceStatus:
     """Per-source counters for diagnostics."""

@@ -26,7 +26,7 @@ Thread-safe: the inference worker calls :meth:`offer`, the control loop :meth:`m
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +35,9 @@ import numpy as np
 from moe_policy_ros.core.config import ExecutionConfig
 from moe_policy_ros.core.scheduler import ChunkScheduler
 
-__all__ = ["ADDED", "LATE", "NONFINITE", "ChunkTimeline", "Offer", "TimedChunk"]
+__all__ = [
+    "ADDED", "LATE", "NONFINITE", "ChunkTimeline", "Offer", "TimedChunk", "chunk_trajectory",
+]
 
 Offer = Literal["added", "late", "nonfinite"]
 ADDED: Offer = "added"
@@ -140,3 +142,24 @@ class ChunkTimeline:
                 self.scheduler.clear()
                 proposal = np.full(self.num_joints, np.nan)
         return proposal, pending
+
+
+def chunk_trajectory(
+    chunk: TimedChunk,
+    step: int,
+    sent: np.ndarray,
+    period_s: float,
+    limit: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, list[float]]:
+    """A chunk as one trajectory from control ``step`` on (chunk execution mode).
+
+    Rows: ``sent`` (this step's filtered command), then the chunk's steps after ``step``
+    through ``limit`` (the safety filter's limits along the chunk). Times (s) count from the
+    chunk's observation stamp, so a joint_trajectory_controller drops the points already in
+    the past: row 0 is at ``(step - start + 1) * period`` (at least 0), then one period apart.
+    """
+    first = max(step + 1, chunk.start_step)
+    points = limit(chunk.actions[first - chunk.start_step:])
+    base_s = max((step - chunk.start_step + 1) * period_s, 0.0)
+    times = [base_s + i * period_s for i in range(points.shape[0] + 1)]
+    return np.vstack([sent[None, :], points]), times

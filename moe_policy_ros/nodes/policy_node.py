@@ -60,7 +60,7 @@ from moe_policy_ros.core.diagnostics import (
 )
 from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs, TickOutput
 from moe_policy_ros.core.imageconv import ImageError
-from moe_policy_ros.core.inputs import JOINTS, InputBuffer, InputError
+from moe_policy_ros.core.inputs import JOINTS, InputBuffer, InputError, joint_command
 from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.preprocess import (
@@ -73,7 +73,13 @@ from moe_policy_ros.core.preprocess import (
 )
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
-from moe_policy_ros.core.timeline import ADDED, NONFINITE, ChunkTimeline, TimedChunk
+from moe_policy_ros.core.timeline import (
+    ADDED,
+    NONFINITE,
+    ChunkTimeline,
+    TimedChunk,
+    chunk_trajectory,
+)
 from moe_policy_ros.core.types import Observation, PolicyOutput
 from moe_policy_ros.nodes.common import diag_status, nested_parameters, spin_node
 from moe_policy_ros.nodes.params import declare_parameters
@@ -387,21 +393,10 @@ class PolicyNode(LifecycleNode):
     def _on_teleop(self, msg: JointState) -> None:
         if self._cfg is None or self._arbiter is None:
             return
-        names = self._joint_names
         try:
-            if len(msg.position) != len(msg.name):
-                raise InputError(f"{len(msg.name)} names but {len(msg.position)} positions")
-            index = {n: i for i, n in enumerate(msg.name)}
-            missing = [n for n in names if n not in index]
-            if missing:
-                raise InputError(f"teleop command lacks joints {missing}")
-            q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
+            q = joint_command(self._joint_names, msg.name, msg.position)
         except InputError as err:
             self.get_logger().warning(f"rejected teleop command: {err}", throttle_duration_sec=2.0)
-            return
-        if not np.all(np.isfinite(q)):
-            self.get_logger().warning("rejected teleop command: non-finite positions",
-                                   throttle_duration_sec=2.0)
             return
         # Freshness is judged on arrival (monotonic), so a teleop device with a bad clock
         # cannot keep an old command alive.
@@ -647,17 +642,14 @@ class PolicyNode(LifecycleNode):
         if policy_driven:
             if pending is None:
                 return
-            assert out.sent is not None
-            first = max(step + 1, pending.start_step)
-            rest = pending.actions[first - pending.start_step:]
-            measured = self._inputs.joints() if self._inputs is not None else None
-            points = limit_chunk(
-                safety, rest, out.sent, None if measured is None else measured.positions
+            sent = out.sent
+            assert sent is not None
+            joints = self._inputs.joints() if self._inputs is not None else None
+            measured = None if joints is None else joints.positions
+            rows, times = chunk_trajectory(
+                pending, step, sent, period,
+                lambda rest: limit_chunk(safety, rest, sent, measured),
             )
-            base_s = (step - pending.start_step + 1) * period
-            base_s = max(base_s, 0.0)
-            times = [base_s + i * period for i in range(points.shape[0] + 1)]
-            rows = np.vstack([out.sent[None, :], points])
             self._publish_trajectories(rows, times, pending.stamp_ns)
         else:
             assert out.sent is not None

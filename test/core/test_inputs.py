@@ -98,3 +98,16 @@ def test_cached_joint_order_still_validates() -> None:
         b.put_joint_state(["c", "a", "b"], [float("inf"), 4.0, 5.0], [], 7 * S, 7 * S)
     with pytest.raises(InputError, match=r"zero or negative"):
         b.put_joint_state(["c", "a", "b"], [1.0, 4.0, 5.0], [], 0, 7 * S)
+
+
+def test_joint_command_in_robot_order_with_the_reason_for_a_refusal() -> None:
+    from moe_policy_ros.core.inputs import joint_command
+
+    q = joint_command(["a", "b"], ["x", "b", "a"], [9.0, 2.0, 1.0])
+    np.testing.assert_array_equal(q, [1.0, 2.0])
+    with pytest.raises(InputError, match="2 names but 1 positions"):
+        joint_command(["a"], ["a", "b"], [1.0])
+    with pytest.raises(InputError, match=r"lacks joints \['b'\]"):
+        joint_command(["a", "b"], ["a"], [1.0])
+    with pytest.raises(InputError, match="non-finite positions"):
+        joint_command(["a"], ["a"], [float("nan")])

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from moe_policy_ros.core.config import ExecutionConfig
-from moe_policy_ros.core.timeline import ADDED, LATE, NONFINITE, ChunkTimeline
+from moe_policy_ros.core.timeline import (
+    ADDED,
+    LATE,
+    NONFINITE,
+    ChunkTimeline,
+    TimedChunk,
+    chunk_trajectory,
+)
 
 ROBOT = ["a", "b", "c"]
 PERIOD_NS = 20_000_000
@@ -86,3 +93,21 @@ def test_clear_forgets_chunks_mark_and_latch() -> None:
     tl.clear()
     assert tl.take(51) == (None, None)
     assert tl.start_step(0) == 1
+
+
+def test_chunk_trajectory_times_from_the_observation_and_limits_the_rest() -> None:
+    chunk = TimedChunk(np.arange(12.0).reshape(6, 2), start_step=10, stamp_ns=0)
+    sent = np.array([-1.0, -1.0])
+    seen: list[np.ndarray] = []
+
+    def limit(rest: np.ndarray) -> np.ndarray:
+        seen.append(rest)
+        return rest * 10
+
+    rows, times = chunk_trajectory(chunk, 12, sent, 0.02, limit)
+    np.testing.assert_array_equal(seen[0], chunk.actions[3:])  # steps 13.. of the chunk
+    np.testing.assert_array_equal(rows, np.vstack([sent, chunk.actions[3:] * 10]))
+    assert times == pytest.approx([0.06, 0.08, 0.10, 0.12])
+    # a chunk that starts after this step: all of it, from time 0
+    rows, times = chunk_trajectory(chunk, 7, sent, 0.02, lambda r: r)
+    assert rows.shape == (7, 2) and times[0] == 0.0
