@@ -195,6 +195,12 @@ class PolicyNode(LifecycleNode):
         m = bundle.manifest
         robot_joints = cfg.robot.joint_names
         problems = bundle_mismatches(m, robot_joints, cfg.cameras, f"bundle {bundle_path}")
+        if cfg.policy.execution.merge == "rtc":
+            # core/rtc.py and the scheduler's rtc mode exist; the node does not yet hand the
+            # committed actions to the sampler, so it refuses rather than run a silent replace
+            problems.append(
+                "policy.execution.merge: 'rtc' is not wired into the policy node yet "
+                "(core only); use ensemble, blend or replace")
         if problems:
             raise ConfigError("; ".join(problems))
         ckpt = resolve_share_path(cfg.policy.checkpoint) if cfg.policy.checkpoint else None

@@ -97,3 +97,12 @@ def test_routing_fields_the_file_does_not_set_stay_the_bundles(node: PolicyNode)
     assert node.set_parameters([Parameter("policy.routing.k", value=3)])[0].successful
     routing = config_from_params(nested_parameters(node)).policy.routing
     assert merge_routing(bundle_default, routing).k == 3
+
+
+def test_configure_refuses_rtc_merge_until_the_node_wires_it(node: PolicyNode) -> None:
+    node.set_parameters([Parameter("policy.bundle", value="models/demo_smp")])
+    assert node.set_parameters([Parameter("policy.execution.merge", value="rtc")])[0].successful
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "'rtc'" in node._configure_error and "policy.execution.merge" in node._configure_error
+    node.set_parameters([Parameter("policy.execution.merge", value="blend")])
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
