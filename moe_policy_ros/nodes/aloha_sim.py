@@ -489,6 +489,12 @@ def main(args: list[str] | None = None) -> None:
             node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C while the node was still starting (MuJoCo load, renderer) shuts the context
+        # down under the constructor, which then fails creating entities: that is a shutdown,
+        # not an error. Anything raised while the context is still valid is a real error.
+        if rclpy.ok():
+            raise
     finally:
         rclpy.try_shutdown()
 
