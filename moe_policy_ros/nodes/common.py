@@ -1,4 +1,4 @@
-"""Shared rclpy glue for the nodes: parameters, diagnostics, main().
+"""Shared rclpy glue for the nodes: diagnostics, main().
 
 QoS profiles, stamp conversions, share paths and :class:`RosSession` live in
 :mod:`moe_policy_ros.session` (the public module for talking ROS, which the nodes use too).
@@ -16,25 +16,6 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-
-from moe_policy_ros.core.config import unflatten
-
-
-def nested_parameters(node: Node) -> dict[str, Any]:
-    """All of a node's parameters as nested dicts (``a.b.c`` -> ``{a: {b: {c: ...}}}``)."""
-    flat: dict[str, Any] = {}
-    for name, param in node._parameters.items():
-        if name in ("use_sim_time", "start_type_description_service") or name.startswith(
-            "qos_overrides."
-        ):
-            continue
-        value = param.value
-        if value is None and name.startswith("policy.routing."):
-            continue  # unset: the bundle's routing value applies (nodes/params.py)
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
-            value = list(value)
-        flat[name] = value
-    return unflatten(flat)
 
 
 def diag_status(

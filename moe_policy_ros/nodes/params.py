@@ -25,8 +25,8 @@ from moe_policy_ros.core.config import (
     PolicyConfig,
     SafetyConfig,
     config_from_params,
+    unflatten,
 )
-from moe_policy_ros.nodes.common import nested_parameters
 
 SECTIONS: dict[str, type[BaseModel]] = {
     "policy": PolicyConfig,
@@ -36,7 +36,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
 READ_ONLY_PREFIXES = ("robot.", "cameras.")
 #: Parameters whose schema default must not hide the bundle's own value: declared typed but
 #: unset unless the parameter file gives them, and left out of the configuration while unset
-#: (:func:`moe_policy_ros.nodes.common.nested_parameters`), so ``merge_routing`` sees only the
+#: (:func:`nested_parameters`), so ``merge_routing`` sees only the
 #: fields a user set. A bundle exported with top-1 routing runs top-1 unless the file says k.
 BUNDLE_DEFAULT_PREFIXES = ("policy.routing.",)
 _PARAM_TYPES = {
@@ -45,6 +45,23 @@ _PARAM_TYPES = {
     float: Parameter.Type.DOUBLE,
     str: Parameter.Type.STRING,
 }
+
+
+def nested_parameters(node: Node) -> dict[str, Any]:
+    """All of a node's parameters as nested dicts (``a.b.c`` -> ``{a: {b: {c: ...}}}``)."""
+    flat: dict[str, Any] = {}
+    for name, param in node._parameters.items():
+        if name in ("use_sim_time", "start_type_description_service") or name.startswith(
+            "qos_overrides."
+        ):
+            continue
+        value = param.value
+        if value is None and name.startswith(BUNDLE_DEFAULT_PREFIXES):
+            continue  # unset: the bundle's value applies
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
+            value = list(value)
+        flat[name] = value
+    return unflatten(flat)
 
 
 def _leaves(prefix: str, model: type[BaseModel]) -> Iterator[tuple[str, Any, str]]:

@@ -81,8 +81,8 @@ from moe_policy_ros.core.timeline import (
     chunk_trajectory,
 )
 from moe_policy_ros.core.types import Observation, PolicyOutput
-from moe_policy_ros.nodes.common import diag_status, nested_parameters, spin_node
-from moe_policy_ros.nodes.params import declare_parameters
+from moe_policy_ros.nodes.common import diag_status, spin_node
+from moe_policy_ros.nodes.params import declare_parameters, nested_parameters
 from moe_policy_ros.session import (
     COMMAND_QOS,
     LATCHED_QOS,
@@ -103,6 +103,8 @@ class PolicyNode(LifecycleNode):
         self._policy: MoEPolicy | None = None
         self._inputs: InputBuffer | None = None
         self._joint_names: list[str] = []
+        #: (arm name, its joint names, its columns in a robot-order command), per configure
+        self._arms: list[tuple[str, list[str], slice]] = []
         self._expert_labels: list[str] = []
         self._gate_layout: list[Dim] = []
         self._timeline: ChunkTimeline | None = None
@@ -216,6 +218,12 @@ class PolicyNode(LifecycleNode):
         self._backend_name = backend.name
         # Fixed per configuration; the control loop and the worker reuse them every cycle.
         self._joint_names = robot_joints
+        self._arms = []
+        first = 0
+        for arm in cfg.robot.arms:
+            cols = slice(first, first + len(arm.joints))
+            self._arms.append((arm.name, arm.joint_names, cols))
+            first = cols.stop
         labels = list(m.experts.labels)
         self._expert_labels = labels
         self._gate_layout = [Dim(label="experts:" + ",".join(labels), size=len(labels),
@@ -619,15 +627,10 @@ class PolicyNode(LifecycleNode):
             self._control_stats.obs_to_cmd.add((now_ros - pending.stamp_ns) / 1e6)
 
     def _publish_stream(self, sent: np.ndarray) -> None:
-        cfg = self._cfg
-        assert cfg is not None
-        offset = 0
-        for arm in cfg.robot.arms:
-            n = len(arm.joints)
-            self._pubs[f"cmd/{arm.name}"].publish(
-                Float64MultiArray(data=[float(x) for x in sent[offset:offset + n]])
+        for arm, _names, cols in self._arms:
+            self._pubs[f"cmd/{arm}"].publish(
+                Float64MultiArray(data=[float(x) for x in sent[cols]])
             )
-            offset += n
 
     def _publish_chunk_mode(
         self, step: int, out: TickOutput, pending: TimedChunk | None, now_ros: int
@@ -664,23 +667,18 @@ class PolicyNode(LifecycleNode):
     def _publish_trajectories(
         self, points: np.ndarray, times_s: list[float], stamp_ns: int
     ) -> None:
-        cfg = self._cfg
-        assert cfg is not None
-        offset = 0
-        for arm in cfg.robot.arms:
-            n = len(arm.joints)
+        for arm, names, cols in self._arms:
             msg = JointTrajectory()
             msg.header.stamp = ns_to_stamp(stamp_ns)
-            msg.joint_names = arm.joint_names
+            msg.joint_names = names
             for row, t in zip(points, times_s, strict=True):
                 pt = JointTrajectoryPoint()
-                pt.positions = [float(x) for x in row[offset:offset + n]]
+                pt.positions = [float(x) for x in row[cols]]
                 sec = math.floor(t)
                 pt.time_from_start.sec = int(sec)
                 pt.time_from_start.nanosec = round((t - sec) * 1e9)
                 msg.points.append(pt)
-            self._pubs[f"traj/{arm.name}"].publish(msg)
-            offset += n
+            self._pubs[f"traj/{arm}"].publish(msg)
 
     # ------------------------------------------------------------------ diagnostics
 

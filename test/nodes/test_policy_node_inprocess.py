@@ -84,7 +84,7 @@ def test_routing_fields_the_file_does_not_set_stay_the_bundles(node: PolicyNode)
     """A bundle exported with top-1 runs top-1 unless the parameter file (or a set) says k."""
     from moe_policy_ros.core.config import RoutingConfig, config_from_params
     from moe_policy_ros.core.runtime import merge_routing
-    from moe_policy_ros.nodes.common import nested_parameters
+    from moe_policy_ros.nodes.params import nested_parameters
 
     bundle_default = RoutingConfig(strategy="topk", k=1, tau=0.7)
     routing = config_from_params(nested_parameters(node)).policy.routing
