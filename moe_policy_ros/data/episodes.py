@@ -24,11 +24,12 @@ Every problem is a :class:`DatasetError` naming the file and the key, joint or v
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,25 +37,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from moe_policy_ros.sim.names import JOINT_NAMES as ALOHA_JOINT_NAMES  # the sim's, no MuJoCo
+
 FORMAT = "aloha-act-hdf5"
 META_FILE = "meta.json"
 EPISODE_RE = re.compile(r"^episode_(\d+)\.hdf5$")
-
-# The project's 14 joints in the order of moe_policy_ros.sim.aloha (kept here so reading a
-# dataset never imports MuJoCo; a test checks they agree).
-ALOHA_JOINT_NAMES: tuple[str, ...] = tuple(
-    f"{side}_{j}"
-    for side in ("left", "right")
-    for j in (
-        "waist",
-        "shoulder",
-        "elbow",
-        "forearm_roll",
-        "wrist_angle",
-        "wrist_rotate",
-        "gripper",
-    )
-)
 
 
 class DatasetError(ValueError):
@@ -392,21 +379,11 @@ class Dataset:
     """
 
     def __init__(
-        self,
-        root: Path,
-        meta: dict[str, Any],
-        paths: list[Path],
-        joint_names: Sequence[str] | None,
-        cameras: Sequence[str] | None,
-        rename: Mapping[str, str] | None,
-        fps: float | None,
+        self, root: Path, meta: dict[str, Any], paths: list[Path], read: Callable[[Path], Episode]
     ) -> None:
         self.root, self.meta = root, meta
         self._paths = paths
-        self._joint_names = None if joint_names is None else tuple(joint_names)
-        self._cameras = None if cameras is None else tuple(cameras)
-        self._rename = dict(rename) if rename else None
-        self._fps = fps
+        self._read = read
 
     @classmethod
     def open(
@@ -428,15 +405,20 @@ class Dataset:
             raise DatasetError(f"{root}: no episode_<n>.hdf5 files")
         if fps is None and "fps" in meta:
             fps = float(meta["fps"])
-        return cls(root, meta, paths, joint_names, cameras, rename, fps)
+        read = functools.partial(
+            read_episode,
+            joint_names=None if joint_names is None else tuple(joint_names),
+            cameras=None if cameras is None else tuple(cameras),
+            rename=dict(rename) if rename else None,
+            fps=fps,
+        )
+        return cls(root, meta, paths, read)
 
     def __len__(self) -> int:
         return len(self._paths)
 
     def __getitem__(self, i: int) -> Episode:
-        return read_episode(
-            self._paths[i], self._joint_names, self._cameras, rename=self._rename, fps=self._fps
-        )
+        return self._read(self._paths[i])
 
     def episode_paths(self) -> list[Path]:
         return list(self._paths)

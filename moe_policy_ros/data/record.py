@@ -40,10 +40,13 @@ from moe_policy_ros.data.episodes import (
     write_episode,
     write_meta,
 )
+from moe_policy_ros.sim.names import TASKS
 
 RECORDER_VERSION = 1
 DEFAULT_STEPS = 400
 DEFAULT_FPS = 50.0
+DEFAULT_RENDER_SIZE = (480, 640)  # (H, W), what the aloha_sim node publishes
+DEFAULT_IMAGE_SIZE = (120, 160)  # (H, W) stored, after resize_to
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -58,7 +61,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, choices=("transfer_cube", "insertion"))
+    p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--episodes", type=int, required=True, help="successful episodes to keep")
     p.add_argument("--seed-start", type=int, default=0, help="first seed tried (default 0)")
     p.add_argument("--out", type=Path, required=True, help="dataset directory")
@@ -73,20 +76,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cameras", default="top", help="comma-separated scene cameras to record (default top)"
     )
-    p.add_argument(
-        "--render-size",
-        type=_size,
-        default=(480, 640),
-        metavar="HxW",
-        help="render size, as the aloha_sim node publishes (default 480x640)",
-    )
-    p.add_argument(
-        "--image-size",
-        type=_size,
-        default=(120, 160),
-        metavar="HxW",
-        help="stored image size after resize_to (default 120x160)",
-    )
+    for flag, default, what in (
+        ("--render-size", DEFAULT_RENDER_SIZE, "render size, as the aloha_sim node publishes"),
+        ("--image-size", DEFAULT_IMAGE_SIZE, "stored image size after resize_to"),
+    ):
+        h, w = default
+        p.add_argument(
+            flag, type=_size, default=default, metavar="HxW", help=f"{what} (default {h}x{w})"
+        )
     p.add_argument(
         "--max-seeds",
         type=int,
@@ -107,8 +104,8 @@ class RecordConfig:
     steps: int = DEFAULT_STEPS
     fps: float = DEFAULT_FPS
     cameras: tuple[str, ...] = ("top",)
-    render_size: tuple[int, int] = (480, 640)
-    image_size: tuple[int, int] = (120, 160)
+    render_size: tuple[int, int] = DEFAULT_RENDER_SIZE
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     keep_failed: bool = False
 
     def identity(self) -> dict[str, Any]:
@@ -279,7 +276,7 @@ def record_dataset(
 
     def meta() -> dict[str, Any]:
         n_tried = len(kept) + len(dropped)
-        n_ok = n_tried - len(dropped) - len(failed_kept)
+        n_ok = len(kept) - len(failed_kept)
         return {
             **ident,
             "format": FORMAT,

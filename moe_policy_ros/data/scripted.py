@@ -34,17 +34,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe_policy_ros.sim.aloha import (
+    ARM_COLUMNS,
     ARM_JOINTS,
+    GRIPPER_COLUMNS,
     JOINT_NAMES,
+    OBJECT_JOINTS,
     SIDES,
-    START_ARM_QPOS,
     START_FINGER_POS,
     TASKS,
     assets_dir,
     finger_to_gripper,
     gripper_to_finger,
+    joint_actuator,
+    joint_id,
     mujoco,
-    sample_object_qpos,
+    set_start_state,
 )
 
 CONTROL_HZ = 50.0
@@ -52,10 +56,6 @@ TOOL_OFFSET_M = 0.12  # gripper_link origin -> middle of the finger pads (tips a
 _EE_XML = {
     "transfer_cube": "bimanual_viperx_end_effector_transfer_cube.xml",
     "insertion": "bimanual_viperx_end_effector_insertion.xml",
-}
-_OBJECT_JOINTS = {
-    "transfer_cube": ("red_box_joint",),
-    "insertion": ("red_peg_joint", "blue_socket_joint"),
 }
 
 # --------------------------------------------------------------------------- rotations
@@ -178,6 +178,24 @@ class Script:
 OPEN, CLOSED = 1.0, 0.0
 
 
+def _pick(
+    start: tuple[np.ndarray, np.ndarray],
+    grasp: np.ndarray,
+    quat: np.ndarray,
+    lift_t_s: float,
+    lift: np.ndarray,
+) -> tuple[Waypoint, ...]:
+    """The first moves of every pick: from ``start`` to 10 cm above ``grasp`` (1.6 s), down
+    (2.4 s), close (2.8 s), up by ``lift`` (at ``lift_t_s``)."""
+    return (
+        waypoint(0.0, start[0], start[1], OPEN),
+        waypoint(1.6, grasp + _v(0, 0, 0.10), quat, OPEN),
+        waypoint(2.4, grasp, quat, OPEN),
+        waypoint(2.8, grasp, quat, CLOSED),
+        waypoint(lift_t_s, grasp + lift, quat, CLOSED),
+    )
+
+
 # resting heights of the objects' centres on the table (m): the seeded poses start 5 cm up
 CUBE_HALF_M = 0.02
 PEG_HALF_M = 0.01
@@ -209,13 +227,8 @@ def transfer_cube_script(
     r_hold = meet + np.array([k["right_dx"], 0.0, 0.0])
     l_take = meet + np.array([k["left_dx"], 0.0, k["left_dz"]])
     ls, lq = start["left"]
-    rs, rq = start["right"]
     right = (
-        waypoint(0.0, rs, rq, OPEN),
-        waypoint(1.6, grasp + _v(0, 0, 0.10), q_rpick, OPEN),
-        waypoint(2.4, grasp, q_rpick, OPEN),
-        waypoint(2.8, grasp, q_rpick, CLOSED),
-        waypoint(3.0, grasp + _v(0, 0, 0.04), q_rpick, CLOSED),
+        *_pick(start["right"], grasp, q_rpick, 3.0, _v(0, 0, 0.04)),
         waypoint(4.2, r_hold, q_rmeet, CLOSED),
         waypoint(5.9, r_hold, q_rmeet, CLOSED),
         waypoint(6.3, r_hold, q_rmeet, OPEN),
@@ -284,26 +297,16 @@ def insertion_script(
     # peg centre on the line, its -x end ``depth`` inside the opening
     r_in = line + np.array([PEG_HALF_LEN_M - k["depth"], 0.0, 0.0]) - peg_in_hand
     r_ready = r_in + np.array([0.05 + k["depth"], 0.0, 0.0])
-    ls, lq = start["left"]
-    rs, rq = start["right"]
-    up = np.array([0.0, 0.0, 0.10])
+    lift = _v(0, 0, 0.06)
     right = (
-        waypoint(0.0, rs, rq, OPEN),
-        waypoint(1.6, peg_grasp + up, q_r, OPEN),
-        waypoint(2.4, peg_grasp, q_r, OPEN),
-        waypoint(2.8, peg_grasp, q_r, CLOSED),
-        waypoint(3.2, peg_grasp + up * 0.6, q_r, CLOSED),
+        *_pick(start["right"], peg_grasp, q_r, 3.2, lift),
         waypoint(4.6, r_ready, q_r, CLOSED),
         waypoint(5.2, r_ready, q_r, CLOSED),
         waypoint(6.6, r_in, q_r, CLOSED),
         waypoint(8.0, r_in, q_r, CLOSED),
     )
     left = (
-        waypoint(0.0, ls, lq, OPEN),
-        waypoint(1.6, sock_grasp + up, q_l, OPEN),
-        waypoint(2.4, sock_grasp, q_l, OPEN),
-        waypoint(2.8, sock_grasp, q_l, CLOSED),
-        waypoint(3.2, sock_grasp + up * 0.6, q_l, CLOSED),
+        *_pick(start["left"], sock_grasp, q_l, 3.2, lift),
         waypoint(4.6, l_meet, q_l, CLOSED),
         waypoint(8.0, l_meet, q_l, CLOSED),
     )
@@ -333,22 +336,16 @@ class EndEffectorSim:
         path = assets_dir() / _EE_XML[task]
         self.model = m = mujoco.MjModel.from_xml_path(str(path))
         self.data = mujoco.MjData(m)
+        where = path.name
 
-        def joint(name: str) -> int:
-            jid = int(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, name))
-            if jid < 0:
-                raise RuntimeError(f"{path.name}: no joint named {name!r}")
-            return jid
-
-        self._arm_qadr = np.array(
-            [m.jnt_qposadr[joint(f"vx300s_{s}/{j}")] for s in SIDES for j in ARM_JOINTS]
-        )
-        self._lf_qadr = np.array([m.jnt_qposadr[joint(f"vx300s_{s}/left_finger")] for s in SIDES])
-        self._rf_qadr = np.array([m.jnt_qposadr[joint(f"vx300s_{s}/right_finger")] for s in SIDES])
-        fingers = {int(m.actuator_trnid[a, 0]): a for a in range(m.nu)}
-        self._lf_act = np.array([fingers[joint(f"vx300s_{s}/left_finger")] for s in SIDES])
-        self._rf_act = np.array([fingers[joint(f"vx300s_{s}/right_finger")] for s in SIDES])
-        self._obj_qadr = [int(m.jnt_qposadr[joint(n)]) for n in _OBJECT_JOINTS[task]]
+        arm = [joint_id(m, f"vx300s_{s}/{j}", where) for s in SIDES for j in ARM_JOINTS]
+        self._arm_qadr = m.jnt_qposadr[arm]
+        lf = [joint_id(m, f"vx300s_{s}/left_finger", where) for s in SIDES]
+        rf = [joint_id(m, f"vx300s_{s}/right_finger", where) for s in SIDES]
+        self._lf_qadr, self._rf_qadr = m.jnt_qposadr[lf], m.jnt_qposadr[rf]
+        self._lf_act = np.array([joint_actuator(m, j, where) for j in lf])
+        self._rf_act = np.array([joint_actuator(m, j, where) for j in rf])
+        self._obj_qadr = [int(m.jnt_qposadr[joint_id(m, n, where)]) for n in OBJECT_JOINTS[task]]
         self._gripper_body = {
             s: int(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, f"vx300s_{s}/gripper_link"))
             for s in SIDES
@@ -369,8 +366,7 @@ class EndEffectorSim:
                 m.eq_data[e, 6:10] = (1.0, 0.0, 0.0, 0.0)
                 m.eq_solimp[e, :3] = (0.95, 0.99, 0.001)
                 m.eq_solref[e, :2] = (0.004, 1.0)
-        arm_dofs = [m.jnt_dofadr[joint(f"vx300s_{s}/{j}")] for s in SIDES for j in ARM_JOINTS]
-        m.dof_frictionloss[arm_dofs] = 0.0
+        m.dof_frictionloss[m.jnt_dofadr[arm]] = 0.0
         for s in SIDES:
             root = int(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, f"vx300s_{s}"))
             for b in range(m.nbody):
@@ -385,15 +381,16 @@ class EndEffectorSim:
         return False
 
     def reset(self, seed: int | None) -> None:
-        m, d = self.model, self.data
-        mujoco.mj_resetData(m, d)
-        d.qpos[self._arm_qadr] = np.tile(START_ARM_QPOS, 2)
-        d.qpos[self._lf_qadr] = START_FINGER_POS
-        d.qpos[self._rf_qadr] = -START_FINGER_POS
-        obj = sample_object_qpos(self.task, seed)
-        for k, adr in enumerate(self._obj_qadr):
-            d.qpos[adr : adr + 7] = obj[7 * k : 7 * k + 7]
-        mujoco.mj_forward(m, d)
+        d = self.data
+        set_start_state(
+            self.model,
+            d,
+            self.task,
+            seed,
+            self._arm_qadr,
+            (self._lf_qadr, self._rf_qadr),
+            self._obj_qadr,
+        )
         for s in SIDES:
             b = self._gripper_body[s]
             d.mocap_pos[self._mocap[s]] = d.xpos[b]
@@ -476,7 +473,7 @@ def plan(
     scale = min(1.0, steps / fps / duration) if duration > 0 else 1.0
     actions = np.empty((steps, len(JOINT_NAMES)))
     phase = np.empty(steps, dtype=np.int16)
-    arm_cols = np.array([i for s in range(2) for i in range(7 * s, 7 * s + 6)])
+    arm_cols, grip_cols = np.array(ARM_COLUMNS), np.array(GRIPPER_COLUMNS)
     for t in range(steps):
         ts = (t + 1) / fps / scale  # the pose the arms should reach at the end of step t
         grip = np.empty(2)
@@ -487,5 +484,5 @@ def plan(
         phase[t] = script.phase_at(t / fps / scale)
         ee.step(n_sub)
         actions[t, arm_cols] = ee.arm_positions()
-        actions[t, [6, 13]] = grip
+        actions[t, grip_cols] = grip
     return Plan(task, seed, actions, phase, script.phase_names, fps)

@@ -83,8 +83,6 @@ _RELIABLE_10 = COMMAND_SUB_QOS
 _IMAGE_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE
 )
-_LATCHED = LATCHED_QOS
-_ns_to_stamp = ns_to_stamp
 
 
 def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
@@ -162,7 +160,7 @@ class AlohaSimNode(Node):
         self._img_pubs = {
             c.name: self.create_publisher(Image, c.topic, _IMAGE_QOS) for c in self._cameras
         }
-        self._success_pub = self.create_publisher(Bool, "~/success", _LATCHED)
+        self._success_pub = self.create_publisher(Bool, "~/success", LATCHED_QOS)
         self._clock_pub = (
             self.create_publisher(ClockMsg, "/clock", _RELIABLE_10)
             if self._publish_clock
@@ -383,8 +381,9 @@ class AlohaSimNode(Node):
         self._paced_rtf = self._rtf
         self._lag_warned_ns = 0
         self._target_buf = self._sim.targets  # reused every tick (arm joints overwritten)
-        loop = PeriodicLoop(self._tick_rate_hz(self._rtf), MonotonicClock(), late="catch_up",
-                            max_lag_s=_MAX_LAG_S)
+        loop = PeriodicLoop(
+            self._tick_rate_hz(self._rtf), MonotonicClock(), late="catch_up", max_lag_s=_MAX_LAG_S
+        )
 
         def tick(_step: int, _now: int) -> None:
             self._physics_tick(renderers)
@@ -425,7 +424,7 @@ class AlohaSimNode(Node):
             sim.step(1)
             self._sim_ns += self._dt_ns
         now_sim = self._sim_ns
-        stamp = _ns_to_stamp(self.stamp_ns())
+        stamp = ns_to_stamp(self.stamp_ns())
 
         if self._clock_pub is not None:
             clk = ClockMsg()

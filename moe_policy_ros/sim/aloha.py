@@ -44,6 +44,16 @@ from typing import Literal
 
 import numpy as np
 
+from moe_policy_ros.sim.names import (
+    ARM_COLUMNS,
+    ARM_JOINT_NAMES,  # noqa: F401  (re-exported: the node's arms)
+    ARM_JOINTS,
+    GRIPPER_COLUMNS,
+    JOINT_NAMES,
+    SIDES,
+    TASKS,
+)
+
 _log = logging.getLogger(__name__)
 
 
@@ -92,16 +102,6 @@ GL_BACKEND = select_gl_backend()
 import mujoco  # noqa: E402  (the GL backend must be chosen first)
 
 TaskName = Literal["transfer_cube", "insertion"]
-TASKS: tuple[str, ...] = ("transfer_cube", "insertion")
-
-ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
-SIDES = ("left", "right")
-JOINT_NAMES: tuple[str, ...] = tuple(
-    f"{side}_{j}" for side in SIDES for j in (*ARM_JOINTS, "gripper")
-)
-ARM_JOINT_NAMES: dict[str, tuple[str, ...]] = {
-    f"{side}_arm": tuple(f"{side}_{j}" for j in (*ARM_JOINTS, "gripper")) for side in SIDES
-}
 
 # gym-aloha constants.py: START_ARM_POSE (per arm: 6 joints, left finger, right finger)
 START_ARM_QPOS = (0.0, -0.96, 1.16, 0.0, -0.3, 0.0)
@@ -116,7 +116,7 @@ _XML = {
     "insertion": "bimanual_viperx_insertion.xml",
 }
 # free joints of the task objects, in qpos order of the sampled poses
-_OBJECT_JOINTS = {
+OBJECT_JOINTS = {
     "transfer_cube": ("red_box_joint",),
     "insertion": ("red_peg_joint", "blue_socket_joint"),
 }
@@ -130,6 +130,48 @@ def gripper_to_finger(g: float | np.ndarray) -> float | np.ndarray:
 def finger_to_gripper(x: float | np.ndarray) -> float | np.ndarray:
     """Left finger position (m) -> normalised gripper (0 closed .. 1 open)."""
     return (x - GRIPPER_POSITION_CLOSE) / _GRIPPER_SPAN
+
+
+def joint_id(model: mujoco.MjModel, name: str, where: str) -> int:
+    """Id of the joint ``name`` in ``model``; ``where`` (the scene file) names it when missing."""
+    jid = int(mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name))
+    if jid < 0:
+        raise RuntimeError(f"{where}: no joint named {name!r}")
+    return jid
+
+
+def joint_actuator(model: mujoco.MjModel, jid: int, where: str) -> int:
+    """The one actuator acting on joint ``jid`` (found through its transmission, not by index)."""
+    hits = [
+        a
+        for a in range(model.nu)
+        if model.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT
+        and model.actuator_trnid[a, 0] == jid
+    ]
+    if len(hits) != 1:
+        raise RuntimeError(f"{where}: joint {model.joint(jid).name!r} has {hits} actuators")
+    return hits[0]
+
+
+def set_start_state(
+    model: mujoco.MjModel,
+    data: mujoco.MjData,
+    task: str,
+    seed: int | None,
+    arm_qadr: np.ndarray,
+    finger_qadr: tuple[np.ndarray, np.ndarray],
+    obj_qadr: list[int],
+) -> None:
+    """gym-aloha's start pose for both arms (``arm_qadr`` left then right, ``finger_qadr`` the
+    left and right fingers of both grippers) and the object poses sampled from ``seed``."""
+    mujoco.mj_resetData(model, data)
+    data.qpos[arm_qadr] = np.tile(START_ARM_QPOS, 2)
+    data.qpos[finger_qadr[0]] = START_FINGER_POS
+    data.qpos[finger_qadr[1]] = -START_FINGER_POS
+    obj = sample_object_qpos(task, seed)
+    for k, adr in enumerate(obj_qadr):
+        data.qpos[adr : adr + 7] = obj[7 * k : 7 * k + 7]
+    mujoco.mj_forward(model, data)
 
 
 def assets_dir() -> Path:
@@ -170,53 +212,32 @@ class AlohaSim:
         path = assets_dir() / _XML[task]
         self.model = mujoco.MjModel.from_xml_path(str(path))
         self.data = mujoco.MjData(self.model)
-        m = self.model
-
-        def joint_id(name: str) -> int:
-            jid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, name)
-            if jid < 0:
-                raise RuntimeError(f"{path.name}: no joint named {name!r}")
-            return int(jid)
-
-        def actuator_of(jid: int) -> int:
-            hits = [
-                a
-                for a in range(m.nu)
-                if m.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT
-                and m.actuator_trnid[a, 0] == jid
-            ]
-            if len(hits) != 1:
-                raise RuntimeError(
-                    f"{path.name}: joint {m.joint(jid).name!r} has {hits} actuators"
-                )
-            return hits[0]
+        m, where = self.model, path.name
 
         arm_q, arm_v, arm_a = [], [], []
         lf_q, lf_v, lf_a, rf_q, rf_a = [], [], [], [], []
         for side in SIDES:
             for j in ARM_JOINTS:
-                jid = joint_id(f"vx300s_{side}/{j}")
+                jid = joint_id(m, f"vx300s_{side}/{j}", where)
                 arm_q.append(m.jnt_qposadr[jid])
                 arm_v.append(m.jnt_dofadr[jid])
-                arm_a.append(actuator_of(jid))
-            lf, rf = (
-                joint_id(f"vx300s_{side}/left_finger"),
-                joint_id(f"vx300s_{side}/right_finger"),
-            )
+                arm_a.append(joint_actuator(m, jid, where))
+            lf = joint_id(m, f"vx300s_{side}/left_finger", where)
+            rf = joint_id(m, f"vx300s_{side}/right_finger", where)
             lf_q.append(m.jnt_qposadr[lf])
             lf_v.append(m.jnt_dofadr[lf])
-            lf_a.append(actuator_of(lf))
+            lf_a.append(joint_actuator(m, lf, where))
             rf_q.append(m.jnt_qposadr[rf])
-            rf_a.append(actuator_of(rf))
+            rf_a.append(joint_actuator(m, rf, where))
         # index arrays into our 14-vector: arm joints and grippers
-        self._arm_idx = np.array([i for s in range(2) for i in range(7 * s, 7 * s + 6)])
-        self._grip_idx = np.array([6, 13])
+        self._arm_idx = np.array(ARM_COLUMNS)
+        self._grip_idx = np.array(GRIPPER_COLUMNS)
         self._arm_qadr, self._arm_vadr = np.array(arm_q), np.array(arm_v)
         self._arm_act = np.array(arm_a)
         self._lf_qadr, self._lf_vadr = np.array(lf_q), np.array(lf_v)
         self._rf_qadr = np.array(rf_q)
         self._lf_act, self._rf_act = np.array(lf_a), np.array(rf_a)
-        self._obj_qadr = [int(m.jnt_qposadr[joint_id(n)]) for n in _OBJECT_JOINTS[task]]
+        self._obj_qadr = [int(m.jnt_qposadr[joint_id(m, n, where)]) for n in OBJECT_JOINTS[task]]
         self._geom = {
             n: int(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, n))
             for n in (
@@ -270,17 +291,16 @@ class AlohaSim:
 
     def reset(self, seed: int | None = None) -> None:
         """Start pose for both arms, object poses sampled from ``seed`` (None: random)."""
-        m, d = self.model, self.data
         self.seed = seed
-        mujoco.mj_resetData(m, d)
-        for s in range(2):
-            d.qpos[self._arm_qadr[6 * s : 6 * s + 6]] = START_ARM_QPOS
-        d.qpos[self._lf_qadr] = START_FINGER_POS
-        d.qpos[self._rf_qadr] = -START_FINGER_POS
-        obj = sample_object_qpos(self.task, seed)
-        for k, adr in enumerate(self._obj_qadr):
-            d.qpos[adr : adr + 7] = obj[7 * k : 7 * k + 7]
-        mujoco.mj_forward(m, d)
+        set_start_state(
+            self.model,
+            self.data,
+            self.task,
+            seed,
+            self._arm_qadr,
+            (self._lf_qadr, self._rf_qadr),
+            self._obj_qadr,
+        )
         self._right_touched = False
         self.set_targets(self.joint_positions())
 
