@@ -193,10 +193,8 @@ def rewrite_params(
         if not values:
             continue
         fqn = node_fqn(spec.name, namespace)
-        section = out.pop(fqn, None) or {"ros__parameters": {}}
-        section = copy.deepcopy(section)
-        section.setdefault("ros__parameters", {})
-        if section["ros__parameters"] is None:
+        section = out.pop(fqn, None) or {}  # out is a deep copy already
+        if section.get("ros__parameters") is None:
             section["ros__parameters"] = {}
         _merge(section["ros__parameters"], _nested(values))
         out[fqn] = section  # last: it wins over every other section for this node

@@ -176,7 +176,6 @@ class _ClosedLoop:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
     # ------------------------------------------------------------------ episodes
 
     def run(self, seed: int) -> EpisodeResult:
@@ -308,6 +307,7 @@ class InProcessRunner(_ClosedLoop):
         self._usage[dec.active] += 1
         res.switches += int(dec.state.switched)
         return self.timeline.expand(out.actions, q)
+
 
 class ReplayRunner(_ClosedLoop):
     """Recorded commands instead of a policy: episode ``seed``'s actions, chunked as a policy

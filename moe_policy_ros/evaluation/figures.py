@@ -97,11 +97,7 @@ def results_table(evals: Sequence[dict[str, Any]]) -> str:
 def plot_success_vs_experts(evals: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Success (with 95% Wilson bars) against mean active experts; see the module docstring.
     Runs without router statistics (a replay) are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     runs = [d for d in evals if d["summary"].get("mean_active_experts") is not None]
     if not runs:
         raise ValueError("no run with router statistics (mean active experts) to plot")
@@ -129,12 +125,7 @@ def plot_success_vs_experts(evals: Sequence[dict[str, Any]], path: str | Path) -
     ax.set_title("Success against compute (* = the bundle's default routing)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_expert_phases(
@@ -148,11 +139,7 @@ def plot_expert_phases(
     title: str = "",
 ) -> Path:
     """Phases as bands, the dominant expert as a line and the active set as dots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.5))
     phases = episode.phase_full or episode.phase
     steps_full = range(len(phases)) if episode.phase_full else episode.steps
@@ -181,6 +168,23 @@ def plot_expert_phases(
         head += f": NMI(dominant expert, phase) = {nmi:.2f}"
     ax.set_title(head)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; the path written."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from moe_policy_ros.core.backends import KINDS, BackendUnavailable
 from moe_policy_ros.core.bundle import BundleError, load_bundle
 from moe_policy_ros.core.config import RoutingConfig
 from moe_policy_ros.core.runtime import MoEPolicy, ObservationError, synthetic_observation
-from moe_policy_ros.tools import module_main
+from moe_policy_ros.tools import add_routing_arguments, module_main, routing_overrides
 
 MIN_RUNS = 200
 STAGES = ("preprocess", "encoder", "routing", "experts", "total")
@@ -50,15 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle directory (holds policy.yaml)")
     parser.add_argument("--backend", choices=KINDS, default="auto", help="inference backend")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--routing",
-        choices=("dense", "topk", "mass", "sticky"),
-        default=None,
-        help="routing strategy (default: the bundle's)",
-    )
-    parser.add_argument("--k", type=int, default=None, help="top-k / sticky k")
-    parser.add_argument("--tau", type=float, default=None, help="gate-mass threshold")
-    parser.add_argument("--mass", choices=("linear", "quadratic"), default=None)
+    add_routing_arguments(parser, mass=True)
     parser.add_argument("--runs", type=_runs, default=MIN_RUNS, help=f">= {MIN_RUNS}")
     parser.add_argument("--warmup", type=int, default=20, help="untimed chunks first")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: auto)")
@@ -99,17 +91,6 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def _routing(args: argparse.Namespace) -> RoutingConfig | None:
-    fields: dict[str, Any] = {}
-    if args.routing:
-        fields["strategy"] = args.routing
-    for name in ("k", "tau", "mass"):
-        value = getattr(args, name)
-        if value is not None:
-            fields[name] = value
-    return RoutingConfig(**fields) if fields else None
-
-
 def _stats(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
     return {
@@ -126,7 +107,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     bundle = load_bundle(args.bundle, expected_sha256=args.sha256)
     backend = build_backend(args.backend, args.device, intra_op_threads=args.threads,
                             fp16=args.fp16, checkpoint=args.checkpoint)
-    policy = MoEPolicy(bundle, backend, _routing(args), seed=args.seed)
+    overrides = routing_overrides(args)
+    routing = RoutingConfig(**overrides) if overrides else None
+    policy = MoEPolicy(bundle, backend, routing, seed=args.seed)
     policy.warmup(args.warmup)
     pool = [synthetic_observation(bundle.manifest, seed=args.seed + i) for i in range(OBS_POOL)]
     samples: dict[str, list[float]] = {s: [] for s in STAGES}

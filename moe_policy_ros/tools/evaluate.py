@@ -30,6 +30,7 @@ from moe_policy_ros.rollout import (
     resolve_bundle,
     summarize,
 )
+from moe_policy_ros.tools import add_routing_arguments, routing_overrides
 
 TASKS = ("transfer_cube", "insertion")
 
@@ -64,10 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(episodes by seed) through the same control path")
     parser.add_argument("--replay-chunk", type=int, default=25,
                         help="chunk length of the replay (control steps)")
-    parser.add_argument("--routing", choices=("dense", "topk", "mass", "sticky"), default=None,
-                        help="routing strategy (default: the bundle's)")
-    parser.add_argument("--k", type=int, default=None, help="top-k / sticky k")
-    parser.add_argument("--tau", type=float, default=None, help="gate-mass threshold")
+    add_routing_arguments(parser)
     parser.add_argument("--max-steps", type=int, default=DEFAULT_EPISODE_STEPS,
                         help="control steps per episode (50 Hz)")
     parser.add_argument("--render-size", type=_size, default=DEFAULT_RENDER_SIZE,
@@ -84,13 +82,7 @@ def make_runner(args: argparse.Namespace, bundle: Path, params: Path) -> Episode
     from moe_policy_ros.core.config import RoutingConfig, load_config
 
     cfg = load_config(params)
-    overrides: dict[str, Any] = {}
-    if args.routing:
-        overrides["strategy"] = args.routing
-    if args.k is not None:
-        overrides["k"] = args.k
-    if args.tau is not None:
-        overrides["tau"] = args.tau
+    overrides = routing_overrides(args)
     # In-process routing as the policy node gets it: the policy.routing fields the file sets
     # override the bundle's routing (an empty strategy keeps the bundle's; unset fields are
     # the bundle's, see nodes/params.py and core.runtime.merge_routing); then the overrides.
