@@ -32,6 +32,7 @@ if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_a
     pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
 
 from ros_helpers import (
+    DEMO_BUNDLE,
     REPO,
     RosClient,
     UpProcess,
@@ -50,7 +51,7 @@ pytestmark = [pytest.mark.sim, pytest.mark.ros, pytest.mark.slow]
 
 SIM_CFG = REPO / "config" / "sim_dual_arm.yaml"
 CFG = load_config(SIM_CFG)
-BUNDLE = REPO / "models" / "demo_adamoe"
+BUNDLE = DEMO_BUNDLE
 STOP_WITHIN_S = 8.0  # `up` deactivates the policy, then SIGINT/SIGTERM/SIGKILL per 5 s
 
 
