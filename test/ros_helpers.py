@@ -9,11 +9,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,20 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 8.0) -> int | N
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
     return proc.returncode
+
+
+def ros_client_fixture(name: str) -> Any:
+    """A module-scoped fixture yielding a :class:`RosClient` named ``name`` (skipped without
+    rclpy); assign it in a test module: ``client = ros_client_fixture("my_test")``."""
+
+    @pytest.fixture(scope="module")
+    def client() -> Iterator[RosClient]:
+        pytest.importorskip("rclpy")
+        c = RosClient(name)
+        yield c
+        c.close()
+
+    return client
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
@@ -265,6 +280,19 @@ class FakeRobot:
 # --------------------------------------------------------------------------- policy node
 
 POLICY_NODE = "/moe_policy"
+POLICY_MODULE = "moe_policy_ros.nodes.policy_node"
+DEMO_BUNDLE = REPO / "models" / "demo_adamoe"
+
+
+def policy_node(
+    params: Path, log_path: Path, autostart: bool = True
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """The policy node executable on ``params`` (configured and activated when
+    ``autostart``), as :func:`node_process`."""
+    args = ["--params-file", str(params)]
+    if autostart:
+        args += ["-p", "autostart:=true"]
+    return node_process(POLICY_MODULE, args, log_path)
 
 
 def bundle_home(bundle: Path, joint_names: Sequence[str]) -> np.ndarray:
@@ -348,3 +376,49 @@ def up_params_file(log: str) -> str:
         if line.startswith(marker):
             return line[len(marker):].strip()
     return ""
+
+
+def pids_with(marker: str) -> list[int]:
+    """PIDs of processes whose command line contains ``marker`` (not this one)."""
+    assert marker, "no marker: `up` has not printed its parameter file"
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+class UpProcess:
+    """``python -m moe_policy_ros.cli up ARGS`` in its own session, logged to ``log_path``;
+    :meth:`close` leaves none of its processes behind (only this run's own)."""
+
+    def __init__(self, args: Sequence[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moe_policy_ros.cli", "up", *args],
+            env=node_env(), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def marker(self) -> str:
+        """The parameter file ``up`` wrote for its nodes (printed before any node starts)."""
+        return up_params_file(self.log())
+
+    def children(self) -> list[int]:
+        """PIDs of the nodes ``up`` started ([] before it printed its parameter file)."""
+        marker = self.marker
+        return [p for p in pids_with(marker) if p != self.proc.pid] if marker else []
+
+    def close(self) -> None:
+        marker = self.marker
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        for pid in pids_with(marker) if marker else []:  # listed once `up` can start no more
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()

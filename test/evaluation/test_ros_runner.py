@@ -12,13 +12,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from ros_helpers import REPO, node_env
 
 pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
+
+if TYPE_CHECKING:
+    from moe_policy_ros.evaluation.ros_runner import RosEpisodeRunner
+    from moe_policy_ros.tools.up import NodeProcess
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
@@ -72,9 +78,12 @@ def test_evaluate_ros2_one_short_episode_with_a_routing_override(tmp_path: Path)
     assert s["control_jitter_ms_p99"] == ep["node_stats"]["jitter_ms_p99"]
 
 
-def test_a_node_that_dies_fails_its_episode_and_the_next_runs(
+@pytest.fixture
+def runner(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+) -> Iterator[RosEpisodeRunner]:
+    """A RosEpisodeRunner (transfer_cube, demo_smp, 400 steps / 60 s per episode) on
+    :func:`relaxed_params`, its nodes started with this checkout's environment."""
     for key, value in node_env().items():
         monkeypatch.setenv(key, value)
     from moe_policy_ros.evaluation.ros_runner import RosEpisodeRunner
@@ -83,68 +92,71 @@ def test_a_node_that_dies_fails_its_episode_and_the_next_runs(
     params = relaxed_params(tmp_path)
     bundle = resolve_bundle("models/demo_smp", default_params_file())
     settings = LoopSettings(max_steps=400, episode_timeout_s=60.0)
-    with RosEpisodeRunner("transfer_cube", params, bundle, settings=settings) as runner:
-        sim = next(c for c in runner.children if c.spec.name == "aloha_sim")
-        # Kill the sim 3 s into the episode (well inside its 8 s step budget).
-        threading.Timer(3.0, lambda: os.killpg(sim.proc.pid, signal.SIGKILL)).start()
-        dead = runner.run(1000)
-        assert not dead.success
-        assert "aloha_sim exited" in dead.error or "stopped publishing" in dead.error, dead.error
-        # The next episode runs on a restarted graph. The untrained bundle cannot do the task,
-        # so a test node reports success on /aloha_sim/success 1.5 s into it (beside the
-        # sim's own False): the runner must count it, note the step and stop the episode.
-        from std_msgs.msg import Bool
+    with RosEpisodeRunner("transfer_cube", params, bundle, settings=settings) as r:
+        yield r
 
-        from moe_policy_ros.session import LATCHED_QOS, RosSession
 
-        reporter = RosSession("success_reporter")
-        pub = reporter.node.create_publisher(Bool, "/aloha_sim/success", LATCHED_QOS)
-        reporter.spin_in_background()
+def _sim(runner: RosEpisodeRunner) -> NodeProcess:
+    """The runner's aloha_sim child."""
+    return next(c for c in runner.children if c.spec.name == "aloha_sim")
 
-        def report_when_engaged() -> None:
-            deadline = time.monotonic() + 60.0
-            while time.monotonic() < deadline:
-                if runner.episode_count == 2 and "t=" in runner.status_lines()[0]:
-                    break  # the second episode is under autonomy
-                time.sleep(0.02)
-            time.sleep(1.5)
-            pub.publish(Bool(data=True))
 
-        t = threading.Thread(target=report_when_engaged, daemon=True)
-        t.start()
-        try:
-            again = runner.run(1001)
-        finally:
-            t.join(timeout=10)
-            reporter.close()
-        assert again.error == "", again.error
-        assert again.success and again.success_step is not None
-        assert 0 < again.success_step < 400 and again.steps == again.success_step + 1
-        assert again.chunks >= 1
+def test_a_node_that_dies_fails_its_episode_and_the_next_runs(
+    runner: RosEpisodeRunner,
+) -> None:
+    sim = _sim(runner)
+    # Kill the sim 3 s into the episode (well inside its 8 s step budget).
+    threading.Timer(3.0, lambda: os.killpg(sim.proc.pid, signal.SIGKILL)).start()
+    dead = runner.run(1000)
+    assert not dead.success
+    assert "aloha_sim exited" in dead.error or "stopped publishing" in dead.error, dead.error
+    # The next episode runs on a restarted graph. The untrained bundle cannot do the task,
+    # so a test node reports success on /aloha_sim/success 1.5 s into it (beside the
+    # sim's own False): the runner must count it, note the step and stop the episode.
+    from std_msgs.msg import Bool
+
+    from moe_policy_ros.session import LATCHED_QOS, RosSession
+
+    reporter = RosSession("success_reporter")
+    pub = reporter.node.create_publisher(Bool, "/aloha_sim/success", LATCHED_QOS)
+    reporter.spin_in_background()
+
+    def report_when_engaged() -> None:
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            if runner.episode_count == 2 and "t=" in runner.status_lines()[0]:
+                break  # the second episode is under autonomy
+            time.sleep(0.02)
+        time.sleep(1.5)
+        pub.publish(Bool(data=True))
+
+    t = threading.Thread(target=report_when_engaged, daemon=True)
+    t.start()
+    try:
+        again = runner.run(1001)
+    finally:
+        t.join(timeout=10)
+        reporter.close()
+    assert again.error == "", again.error
+    assert again.success and again.success_step is not None
+    assert 0 < again.success_step < 400 and again.steps == again.success_step + 1
+    assert again.chunks >= 1
 
 
 def test_a_sim_that_stops_publishing_fails_its_episode_and_is_restarted(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    runner: RosEpisodeRunner,
 ) -> None:
-    for key, value in node_env().items():
-        monkeypatch.setenv(key, value)
-    from moe_policy_ros.evaluation.ros_runner import RosEpisodeRunner
-    from moe_policy_ros.rollout import LoopSettings, default_params_file, resolve_bundle
+    from moe_policy_ros.rollout import LoopSettings
 
-    params = relaxed_params(tmp_path)
-    bundle = resolve_bundle("models/demo_smp", default_params_file())
-    settings = LoopSettings(max_steps=400, episode_timeout_s=60.0)
-    with RosEpisodeRunner("transfer_cube", params, bundle, settings=settings) as runner:
-        sim = next(c for c in runner.children if c.spec.name == "aloha_sim")
-        frozen = sim.proc
-        # Freeze (not kill) the sim 3 s into the episode: alive, silent.
-        threading.Timer(3.0, lambda: os.killpg(frozen.pid, signal.SIGSTOP)).start()
-        res = runner.run(1000)
-        assert not res.success
-        assert "aloha_sim stopped publishing joint_states" in res.error, res.error
-        os.killpg(frozen.pid, signal.SIGCONT)  # let the restart stop it quickly
-        runner.settings = LoopSettings(max_steps=20, episode_timeout_s=60.0)
-        again = runner.run(1001)
-        assert again.error == "", again.error
-        assert frozen.poll() is not None  # the frozen process was replaced
-        assert again.steps == 20 and again.chunks >= 1
+    frozen = _sim(runner).proc
+    # Freeze (not kill) the sim 3 s into the episode: alive, silent.
+    threading.Timer(3.0, lambda: os.killpg(frozen.pid, signal.SIGSTOP)).start()
+    res = runner.run(1000)
+    assert not res.success
+    assert "aloha_sim stopped publishing joint_states" in res.error, res.error
+    os.killpg(frozen.pid, signal.SIGCONT)  # let the restart stop it quickly
+    runner.settings = LoopSettings(max_steps=20, episode_timeout_s=60.0)
+    again = runner.run(1001)
+    assert again.error == "", again.error
+    assert frozen.poll() is not None  # the frozen process was replaced
+    assert again.steps == 20 and again.chunks >= 1

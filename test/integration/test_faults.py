@@ -30,6 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -42,6 +43,8 @@ import yaml
 pytest.importorskip("rclpy")
 
 from ros_helpers import (
+    DEMO_BUNDLE,
+    POLICY_NODE,
     REPO,
     FakeRobot,
     RosClient,
@@ -49,7 +52,7 @@ from ros_helpers import (
     change_state,
     engage,
     lifecycle_state,
-    node_process,
+    policy_node,
     policy_params,
     wait_for,
 )
@@ -58,7 +61,7 @@ from moe_policy_ros.core.config import load_config
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-BUNDLE = REPO / "models" / "demo_adamoe"
+BUNDLE = DEMO_BUNDLE
 LEFT_ELBOW_INDEX = 2  # within the left arm's 7 commands
 CFG = load_config(REPO / "config" / "dual_arm.yaml")
 NAMES = CFG.robot.joint_names
@@ -75,13 +78,9 @@ STEP_TOL = 1e-6  # rad
 SLACK_S = 0.3  # s of scheduling slack on top of max_age + one control period
 FLOOD_MIN_RATE = 0.7  # x control rate, under a 10x input flood on a loaded 2-core host
 BRAKE_S = 0.3  # s after HOLD by which the braking command has stopped (v/a = 0.2 s)
-NODE = "/moe_policy"
-POLICY_NODE = "moe_policy_ros.nodes.policy_node"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
 
 
 class CommandMonitor:
@@ -196,11 +195,27 @@ def _wait_mode(modes: list[tuple[float, Any]], mode: str, since: float,
     return hits[0]
 
 
+@contextmanager
+def _node_in_hold(rig: Rig, params: Path, log: Path) -> Iterator[tuple[Any, float]]:
+    """A policy node process (autostart) after a monitor cut: (process, start time) once
+    ~/mode reports HOLD."""
+    rig.monitor.cut()
+    t_start = time.monotonic()
+    with policy_node(params, log) as proc:
+        _wait_mode(rig.modes, "HOLD", t_start, 60)
+        yield proc, t_start
+
+
+def _engaged(rig: Rig, since: float) -> float:
+    """engage_autonomy succeeds: arrival time of the first AUTONOMY after ``since``."""
+    assert engage(rig.client) == ""
+    return _wait_mode(rig.modes, "AUTONOMY", since, 5)
+
 
 def _trigger(client: RosClient, name: str) -> Any:
     from std_srvs.srv import Trigger
 
-    return client.call(Trigger, f"{NODE}/{name}", Trigger.Request())
+    return client.call(Trigger, f"{POLICY_NODE}/{name}", Trigger.Request())
 
 
 def _assert_holding_still(mon: CommandMonitor, t_hold: float, what: str,
@@ -232,7 +247,7 @@ def _set_bundle(client: RosClient, path: Path) -> None:
     req = SetParameters.Request()
     req.parameters = [Parameter(name="policy.bundle", value=ParameterValue(
         type=ParameterType.PARAMETER_STRING, string_value=str(path)))]
-    assert client.call(SetParameters, f"{NODE}/set_parameters", req).results[0].successful
+    assert client.call(SetParameters, f"{POLICY_NODE}/set_parameters", req).results[0].successful
 
 
 def _ramp(robot: FakeRobot, target: np.ndarray, speed: float = 0.25) -> None:
@@ -265,7 +280,7 @@ def rig() -> Iterator[Rig]:
 
     client = RosClient("fault_test")
     rig = Rig(client, CommandMonitor(client),
-              client.record(String, f"{NODE}/mode", LATCHED_QOS),
+              client.record(String, f"{POLICY_NODE}/mode", LATCHED_QOS),
               client.record(DiagnosticArray, "/diagnostics", 50))
     yield rig
     client.close()
@@ -361,12 +376,8 @@ def node(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedN
     tmp = tmp_path_factory.mktemp("shared")
     params = policy_params(tmp)
     robot = FakeRobot(rig.client, NAMES, bundle_home(BUNDLE, NAMES))
-    rig.monitor.cut()
-    t_start = time.monotonic()
     try:
-        with node_process(POLICY_NODE, ["--params-file", str(params), "-p",
-                                        "autostart:=true"], tmp / "node.log") as proc:
-            _wait_mode(rig.modes, "HOLD", t_start, 60)
+        with _node_in_hold(rig, params, tmp / "node.log") as (proc, t_start):
             yield SharedNode(rig, robot, proc, tmp / "node.log")
             assert proc.poll() is None, "policy node died"
     finally:
@@ -681,14 +692,9 @@ def test_nan_bundle_holds_and_never_publishes_nan(
     pose, _expert = _poison_expert_bundle(tmp_path / "nan_bundle")
     params = policy_params(tmp_path, policy__bundle=str(tmp_path / "nan_bundle"))
     robot = FakeRobot(rig.client, NAMES, bundle_home(BUNDLE, NAMES))
-    rig.monitor.cut()
-    t0 = time.monotonic()
     try:
-        with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
-                          tmp_path / "node.log") as proc:
-            _wait_mode(rig.modes, "HOLD", t0, 60)
-            assert engage(rig.client) == ""
-            _wait_mode(rig.modes, "AUTONOMY", t0, 5)
+        with _node_in_hold(rig, params, tmp_path / "node.log") as (proc, t0):
+            _engaged(rig, t0)
             time.sleep(0.5)
             t_move = time.monotonic()
             _ramp(robot, pose)
@@ -739,8 +745,7 @@ def test_corrupt_bundle_at_configure(rig: Rig, tmp_path: Path) -> None:
     params = policy_params(tmp_path, policy__bundle=str(cases[0][1]))
     rig.monitor.cut()
     t0 = time.monotonic()
-    with node_process(POLICY_NODE, ["--params-file", str(params)],
-                      tmp_path / "node.log") as proc:
+    with policy_node(params, tmp_path / "node.log", autostart=False) as proc:
         wait_for(lambda: lifecycle_state(rig.client) == "unconfigured", 30, "unconfigured")
         for i, (label, path, tokens) in enumerate(cases):
             if i:
@@ -787,13 +792,9 @@ def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
 
     th = threading.Thread(target=leader, daemon=True)
     th.start()
-    rig.monitor.cut()
-    t0 = time.monotonic()
     expected = ["HOLD", "TELEOP"]
     try:
-        with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
-                          tmp_path / "node.log") as proc:
-            _wait_mode(rig.modes, "HOLD", t0, 60)
+        with _node_in_hold(rig, params, tmp_path / "node.log") as (proc, t0):
             assert engage(rig.client, on=False) == ""
             _wait_mode(rig.modes, "TELEOP", t0, 5)
             time.sleep(0.5)
@@ -806,7 +807,7 @@ def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
                 t_d = time.monotonic()
                 from std_srvs.srv import SetBool
 
-                res = rig.client.call(SetBool, f"{NODE}/engage_autonomy",
+                res = rig.client.call(SetBool, f"{POLICY_NODE}/engage_autonomy",
                                       SetBool.Request(data=False))
                 assert res.success and "TELEOP" in res.message, res.message
                 _wait_mode(rig.modes, "TELEOP", t_d, 5)
@@ -849,17 +850,12 @@ def test_operator_override_and_shadow_mode(rig: Rig, tmp_path: Path) -> None:
     params = policy_params(tmp_path)
     threshold = CFG.handover.override_threshold
     home = bundle_home(BUNDLE, NAMES)
-    shadow_cmd = rig.client.record(JointState, f"{NODE}/shadow/command")
-    shadow_gates = rig.client.record(Float32MultiArray, f"{NODE}/shadow/router/gates")
+    shadow_cmd = rig.client.record(JointState, f"{POLICY_NODE}/shadow/command")
+    shadow_gates = rig.client.record(Float32MultiArray, f"{POLICY_NODE}/shadow/router/gates")
     robot = FakeRobot(rig.client, NAMES, home)
-    rig.monitor.cut()
-    t0 = time.monotonic()
     try:
-        with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
-                          tmp_path / "node.log"):
-            _wait_mode(rig.modes, "HOLD", t0, 60)
-            assert engage(rig.client) == ""
-            t_auto = _wait_mode(rig.modes, "AUTONOMY", t0, 5)
+        with _node_in_hold(rig, params, tmp_path / "node.log") as (_proc, t0):
+            t_auto = _engaged(rig, t0)
             time.sleep(1.0)
             assert not [t for t, _m in shadow_cmd if t >= t_auto + 0.1], "shadow in AUTONOMY"
             # the operator grabs the leader arm: one joint departs by 2x the threshold
@@ -901,25 +897,17 @@ def test_killed_node_respawns_in_hold(rig: Rig, tmp_path: Path) -> None:
     params = policy_params(tmp_path)
     home = bundle_home(BUNDLE, NAMES)
     robot = FakeRobot(rig.client, NAMES, home)
-    rig.monitor.cut()
-    t0 = time.monotonic()
     try:
-        with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
-                          tmp_path / "node1.log") as proc:
-            _wait_mode(rig.modes, "HOLD", t0, 60)
-            assert engage(rig.client) == ""
-            _wait_mode(rig.modes, "AUTONOMY", t0, 5)
+        with _node_in_hold(rig, params, tmp_path / "node1.log") as (proc, t0):
+            _engaged(rig, t0)
             time.sleep(1.0)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
             t_kill = time.monotonic()
         time.sleep(0.3)
         rig.monitor.assert_valid(t0, "before the kill")
-        rig.monitor.cut()
-        t1 = time.monotonic()
-        with node_process(POLICY_NODE, ["--params-file", str(params), "-p", "autostart:=true"],
-                          tmp_path / "node2.log") as proc2:
-            t_up = _wait_mode(rig.modes, "HOLD", t1, 60)
+        with _node_in_hold(rig, params, tmp_path / "node2.log") as (proc2, t1):
+            t_up = _wait_mode(rig.modes, "HOLD", t1)  # seen already: its arrival time
             wait_for(lambda: all(rig.monitor.window(a.name, t1) for a in ARMS), 10,
                      "commands from the respawned node")
             print(f"[respawn] new process in HOLD {t_up - t_kill:.1f} s after SIGKILL")
@@ -928,9 +916,7 @@ def test_killed_node_respawns_in_hold(rig: Rig, tmp_path: Path) -> None:
             assert seen == ["HOLD"], f"respawned node modes without a request: {seen}"
             first = np.concatenate([rig.monitor.window(a.name, t1)[0] for a in ARMS])
             np.testing.assert_allclose(first, np.clip(home, Q_MIN, Q_MAX), atol=1e-6)
-            t_e = time.monotonic()
-            assert engage(rig.client) == ""
-            _wait_mode(rig.modes, "AUTONOMY", t_e, 5)
+            _engaged(rig, time.monotonic())
             time.sleep(0.5)
             assert proc2.poll() is None
     finally:

@@ -11,10 +11,7 @@ engaging r1's policy moves r1 only.
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ pytest.importorskip("rclpy")
 if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_aloha") is None:
     pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
 
-from ros_helpers import REPO, RosClient, node_env, up_params_file, wait_for
+from ros_helpers import REPO, RosClient, UpProcess, wait_for
 
 pytestmark = [pytest.mark.sim, pytest.mark.ros, pytest.mark.slow]
 
@@ -38,44 +35,13 @@ TOPICS = (
 )
 
 
-class _Up:
-    def __init__(self, tmp: Path, namespace: str) -> None:
-        self.namespace = namespace
-        self.log_path = tmp / f"up_{namespace}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moe_policy_ros.cli", "up", str(SIM_CFG),
-             "--namespace", namespace, "--duration", "240", "--log-level", "warn"],
-            env=node_env(), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def children(self) -> list[int]:
-        marker = up_params_file(self.log())
-        if not marker:
-            return []
-        out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split() if int(p) != self.proc.pid]
-
-    def close(self) -> None:
-        kids = self.children()
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-
-
 @pytest.fixture
-def graphs(tmp_path: Path) -> Iterator[dict[str, _Up]]:
-    ups = {ns: _Up(tmp_path, ns) for ns in NAMESPACES}
+def graphs(tmp_path: Path) -> Iterator[dict[str, UpProcess]]:
+    ups = {
+        ns: UpProcess([str(SIM_CFG), "--namespace", ns, "--duration", "240", "--log-level",
+                       "warn"], tmp_path / f"up_{ns}.log")
+        for ns in NAMESPACES
+    }
     yield ups
     for u in ups.values():
         u.close()
@@ -91,7 +57,7 @@ def _endpoints(client: RosClient, topic: str, publishers: bool) -> set[tuple[str
 
 
 def test_two_namespaced_sim_graphs_run_side_by_side_without_crosstalk(
-    graphs: dict[str, _Up],
+    graphs: dict[str, UpProcess],
 ) -> None:
     from std_msgs.msg import String
     from std_srvs.srv import SetBool

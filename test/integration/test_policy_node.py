@@ -6,10 +6,12 @@ under test is the real ``policy_node`` executable with the bundled model on ONNX
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,8 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-import itertools
-
 from ros_helpers import (
+    DEMO_BUNDLE,
     REPO,
     FakeRobot,
     RosClient,
@@ -28,8 +29,9 @@ from ros_helpers import (
     change_state,
     engage,
     lifecycle_state,
-    node_process,
+    policy_node,
     policy_params,
+    ros_client_fixture,
     wait_for,
 )
 
@@ -38,19 +40,12 @@ from moe_policy_ros.core.manifest import read_manifest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-BUNDLE = REPO / "models" / "demo_adamoe"
+BUNDLE = DEMO_BUNDLE
 CFG = load_config(REPO / "config" / "dual_arm.yaml")
 NAMES = CFG.robot.joint_names
 LEFT = CFG.robot.arm("left_arm")
 
-
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[RosClient]:
-    c = RosClient("policy_node_test")
-    yield c
-    c.close()
+client = ros_client_fixture("policy_node_test")
 
 
 def write_params(tmp: Path, **overrides: Any) -> Path:
@@ -67,7 +62,17 @@ def _latched_mode(client: RosClient) -> list[tuple[float, Any]]:
     return client.record(String, "/moe_policy/mode", LATCHED_QOS)
 
 
-
+@contextmanager
+def _node_with_robot(
+    client: RosClient, params: Path, log: Path, autostart: bool = True
+) -> Iterator[None]:
+    """The policy node process, fed by a FakeRobot standing at the bundle's home pose."""
+    robot = FakeRobot(client, NAMES, bundle_home(BUNDLE, NAMES))
+    try:
+        with policy_node(params, log, autostart):
+            yield
+    finally:
+        robot.close()
 
 
 def test_stream_mode_router_topics_and_diagnostics(client: RosClient, tmp_path: Path) -> None:
@@ -82,23 +87,15 @@ def test_stream_mode_router_topics_and_diagnostics(client: RosClient, tmp_path: 
     active = client.record(Int32MultiArray, "/moe_policy/router/active")
     dominant = client.record(String, "/moe_policy/router/dominant")
     diags = client.record(DiagnosticArray, "/diagnostics")
-    robot = FakeRobot(client, NAMES, bundle_home(BUNDLE, NAMES))
-    try:
-        with node_process(
-            "moe_policy_ros.nodes.policy_node",
-            ["--params-file", str(params), "-p", "autostart:=true"],
-            tmp_path / "node.log",
-        ):
-            wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD mode")
-            refused = engage(client)
-            assert refused == "", f"engage refused: {refused}"
-            wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
-            t_engaged = time.monotonic()
-            time.sleep(3.0)
-            window = [(t, m) for t, m in cmds if t >= t_engaged + 0.5]
-            wait_for(lambda: len(diags) > 2, 10, "/diagnostics")
-    finally:
-        robot.close()
+    with _node_with_robot(client, params, tmp_path / "node.log"):
+        wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD mode")
+        refused = engage(client)
+        assert refused == "", f"engage refused: {refused}"
+        wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
+        t_engaged = time.monotonic()
+        time.sleep(3.0)
+        window = [(t, m) for t, m in cmds if t >= t_engaged + 0.5]
+        wait_for(lambda: len(diags) > 2, 10, "/diagnostics")
     # stream: ~control rate, 7 finite values per arm, inside the joint limits
     span = window[-1][0] - window[0][0]
     rate = (len(window) - 1) / span
@@ -141,19 +138,11 @@ def test_chunk_mode_publishes_joint_trajectories(client: RosClient, tmp_path: Pa
     params = write_params(tmp_path, policy__execution__mode="chunk")
     modes = _latched_mode(client)
     trajs = client.record(JointTrajectory, LEFT.trajectory_topic)
-    robot = FakeRobot(client, NAMES, bundle_home(BUNDLE, NAMES))
-    try:
-        with node_process(
-            "moe_policy_ros.nodes.policy_node",
-            ["--params-file", str(params), "-p", "autostart:=true"],
-            tmp_path / "node.log",
-        ):
-            wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "HOLD")
-            assert engage(client) == ""
-            wait_for(lambda: sum(len(m.points) > 1 for _t, m in trajs) >= 3, 15,
-                     "three chunk trajectories")
-    finally:
-        robot.close()
+    with _node_with_robot(client, params, tmp_path / "node.log"):
+        wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "HOLD")
+        assert engage(client) == ""
+        wait_for(lambda: sum(len(m.points) > 1 for _t, m in trajs) >= 3, 15,
+                 "three chunk trajectories")
     H = read_manifest(BUNDLE).action.chunk_length
     chunks = [m for _t, m in trajs if len(m.points) > 1]
     now_ns = client.node.get_clock().now().nanoseconds
@@ -175,28 +164,21 @@ def test_lifecycle_nothing_published_while_inactive(client: RosClient, tmp_path:
 
     params = write_params(tmp_path)
     cmds = client.record(Float64MultiArray, LEFT.command_topic)
-    robot = FakeRobot(client, NAMES, bundle_home(BUNDLE, NAMES))
-    try:
-        with node_process(
-            "moe_policy_ros.nodes.policy_node", ["--params-file", str(params)],
-            tmp_path / "node.log",
-        ):
-            wait_for(lambda: lifecycle_state(client) == "unconfigured", 30, "unconfigured")
-            assert change_state(client, Transition.TRANSITION_CONFIGURE)
-            assert lifecycle_state(client) == "inactive"
-            time.sleep(1.5)
-            assert cmds == [], "commands published while inactive"
-            assert change_state(client, Transition.TRANSITION_ACTIVATE)
-            wait_for(lambda: len(cmds) > 10, 10, "commands while active (holding)")
-            assert change_state(client, Transition.TRANSITION_DEACTIVATE)
-            time.sleep(0.3)
-            n = len(cmds)
-            time.sleep(1.5)
-            assert len(cmds) == n, "commands published after deactivate"
-            assert change_state(client, Transition.TRANSITION_CLEANUP)
-            assert lifecycle_state(client) == "unconfigured"
-    finally:
-        robot.close()
+    with _node_with_robot(client, params, tmp_path / "node.log", autostart=False):
+        wait_for(lambda: lifecycle_state(client) == "unconfigured", 30, "unconfigured")
+        assert change_state(client, Transition.TRANSITION_CONFIGURE)
+        assert lifecycle_state(client) == "inactive"
+        time.sleep(1.5)
+        assert cmds == [], "commands published while inactive"
+        assert change_state(client, Transition.TRANSITION_ACTIVATE)
+        wait_for(lambda: len(cmds) > 10, 10, "commands while active (holding)")
+        assert change_state(client, Transition.TRANSITION_DEACTIVATE)
+        time.sleep(0.3)
+        n = len(cmds)
+        time.sleep(1.5)
+        assert len(cmds) == n, "commands published after deactivate"
+        assert change_state(client, Transition.TRANSITION_CLEANUP)
+        assert lifecycle_state(client) == "unconfigured"
 
 
 def test_tampered_bundle_refused_then_reconfigured(client: RosClient, tmp_path: Path) -> None:
@@ -212,10 +194,7 @@ def test_tampered_bundle_refused_then_reconfigured(client: RosClient, tmp_path: 
     (bad / "experts.onnx").write_bytes(bytes(data))
     params = write_params(tmp_path, policy__bundle=str(bad))
     diags = client.record(DiagnosticArray, "/diagnostics")
-    with node_process(
-        "moe_policy_ros.nodes.policy_node", ["--params-file", str(params)],
-        tmp_path / "node.log",
-    ) as proc:
+    with policy_node(params, tmp_path / "node.log", autostart=False) as proc:
         wait_for(lambda: lifecycle_state(client) == "unconfigured", 30, "unconfigured")
         assert not change_state(client, Transition.TRANSITION_CONFIGURE)
         assert proc.poll() is None, "node died on a tampered bundle"

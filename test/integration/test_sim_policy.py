@@ -31,7 +31,17 @@ pytest.importorskip("rclpy")
 if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_aloha") is None:
     pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
 
-from ros_helpers import REPO, RosClient, engage, node_env, up_params_file, wait_for
+from ros_helpers import (
+    DEMO_BUNDLE,
+    REPO,
+    RosClient,
+    UpProcess,
+    engage,
+    node_env,
+    pids_with,
+    ros_client_fixture,
+    wait_for,
+)
 
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
@@ -41,7 +51,7 @@ pytestmark = [pytest.mark.sim, pytest.mark.ros, pytest.mark.slow]
 
 SIM_CFG = REPO / "config" / "sim_dual_arm.yaml"
 CFG = load_config(SIM_CFG)
-BUNDLE = REPO / "models" / "demo_adamoe"
+BUNDLE = DEMO_BUNDLE
 STOP_WITHIN_S = 8.0  # `up` deactivates the policy, then SIGINT/SIGTERM/SIGKILL per 5 s
 
 
@@ -53,34 +63,13 @@ def _params(tmp: Path) -> Path:
     return path
 
 
-def _pids_with(marker: str) -> list[int]:
-    """PIDs of processes whose command line contains ``marker`` (not this one)."""
-    assert marker, "no marker: `up` has not printed its parameter file"
-    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split() if int(p) != os.getpid()]
-
-
-class Up:
-    """``python -m moe_policy_ros.cli up PARAMS`` in its own session, logged to a file."""
+class Up(UpProcess):
+    """``moe-policy-ros up`` on :func:`_params` for ``duration_s``."""
 
     def __init__(self, tmp: Path, duration_s: float = 120.0, *extra: str) -> None:
         self.params = _params(tmp)
-        self.log_path = tmp / "up.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moe_policy_ros.cli", "up", str(self.params),
-             "--duration", str(duration_s), "--log-level", "warn", *extra],
-            env=node_env(), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    @property
-    def marker(self) -> str:
-        """The parameter file ``up`` wrote for its nodes (printed before any node starts)."""
-        return up_params_file(self.log())
+        super().__init__([str(self.params), "--duration", str(duration_s), "--log-level",
+                          "warn", *extra], tmp / "up.log")
 
     def stop_with(self, sig: signal.Signals) -> tuple[int | None, float]:
         """Send ``sig`` to ``up`` only (not its process group); (exit code, seconds)."""
@@ -92,19 +81,6 @@ class Up:
             rc = None
         return rc, time.monotonic() - t0
 
-    def close(self) -> None:
-        """Leave nothing behind whatever happened (only this test's own processes)."""
-        marker = self.marker
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        for pid in _pids_with(marker) if marker else []:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
@@ -113,23 +89,18 @@ def up(tmp_path: Path) -> Iterator[Up]:
     u.close()
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[RosClient]:
-    c = RosClient("sim_policy_test")
-    yield c
-    c.close()
-
+client = ros_client_fixture("sim_policy_test")
 
 
 def _assert_stopped_cleanly(u: Up, sig: signal.Signals) -> None:
-    children = [pid for pid in _pids_with(u.marker) if pid != u.proc.pid]
+    children = [pid for pid in pids_with(u.marker) if pid != u.proc.pid]
     assert len(children) == 2, f"expected aloha_sim + moe_policy, got {children}\n{u.log()}"
     rc, took = u.stop_with(sig)
     log = u.log()
     assert rc == 0, f"`up` exited {rc} after {sig.name} ({took:.1f} s)\n{log}"
     assert took < STOP_WITHIN_S, f"`up` took {took:.1f} s to stop after {sig.name}\n{log}"
     assert "[up] all nodes stopped" in log
-    left = _pids_with(u.marker)
+    left = pids_with(u.marker)
     assert left == [], f"processes left after {sig.name}: {left}"
     for pid in children:  # not even as zombies of someone else
         assert not Path(f"/proc/{pid}").exists(), f"node process {pid} still exists"
@@ -235,7 +206,7 @@ def test_up_rejects_a_broken_file_without_starting_anything(tmp_path: Path) -> N
     assert res.returncode == 1, res
     assert "cameras.wrist.topic" in res.stderr
     assert "[up] starting" not in res.stdout
-    assert _pids_with(str(bad)) == []
+    assert pids_with(str(bad)) == []
 
 
 def test_up_signal_during_bring_up_stops_at_once(tmp_path: Path) -> None:
@@ -269,7 +240,7 @@ def test_up_signal_during_bring_up_stops_at_once(tmp_path: Path) -> None:
         assert rc == 0, log
         assert "not brought up: interrupted" in log, log
         assert took < STOP_WITHIN_S, f"{took:.1f} s\n{log}"
-        assert _pids_with(u.marker) == []
+        assert pids_with(u.marker) == []
     finally:
         if frozen is not None:
             os.kill(frozen, signal.SIGCONT)
@@ -291,4 +262,4 @@ def test_up_gives_up_when_a_node_dies_during_bring_up(tmp_path: Path) -> None:
     assert "/moe_policy: not brought up:" in res.stdout and "exited (1)" in res.stdout, res
     assert "Traceback" not in res.stdout.split("[up] all nodes stopped")[-1]
     assert took < 30, f"{took:.1f} s"
-    assert _pids_with(str(params)) == []
+    assert pids_with(str(params)) == []

@@ -14,11 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ros_helpers import REPO, RosClient, wait_for
+from ros_helpers import REPO, RosClient, ros_client_fixture, stop_process, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -99,12 +98,7 @@ def test_sourced_environment_finds_the_install(workspace: Path) -> None:
     assert Path(module).resolve().is_relative_to(workspace), module
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[RosClient]:
-    pytest.importorskip("rclpy")
-    c = RosClient("colcon_test")
-    yield c
-    c.close()
+client = ros_client_fixture("colcon_test")
 
 
 @pytest.mark.ros
@@ -129,11 +123,5 @@ def test_policy_node_from_the_install_comes_up_on_dds(
         wait_for(lambda: ("moe_policy", ns) in client.node.get_node_names_and_namespaces(),
                  10, f"moe_policy in {ns}")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, grace_s=15.0)
     assert proc.returncode in (0, -signal.SIGINT), log.read_text()

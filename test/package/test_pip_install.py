@@ -17,11 +17,10 @@ import signal
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ros_helpers import REPO, RosClient, wait_for
+from ros_helpers import REPO, RosClient, ros_client_fixture, stop_process, wait_for
 
 from moe_policy_ros.graph import node_graph, read_params_doc
 
@@ -111,12 +110,7 @@ def test_launch_executables_resolve_through_the_ament_index(venv: Path) -> None:
     assert set(found) == wanted, f"lib/{PACKAGE}/ has {sorted(found)}"
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[RosClient]:
-    pytest.importorskip("rclpy")
-    c = RosClient("pip_install_test")
-    yield c
-    c.close()
+client = ros_client_fixture("pip_install_test")
 
 
 @pytest.mark.ros
@@ -143,11 +137,5 @@ def test_each_executable_starts_from_its_lib_path(
 
         wait_for(up, 90, f"{exe} from {path} to appear on DDS in {ns}", poll=0.2)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, grace_s=15.0)
     assert proc.returncode in (0, -signal.SIGINT), proc.returncode
