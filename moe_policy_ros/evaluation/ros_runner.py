@@ -10,8 +10,11 @@ Per episode (:meth:`RosEpisodeRunner.run`):
 3. the policy node is **activated** again: ``on_activate`` clears its chunk queue, resets the
    router state (sticky dwell, previous active set) and its statistics, so each episode starts
    as the first did and the node's diagnostics describe this episode alone;
-4. autonomy is engaged through ``~/engage_autonomy`` (retried until the node has its first
-   chunk and accepts); steps count from here at the control rate (``engaged_step`` is 0);
+4. once the node has published ``warm_chunks`` router outputs since activation (its inference
+   runs steadily: a graph just (re)started shares the CPU with the sim's first renders, and a
+   cold pipeline that stalls after engaging makes the node HOLD for want of a command),
+   autonomy is engaged through ``~/engage_autonomy`` (retried until the node accepts); steps
+   count from here at the control rate (``engaged_step`` is 0);
 5. the runner watches ``/aloha_sim/success`` (latched), ``~/mode``, ``~/router/gates`` and
    ``~/router/active``, ``joint_states`` and the child processes until success, the step budget
    (``max_steps`` control periods of wall time, the sim runs at real time), or a failure;
@@ -126,6 +129,7 @@ class RosEpisodeRunner:
         startup_timeout_s: float = 120.0,
         service_timeout_s: float = 20.0,
         stall_timeout_s: float = 3.0,
+        warm_chunks: int = 5,
         frame_sink: FrameSink | None = None,
         work_dir: Path | None = None,
     ) -> None:
@@ -134,6 +138,7 @@ class RosEpisodeRunner:
         self.startup_timeout_s = startup_timeout_s
         self.service_timeout_s = service_timeout_s
         self.stall_timeout_s = stall_timeout_s
+        self.warm_chunks = int(warm_chunks)
         doc = read_params_doc(params)
         self.specs = node_graph(doc, sim=True)
         apply_dds_environment(doc, "evaluate")  # before our participant exists
@@ -359,6 +364,20 @@ class RosEpisodeRunner:
         if not out.success:
             raise EpisodeFailure(f"aloha_sim reset failed: {out.message}")
 
+    def _await_warm_inference(self, deadline: float) -> None:
+        w = self.watch
+        while time.monotonic() < deadline:
+            self._check_children()
+            with w.lock:
+                if len(w.gates) >= self.warm_chunks:
+                    return
+            time.sleep(0.02)
+        with w.lock:
+            got = len(w.gates)
+        raise EpisodeFailure(
+            f"the policy node published {got} of {self.warm_chunks} router outputs before the "
+            "episode budget ran out (inference not running)")
+
     def _engage_autonomy(self, deadline: float) -> None:
         last = "no answer"
         while time.monotonic() < deadline:
@@ -378,6 +397,7 @@ class RosEpisodeRunner:
         self._reset_sim(res.seed)
         w.clear_episode()
         self._set_active(True)
+        self._await_warm_inference(deadline)
         self._engage_autonomy(deadline)
         t_engage = self._t_engage = time.monotonic()
         res.engaged_step = 0
