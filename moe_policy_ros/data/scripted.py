@@ -52,6 +52,8 @@ from moe_policy_ros.sim.aloha import (
 )
 
 CONTROL_HZ = 50.0
+ROLL_JOINTS = ("forearm_roll", "wrist_rotate")
+ROLL_SPRING_NM_PER_RAD = 30.0  # null-space bias of the IK scene's wrist rolls toward 0
 TOOL_OFFSET_M = 0.12  # gripper_link origin -> middle of the finger pads (tips at 0.154 m)
 _EE_XML = {
     "transfer_cube": "bimanual_viperx_end_effector_transfer_cube.xml",
@@ -367,6 +369,17 @@ class EndEffectorSim:
                 m.eq_solimp[e, :3] = (0.95, 0.99, 0.001)
                 m.eq_solref[e, :2] = (0.004, 1.0)
         m.dof_frictionloss[m.jnt_dofadr[arm]] = 0.0
+        # The wrist is roll-pitch-roll: at wrist_angle 0 (which the scripts cross on the way
+        # down) forearm_roll and wrist_rotate share an axis, and the weld alone let them drift
+        # in opposite directions to +-pi, one way or the other by the seed's noise. The same
+        # tool pose then had three joint solutions across episodes, whose average a policy
+        # learns. Weak springs to 0 on both rolls pick the one near 0 (the tool pose is the
+        # weld's: the springs act only in the null space it leaves).
+        for s in SIDES:
+            for name in ROLL_JOINTS:
+                j = joint_id(m, f"vx300s_{s}/{name}", where)
+                m.jnt_stiffness[j] = ROLL_SPRING_NM_PER_RAD
+                m.qpos_spring[m.jnt_qposadr[j]] = 0.0
         for s in SIDES:
             root = int(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, f"vx300s_{s}"))
             for b in range(m.nbody):
