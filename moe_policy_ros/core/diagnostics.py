@@ -143,6 +143,14 @@ class ControlStats:
 # ---------------------------------------------------------------------------- tasks
 
 
+def lifecycle_task(state: str, configure_error: str = "") -> TaskStatus:
+    """The node's lifecycle state; ERROR with the reason after a failed configure."""
+    if configure_error:
+        return TaskStatus(LIFECYCLE, Level.ERROR, f"configure failed: {configure_error}",
+                          [("state", state)])
+    return TaskStatus(LIFECYCLE, Level.OK, state, [("state", state)])
+
+
 def camera_task_values(rep: CameraReport) -> tuple[Level, str, Values]:
     """One camera's verdict and its values (sizes, rates, delivery)."""
     level, line = camera_verdict(rep)

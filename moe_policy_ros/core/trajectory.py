@@ -49,6 +49,7 @@ __all__ = [
     "TrajectoryFollower",
     "TrajectoryPoint",
     "TrajectoryRejected",
+    "split_trajectory",
 ]
 
 
@@ -95,6 +96,32 @@ class _Pending:
     rel_ns: np.ndarray  # (P,) time_from_start
     positions: np.ndarray  # (P, J)
     velocities: np.ndarray | None
+
+
+def split_trajectory(
+    points: np.ndarray,
+    times_s: Sequence[float],
+    start_time_ns: int,
+    groups: Sequence[tuple[Sequence[str], slice]],
+) -> list[Trajectory]:
+    """Robot-order rows ``points`` [K, J] at ``times_s`` as one trajectory per joint group.
+
+    ``groups``: (joint names, their columns in a row) per controller, e.g. one per arm, as the
+    policy node sends one ``JointTrajectory`` to each arm's joint_trajectory_controller.
+    """
+    if len(points) != len(times_s):
+        raise TrajectoryError(f"{len(points)} points but {len(times_s)} times")
+    return [
+        Trajectory(
+            tuple(names),
+            tuple(
+                TrajectoryPoint(tuple(float(x) for x in row[cols]), float(t))
+                for row, t in zip(points, times_s, strict=True)
+            ),
+            int(start_time_ns),
+        )
+        for names, cols in groups
+    ]
 
 
 def _sample(active: _Active, t_ns: int) -> tuple[np.ndarray, np.ndarray]:

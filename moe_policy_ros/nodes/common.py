@@ -1,4 +1,4 @@
-"""Shared rclpy glue for the nodes: diagnostics, main().
+"""Shared rclpy glue for the nodes: diagnostics, trajectories, main().
 
 QoS profiles, stamp conversions, share paths and :class:`RosSession` live in
 :mod:`moe_policy_ros.session` (the public module for talking ROS, which the nodes use too).
@@ -6,6 +6,7 @@ QoS profiles, stamp conversions, share paths and :class:`RosSession` live in
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -16,6 +17,10 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from moe_policy_ros.core.trajectory import Trajectory
+from moe_policy_ros.session import ns_to_stamp
 
 
 def diag_status(
@@ -34,6 +39,23 @@ def diag_status(
     items = values.items() if isinstance(values, Mapping) else values
     st.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in items]
     return st
+
+
+def trajectory_msg(traj: Trajectory) -> JointTrajectory:
+    """Core :class:`Trajectory` -> ``trajectory_msgs/JointTrajectory`` (header stamp = its
+    start time; positions only)."""
+    msg = JointTrajectory()
+    msg.header.stamp = ns_to_stamp(traj.start_time_ns)
+    msg.joint_names = list(traj.joint_names)
+    for p in traj.points:
+        pt = JointTrajectoryPoint()
+        pt.positions = list(p.positions)
+        t = p.time_from_start
+        sec = math.floor(t)
+        pt.time_from_start.sec = int(sec)
+        pt.time_from_start.nanosec = round((t - sec) * 1e9)
+        msg.points.append(pt)
+    return msg
 
 
 def _fmt(v: Any) -> str:

@@ -17,6 +17,7 @@ from moe_policy_ros.core.diagnostics import (
     inference_task,
     inputs_task,
     level_name,
+    lifecycle_task,
     router_task,
     safety_task,
     status_name,
@@ -39,6 +40,16 @@ def _output(active: list[int], switched: bool, total_ms: float) -> PolicyOutput:
 def test_levels_and_names() -> None:
     assert [level_name(v) for v in (0, 1, 2, 3, 9)] == ["OK", "WARN", "ERROR", "STALE", "9"]
     assert status_name("moe_policy", CONTROL_LOOP) == "moe_policy: control loop"
+
+
+def test_lifecycle_task_reports_the_state_or_the_configure_error() -> None:
+    ok = lifecycle_task("inactive")
+    assert (ok.task, ok.level, ok.message, ok.values) == (
+        "lifecycle", Level.OK, "inactive", [("state", "inactive")])
+    bad = lifecycle_task("unconfigured", "bundle /x: not found")
+    assert bad.level == Level.ERROR
+    assert bad.message == "configure failed: bundle /x: not found"
+    assert bad.values == [("state", "unconfigured")]
 
 
 def test_inference_task_escalates_errors_then_nonfinite_chunks() -> None:

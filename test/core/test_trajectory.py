@@ -12,6 +12,7 @@ from moe_policy_ros.core.trajectory import (
     TrajectoryFollower,
     TrajectoryPoint,
     TrajectoryRejected,
+    split_trajectory,
 )
 
 S = 1_000_000_000  # ns per second
@@ -198,3 +199,18 @@ def test_reset_drops_trajectories(follower: TrajectoryFollower) -> None:
     follower.reset([0.5, 0.5])
     assert not follower.executing
     np.testing.assert_allclose(_at(follower, 7.0), [0.5, 0.5])
+
+
+def test_split_trajectory_one_per_group_that_a_follower_executes(clock: FakeClock) -> None:
+    rows = np.array([[0.0, 1.0, 2.0], [0.5, 1.5, 2.5]])
+    trajs = split_trajectory(rows, [0.5, 1.0], T0, [(("a", "b"), slice(0, 2)),
+                                                    (("c",), slice(2, 3))])
+    assert [t.joint_names for t in trajs] == [("a", "b"), ("c",)]
+    assert trajs[1].points == (TrajectoryPoint((2.0,), 0.5), TrajectoryPoint((2.5,), 1.0))
+    assert all(t.start_time_ns == T0 for t in trajs)
+    ab = TrajectoryFollower(("a", "b"), [0.0, 0.0], clock)
+    ab.set_trajectory(trajs[0])
+    np.testing.assert_allclose(_at(ab, 0.5), [0.0, 1.0])
+    np.testing.assert_allclose(_at(ab, 2.0), [0.5, 1.5])
+    with pytest.raises(TrajectoryError, match="2 points but 1 times"):
+        split_trajectory(rows, [0.5], T0, [(("a",), slice(0, 1))])

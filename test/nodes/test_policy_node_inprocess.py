@@ -62,13 +62,13 @@ def test_runtime_sets_are_validated_by_the_schema(node: PolicyNode) -> None:
 
 def test_lifecycle_transitions_in_process(node: PolicyNode) -> None:
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node._policy is not None and node._policy.strategy.name == "topk"
+    assert node._pipe is not None and node._pipe.policy.strategy.name == "topk"
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     assert {t.name for t in node._threads} == {"inference", "control"}
     assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert node._threads == []
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-    assert node._policy is None
+    assert node._pipe is None
 
 
 def test_configure_fails_cleanly_on_a_missing_bundle(node: PolicyNode) -> None:
@@ -77,7 +77,7 @@ def test_configure_fails_cleanly_on_a_missing_bundle(node: PolicyNode) -> None:
     assert "/nonexistent/bundle" in node._configure_error
     node.set_parameters([Parameter("policy.bundle", value="models/demo_smp")])
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node._bundle is not None and node._bundle.manifest.family == "smp"
+    assert node._pipe is not None and node._pipe.bundle.manifest.family == "smp"
 
 
 def test_routing_fields_the_file_does_not_set_stay_the_bundles(node: PolicyNode) -> None:

@@ -1,0 +1,465 @@
+"""The policy node's runtime without ROS: inputs -> inference -> chunk -> safety -> commands.
+
+:class:`PolicyPipeline` owns every component one configuration of the policy node runs
+(the input buffer, the camera pipelines and their statistics, the MoE policy, the chunk
+timeline, the safety filter, the command arbiter, the two periodic loops and the running
+statistics) and the three things the node does with them, each a method that takes the times
+it needs and returns what to publish:
+
+* :meth:`PolicyPipeline.infer_once` (the inference worker's iteration): assemble an
+  :class:`~moe_policy_ros.core.types.Observation` from the newest fresh inputs, run the policy,
+  count it, score its novelty, place the chunk on the timeline, and return the router state to
+  publish (:class:`RouterUpdate`) when the chunk was taken;
+* :meth:`PolicyPipeline.control_step` (the control loop's tick): take the step's proposal
+  from the timeline, arbitrate and filter it, and return the command actually sent with its
+  per-arm form (:class:`ControlOutput`: forward commands in stream mode, one
+  :class:`~moe_policy_ros.core.trajectory.Trajectory` per arm in chunk mode);
+* :meth:`PolicyPipeline.diagnostic_tasks`: one :class:`~moe_policy_ros.core.diagnostics.TaskStatus`
+  per concern.
+
+The node supplies two clocks: the pipeline's injected monotonic :class:`Clock` (loops, the
+arbiter, teleop freshness, rates) and the ROS time of each call (``now_ros_ns``: header
+stamps, staleness, the latency step), so a test drives it with a :class:`FakeClock` and
+hand-written stamps. :func:`build_pipeline` is the configure step: verify and load the bundle,
+check that it fits the parameters, build and warm the backend; the caller injects how paths
+are resolved and backends are built, so this module imports neither ROS nor ``models/``.
+
+Threads: the inference worker calls :meth:`infer_once`, the control loop :meth:`control_step`,
+the executor the input and service methods; the components share state only through the
+thread-safe input buffer and timeline, and the mode is published under one lock
+(:meth:`publish_mode`), so a service and the control loop never latch modes out of order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from moe_policy_ros.core.backends import Backend
+from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
+from moe_policy_ros.core.camerastats import CameraStats
+from moe_policy_ros.core.clock import Clock
+from moe_policy_ros.core.compat import bundle_mismatches
+from moe_policy_ros.core.config import ConfigError, RuntimeConfig
+from moe_policy_ros.core.diagnostics import (
+    ControlStats,
+    InferenceStats,
+    TaskStatus,
+    control_task,
+    inference_task,
+    inputs_task,
+    router_task,
+    safety_task,
+)
+from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs, TickOutput
+from moe_policy_ros.core.imageconv import ImageError
+from moe_policy_ros.core.inputs import JOINTS, InputBuffer, joint_command
+from moe_policy_ros.core.loop import PeriodicLoop
+from moe_policy_ros.core.manifest import Manifest
+from moe_policy_ros.core.preprocess import CameraPipeline, Processed, resolve_preprocess
+from moe_policy_ros.core.runtime import MoEPolicy
+from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
+from moe_policy_ros.core.timeline import (
+    ADDED,
+    NONFINITE,
+    ChunkTimeline,
+    Offer,
+    TimedChunk,
+    chunk_trajectory,
+)
+from moe_policy_ros.core.trajectory import Trajectory, split_trajectory
+from moe_policy_ros.core.types import Observation, PolicyOutput
+
+__all__ = [
+    "Arm",
+    "ControlOutput",
+    "InferResult",
+    "PolicyPipeline",
+    "RouterUpdate",
+    "build_pipeline",
+    "configure_problems",
+]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: its name, joint names, and its columns in a robot-order command."""
+
+    name: str
+    joint_names: tuple[str, ...]
+    cols: slice
+
+
+@dataclass(frozen=True)
+class RouterUpdate:
+    """The router state of a chunk that was taken (``~/router/*``; also ``~/shadow/router/*``
+    when ``shadow``: the policy runs in the shadow of teleoperation)."""
+
+    gates: list[float]
+    active: list[int]
+    dominant: str
+    shadow: bool
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """What one inference did: the timeline's answer and the router state to publish."""
+
+    offered: Offer
+    router: RouterUpdate | None
+
+
+@dataclass(frozen=True)
+class ControlOutput:
+    """One control tick: publish ``sent`` (when not None), per arm as ``commands`` (stream
+    mode) or ``trajectories`` (chunk mode), and ``shadow`` (the policy's command under
+    teleoperation), all stamped ``stamp_ns``."""
+
+    tick: TickOutput
+    stamp_ns: int
+    sent: np.ndarray | None
+    shadow: np.ndarray | None
+    commands: list[tuple[Arm, np.ndarray]]
+    trajectories: list[tuple[Arm, Trajectory]]
+
+
+def arms_of(cfg: RuntimeConfig) -> list[Arm]:
+    """The robot's arms in configuration order, with their columns in the robot order."""
+    arms, first = [], 0
+    for arm in cfg.robot.arms:
+        cols = slice(first, first + len(arm.joints))
+        arms.append(Arm(arm.name, tuple(arm.joint_names), cols))
+        first = cols.stop
+    return arms
+
+
+def configure_problems(cfg: RuntimeConfig, manifest: Manifest, bundle: str) -> list[str]:
+    """Every reason the node cannot run ``manifest`` with ``cfg`` (empty: it can)."""
+    problems = bundle_mismatches(manifest, cfg.robot.joint_names, cfg.cameras, bundle)
+    if cfg.policy.execution.merge == "rtc":
+        # core/rtc.py and the scheduler's rtc mode exist; the node does not yet hand the
+        # committed actions to the sampler, so it refuses rather than run a silent replace
+        problems.append(
+            "policy.execution.merge: 'rtc' is not wired into the policy node yet "
+            "(core only); use ensemble, blend or replace")
+    return problems
+
+
+def build_pipeline(
+    cfg: RuntimeConfig,
+    *,
+    resolve_path: Callable[[str], Path],
+    make_backend: Callable[..., Backend],
+    clock: Clock,
+    warn: Callable[[str], None] = lambda _text: None,
+) -> PolicyPipeline:
+    """Configure: load and verify the bundle, check it fits ``cfg``, build and warm the backend.
+
+    Raises :class:`ConfigError` listing every mismatch, or what loading the bundle or the
+    backend raises (``BundleError``, ``OSError``, ``RuntimeError``), before any thread starts.
+    """
+    bundle_path = resolve_path(cfg.policy.bundle)
+    bundle = load_bundle(bundle_path, expected_sha256=cfg.policy.sha256)
+    problems = configure_problems(cfg, bundle.manifest, f"bundle {bundle_path}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    p = cfg.policy
+    ckpt = resolve_path(p.checkpoint) if p.checkpoint else None
+    backend = make_backend(
+        p.backend, device=p.device, intra_op_threads=p.intra_op_threads, checkpoint=ckpt
+    )
+    policy = MoEPolicy(bundle, backend, routing=p.routing)
+    t0 = clock.now_ns()
+    policy.warmup(p.warmup_runs)
+    warmup_ms = (clock.now_ns() - t0) / 1e6
+    return PolicyPipeline(cfg, bundle, policy, clock, warn=warn, warmup_ms=warmup_ms)
+
+
+class PolicyPipeline:
+    """One configuration of the policy node's runtime; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: RuntimeConfig,
+        bundle: LoadedBundle,
+        policy: MoEPolicy,
+        clock: Clock,
+        *,
+        warn: Callable[[str], None] = lambda _text: None,
+        warmup_ms: float = 0.0,
+    ) -> None:
+        m = bundle.manifest
+        self.cfg, self.bundle, self.policy, self.clock = cfg, bundle, policy, clock
+        self.warmup_ms = warmup_ms
+        self.joint_names = cfg.robot.joint_names
+        self.arms = arms_of(cfg)
+        self.expert_labels = list(m.experts.labels)
+        self._proprio_idx = np.array(
+            [self.joint_names.index(j) for j in m.observation.proprio.joints]
+        )
+        used = {s.name for s in m.observation.cameras}
+        self.inputs = InputBuffer(
+            self.joint_names,
+            cfg.robot.joint_states_max_age_s,
+            {c.name: c.max_age_s for c in cfg.cameras if c.name in used},
+        )
+        self.camera_pipelines: dict[str, CameraPipeline] = {}
+        self.camera_stats: dict[str, CameraStats] = {}
+        cams = {c.name: c for c in cfg.cameras}
+        for spec in m.observation.cameras:
+            cam = cams[spec.name]
+            pipe = CameraPipeline(
+                spec.name, (spec.height, spec.width),
+                resolve_preprocess(spec.preprocess, cam.preprocess),
+                encodings={"rgb8", "bgr8", cam.encoding}, warn=warn,
+            )
+            self.camera_pipelines[spec.name] = pipe
+            self.camera_stats[spec.name] = CameraStats(
+                spec.name, cam.topic, pipe.size, pipe.describe(), cam.expected_rate_hz
+            )
+        p = cfg.policy
+        self.period_s = p.control_period_s
+        self.timeline = ChunkTimeline(
+            self.joint_names, m.action.joints, p.execution, self.period_s
+        )
+        self.control_loop = PeriodicLoop(p.control_rate_hz, clock, late="skip")
+        self.worker_loop = PeriodicLoop(p.inference_rate_hz, clock, late="reanchor")
+        self.safety = SafetyFilter(cfg.robot, cfg.safety, self.period_s)
+        self.arbiter = CommandArbiter(cfg.handover, self.safety, clock)
+        self._teleop: tuple[np.ndarray, int] | None = None
+        self._deadman: tuple[bool, int] | None = None
+        self._mode_lock = threading.Lock()
+        self._mode_published = -1
+        self.reset_stats()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def gate_label(self) -> str:
+        """The gates' layout label: ``experts:<label>,<label>,...``."""
+        return "experts:" + ",".join(self.expert_labels)
+
+    def describe(self) -> str:
+        """The one line the node logs after configure."""
+        m, p = self.bundle.manifest, self.cfg.policy
+        return (
+            f"configured: bundle {m.name} ({m.family}, {m.experts.count} experts, "
+            f"H={m.action.chunk_length}) backend={self.policy.backend.name} warm-up "
+            f"{p.warmup_runs} runs in {self.warmup_ms:.0f} ms; control "
+            f"{p.control_rate_hz:g} Hz, inference {p.inference_rate_hz:g} Hz, "
+            f"mode {p.execution.mode}"
+        )
+
+    def reset_stats(self) -> None:
+        self.infer_stats = InferenceStats(self.bundle.manifest.experts.count)
+        self.control_stats = ControlStats(self.period_s)
+        self.policy_warm = False
+        self.ood_energy: float | None = None
+
+    def start(self) -> None:
+        """A new activation: fresh statistics, no queued chunk, the policy's state reset."""
+        self.reset_stats()
+        self.timeline.clear()
+        self.policy.reset()
+
+    def _now_s(self) -> float:
+        return self.clock.now_ns() / 1e9
+
+    # ------------------------------------------------------------------ inputs
+
+    def put_teleop(self, names: Sequence[str], positions: Sequence[float]) -> None:
+        """A teleop command (raises :class:`InputError` naming what is wrong). Freshness is
+        judged on arrival (monotonic), so a device with a bad clock cannot keep it alive."""
+        q = joint_command(self.joint_names, names, positions)
+        self._teleop = (q, self.clock.now_ns())
+
+    def put_deadman(self, pressed: bool) -> None:
+        self._deadman = (bool(pressed), self.clock.now_ns())
+
+    def image_arrived(self, camera: str, stamp_ns: int, now_ros_ns: int) -> bool:
+        """Count a camera message before decoding; False for a camera the bundle ignores."""
+        stats = self.camera_stats.get(camera)
+        if stats is None:
+            return False
+        stats.arrival(stamp_ns, now_ros_ns)
+        return True
+
+    def frame_done(
+        self, camera: str, info: Processed | None, err: ImageError | None, now_ros_ns: int
+    ) -> str | None:
+        """The frame worker's outcome for one frame; the warning to log for a rejection."""
+        stats = self.camera_stats.get(camera)
+        if stats is None:
+            return None
+        if err is None:
+            assert info is not None
+            stats.accepted_frame(info.source_size, info.encoding)
+            return None
+        stats.rejected_frame(err.cause, str(err))
+        if err.cause != "stamp":  # put_image counted a bad stamp itself
+            self.inputs.reject(camera, str(err), now_ros_ns)
+        return f"rejected image from {stats.topic}: {err}"
+
+    # ------------------------------------------------------------------ inference
+
+    def infer_once(self, now_ros_ns: int) -> InferResult | None:
+        """One inference from the newest inputs; None when an input is stale or missing."""
+        inputs = self.inputs
+        if inputs.stale_sources(now_ros_ns):
+            return None
+        joints = inputs.joints()
+        images = inputs.images()
+        assert joints is not None
+        stamps = [joints.stamp_ns, *(s.stamp_ns for s in images.values())]
+        obs = Observation(
+            images={k: v.image for k, v in images.items()},
+            proprio=joints.positions[self._proprio_idx].astype(np.float32),
+            stamp_ns=min(stamps),
+        )
+        out = self.policy.infer(obs)
+        self.infer_stats.add(out, self._now_s())
+        self.ood_energy = self.novelty(out)
+        timeline = self.timeline
+        offered = timeline.offer(timeline.expand(out.actions, joints.positions), obs.stamp_ns)
+        if offered == NONFINITE:
+            # The arbiter sees the NaN command (ERROR + HOLD in the safety filter).
+            self.infer_stats.nonfinite += 1
+        if offered != ADDED:
+            return InferResult(offered, None)
+        self.policy_warm = True
+        return InferResult(offered, self.router_update(out, self.arbiter.mode == Mode.TELEOP))
+
+    def novelty(self, out: PolicyOutput) -> float | None:
+        """Di-BM novelty: the lowest expert energy (no expert claims the observation)."""
+        energies = out.decision.state.energies
+        if energies is None or self.cfg.safety.ood_action == "ignore":
+            return None
+        return float(np.min(energies))
+
+    def router_update(self, out: PolicyOutput, shadow: bool) -> RouterUpdate:
+        dec = out.decision
+        return RouterUpdate(
+            gates=[float(g) for g in dec.state.gates],
+            active=[int(i) for i in dec.active],
+            dominant=self.expert_labels[dec.dominant],
+            shadow=shadow,
+        )
+
+    # ------------------------------------------------------------------ control
+
+    def control_step(self, step: int, now_ns: int, now_ros_ns: int) -> ControlOutput:
+        """One control period at monotonic ``now_ns`` and ROS time ``now_ros_ns``:
+        timeline -> arbiter (modes, blend, safety filter) -> what to publish."""
+        self.control_stats.tick(now_ns)
+        inputs, timeline = self.inputs, self.timeline
+        timeline.mark(step, now_ros_ns)
+        joints = inputs.joints()
+        stale = inputs.stale_sources(now_ros_ns)
+        measured = None if joints is None or JOINTS in stale else joints.positions
+        # After a non-finite chunk the proposal is all-NaN: ERROR + HOLD in the filter.
+        proposal, pending = timeline.take(step)
+        teleop, deadman = self._teleop, self._deadman
+        out = self.arbiter.tick(
+            TickInputs(
+                measured=measured,
+                policy_command=proposal,
+                teleop_command=None if teleop is None else teleop[0],
+                teleop_stamp_ns=None if teleop is None else teleop[1],
+                deadman=None if deadman is None else deadman[0],
+                deadman_stamp_ns=None if deadman is None else deadman[1],
+                stale_inputs=tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS),
+                policy_warm=self.policy_warm,
+                overrun=self.worker_loop.overrunning,
+                ood_energy=self.ood_energy,
+            )
+        )
+        shadow = out.policy_command if out.mode == Mode.TELEOP else None
+        commands: list[tuple[Arm, np.ndarray]] = []
+        trajectories: list[tuple[Arm, Trajectory]] = []
+        if out.sent is not None:
+            if self.cfg.policy.execution.mode == "stream":
+                commands = [(arm, out.sent[arm.cols]) for arm in self.arms]
+            else:
+                trajectories = self._trajectories(step, out, pending, now_ros_ns)
+            if out.policy_sent and pending is not None:
+                # observation -> first command computed from it, on the ROS clock
+                self.control_stats.obs_to_cmd.add((now_ros_ns - pending.stamp_ns) / 1e6)
+        return ControlOutput(out, now_ros_ns, out.sent, shadow, commands, trajectories)
+
+    def _trajectories(
+        self, step: int, out: TickOutput, pending: TimedChunk | None, now_ros_ns: int
+    ) -> list[tuple[Arm, Trajectory]]:
+        """One trajectory per arm (joint_trajectory_controller semantics).
+
+        Under AUTONOMY with the blend finished, a new chunk is sent whole: the filtered
+        command of this tick first, then the chunk's remaining steps run through the same
+        limits (position, velocity, acceleration, deviation from measured) by
+        :func:`limit_chunk`, stamped with the observation time so the controller drops the
+        points already in the past. Otherwise (teleop, hold, blending) each tick sends a
+        one-point trajectory to the filtered command. A policy-driven tick without a new
+        chunk sends nothing: the controller is still executing the last one.
+        """
+        sent = out.sent
+        assert sent is not None
+        period, safety = self.period_s, self.safety
+        if out.policy_sent and (out.blend_alpha is None or out.blend_alpha >= 1.0):
+            if pending is None:
+                return []
+            joints = self.inputs.joints()
+            measured = None if joints is None else joints.positions
+            rows, times = chunk_trajectory(
+                pending, step, sent, period,
+                lambda rest: limit_chunk(safety, rest, sent, measured),
+            )
+            stamp = pending.stamp_ns
+        else:
+            rows, times, stamp = sent[None, :], [period], now_ros_ns
+        groups = [(arm.joint_names, arm.cols) for arm in self.arms]
+        return list(zip(self.arms, split_trajectory(rows, times, stamp, groups), strict=True))
+
+    def publish_mode(self, publish: Callable[[str], None]) -> None:
+        """Call ``publish(mode)`` when the mode changed since the last call (under one lock,
+        so concurrent callers latch the modes in order)."""
+        with self._mode_lock:
+            changes = self.arbiter.mode_changes
+            if changes == self._mode_published:
+                return
+            self._mode_published = changes
+            publish(self.arbiter.mode.value)
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def diagnostic_tasks(
+        self,
+        now_ros_ns: int,
+        active: bool,
+        superseded: Mapping[str, int] | None = None,
+        publishers: Callable[[str], int | None] = lambda _topic: None,
+    ) -> list[TaskStatus]:
+        """Inputs, inference, router, control loop and safety, in that order.
+
+        ``superseded``: frames the frame worker dropped per camera; ``publishers(topic)``:
+        matched publishers on a camera topic (None when unknown).
+        """
+        dropped: Mapping[str, int] = superseded or {}
+        inputs, m, p = self.inputs, self.bundle.manifest, self.cfg.policy
+        cameras = [
+            stats.report(now_ros_ns, dropped.get(cam, 0), publishers(stats.topic))
+            for cam, stats in self.camera_stats.items()
+        ]
+        return [
+            inputs_task(inputs.status.values(), inputs.stale(now_ros_ns),
+                        inputs.recent_errors(now_ros_ns), cameras, now_ros_ns, active),
+            inference_task(self.infer_stats, self.policy.backend.name, m.name,
+                           self.worker_loop.overruns, p.inference_rate_hz),
+            router_task(self.infer_stats, m.family, self.policy.strategy.name,
+                        m.experts.labels, self._now_s()),
+            control_task(self.control_stats, self.clock.now_ns(), p.control_rate_hz,
+                         self.control_loop.skipped, p.execution.mode, active),
+            safety_task(self.safety.diagnostics(), self.arbiter.mode.value,
+                        self.arbiter.mode_changes),
+        ]

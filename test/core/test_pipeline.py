@@ -1,0 +1,383 @@
+"""The policy node's runtime without ROS (core/pipeline.py): a real bundle on real ONNX Runtime,
+the shipped parameter file, a FakeClock for the monotonic side and hand-written ROS stamps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from moe_policy_ros.core.backends import make_backend
+from moe_policy_ros.core.bundle import LoadedBundle, load_bundle
+from moe_policy_ros.core.clock import FakeClock
+from moe_policy_ros.core.config import (
+    ConfigError,
+    RuntimeConfig,
+    config_from_params,
+    load_param_file,
+)
+from moe_policy_ros.core.diagnostics import (
+    CONTROL_LOOP,
+    INFERENCE,
+    INPUTS,
+    ROUTER,
+    SAFETY,
+    Key,
+    Level,
+)
+from moe_policy_ros.core.handover import Mode
+from moe_policy_ros.core.imageconv import ImageError
+from moe_policy_ros.core.inputs import InputError
+from moe_policy_ros.core.pipeline import (
+    PolicyPipeline,
+    build_pipeline,
+    configure_problems,
+)
+from moe_policy_ros.core.preprocess import FrameWorker, RawFrame
+from moe_policy_ros.core.runtime import MoEPolicy
+from moe_policy_ros.core.timeline import ADDED, NONFINITE
+from moe_policy_ros.core.types import Observation, PolicyOutput
+
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = REPO / "config" / "dual_arm.yaml"
+BUNDLE = "models/demo_adamoe"
+MS = 1_000_000
+PERIOD_NS = 20 * MS  # 50 Hz in dual_arm.yaml
+T0_ROS = 1_700_000_000 * 1_000_000_000  # a wall-clock-like ROS time
+
+
+def _params(**changes: Any) -> dict[str, Any]:
+    """dual_arm.yaml's parameters of the policy node, with ``a__b=value`` changes."""
+    params = load_param_file(PARAMS)
+    for key, value in changes.items():
+        node = params
+        *path, leaf = key.split("__")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return params
+
+
+def _cfg(**changes: Any) -> RuntimeConfig:
+    return config_from_params(_params(**changes))
+
+
+@pytest.fixture(scope="module")
+def bundle() -> LoadedBundle:
+    return load_bundle(REPO / BUNDLE)
+
+
+@pytest.fixture(scope="module")
+def policy(bundle: LoadedBundle) -> MoEPolicy:
+    return MoEPolicy(bundle, make_backend("onnxruntime", intra_op_threads=1))
+
+
+class Rig:
+    """A pipeline with a FakeClock and a ROS time that advance together, one period a tick."""
+
+    def __init__(self, pipe: PolicyPipeline, clock: FakeClock) -> None:
+        self.pipe, self.clock = pipe, clock
+        self.ros = T0_ROS
+        self.step = 0
+        self.q = np.zeros(len(pipe.joint_names))
+        self.image = np.full((96, 128, 3), 90, np.uint8)
+
+    def sense(self, age_ns: int = 0) -> None:
+        """A joint state and a camera frame received now, stamped ``age_ns`` ago."""
+        inputs, stamp = self.pipe.inputs, self.ros - age_ns
+        inputs.put_joint_state(self.pipe.joint_names, self.q, [], stamp, self.ros)
+        for cam in self.pipe.camera_pipelines:
+            assert self.pipe.image_arrived(cam, stamp, self.ros)
+            inputs.put_image(cam, self.image, stamp, self.ros)
+
+    def tick(self) -> Any:
+        out = self.pipe.control_step(self.step, self.clock.now_ns(), self.ros)
+        self.step += 1
+        self.clock.advance_ns(PERIOD_NS)
+        self.ros += PERIOD_NS
+        return out
+
+    def engage(self) -> None:
+        """Sense, infer, tick until the policy has a command, then engage autonomy."""
+        self.sense()
+        assert self.pipe.infer_once(self.ros) is not None
+        self.tick()
+        self.sense()
+        self.tick()
+        ok, msg = self.pipe.arbiter.engage_autonomy(True)
+        assert ok, msg
+
+
+def _rig(policy: MoEPolicy, bundle: LoadedBundle, **changes: Any) -> Rig:
+    """A rig on dual_arm.yaml with ``changes``; engaging needs no teleop leader and accepts the
+    demo policy's first action from the zero pose (about 1.2 rad away) unless asked."""
+    changes.setdefault("handover__require_teleop_to_engage", False)
+    changes.setdefault("handover__engage_max_distance", 2.0)
+    clock = FakeClock(5_000 * MS)
+    pipe = PolicyPipeline(_cfg(**changes), bundle, policy, clock)
+    pipe.start()
+    return Rig(pipe, clock)
+
+
+@pytest.fixture()
+def rig(policy: MoEPolicy, bundle: LoadedBundle) -> Iterator[Rig]:
+    yield _rig(policy, bundle)
+
+
+# ---------------------------------------------------------------------------- configure
+
+
+def test_build_pipeline_loads_warms_and_describes() -> None:
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    def backend(kind: str, **options: Any) -> Any:
+        made.append((kind, options))
+        return make_backend("onnxruntime", device=options["device"], intra_op_threads=1)
+
+    pipe = build_pipeline(_cfg(), resolve_path=lambda rel: REPO / rel, make_backend=backend,
+                          clock=FakeClock())
+    assert [k for k, _ in made] == ["auto"]  # the parameter file's backend, as given
+    assert made[0][1]["checkpoint"] is None
+    assert pipe.bundle.manifest.name == "demo_adamoe"
+    assert [a.name for a in pipe.arms] == ["left_arm", "right_arm"]
+    assert pipe.arms[1].cols == slice(7, 14) and pipe.arms[1].joint_names[0] == "right_waist"
+    assert pipe.gate_label == "experts:" + ",".join(pipe.bundle.manifest.experts.labels)
+    line = pipe.describe()
+    assert "demo_adamoe (adamoe, 8 experts, H=20)" in line and "mode stream" in line
+
+
+def test_configure_lists_every_problem_before_building_a_backend(bundle: LoadedBundle) -> None:
+    cfg = _cfg(policy__execution__merge="rtc", cameras__top__width=64)
+    problems = configure_problems(cfg, bundle.manifest, "bundle X")
+    assert len(problems) == 2
+    assert any("size 64x96" in p and "128x96" in p for p in problems)
+    assert any("'rtc'" in p and "policy.execution.merge" in p for p in problems)
+
+    def no_backend(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("a backend was built for a bundle that does not fit")
+
+    with pytest.raises(ConfigError) as err:
+        build_pipeline(cfg, resolve_path=lambda rel: REPO / rel, make_backend=no_backend,
+                       clock=FakeClock())
+    assert "64x96" in str(err.value) and "'rtc'" in str(err.value)
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+def test_no_inference_until_every_input_is_fresh(rig: Rig) -> None:
+    pipe = rig.pipe
+    assert pipe.infer_once(rig.ros) is None  # nothing received
+    pipe.inputs.put_joint_state(pipe.joint_names, rig.q, [], rig.ros, rig.ros)
+    assert pipe.infer_once(rig.ros) is None  # the camera is missing
+    rig.sense()
+    assert pipe.infer_once(rig.ros + 300 * MS) is None  # 0.3 s old > camera max age 0.25 s
+    assert pipe.infer_stats.chunks == 0 and not pipe.policy_warm
+
+
+def test_infer_once_queues_the_chunk_and_returns_the_router_state(rig: Rig) -> None:
+    pipe = rig.pipe
+    rig.sense()
+    res = pipe.infer_once(rig.ros)
+    assert res is not None and res.offered == ADDED and res.router is not None
+    out = pipe.infer_stats.last_output
+    assert out is not None
+    assert res.router.gates == pytest.approx(out.decision.state.gates.tolist())
+    assert res.router.active == out.decision.active.tolist()
+    assert res.router.dominant == pipe.expert_labels[int(np.argmax(res.router.gates))]
+    assert not res.router.shadow  # HOLD: the router state is not a shadow one
+    assert pipe.policy_warm and pipe.infer_stats.chunks == 1
+    assert pipe.ood_energy is None  # adamoe has no energies
+    # the chunk of an observation at step 0 starts at step 1 (the latency step)
+    assert rig.tick().tick.policy_command is None
+    proposal = rig.tick().tick.policy_command
+    assert proposal is not None and proposal.shape == (14,)
+
+
+class _Poisoned:
+    """The real policy with NaN in its chunk (an expert that diverged)."""
+
+    def __init__(self, policy: MoEPolicy) -> None:
+        self._policy = policy
+        self.backend, self.strategy = policy.backend, policy.strategy
+
+    def infer(self, obs: Observation) -> PolicyOutput:
+        out = self._policy.infer(obs)
+        actions = out.actions.copy()
+        actions[3, 0] = np.nan
+        return replace(out, actions=actions)
+
+    def reset(self) -> None:
+        self._policy.reset()
+
+
+def test_a_nonfinite_chunk_is_counted_and_holds_with_an_error(
+    policy: MoEPolicy, bundle: LoadedBundle
+) -> None:
+    rig = _rig(policy, bundle)
+    rig.engage()
+    assert rig.pipe.arbiter.mode == Mode.AUTONOMY
+    rig.pipe.policy = _Poisoned(policy)  # type: ignore[assignment]
+    rig.sense()
+    res = rig.pipe.infer_once(rig.ros)
+    assert res is not None and res.offered == NONFINITE and res.router is None
+    assert rig.pipe.infer_stats.nonfinite == 1
+    out = rig.tick()
+    assert out.tick.mode == Mode.HOLD
+    assert out.tick.filter.level == Level.ERROR
+    inference = rig.pipe.diagnostic_tasks(rig.ros, True)[1]
+    assert inference.level == Level.ERROR and "1 chunks with NaN/Inf" in inference.message
+
+
+# ---------------------------------------------------------------------------- control
+
+
+def test_stream_mode_sends_each_arm_its_columns(rig: Rig) -> None:
+    rig.q[:] = np.linspace(0.0, 0.6, 14)
+    rig.q[[6, 13]] = 0.5  # grippers inside 0..1
+    rig.sense()
+    out = rig.tick()
+    assert out.tick.mode == Mode.HOLD and out.sent is not None
+    np.testing.assert_allclose(out.sent, rig.q)  # HOLD keeps the measured position
+    assert [a.name for a, _ in out.commands] == ["left_arm", "right_arm"]
+    np.testing.assert_allclose(out.commands[1][1], rig.q[7:])
+    assert out.trajectories == [] and out.shadow is None
+    assert out.stamp_ns == T0_ROS
+
+
+def test_autonomy_records_observation_to_command_latency(rig: Rig) -> None:
+    rig.engage()
+    n = rig.pipe.control_stats.obs_to_cmd.summary().count
+    rig.sense(age_ns=7 * MS)  # the observation was taken 7 ms before this tick
+    assert rig.pipe.infer_once(rig.ros) is not None
+    out = rig.tick()  # takes the new chunk (its steps start at the next tick)
+    assert out.tick.mode == Mode.AUTONOMY and out.tick.policy_sent
+    o2c = rig.pipe.control_stats.obs_to_cmd.summary()
+    assert o2c.count == n + 1 and o2c.max == pytest.approx(7.0)
+    rig.tick()  # no new chunk: nothing recorded
+    assert rig.pipe.control_stats.obs_to_cmd.summary().count == n + 1
+
+
+def test_chunk_mode_sends_one_point_while_holding_and_the_chunk_under_autonomy(
+    policy: MoEPolicy, bundle: LoadedBundle
+) -> None:
+    rig = _rig(policy, bundle, policy__execution__mode="chunk", handover__blend_time_s=0.0)
+    rig.sense()
+    out = rig.tick()
+    assert out.commands == [] and [a.name for a, _ in out.trajectories] == ["left_arm",
+                                                                            "right_arm"]
+    left = out.trajectories[0][1]
+    assert left.start_time_ns == out.stamp_ns  # a hold is stamped now, one period ahead
+    assert [p.time_from_start for p in left.points] == [pytest.approx(0.02)]
+    assert len(left.joint_names) == 7 and left.joint_names[0] == "left_waist"
+
+    rig.engage()
+    obs_ros = rig.ros
+    rig.sense()
+    res = rig.pipe.infer_once(obs_ros)
+    assert res is not None and res.offered == ADDED
+    out = rig.tick()
+    assert out.tick.policy_sent and out.tick.blend_alpha is None
+    right = out.trajectories[1][1]
+    assert right.start_time_ns == obs_ros  # stamped with the observation time
+    assert len(right.points) > 5  # this tick's command, then the rest of the chunk
+    assert right.points[0].positions == pytest.approx(tuple(out.sent[7:]))
+    times = [p.time_from_start for p in right.points]
+    assert times[0] == pytest.approx(0.02) and np.allclose(np.diff(times), 0.02)
+    # the next tick has no new chunk: the controller keeps executing this one
+    follow = rig.tick()
+    assert follow.tick.policy_sent and follow.sent is not None and follow.trajectories == []
+
+
+def test_teleop_drives_and_the_policy_runs_in_its_shadow(
+    policy: MoEPolicy, bundle: LoadedBundle
+) -> None:
+    rig = _rig(policy, bundle, handover__initial_mode="TELEOP")
+    pipe = rig.pipe
+    with pytest.raises(InputError, match="lacks joints"):
+        pipe.put_teleop(["left_waist"], [0.1])
+    pipe.put_teleop(pipe.joint_names, rig.q + 0.01)
+    pipe.put_deadman(True)
+    rig.sense()
+    res = pipe.infer_once(rig.ros)
+    rig.tick()
+    rig.tick()
+    pipe.put_teleop(pipe.joint_names, rig.q + 0.01)
+    rig.sense()
+    res = pipe.infer_once(rig.ros)
+    assert res is not None and res.router is not None and res.router.shadow
+    rig.tick()
+    out = rig.tick()
+    assert out.tick.mode == Mode.TELEOP
+    assert out.shadow is not None and out.sent is not None
+    assert not np.allclose(out.shadow, out.sent)  # the policy's command is only shown
+
+
+def test_the_mode_is_published_once_per_change_in_order(rig: Rig) -> None:
+    seen: list[str] = []
+    rig.pipe.publish_mode(seen.append)
+    rig.pipe.publish_mode(seen.append)
+    assert seen == ["HOLD"]
+    rig.pipe.arbiter.estop()
+    rig.pipe.publish_mode(seen.append)
+    rig.pipe.arbiter.reset_estop()
+    rig.pipe.publish_mode(seen.append)
+    assert seen == ["HOLD", "ESTOP", "HOLD"]
+
+
+# ---------------------------------------------------------------------------- frames, diagnostics
+
+
+def test_frames_through_the_worker_reach_the_inputs_and_rejections_are_counted(
+    rig: Rig,
+) -> None:
+    pipe = rig.pipe
+    warnings: list[str] = []
+
+    def done(camera: str, info: Any, err: ImageError | None) -> None:
+        line = pipe.frame_done(camera, info, err, rig.ros)
+        if line is not None:
+            warnings.append(line)
+
+    frames = FrameWorker(pipe.camera_pipelines, pipe.inputs.put_image, done)
+    good = np.full((96, 128, 3), 7, np.uint8)
+    assert pipe.image_arrived("top", rig.ros, rig.ros)
+    assert not pipe.image_arrived("wrist", rig.ros, rig.ros)  # not a bundle camera
+    frames.submit("top", RawFrame(96, 128, "rgb8", 128 * 3, good.tobytes()), rig.ros, rig.ros)
+    frames.run_pending()
+    assert pipe.inputs.images()["top"].image[0, 0, 0] == 7
+    pipe.image_arrived("top", rig.ros, rig.ros)
+    frames.submit("top", RawFrame(96, 128, "16UC1", 128 * 2, bytes(96 * 128 * 2)),
+                  rig.ros, rig.ros)
+    frames.run_pending()
+    assert len(warnings) == 1 and "cameras/top/image_raw" in warnings[0]
+    assert "16UC1" in warnings[0]
+    assert any("16UC1" in e for e in pipe.inputs.recent_errors(rig.ros))
+    rep = pipe.camera_stats["top"].report(rig.ros)
+    assert (rep.received, rep.accepted, rep.rejected) == (2, 1, 1)
+
+
+def test_diagnostic_tasks_one_per_concern(rig: Rig) -> None:
+    rig.sense()
+    rig.pipe.infer_once(rig.ros)
+    for _ in range(10):
+        rig.tick()
+    tasks = rig.pipe.diagnostic_tasks(rig.ros, True, {"top": 3}, lambda topic: 1)
+    assert [t.task for t in tasks] == [INPUTS, INFERENCE, ROUTER, CONTROL_LOOP, SAFETY]
+    inputs = dict(tasks[0].values)
+    assert inputs["top frames superseded"] == 3 and inputs["top frames received"] == 1
+    assert tasks[0].message.startswith("all inputs fresh")  # 0.2 s old: at the max age
+    for _ in range(5):
+        rig.tick()
+    stale = rig.pipe.diagnostic_tasks(rig.ros, True)[0]
+    assert stale.level == Level.ERROR and stale.message.startswith("stale: joint_states")
+    assert rig.pipe.diagnostic_tasks(rig.ros, False)[0].level == Level.WARN  # inactive
+    control = dict(tasks[3].values)
+    assert control[Key.ACHIEVED_RATE_HZ] == pytest.approx(50.0)
+    assert control[Key.TARGET_RATE_HZ] == 50.0
+    assert dict(tasks[1].values)["chunks"] == 1
+    assert dict(tasks[4].values)[Key.MODE] == "HOLD"
