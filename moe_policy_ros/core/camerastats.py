@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from moe_policy_ros.core.stats import RateMeter
 from moe_policy_ros.core.types import Level
 
 #: Shipped Fast DDS profile, named in the transport verdict (see core/transport.py).
@@ -128,7 +129,8 @@ class CameraStats:
         self.rate_window_s = rate_window_s
         self._lock = threading.Lock()
         self._stamps: deque[int] = deque(maxlen=window)
-        self._recv: deque[int] = deque(maxlen=window)
+        # receipt times on the node's ROS clock, which jumps back when a simulator restarts
+        self._arrivals = RateMeter(rate_window_s, max_events=window, on_backwards="restart")
         self.received = self.accepted = self.rejected = 0
         self.causes: dict[str, int] = {}
         self.last_error = ""
@@ -140,7 +142,7 @@ class CameraStats:
         with self._lock:
             self.received += 1
             self._stamps.append(int(stamp_ns))
-            self._recv.append(int(recv_ns))
+        self._arrivals.record(int(recv_ns))
 
     def accepted_frame(self, size: tuple[int, int], encoding: str) -> None:
         with self._lock:
@@ -174,11 +176,8 @@ class CameraStats:
 
     def report(self, now_ns: int, superseded: int = 0,
                publishers: int | None = None) -> CameraReport:
+        rate = self._arrivals.rate_hz(now_ns)
         with self._lock:
-            recent = [t for t in self._recv if now_ns - t <= self.rate_window_s * 1e9]
-            rate = 0.0
-            if len(recent) >= 2 and recent[-1] > recent[0]:
-                rate = (len(recent) - 1) * 1e9 / (recent[-1] - recent[0])
             pub_rate, source, delivery = self._publisher()
             return CameraReport(
                 name=self.name, topic=self.topic, size_used=self.size_used,

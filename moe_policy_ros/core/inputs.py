@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from moe_policy_ros.core.stats import RateMeter
 
 
 class InputError(ValueError):
@@ -55,14 +56,14 @@ class SourceStatus:
     last_error_ns: int | None = None
     last_stamp_ns: int | None = None
     last_received_ns: int | None = None
-    _arrivals: deque[int] = field(default_factory=lambda: deque(maxlen=50))
+    #: arrival (receipt) times of the last 50 accepted samples, on the ROS clock
+    arrivals: RateMeter = field(
+        default_factory=lambda: RateMeter(window_s=None, max_events=50, on_backwards="restart")
+    )
 
     def rate_hz(self) -> float:
-        """Arrival rate of accepted samples over the recent window."""
-        if len(self._arrivals) < 2:
-            return 0.0
-        span = self._arrivals[-1] - self._arrivals[0]
-        return (len(self._arrivals) - 1) * 1e9 / span if span > 0 else 0.0
+        """Arrival rate of the last 50 accepted samples."""
+        return self.arrivals.rate_hz()
 
     def age_s(self, now_ns: int) -> float | None:
         if self.last_stamp_ns is None:
@@ -209,7 +210,7 @@ class InputBuffer:
         st.received += 1
         st.last_stamp_ns = stamp_ns
         st.last_received_ns = now_ns
-        st._arrivals.append(now_ns)
+        st.arrivals.record(now_ns)
 
     # ------------------------------------------------------------------ readers
 

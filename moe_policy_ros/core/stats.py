@@ -5,62 +5,95 @@ here reads a clock, so tests use hand-written stamps. Memory is bounded by the w
 ``deque`` with ``maxlen`` (sample windows) or pruned by time and capped by ``max_events``
 (the rate window). Percentiles use numpy's default linear interpolation between closest ranks
 (``np.percentile(..., method="linear")``): for samples 1..100, p50 = 50.5 and p99 = 99.01.
-Not thread-safe: use from one thread (the control loop) or guard externally.
+The sample windows are not thread-safe: use them from one thread (the control loop) or guard
+them externally; :class:`RateMeter` takes its own lock.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 
 class RateMeter:
-    """Achieved event rate over a sliding time window.
+    """Arrival rate of events over a sliding window: the one rate meter of the package.
 
     ``rate_hz`` is ``(n - 1) / (t_last - t_first)`` over the ``n`` events in the window
     ``(ref - window_s, ref]``, where ``ref`` is ``now_ns`` if given, else the newest event:
-    the mean rate between the events actually seen, unbiased by where the window edge falls.
-    Fewer than two events in the window gives 0.0, so a stopped stream reads 0 once its events
-    age out of the window.
+    the mean rate between the events actually seen, unbiased by where the window edge falls
+    (``n / window`` would count a stream that started mid-window as slow). Fewer than two
+    events in the window, or all at one time, gives 0.0, so a stopped stream reads 0 once its
+    events age out of the window. ``window_s=None`` keeps the last ``max_events`` events
+    whatever their age.
+
+    Stamps must not go backwards: ``on_backwards="raise"`` (a monotonic clock, where it would
+    be a bug) raises ValueError; ``"restart"`` (ROS time, which jumps back when a simulator
+    restarts its clock) forgets the older events and starts over from the new one.
+    Thread-safe: one writer (a callback or a loop) and any readers (diagnostics).
+
+    Used by the control loop's achieved rate (``diagnostics.ControlStats``), the input
+    sources (``inputs.SourceStatus``), the cameras (``camerastats.CameraStats``), the camera
+    driver node and ``moe-policy-ros doctor``.
     """
 
-    def __init__(self, window_s: float = 1.0, max_events: int = 10_000) -> None:
-        if not window_s > 0:
-            raise ValueError(f"window_s must be positive, got {window_s}")
+    def __init__(
+        self,
+        window_s: float | None = 1.0,
+        max_events: int = 10_000,
+        on_backwards: Literal["raise", "restart"] = "raise",
+    ) -> None:
+        if window_s is not None and not window_s > 0:
+            raise ValueError(f"window_s must be positive or None, got {window_s}")
         if max_events < 2:
             raise ValueError(f"max_events must be >= 2, got {max_events}")
-        self.window_ns = round(window_s * 1e9)
+        if on_backwards not in ("raise", "restart"):
+            raise ValueError(f"on_backwards must be 'raise' or 'restart', got {on_backwards!r}")
+        self.window_ns = None if window_s is None else round(window_s * 1e9)
+        self.on_backwards = on_backwards
         self._stamps: deque[int] = deque(maxlen=max_events)
+        self._lock = threading.Lock()
 
     def record(self, stamp_ns: int) -> None:
-        if self._stamps and stamp_ns < self._stamps[-1]:
-            raise ValueError(f"stamps must not go backwards: {stamp_ns} < {self._stamps[-1]}")
-        self._stamps.append(stamp_ns)
-        self._prune(stamp_ns)
+        with self._lock:
+            if self._stamps and stamp_ns < self._stamps[-1]:
+                if self.on_backwards == "raise":
+                    raise ValueError(
+                        f"stamps must not go backwards: {stamp_ns} < {self._stamps[-1]}"
+                    )
+                self._stamps.clear()
+            self._stamps.append(stamp_ns)
+            self._prune(stamp_ns)
 
     def _prune(self, ref_ns: int) -> None:
+        if self.window_ns is None:
+            return
         while self._stamps and self._stamps[0] <= ref_ns - self.window_ns:
             self._stamps.popleft()
 
     def count(self, now_ns: int | None = None) -> int:
-        if now_ns is not None:
-            self._prune(now_ns)
-        return len(self._stamps)
+        with self._lock:
+            if now_ns is not None:
+                self._prune(now_ns)
+            return len(self._stamps)
 
     def rate_hz(self, now_ns: int | None = None) -> float:
-        if now_ns is not None:
-            self._prune(now_ns)
-        n = len(self._stamps)
-        if n < 2:
-            return 0.0
-        span = self._stamps[-1] - self._stamps[0]
-        return (n - 1) / (span / 1e9) if span > 0 else math.inf
+        with self._lock:
+            if now_ns is not None:
+                self._prune(now_ns)
+            n = len(self._stamps)
+            if n < 2:
+                return 0.0
+            span = self._stamps[-1] - self._stamps[0]
+            return (n - 1) / (span / 1e9) if span > 0 else 0.0
 
     def reset(self) -> None:
-        self._stamps.clear()
+        with self._lock:
+            self._stamps.clear()
 
 
 @dataclass(frozen=True)

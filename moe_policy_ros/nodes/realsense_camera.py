@@ -51,6 +51,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
+from moe_policy_ros.core.stats import RateMeter
 from moe_policy_ros.nodes.common import diag_status, spin_node
 from moe_policy_ros.realsense.sources import (
     EndOfStream,
@@ -257,7 +258,8 @@ class RealSenseCameraNode(Node):
         self._warned_at: dict[int, float] = {}
         # /diagnostics (diagnostic_updater shape): state, achieved rate, reconnects, last warning
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_last = (time.monotonic(), 0)
+        # color frames published, on the monotonic clock; the window holds >= 5 frame periods
+        self._color_rate = RateMeter(window_s=max(1.0, 5.0 / self.params.fps))
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f"{self.source.description}: {self.params.width}x{self.params.height} "
@@ -291,10 +293,7 @@ class RealSenseCameraNode(Node):
             super().destroy_node()
 
     def _publish_diagnostics(self) -> None:
-        now, count = time.monotonic(), self.published
-        t0, c0 = self._diag_last
-        self._diag_last = (now, count)
-        rate = (count - c0) / (now - t0) if now > t0 else 0.0
+        rate = self._color_rate.rate_hz(time.monotonic_ns())
         expected = float(self.params.fps)
         if self.state == "streaming" and rate >= 0.8 * expected:
             level, msg = 0, f"streaming {rate:.1f} Hz"
@@ -462,6 +461,7 @@ class RealSenseCameraNode(Node):
                     self._depth_info_pub.publish(info)
                 self.published_depth += 1
             self.published += 1
+            self._color_rate.record(time.monotonic_ns())
 
 
 def main(args: list[str] | None = None) -> int:

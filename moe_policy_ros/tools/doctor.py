@@ -543,17 +543,26 @@ def check_cameras(ctx: Context) -> Iterator[Finding]:
     from sensor_msgs.msg import CompressedImage, Image
 
     from moe_policy_ros.core.imageconv import RAW_ENCODINGS
+    from moe_policy_ros.core.stats import RateMeter
     from moe_policy_ros.session import SENSOR_QOS, RosSession
 
     cams = list(ctx.config.cameras)
     session = RosSession(f"moe_policy_ros_doctor_cameras_{os.getpid()}")
     frames: dict[str, list[Any]] = {c.name: [] for c in cams}
+    rates = {c.name: RateMeter(window_s=None) for c in cams}  # arrivals while listening
     topics = {c.name: _resolve_topic(c.topic, ctx.namespace) for c in cams}
+
+    def receiver(name: str) -> Callable[[Any], None]:
+        def on_frame(msg: Any) -> None:
+            frames[name].append(msg)
+            rates[name].record(time.monotonic_ns())
+        return on_frame
+
     try:
         for c in cams:
             msg_type = Image if c.message_type == "Image" else CompressedImage
             session.node.create_subscription(
-                msg_type, topics[c.name], frames[c.name].append, SENSOR_QOS)
+                msg_type, topics[c.name], receiver(c.name), SENSOR_QOS)
         session.spin_in_background()
         time.sleep(max(0.5, ctx.listen_s))
         graph = dict(session.node.get_topic_names_and_types())
@@ -561,13 +570,14 @@ def check_cameras(ctx: Context) -> Iterator[Finding]:
     finally:
         session.close()
     for c in cams:
-        yield from _camera_finding(c, topics[c.name], frames[c.name], pubs[c.name], graph,
-                                   ctx.listen_s, RAW_ENCODINGS)
+        yield from _camera_finding(c, topics[c.name], frames[c.name], rates[c.name].rate_hz(),
+                                   pubs[c.name], graph, ctx.listen_s, RAW_ENCODINGS)
 
 
-def _camera_finding(c: Any, topic: str, got: list[Any], pubs: list[Any],
+def _camera_finding(c: Any, topic: str, got: list[Any], rate: float, pubs: list[Any],
                     graph: dict[str, list[str]], listen_s: float,
                     raw_encodings: dict[str, int]) -> Iterator[Finding]:
+    """``rate``: the arrival rate of ``got`` (Hz, :class:`core.stats.RateMeter`)."""
     name = f"camera {c.name}"
     want_type = f"sensor_msgs/msg/{c.message_type}"
     want = f"{c.message_type} {c.width}x{c.height} {c.encoding}"
@@ -589,7 +599,6 @@ def _camera_finding(c: Any, topic: str, got: list[Any], pubs: list[Any],
                       f"{listen_s:g} s", "the driver is not streaming (check its log), or its "
                       "QoS/transport does not reach this machine", required=True)
         return
-    rate = len(got) / listen_s
     last = got[-1]
     if c.message_type == "CompressedImage":
         yield Finding(name, "ok", f"{topic}: {len(got)} frames ({rate:.1f} Hz), format "

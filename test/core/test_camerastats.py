@@ -96,3 +96,15 @@ def test_rejections_are_counted_by_cause() -> None:
     assert (rep.received, rep.accepted, rep.rejected) == (3, 0, 3)
     assert rep.last_error == "bad encoding"
     assert camera_verdict(rep)[1].startswith("top: all 3 frames rejected (likely cause: size)")
+
+
+def test_received_rate_over_the_window_and_after_a_clock_jump() -> None:
+    st = _stats(rate_window_s=1.0)
+    for i in range(31):  # 30 fps for 1 s, received 2 ms after capture
+        st.arrival(5 * S + i * P, 5 * S + i * P + 2_000_000)
+    assert st.report(5 * S + 30 * P + 2_000_000).rate_hz == pytest.approx(30.0, rel=1e-3)
+    assert st.report(9 * S).rate_hz == 0.0  # nothing for 3 s: the window is empty
+    for i in range(3):  # the ROS clock restarted (a simulator): 10 fps from t = 1 s
+        st.arrival(S + i * S // 10, S + i * S // 10)
+    rep = st.report(S + S // 5)
+    assert rep.rate_hz == pytest.approx(10.0) and rep.received == 34

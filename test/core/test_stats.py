@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 
@@ -41,6 +42,48 @@ def test_rate_meter_bounded_and_checks() -> None:
         r.record(0)
     with pytest.raises(ValueError):
         RateMeter(window_s=0)
+
+
+def test_rate_meter_count_window_restart_and_simultaneous_stamps() -> None:
+    r = RateMeter(window_s=None, max_events=4)  # the last 4 events, whatever their age
+    for t in (0, 100, 200, 400, 1_000):
+        r.record(t * MS)
+    assert r.count(now_ns=10**12) == 4  # age does not prune a count window
+    assert r.rate_hz(now_ns=10**12) == pytest.approx(3 / 0.9)
+    r = RateMeter(window_s=5.0, on_backwards="restart")  # ROS time: a sim clock restarts
+    for t in (1_000, 1_100, 1_200):
+        r.record(t * MS)
+    r.record(50 * MS)
+    assert r.count() == 1 and r.rate_hz() == 0.0
+    r.record(70 * MS)
+    assert r.rate_hz() == pytest.approx(50.0)
+    same = RateMeter()
+    same.record(5 * MS)
+    same.record(5 * MS)  # two events at one time (a coarse sim clock): no rate, not inf
+    assert same.count() == 2 and same.rate_hz() == 0.0
+    with pytest.raises(ValueError, match="on_backwards"):
+        RateMeter(on_backwards="ignore")  # type: ignore[arg-type]
+
+
+def test_rate_meter_readers_and_a_writer_in_threads() -> None:
+    r = RateMeter(window_s=1.0, max_events=50)
+    done = threading.Event()
+    seen: list[float] = []
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(r.rate_hz(now_ns=None))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for k in range(20_000):
+            r.record(k * MS)
+    finally:
+        done.set()
+        reader.join()
+    assert all(v == 0.0 or v == pytest.approx(1000.0) for v in seen)
+    assert r.rate_hz() == pytest.approx(1000.0) and r.count() == 50
 
 
 def test_latency_window_hand_computed() -> None:
