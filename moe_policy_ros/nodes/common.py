@@ -16,6 +16,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -62,6 +63,24 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def schedule_autostart(node: LifecycleNode) -> None:
+    """With the ``autostart`` parameter true, configure then activate once the executor spins,
+    as a lifecycle manager with autostart would (a failed configure is logged; the node stays
+    unconfigured)."""
+    if not (node.has_parameter("autostart") and bool(node.get_parameter("autostart").value)):
+        return
+    timer: Any = None
+
+    def _once() -> None:
+        timer.cancel()
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: configure failed; node stays unconfigured")
+            return
+        node.trigger_activate()
+
+    timer = node.create_timer(0.1, _once)
 
 
 def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> None:

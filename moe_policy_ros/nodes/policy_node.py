@@ -51,7 +51,12 @@ from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.pipeline import PolicyPipeline, RouterUpdate, build_pipeline
 from moe_policy_ros.core.preprocess import CompressedFrame, FrameWorker, Processed, RawFrame
 from moe_policy_ros.core.timeline import NONFINITE
-from moe_policy_ros.nodes.common import diag_status, spin_node, trajectory_msg
+from moe_policy_ros.nodes.common import (
+    diag_status,
+    schedule_autostart,
+    spin_node,
+    trajectory_msg,
+)
 from moe_policy_ros.nodes.params import declare_parameters, nested_parameters
 from moe_policy_ros.session import (
     COMMAND_QOS,
@@ -75,7 +80,8 @@ class PolicyNode(LifecycleNode):
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._configure_error = ""
-        self._entities: list[Any] = []
+        self._subs: list[Any] = []
+        self._srvs: list[Any] = []
         self._pubs: dict[str, Publisher] = {}
         self._gate_layout: list[Dim] = []
         super().__init__(node_name, **kwargs)
@@ -168,7 +174,7 @@ class PolicyNode(LifecycleNode):
         priority = MutuallyExclusiveCallbackGroup()
 
         def sub(msg_type: Any, topic: str, cb: Callable[[Any], None]) -> None:
-            self._entities.append(self.create_subscription(
+            self._subs.append(self.create_subscription(
                 msg_type, topic, cb, SENSOR_QOS, callback_group=sensors))
 
         sub(JointState, cfg.robot.joint_states_topic, self._on_joint_state)
@@ -191,7 +197,7 @@ class PolicyNode(LifecycleNode):
         pubs["command"] = lp(JointState, "~/command", MONITOR_QOS)
         # The mode is latched and published in every lifecycle state.
         pubs["mode"] = self.create_publisher(String, "~/mode", LATCHED_QOS)
-        self._entities += [
+        self._srvs = [
             self.create_service(srv_type, f"~/{name}", cb, callback_group=priority)
             for srv_type, name, cb in (
                 (SetBool, "engage_autonomy", self._srv_engage),
@@ -206,15 +212,13 @@ class PolicyNode(LifecycleNode):
     def _release(self) -> None:
         """Stop the frame worker and destroy the subscriptions, services and publishers."""
         self._stop_frames()
-        for ent in self._entities:
-            if hasattr(ent, "topic_name") and hasattr(ent, "handle") and hasattr(ent, "callback"):
-                self.destroy_subscription(ent)
-            elif hasattr(ent, "srv_type"):
-                self.destroy_service(ent)
-        self._entities = []
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for srv in self._srvs:
+            self.destroy_service(srv)
         for pub in self._pubs.values():
             self.destroy_publisher(pub)
-        self._pubs = {}
+        self._subs, self._srvs, self._pubs = [], [], {}
 
     def _stop_frames(self) -> None:
         if self._frames is not None:
@@ -402,27 +406,10 @@ class PolicyNode(LifecycleNode):
         self._threads = []
 
 
-def _autostart(node: PolicyNode) -> None:
-    """Configure then activate, as a lifecycle manager with autostart would."""
-    ret = node.trigger_configure()
-    if ret != TransitionCallbackReturn.SUCCESS:
-        node.get_logger().error("autostart: configure failed; node stays unconfigured")
-        return
-    node.trigger_activate()
-
-
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = PolicyNode()
-    if node.has_parameter("autostart") and bool(node.get_parameter("autostart").value):
-        timer = None
-
-        def _once() -> None:
-            assert timer is not None
-            timer.cancel()
-            _autostart(node)
-
-        timer = node.create_timer(0.1, _once)
+    schedule_autostart(node)
     spin_node(node)  # single-threaded: see spin_node and bench/control_loop.py
 
 
