@@ -3,6 +3,7 @@ the shipped parameter file, a FakeClock for the monotonic side and hand-written 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -54,11 +55,8 @@ def _params(**changes: Any) -> dict[str, Any]:
     """dual_arm.yaml's parameters of the policy node, with ``a__b=value`` changes."""
     params = load_param_file(PARAMS)
     for key, value in changes.items():
-        node = params
         *path, leaf = key.split("__")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        functools.reduce(lambda node, part: node.setdefault(part, {}), path, params)[leaf] = value
     return params
 
 
