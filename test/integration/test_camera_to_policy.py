@@ -39,6 +39,7 @@ from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.core.transport import dds_environment
 from moe_policy_ros.graph import node_graph, read_params_doc
+from moe_policy_ros.session import stamp_to_ns
 from moe_policy_ros.tools.up import LaunchOptions, node_command, prepare_params
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def _status_series(diags: list[tuple[float, Any]], name: str) -> list[tuple[int,
     """(report stamp ns, values, status) of every report of the status ``name``."""
     out = []
     for _t, arr in diags:
-        stamp = arr.header.stamp.sec * 1_000_000_000 + arr.header.stamp.nanosec
+        stamp = stamp_to_ns(arr.header.stamp)
         for st in arr.status:
             if st.name == name:
                 out.append((stamp, {kv.key: kv.value for kv in st.values}, st))

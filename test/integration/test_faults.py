@@ -47,6 +47,7 @@ from helpers import REPO
 from helpers.ros import DEMO_BUNDLE, POLICY_NODE
 
 from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.diagnostics import level_of
 
 if TYPE_CHECKING:
     from helpers.ros import FakeRobot, RosClient
@@ -142,7 +143,7 @@ class CommandMonitor:
 
 
 def _level(st: Any) -> int:
-    return st.level if isinstance(st.level, int) else ord(st.level)
+    return level_of(st.level)
 
 
 def _values(st: Any) -> dict[str, str]:

@@ -152,6 +152,8 @@ def test_chunk_mode_publishes_joint_trajectories(
 ) -> None:
     from trajectory_msgs.msg import JointTrajectory
 
+    from moe_policy_ros.session import stamp_to_ns
+
     params = write_params(tmp_path, policy__execution__mode="chunk")
     modes = _latched_mode(ros_client)
     trajs = ros_client.record(JointTrajectory, LEFT.trajectory_topic)
@@ -169,7 +171,7 @@ def test_chunk_mode_publishes_joint_trajectories(
         t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
         assert all(b > a for a, b in itertools.pairwise(t)), t
         np.testing.assert_allclose(np.diff(t), CFG.policy.control_period_s, atol=1e-6)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         assert 0 < stamp <= now_ns, "header stamp must be the (past) observation time"
         for p in msg.points:
             assert len(p.positions) == 7 and all(math.isfinite(x) for x in p.positions)

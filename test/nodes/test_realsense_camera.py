@@ -36,7 +36,9 @@ PERIOD_MS = 1000.0 / FPS
 
 
 def stamp_ns(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    from moe_policy_ros.session import stamp_to_ns
+
+    return stamp_to_ns(msg.header.stamp)
 
 
 def frame_pair(i: int) -> tuple[np.ndarray, np.ndarray]:
