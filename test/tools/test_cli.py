@@ -8,7 +8,6 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,19 +27,6 @@ BUNDLE = REPO / "models" / "demo_adamoe"
 
 #: A command runner fixture: ``run(*args, timeout=...)`` -> the finished process.
 Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def cli(node_env: dict[str, str]) -> Run:
-    """``cli(*args, timeout=120)``: ``python -m moe_policy_ros.cli ARGS``, output captured."""
-
-    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "moe_policy_ros.cli", *args], cwd=REPO, env=node_env,
-            capture_output=True, text=True, timeout=timeout,
-        )
-
-    return run
 
 
 def _help_lists_every_command(text: str) -> None:

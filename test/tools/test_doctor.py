@@ -28,16 +28,9 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def doctor(node_env: dict[str, str]) -> Run:
+def doctor(cli: Run) -> Run:
     """``doctor(*args, timeout=180)``: ``moe-policy-ros doctor ARGS``, output captured."""
-
-    def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "moe_policy_ros.cli", "doctor", *args], cwd=REPO,
-            env=node_env, capture_output=True, text=True, timeout=timeout,
-        )
-
-    return run
+    return lambda *args, timeout=180: cli("doctor", *args, timeout=timeout)
 
 
 def _lines(out: str, check: str) -> list[str]:
