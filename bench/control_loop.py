@@ -28,7 +28,8 @@ sys.path[:0] = [str(REPO), str(REPO / "test")]
 FAKE_ROBOT = """
 import sys, time
 sys.path[:0] = [{repo!r}, {test!r}]
-from ros_helpers import REPO, FakeRobot, RosClient, bundle_home
+from helpers import REPO
+from helpers.ros import FakeRobot, RosClient, bundle_home
 from moe_policy_ros.core.config import load_config
 names = load_config(REPO / "config" / "dual_arm.yaml").robot.joint_names
 c = RosClient("bench_fake_robot")
@@ -46,7 +47,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from diagnostic_msgs.msg import DiagnosticArray
-    from ros_helpers import RosClient, engage, node_process, policy_params
+    from helpers.ros import RosClient, engage, node_process, policy_params
 
     tmp = Path(tempfile.mkdtemp(prefix="moe_bench_"))
     params = policy_params(tmp)

@@ -45,6 +45,7 @@ from moe_policy_ros.core.compat import bundle_mismatches
 from moe_policy_ros.core.config import RoutingConfig, RuntimeConfig
 from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs
 from moe_policy_ros.core.imageconv import resize_to
+from moe_policy_ros.core.paths import package_file, resolve_share_path
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter
 from moe_policy_ros.core.timeline import ChunkTimeline
@@ -60,6 +61,8 @@ __all__ = [
     "wilson_interval",
 ]
 
+#: The parameter file of ``make demo``, relative to the package.
+DEFAULT_PARAMS = Path("config") / "sim_dual_arm.yaml"
 DEFAULT_RENDER_SIZE: tuple[int, int] = (480, 640)  # (H, W) px, the sim node's camera size
 DEFAULT_EPISODE_STEPS = 400  # 8 s at 50 Hz, the demonstrations' length
 
@@ -418,28 +421,26 @@ def summarize(results: Sequence[EpisodeResult]) -> Summary:
     )
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
 def default_params_file() -> Path:
-    """The parameter file ``make demo`` uses (``config/sim_dual_arm.yaml``)."""
-    local = repo_root() / "config" / "sim_dual_arm.yaml"
-    if local.is_file():
-        return local
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory("moe_policy_ros")) / "config" / "sim_dual_arm.yaml"
+    """The parameter file ``make demo`` uses (``config/sim_dual_arm.yaml``), from the source
+    checkout or the installed share."""
+    found = package_file(DEFAULT_PARAMS)
+    if found is None:
+        raise FileNotFoundError(f"{DEFAULT_PARAMS}: neither in the source checkout nor in the "
+                                "installed share of moe_policy_ros; reinstall the package")
+    return found
 
 
 def resolve_bundle(path: str | Path, params_file: Path) -> Path:
-    """A bundle path as the node resolves ``policy.bundle``: absolute, relative to the working
-    directory, or relative to the package (the source checkout, then the parameter file's
-    package share)."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
+    """A bundle path as the node resolves ``policy.bundle``
+    (:func:`~moe_policy_ros.core.paths.resolve_share_path`), then relative to the parameter
+    file's package (the folder above its ``config/``)."""
+    p = resolve_share_path(path)
+    if p.exists():
         return p.resolve()
-    for base in (repo_root(), params_file.resolve().parents[1]):
-        if (base / p).exists():
-            return base / p
-    raise FileNotFoundError(f"bundle {path}: not found (relative to . or {repo_root()})")
+    beside = params_file.resolve().parents[1] / p
+    if beside.exists():
+        return beside
+    raise FileNotFoundError(
+        f"bundle {path}: not found (relative to ., the package or {params_file.parent.parent})"
+    )

@@ -10,7 +10,6 @@ definitions (``nodes/common.py`` re-exports them).
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
@@ -22,6 +21,8 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+
+from moe_policy_ros.core.paths import PACKAGE, resolve_share_path
 
 __all__ = [
     "COMMAND_QOS",
@@ -37,7 +38,6 @@ __all__ = [
     "stamp_to_ns",
 ]
 
-PACKAGE = "moe_policy_ros"
 
 #: Cameras and joint states (REP 2003): best effort, keep last 5.
 SENSOR_QOS: QoSProfile = qos_profile_sensor_data
@@ -72,32 +72,6 @@ def ns_to_stamp(ns: int) -> TimeMsg:
     msg.sec, msg.nanosec = divmod(int(ns), 1_000_000_000)
     return msg
 
-
-def resolve_share_path(relative: str) -> Path:
-    """Resolve a package-relative path: source checkout first, then the installed share."""
-    p = Path(relative).expanduser()
-    if p.is_absolute():
-        return p
-    if p.exists():
-        return p.resolve()
-    source_root = Path(__file__).resolve().parents[1]
-    if (source_root / "package.xml").is_file() and (source_root / p).exists():
-        return source_root / p
-    try:
-        from ament_index_python.packages import (
-            PackageNotFoundError,
-            get_package_share_directory,
-        )
-
-        try:
-            share = Path(get_package_share_directory(PACKAGE))
-            if (share / p).exists():
-                return share / p
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    return p
 
 
 def rmw_implementation() -> str:

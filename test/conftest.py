@@ -1,13 +1,20 @@
 """Shared test setup: repository root on sys.path, isolated DDS domain per session, and the
-shared helpers as fixtures (tests request them; no test imports another test file)."""
+shared helpers as fixtures (tests request them; no test imports another test file).
+
+The helpers live in the ``helpers`` package beside this file. Tests reach them through the
+fixtures below; a test module imports from ``helpers`` only what it needs at import time
+(constants such as ``helpers.REPO``, a class it subclasses or names in annotations).
+"""
 
 from __future__ import annotations
 
 import os
 import random
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -30,3 +37,42 @@ def hand_bundle() -> ModuleType:
     from helpers import hand_bundle as module
 
     return module
+
+
+@pytest.fixture(scope="session")
+def wait_for() -> Callable[..., Any]:
+    """``wait_for(pred, timeout, what, poll=0.02)``: poll until ``pred()`` is truthy and
+    return it, or fail naming ``what`` (test/helpers/ros.py)."""
+    from helpers.ros import wait_for as function
+
+    return function
+
+
+@pytest.fixture
+def node_env() -> dict[str, str]:
+    """The environment for a child process of this repository (``PYTHONPATH`` with the
+    repository first, unbuffered output), read from ``os.environ`` when the test asks."""
+    from helpers.ros import node_env as environment
+
+    return environment()
+
+
+@pytest.fixture(scope="session")
+def ros() -> ModuleType:
+    """The helpers for tests that talk to nodes in other processes over DDS
+    (test/helpers/ros.py): ``node_process``, ``stop_process``, ``RosClient``, ``FakeRobot``,
+    the policy node's ``policy_node``, ``policy_params``, ``bundle_home``, ``engage``,
+    ``change_state``, ``lifecycle_state``, and ``UpProcess``/``pids_with`` for ``up``."""
+    from helpers import ros as module
+
+    return module
+
+
+@pytest.fixture(scope="module")
+def ros_client(request: pytest.FixtureRequest, ros: ModuleType) -> Iterator[Any]:
+    """One :class:`helpers.ros.RosClient` for the test module, its node named after the
+    module; the module's tests skip without rclpy."""
+    pytest.importorskip("rclpy")
+    client = ros.RosClient(request.module.__name__.rpartition(".")[2] + "_client")
+    yield client
+    client.close()

@@ -25,7 +25,12 @@ from moe_policy_ros.core.camerastats import CameraReport, camera_verdict
 from moe_policy_ros.core.stats import JitterMeter, LatencyWindow, RateMeter
 from moe_policy_ros.core.types import Level, PolicyOutput
 
-__all__ = ["Key", "Level", "TaskStatus", "level_name", "status_name"]
+__all__ = ["Key", "Level", "TaskStatus", "level_name", "level_of", "status_name"]
+
+
+def level_of(raw: bytes | int) -> int:
+    """The level of a received ``DiagnosticStatus`` (rclpy gives its byte field as ``bytes``)."""
+    return raw[0] if isinstance(raw, bytes) else int(raw)
 
 
 def level_name(level: int) -> str:

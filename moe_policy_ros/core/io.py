@@ -13,16 +13,22 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-__all__ = ["load_yaml", "sha256_file", "validation_error_lines"]
+__all__ = ["hash_file_into", "load_yaml", "sha256_file", "validation_error_lines"]
 
 
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
+    hash_file_into(h, path)
+    return h.hexdigest()
+
+
+def hash_file_into(h: Any, path: str | Path) -> None:
+    """Feed a file's bytes to the hash object ``h`` in 1 MiB blocks (hashes over several
+    files, e.g. a dataset)."""
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
 
 
 def load_yaml(path: str | Path, what: str, error: type[Exception]) -> Any:

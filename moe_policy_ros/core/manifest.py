@@ -41,7 +41,7 @@ which an operator picks ``safety.ood_energy_threshold`` (see README, "Out of dis
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -53,7 +53,7 @@ from moe_policy_ros.core.routing import Combination
 FORMAT_VERSION = 1
 MANIFEST_NAME = "policy.yaml"
 Family = Literal["adamoe", "smp", "dibm", "lar", "dense"]
-FAMILIES: tuple[str, ...] = ("adamoe", "smp", "dibm", "lar", "dense")
+FAMILIES: tuple[str, ...] = get_args(Family)
 #: the combinations each family may declare (the first is what a manifest without the field
 #: gets: the family's behaviour before the field existed)
 FAMILY_COMBINATIONS: dict[str, tuple[Combination, ...]] = {

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_policy_ros.core.config import params_for_node
+from moe_policy_ros.core.paths import package_file
 
 MIB = 1 << 20
 #: Relative to the package (source checkout or installed share).
@@ -41,20 +42,15 @@ SIM_NODE = "aloha_sim"
 
 
 def package_root(env: Mapping[str, str] | None = None) -> Path:
-    """The source checkout, else the installed share directory found on AMENT_PREFIX_PATH
-    (what ament_index does; the core imports no ROS module)."""
-    src = Path(__file__).resolve().parents[2]
-    if (src / PROFILE_RELATIVE).is_file():
-        return src
-    env = os.environ if env is None else env
-    for prefix in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        share = Path(prefix) / "share" / "moe_policy_ros"
-        if prefix and (share / PROFILE_RELATIVE).is_file():
-            return share
-    raise FileNotFoundError(
-        f"{PROFILE_RELATIVE} is neither in the source checkout {src} nor in a share directory "
-        f"on AMENT_PREFIX_PATH; reinstall the package"
-    )
+    """The source checkout, else the installed share directory, that holds the DDS profile
+    (:func:`moe_policy_ros.core.paths.package_file`)."""
+    found = package_file(PROFILE_RELATIVE, env)
+    if found is None:
+        raise FileNotFoundError(
+            f"{PROFILE_RELATIVE} is neither in the source checkout nor in the share directory "
+            "of moe_policy_ros on AMENT_PREFIX_PATH; reinstall the package"
+        )
+    return found.parents[len(PROFILE_RELATIVE.parts) - 1]
 
 
 def camera_frame_bytes(doc: Mapping[str, Any]) -> dict[str, int]:

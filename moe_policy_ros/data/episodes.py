@@ -37,6 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from moe_policy_ros.core.io import hash_file_into
 from moe_policy_ros.sim.names import JOINT_NAMES as ALOHA_JOINT_NAMES  # the sim's, no MuJoCo
 
 FORMAT = "aloha-act-hdf5"
@@ -432,8 +433,6 @@ class Dataset:
             files.append(meta)
         for p in files:
             h.update(p.name.encode() + b"\0")
-            with p.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+            hash_file_into(h, p)
             h.update(b"\0")
         return h.hexdigest()

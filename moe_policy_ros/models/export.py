@@ -49,6 +49,7 @@ from moe_policy_ros.core.manifest import (
 )
 from moe_policy_ros.models.config import ADAMOE_WEIGHTINGS, FAMILIES, CameraShape, ModelConfig
 from moe_policy_ros.models.families import DiBMModel, MoEModel, build_model
+from moe_policy_ros.tools import add_routing_arguments, routing_overrides
 
 EXPORTER_VERSION = "moe_policy_ros.models.export 0.1.0"
 OPSET = 17
@@ -513,13 +514,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                 help=f"{what} normalisation {stat}: one value for all joints or one per joint "
                 f"(default {dflt})",
             )
-    parser.add_argument(
-        "--routing",
-        choices=("dense", "topk", "mass", "sticky"),
-        default=None,
-        help="default routing strategy written to the manifest (default: per family)",
-    )
-    parser.add_argument("--tau", type=float, default=None, help="gate-mass threshold")
+    # the manifest's default routing; its k is --top-k
+    add_routing_arguments(parser, mass=True, k=False, default="per family")
     parser.add_argument("--expert-labels-from-phases", type=Path, default=None,
                         metavar="DATASET",
                         help="name each expert after the demonstration phase it dominates "
@@ -529,7 +525,6 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NMI below which the experts keep skill_i labels")
     parser.add_argument("--phase-episodes", type=int, default=10,
                         help="episodes of DATASET routed for the labels (0 = all)")
-    parser.add_argument("--mass", choices=("linear", "quadratic"), default=None)
     parser.add_argument("--sticky-base", choices=("topk", "mass"), default=None)
 
 
@@ -577,13 +572,7 @@ def run_export(args: argparse.Namespace) -> int:
         source = f"randomly initialised {args.family} (seed {args.seed}, untrained)"
     cfg = model.cfg
     base = default_routing(cfg.family, cfg.top_k, cfg.route_tau)
-    overrides: dict[str, Any] = {}
-    if args.routing:
-        overrides["strategy"] = args.routing
-    if args.tau is not None:
-        overrides["tau"] = args.tau
-    if args.mass:
-        overrides["mass"] = args.mass
+    overrides = routing_overrides(args)
     if args.sticky_base:
         overrides["sticky_base"] = args.sticky_base
     routing = RoutingConfig(**{**base.model_dump(), **overrides})

@@ -52,6 +52,7 @@ from std_msgs.msg import Header
 
 from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
 from moe_policy_ros.core.stats import RateMeter
+from moe_policy_ros.core.types import Level
 from moe_policy_ros.nodes.common import diag_status, spin_node
 from moe_policy_ros.realsense.sources import (
     EndOfStream,
@@ -296,11 +297,11 @@ class RealSenseCameraNode(Node):
         rate = self._color_rate.rate_hz(time.monotonic_ns())
         expected = float(self.params.fps)
         if self.state == "streaming" and rate >= 0.8 * expected:
-            level, msg = 0, f"streaming {rate:.1f} Hz"
+            level, msg = Level.OK, f"streaming {rate:.1f} Hz"
         elif self.state in ("streaming", "finished"):
-            level, msg = 1, f"{self.state} at {rate:.1f} Hz (expected {expected:g} Hz)"
+            level, msg = Level.WARN, f"{self.state} at {rate:.1f} Hz (expected {expected:g} Hz)"
         else:
-            level, msg = 2, f"{self.state}: {self.last_warning or 'no frames'}"
+            level, msg = Level.ERROR, f"{self.state}: {self.last_warning or 'no frames'}"
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [

@@ -23,14 +23,19 @@ def module_main(
     return int(run(parser.parse_args(argv)) or 0)
 
 
-def add_routing_arguments(parser: argparse.ArgumentParser, *, mass: bool = False) -> None:
-    """``--routing``, ``--k``, ``--tau`` (and ``--mass``): fields over the bundle's routing."""
+def add_routing_arguments(
+    parser: argparse.ArgumentParser, *, mass: bool = False, k: bool = True,
+    default: str = "the bundle's",
+) -> None:
+    """``--routing``, ``--k`` (unless ``k`` is False), ``--tau`` (and ``--mass``): fields over
+    a base routing; ``default`` names that base in the help text."""
     from moe_policy_ros.core.config import RoutingConfig
 
     strategies = [s for s in get_args(RoutingConfig.model_fields["strategy"].annotation) if s]
     parser.add_argument("--routing", choices=strategies, default=None,
-                        help="routing strategy (default: the bundle's)")
-    parser.add_argument("--k", type=int, default=None, help="top-k / sticky k")
+                        help=f"routing strategy (default: {default})")
+    if k:
+        parser.add_argument("--k", type=int, default=None, help="top-k / sticky k")
     parser.add_argument("--tau", type=float, default=None, help="gate-mass threshold")
     if mass:
         parser.add_argument("--mass", choices=("linear", "quadratic"), default=None)
@@ -38,6 +43,6 @@ def add_routing_arguments(parser: argparse.ArgumentParser, *, mass: bool = False
 
 def routing_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`RoutingConfig` fields :func:`add_routing_arguments`' flags set."""
-    given = {"strategy": args.routing or None, "k": args.k, "tau": args.tau,
+    given = {"strategy": args.routing or None, "k": getattr(args, "k", None), "tau": args.tau,
              "mass": getattr(args, "mass", None)}
     return {f: v for f, v in given.items() if v is not None}

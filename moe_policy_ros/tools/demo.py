@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 
 from moe_policy_ros.core.config import DEFAULT_NODE_NAME, load_config
-from moe_policy_ros.core.diagnostics import CONTROL_LOOP, INFERENCE, ROUTER, Key, status_name
+from moe_policy_ros.core.diagnostics import (
+    CONTROL_LOOP,
+    INFERENCE,
+    ROUTER,
+    Key,
+    level_of,
+    status_name,
+)
+from moe_policy_ros.evaluation.metrics import percentile
 from moe_policy_ros.graph import SIM_NODE, read_params_doc
 
 
@@ -115,9 +123,7 @@ class _Recorder:
                 if st.name.startswith("moe_policy"):
                     r.diagnostics[st.name] = {kv.key: kv.value for kv in st.values}
                     r.diagnostics[st.name]["_message"] = st.message
-                    r.diag_levels[st.name] = st.level[0] if isinstance(st.level, bytes) else int(
-                        st.level
-                    )
+                    r.diag_levels[st.name] = level_of(st.level)
 
         n.create_subscription(Float64MultiArray, cfg_topics["command"], on_cmd, 50)
         n.create_subscription(JointState, "/moe_policy/command", on_state, 50)
@@ -144,8 +150,9 @@ class _Recorder:
         self.session.close()
 
 
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+def _or_nan(value: float | None) -> float:
+    """The report's missing number is NaN (metrics.percentile returns None for no data)."""
+    return float("nan") if value is None else value
 
 
 def _plot(rec: _Record, labels: list[str], path: Path,
@@ -320,16 +327,15 @@ def _report(
             "achieved_hz_recorder": (len(periods) / float(np.sum(periods)))
             if len(periods) else float("nan"),
             "jitter_p99_ms_node": f(ctl, Key.JITTER_P99_MS),
-            "jitter_p99_ms_recorder": float(np.percentile(np.abs(periods - nominal), 99) * 1e3)
-            if len(periods) else float("nan"),
+            "jitter_p99_ms_recorder": _or_nan(percentile(np.abs(periods - nominal) * 1e3, 99)),
             "commands_received": len(cmds),
             "missed_ticks_node": f(ctl, Key.MISSED_TICKS),
         },
         "latency": {
             "obs_to_command_p50_ms": f(ctl, Key.OBS_TO_COMMAND_P50_MS),
             "obs_to_command_p99_ms": f(ctl, Key.OBS_TO_COMMAND_P99_MS),
-            "command_delivery_p50_ms": _pct(rec.command_lat_ms, 50),
-            "command_delivery_p99_ms": _pct(rec.command_lat_ms, 99),
+            "command_delivery_p50_ms": _or_nan(percentile(rec.command_lat_ms, 50)),
+            "command_delivery_p99_ms": _or_nan(percentile(rec.command_lat_ms, 99)),
             "inference_median_ms": f(inf, Key.LATENCY_MEDIAN_MS),
             "inference_p99_ms": f(inf, Key.LATENCY_P99_MS),
             "expert_stage_median_ms": f(inf, Key.EXPERT_STAGE_MEDIAN_MS),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_policy_ros import _requirements
+from moe_policy_ros.core.paths import package_file, resolve_share_path
 
 PACKAGE = "moe_policy_ros"
 NODE_EXECUTABLES = ("policy_node", "aloha_sim", "realsense_camera")
@@ -410,17 +411,7 @@ def check_realsense(ctx: Context) -> Iterator[Finding]:
 
 
 def _models_dir(arg: Path | None) -> Path | None:
-    if arg is not None:
-        return arg
-    source = Path(__file__).resolve().parents[2] / "models"
-    if source.is_dir():
-        return source
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory(PACKAGE)) / "models"
-    except Exception:
-        return None
+    return arg if arg is not None else package_file("models")
 
 
 def check_bundles(ctx: Context, models: Path | None) -> Iterator[Finding]:
@@ -464,7 +455,7 @@ def check_params(ctx: Context) -> Iterator[Finding]:
         return
     names = ", ".join(s.name for s in ctx.graph)
     yield Finding("params", "ok", f"{ctx.params} is valid; graph: {names}", required=True)
-    bundle_path = _resolve_bundle(ctx.config.policy.bundle)
+    bundle_path = resolve_share_path(ctx.config.policy.bundle)
     try:
         ctx.bundle = load_bundle(bundle_path, expected_sha256=ctx.config.policy.sha256)
     except BundleError as err:
@@ -480,16 +471,6 @@ def check_params(ctx: Context) -> Iterator[Finding]:
         "make cameras.* and robot.*.joints match the bundle's policy.yaml" if problems else "",
         required=True,
     )
-
-
-def _resolve_bundle(bundle: str) -> Path:
-    try:
-        from moe_policy_ros.session import resolve_share_path
-    except ImportError:  # no rclpy: resolve against the source checkout only
-        p = Path(bundle).expanduser()
-        root = Path(__file__).resolve().parents[2]
-        return p if p.is_absolute() or p.exists() else root / p
-    return resolve_share_path(bundle)
 
 
 def _bundle_vs_config(bundle: Any, cfg: Any) -> list[str]:

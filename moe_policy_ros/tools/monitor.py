@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from moe_policy_ros.core.diagnostics import Key, level_name
+from moe_policy_ros.core.diagnostics import Key, level_name, level_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
         with lock:
             for s in m.status:
                 if s.name.startswith(short + ":"):
-                    lvl = s.level[0] if isinstance(s.level, bytes) else int(s.level)
-                    st.diagnostics[s.name] = (lvl, s.message, {v.key: v.value for v in s.values})
+                    values = {v.key: v.value for v in s.values}
+                    st.diagnostics[s.name] = (level_of(s.level), s.message, values)
 
     def on_mode(m: Any) -> None:
         with lock:

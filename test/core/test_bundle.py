@@ -18,7 +18,7 @@ from onnx import TensorProto
 
 from moe_policy_ros.core.bundle import BundleError, load_bundle
 from moe_policy_ros.core.io import sha256_file
-from moe_policy_ros.core.manifest import MANIFEST_NAME, parse_manifest
+from moe_policy_ros.core.manifest import FAMILIES, MANIFEST_NAME, parse_manifest
 
 # --------------------------------------------------------------------------- tests
 
@@ -28,7 +28,7 @@ def bundle(tmp_path: Path, hand_bundle: Any) -> Path:
     return hand_bundle.write_bundle(tmp_path / "b", "adamoe")
 
 
-@pytest.mark.parametrize("family", ["adamoe", "smp", "dibm", "lar", "dense"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_valid_bundle_loads(tmp_path: Path, family: str, hand_bundle: Any) -> None:
     root = hand_bundle.write_bundle(tmp_path / family, family)
     b = load_bundle(root)

@@ -18,6 +18,7 @@ from moe_policy_ros.core.diagnostics import (
     inputs_task,
     level_name,
     lifecycle_task,
+    level_of,
     router_task,
     safety_task,
     status_name,
@@ -125,3 +126,9 @@ def test_safety_task_carries_the_filter_and_the_mode() -> None:
     st = safety_task((Level.WARN, "velocity limited", {"velocity_limit": "3"}), "autonomy", 2)
     assert st.level == Level.WARN and st.message == "mode autonomy: velocity limited"
     assert st.values == [(Key.MODE, "autonomy"), ("mode changes", 2), ("velocity_limit", "3")]
+
+
+def test_level_of_a_received_status() -> None:
+    """rclpy gives DiagnosticStatus.level as one byte; other bindings as an int."""
+    assert level_of(b"\x02") == Level.ERROR and level_of(b"\x00") == Level.OK
+    assert level_of(1) == Level.WARN and level_of(7) == 7

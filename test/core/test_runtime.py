@@ -14,7 +14,7 @@ import yaml
 from moe_policy_ros.core.backends import make_backend
 from moe_policy_ros.core.bundle import BundleError, LoadedBundle, load_bundle
 from moe_policy_ros.core.config import RoutingConfig
-from moe_policy_ros.core.manifest import FAMILY_COMBINATIONS, SamplerSpec
+from moe_policy_ros.core.manifest import FAMILIES, FAMILY_COMBINATIONS, SamplerSpec
 from moe_policy_ros.core.runtime import (
     MoEPolicy,
     ObservationError,
@@ -22,8 +22,6 @@ from moe_policy_ros.core.runtime import (
     synthetic_observation,
 )
 from moe_policy_ros.core.types import Observation
-
-FAMILIES = ("adamoe", "smp", "dibm", "lar", "dense")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from ros_helpers import REPO, node_env
+from helpers import REPO
 
 pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
@@ -51,13 +51,15 @@ def relaxed_params(tmp_path: Path) -> Path:
     return path
 
 
-def test_evaluate_ros2_one_short_episode_with_a_routing_override(tmp_path: Path) -> None:
+def test_evaluate_ros2_one_short_episode_with_a_routing_override(
+    tmp_path: Path, node_env: dict[str, str]
+) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "moe_policy_ros.cli", "evaluate", "--episodes", "1",
          "--seed-start", "1000", "--max-steps", "40", "--episode-timeout", "90",
          "--routing", "topk", "--k", "1", "--out", str(tmp_path), "--no-progress",
          "--params", str(relaxed_params(tmp_path))],
-        cwd=REPO, env=node_env(), capture_output=True, text=True, timeout=240,
+        cwd=REPO, env=node_env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -85,11 +87,11 @@ def test_evaluate_ros2_one_short_episode_with_a_routing_override(tmp_path: Path)
 
 @pytest.fixture
 def runner(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, node_env: dict[str, str]
 ) -> Iterator[RosEpisodeRunner]:
     """A RosEpisodeRunner (transfer_cube, demo_smp, 400 steps / 60 s per episode) on
     :func:`relaxed_params`, its nodes started with this checkout's environment."""
-    for key, value in node_env().items():
+    for key, value in node_env.items():
         monkeypatch.setenv(key, value)
     from moe_policy_ros.evaluation.ros_runner import RosEpisodeRunner
     from moe_policy_ros.rollout import LoopSettings, default_params_file, resolve_bundle

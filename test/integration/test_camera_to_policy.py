@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -32,13 +33,17 @@ try:
 except ImportError as _err:  # pragma: no cover - depends on the machine
     pytest.skip(f"pyrealsense2 does not import: {_err}", allow_module_level=True)
 
-from ros_helpers import REPO, FakeRobot, RosClient, bundle_home, engage, node_process, wait_for
+from helpers import REPO
 
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.core.transport import dds_environment
 from moe_policy_ros.graph import node_graph, read_params_doc
+from moe_policy_ros.session import stamp_to_ns
 from moe_policy_ros.tools.up import LaunchOptions, node_command, prepare_params
+
+if TYPE_CHECKING:
+    from helpers.ros import RosClient
 
 pytestmark = [pytest.mark.ros, pytest.mark.realsense, pytest.mark.slow]
 
@@ -85,8 +90,8 @@ def transport_env() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def client(transport_env: dict[str, str]) -> Iterator[RosClient]:
-    c = RosClient("camera_to_policy_test")
+def client(transport_env: dict[str, str], ros: ModuleType) -> Iterator[RosClient]:
+    c = ros.RosClient("camera_to_policy_test")
     yield c
     c.close()
 
@@ -96,7 +101,7 @@ def _status_series(diags: list[tuple[float, Any]], name: str) -> list[tuple[int,
     """(report stamp ns, values, status) of every report of the status ``name``."""
     out = []
     for _t, arr in diags:
-        stamp = arr.header.stamp.sec * 1_000_000_000 + arr.header.stamp.nanosec
+        stamp = stamp_to_ns(arr.header.stamp)
         for st in arr.status:
             if st.name == name:
                 out.append((stamp, {kv.key: kv.value for kv in st.values}, st))
@@ -110,7 +115,7 @@ def _status_series(diags: list[tuple[float, Any]], name: str) -> list[tuple[int,
 )
 def test_realsense_at_camera_size_feeds_the_policy(
     client: RosClient, tmp_path: Path, transport_env: dict[str, str],
-    width: int, height: int, message_type: str,
+    width: int, height: int, message_type: str, ros: ModuleType, wait_for: Callable[..., Any],
 ) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
@@ -138,19 +143,19 @@ def test_realsense_at_camera_size_feeds_the_policy(
     lcmds = client.record(Float64MultiArray, CFG.robot.arm("left_arm").command_topic)
     gates = client.record(Float32MultiArray, "/moe_policy/router/gates")
     diags = client.record(DiagnosticArray, "/diagnostics")
-    robot = FakeRobot(
-        client, NAMES, bundle_home(BUNDLE, NAMES), camera_topic="/fake_robot/unused/image_raw"
+    robot = ros.FakeRobot(
+        client, NAMES, ros.bundle_home(BUNDLE, NAMES), camera_topic="/fake_robot/unused/image_raw"
     )
     robot.publish_images = False
     try:
         # the policy first, so that its subscription exists when the camera starts
-        with node_process("moe_policy_ros.nodes.policy_node",
+        with ros.node_process("moe_policy_ros.nodes.policy_node",
                           ["--params-file", str(params), "-p", "autostart:=true"],
                           tmp_path / "policy.log"), \
-                node_process(cam.module, cam_cmd[4:], tmp_path / "camera.log") as cam_proc:
+                ros.node_process(cam.module, cam_cmd[4:], tmp_path / "camera.log") as cam_proc:
             wait_for(lambda: len(infos) >= 5, 60, f"software RealSense camera_info ({tag})")
             wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD")
-            refused = engage(client)
+            refused = ros.engage(client)
             assert refused == "", f"engage refused: {refused}"
             wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
             t_engaged = time.monotonic()

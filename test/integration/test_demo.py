@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ros_helpers import REPO, node_env
+from helpers import REPO
 
 pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
@@ -17,12 +17,14 @@ pytest.importorskip("mujoco")
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
 
-def test_demo_runs_the_graph_and_writes_the_report(tmp_path: Path) -> None:
+def test_demo_runs_the_graph_and_writes_the_report(
+    tmp_path: Path, node_env: dict[str, str]
+) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "moe_policy_ros.cli", "demo", "--episodes", "2",
          "--max-steps", "150", "--out", str(out)],
-        cwd=REPO, env=node_env(), capture_output=True, text=True, timeout=240,
+        cwd=REPO, env=node_env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout

@@ -6,7 +6,7 @@ Every test records *every* command published on both arms' command topics
 than ``max_velocity * control_period`` (+ ``STEP_TOL``). On top of that each fault has its own
 pass criterion, stated in its docstring. Measured numbers are printed (``pytest -s``).
 
-The robot side is :class:`~ros_helpers.FakeRobot` (a real DDS publisher standing in for the
+The robot side is :class:`~helpers.ros.FakeRobot` (a real DDS publisher standing in for the
 drivers). Faults that only concern inputs share one node process (``TestSharedNode``: each
 test restores the robot and re-engages); bundle faults, teleop handover and kill/respawn run
 their own processes. Timing bounds allow ``SLACK_S`` for scheduling on a loaded 2-core host.
@@ -34,7 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -42,22 +43,14 @@ import yaml
 
 pytest.importorskip("rclpy")
 
-from ros_helpers import (
-    DEMO_BUNDLE,
-    POLICY_NODE,
-    REPO,
-    FakeRobot,
-    RosClient,
-    bundle_home,
-    change_state,
-    engage,
-    lifecycle_state,
-    policy_node,
-    policy_params,
-    wait_for,
-)
+from helpers import REPO
+from helpers.ros import DEMO_BUNDLE, POLICY_NODE
 
 from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.diagnostics import level_of
+
+if TYPE_CHECKING:
+    from helpers.ros import FakeRobot, RosClient
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -150,49 +143,15 @@ class CommandMonitor:
 
 
 def _level(st: Any) -> int:
-    return st.level if isinstance(st.level, int) else ord(st.level)
+    return level_of(st.level)
 
 
 def _values(st: Any) -> dict[str, str]:
     return {kv.key: kv.value for kv in st.values}
 
 
-def _wait_status(
-    diags: list[tuple[float, Any]], concern: str, pred: Callable[[Any], bool], since: float,
-    timeout: float, what: str, until: float = math.inf,
-) -> Any:
-    """The first ``moe_policy: <concern>`` status received in [since, until) matching ``pred``."""
-    found: list[Any] = []
-
-    def check() -> bool:
-        for t, arr in list(diags):
-            if not since <= t < until:
-                continue
-            for st in arr.status:
-                if st.name == f"moe_policy: {concern}" and pred(st):
-                    found.append(st)
-                    return True
-        return False
-
-    wait_for(check, timeout, what)
-    return found[0]
-
-
 def _mode_after(modes: list[tuple[float, Any]], since: float) -> list[tuple[float, str]]:
     return [(t, m.data) for t, m in list(modes) if t >= since]
-
-
-def _wait_mode(modes: list[tuple[float, Any]], mode: str, since: float,
-               timeout: float = 10.0) -> float:
-    """Arrival time of the first ``mode`` on ~/mode after ``since``."""
-    hits: list[float] = []
-
-    def seen() -> bool:
-        hits.extend(t for t, m in _mode_after(modes, since) if m == mode)
-        return bool(hits)
-
-    wait_for(seen, timeout, f"mode {mode}")
-    return hits[0]
 
 
 @contextmanager
@@ -201,15 +160,15 @@ def _node_in_hold(rig: Rig, params: Path, log: Path) -> Iterator[tuple[Any, floa
     ~/mode reports HOLD."""
     rig.monitor.cut()
     t_start = time.monotonic()
-    with policy_node(params, log) as proc:
-        _wait_mode(rig.modes, "HOLD", t_start, 60)
+    with rig.ros.policy_node(params, log) as proc:
+        rig.wait_mode("HOLD", t_start, 60)
         yield proc, t_start
 
 
 def _engaged(rig: Rig, since: float) -> float:
     """engage_autonomy succeeds: arrival time of the first AUTONOMY after ``since``."""
-    assert engage(rig.client) == ""
-    return _wait_mode(rig.modes, "AUTONOMY", since, 5)
+    assert rig.ros.engage(rig.client) == ""
+    return rig.wait_mode("AUTONOMY", since, 5)
 
 
 def _trigger(client: RosClient, name: str) -> Any:
@@ -265,21 +224,57 @@ def _ramp(robot: FakeRobot, target: np.ndarray, speed: float = 0.25) -> None:
 
 @dataclass
 class Rig:
+    """The test side of every fault test: the ROS helpers, one client, the command monitor,
+    and the latched ~/mode and /diagnostics it records."""
+
+    ros: ModuleType
     client: RosClient
     monitor: CommandMonitor
     modes: list[tuple[float, Any]]
     diags: list[tuple[float, Any]]
 
+    def wait_status(
+        self, concern: str, pred: Callable[[Any], bool], since: float, timeout: float,
+        what: str, until: float = math.inf,
+    ) -> Any:
+        """The first ``moe_policy: <concern>`` status received in [since, until) matching
+        ``pred``."""
+        found: list[Any] = []
+
+        def check() -> bool:
+            for t, arr in list(self.diags):
+                if not since <= t < until:
+                    continue
+                for st in arr.status:
+                    if st.name == f"moe_policy: {concern}" and pred(st):
+                        found.append(st)
+                        return True
+            return False
+
+        self.ros.wait_for(check, timeout, what)
+        return found[0]
+
+    def wait_mode(self, mode: str, since: float, timeout: float = 10.0) -> float:
+        """Arrival time of the first ``mode`` on ~/mode after ``since``."""
+        hits: list[float] = []
+
+        def seen() -> bool:
+            hits.extend(t for t, m in _mode_after(self.modes, since) if m == mode)
+            return bool(hits)
+
+        self.ros.wait_for(seen, timeout, f"mode {mode}")
+        return hits[0]
+
 
 @pytest.fixture(scope="module")
-def rig() -> Iterator[Rig]:
+def rig(ros: ModuleType) -> Iterator[Rig]:
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import String
 
     from moe_policy_ros.session import LATCHED_QOS
 
-    client = RosClient("fault_test")
-    rig = Rig(client, CommandMonitor(client),
+    client = ros.RosClient("fault_test")
+    rig = Rig(ros, client, CommandMonitor(client),
               client.record(String, f"{POLICY_NODE}/mode", LATCHED_QOS),
               client.record(DiagnosticArray, "/diagnostics", 50))
     yield rig
@@ -300,14 +295,14 @@ class SharedNode:
         r.joint_names_override = None
         r.image_encoding, r.image_size_override = "rgb8", None
         r.joint_rate_hz, r.camera_rate_hz = 100.0, 20.0
-        r.positions = bundle_home(BUNDLE, NAMES)
+        r.positions = self.rig.ros.bundle_home(BUNDLE, NAMES)
         assert self.proc.poll() is None, "policy node died"
         if self.mode() == "ESTOP":
             assert _trigger(self.rig.client, "reset_estop").success
         if self.mode() != "AUTONOMY":
-            refused = engage(self.rig.client)
+            refused = self.rig.ros.engage(self.rig.client)
             assert refused == "", f"engage refused: {refused}"
-            _wait_mode(self.rig.modes, "AUTONOMY", time.monotonic() - 5.0)
+            self.rig.wait_mode("AUTONOMY", time.monotonic() - 5.0)
 
     def mode(self) -> str:
         return str(self.rig.modes[-1][1].data) if self.rig.modes else ""
@@ -359,8 +354,8 @@ class SharedNode:
             t_fault = self.settle()
             n = len(self._leaving_autonomy())
             inject()
-            t_hold = _wait_mode(self.rig.modes, "HOLD", t_fault, 5)
-            wait_for(partial(self._logged_more, n), 2, "the logged HOLD reason")
+            t_hold = self.rig.wait_mode("HOLD", t_fault, 5)
+            self.rig.ros.wait_for(partial(self._logged_more, n), 2, "the logged HOLD reason")
             why = self._leaving_autonomy()[n]
             if source in why:
                 return t_fault, t_hold, why
@@ -374,8 +369,8 @@ class SharedNode:
 def node(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedNode]:
     """One policy node process (autostart) and FakeRobot for the tests of a class."""
     tmp = tmp_path_factory.mktemp("shared")
-    params = policy_params(tmp)
-    robot = FakeRobot(rig.client, NAMES, bundle_home(BUNDLE, NAMES))
+    params = rig.ros.policy_params(tmp)
+    robot = rig.ros.FakeRobot(rig.client, NAMES, rig.ros.bundle_home(BUNDLE, NAMES))
     try:
         with _node_in_hold(rig, params, tmp / "node.log") as (proc, t_start):
             yield SharedNode(rig, robot, proc, tmp / "node.log")
@@ -408,9 +403,9 @@ class TestSharedNode:
         print(f"[camera stops] HOLD {dt * 1e3:.0f} ms after the last image "
               f"(max_age {CAM.max_age_s * 1e3:.0f} ms, bound {bound * 1e3:.0f} ms)")
         assert CAM.max_age_s - 0.02 <= dt <= bound, dt
-        st = _wait_status(rig.diags, "inputs", lambda s: _level(s) == 2 and "stale" in
-                          s.message and CAM.name in s.message, t_hold, 3,
-                          "inputs ERROR naming the camera")
+        st = rig.wait_status("inputs", lambda s: _level(s) == 2 and "stale" in
+                             s.message and CAM.name in s.message, t_hold, 3,
+                             "inputs ERROR naming the camera")
         print(f"[camera stops] diagnostics: {st.message}")
         _assert_holding_still(rig.monitor, t_hold, "camera stops")
         robot.publish_images = True
@@ -435,8 +430,8 @@ class TestSharedNode:
         print(f"[joint_states stop] HOLD {dt * 1e3:.0f} ms after the last joint state "
               f"(max_age {JOINTS_MAX_AGE * 1e3:.0f} ms, bound {bound * 1e3:.0f} ms)")
         assert JOINTS_MAX_AGE - 0.02 <= dt <= bound, dt
-        st = _wait_status(rig.diags, "inputs", lambda s: _level(s) == 2 and "joint_states" in
-                          s.message, t_hold, 3, "inputs ERROR naming joint_states")
+        st = rig.wait_status("inputs", lambda s: _level(s) == 2 and "joint_states" in
+                             s.message, t_hold, 3, "inputs ERROR naming joint_states")
         print(f"[joint_states stop] diagnostics: {st.message}")
         _assert_holding_still(rig.monitor, t_hold, "joint_states stop")
         robot.publish_joints = True
@@ -502,8 +497,8 @@ class TestSharedNode:
             err = _values(s).get("joint_states last error", "")
             return "joint_states" in s.message and all(n in err for n in missing)
 
-        st = _wait_status(rig.diags, "inputs", names_missing, t_hold, 3,
-                          "inputs diagnostics naming the missing joints")
+        st = rig.wait_status("inputs", names_missing, t_hold, 3,
+                             "inputs diagnostics naming the missing joints")
         print(f"[joint names] diagnostics: {_values(st)['joint_states last error']}")
         robot.joint_names_override = None
         rig.monitor.assert_valid(t0, "joint names")
@@ -537,15 +532,15 @@ class TestSharedNode:
                         and "likely cause: encoding" in _values(s).get(f"{CAM.name} verdict", "")
                         and "likely cause: encoding" in s.message)
 
-            st = _wait_status(rig.diags, "inputs", names_it, t_hold, 3,
-                              f"diagnostics naming {CAM.name} (stale) and {token}")
+            st = rig.wait_status("inputs", names_it, t_hold, 3,
+                                 f"diagnostics naming {CAM.name} (stale) and {token}")
             print(f"[bad image {label}] {CAM.name} last error: "
                   f"{_values(st)[f'{CAM.name} last error']}")
             assert node.proc.poll() is None
         node.restore()
         rig.monitor.assert_valid(t0, "bad images")
 
-    def test_estop_latches(self, node: SharedNode) -> None:
+    def test_estop_latches(self, node: SharedNode, ros: ModuleType) -> None:
         """estop -> ESTOP and commands stand still; engage and hold are refused (the engage
         reply mentions estop); reset_estop -> HOLD; engage works again."""
         rig = node.rig
@@ -553,9 +548,9 @@ class TestSharedNode:
         t_req = node.settle()
         res = _trigger(rig.client, "estop")
         assert res.success, res.message
-        t_estop = _wait_mode(rig.modes, "ESTOP", t_req, 5)
+        t_estop = rig.wait_mode("ESTOP", t_req, 5)
         print(f"[estop] ESTOP on ~/mode {(t_estop - t_req) * 1e3:.0f} ms after the request")
-        refused = engage(rig.client, timeout=0.5)
+        refused = ros.engage(rig.client, timeout=0.5)
         assert "estop" in refused.lower(), refused
         hold = _trigger(rig.client, "hold")
         assert not hold.success, hold.message
@@ -564,9 +559,9 @@ class TestSharedNode:
         t_reset = time.monotonic()
         res = _trigger(rig.client, "reset_estop")
         assert res.success, res.message
-        _wait_mode(rig.modes, "HOLD", t_reset, 5)
-        assert engage(rig.client) == ""
-        _wait_mode(rig.modes, "AUTONOMY", t_reset, 5)
+        rig.wait_mode("HOLD", t_reset, 5)
+        assert ros.engage(rig.client) == ""
+        rig.wait_mode("AUTONOMY", t_reset, 5)
         assert [m for _t, m in _mode_after(rig.modes, t_req)] == ["ESTOP", "HOLD", "AUTONOMY"]
         print(f"[estop] refusal: {refused!r}")
         rig.monitor.assert_valid(t0, "estop")
@@ -588,12 +583,12 @@ class TestSharedNode:
         js_hz = (robot.joints_sent - n_js) / (t1 - t0)
         img_hz = (robot.images_sent - n_img) / (t1 - t0)
         # diagnostics published during the flood, their 2 s rate window inside it
-        st = _wait_status(rig.diags, "control loop", lambda s: True, t0 + 2.0, 1,
-                          "control loop diagnostics", until=t1 + 0.05)
+        st = rig.wait_status("control loop", lambda s: True, t0 + 2.0, 1,
+                             "control loop diagnostics", until=t1 + 0.05)
         vals = _values(st)
         node_rate = float(vals["achieved rate (Hz)"])
-        ins = _wait_status(rig.diags, "inputs", lambda s: True, t0 + 2.0, 1, "inputs diag",
-                           until=t1 + 0.05)
+        ins = rig.wait_status("inputs", lambda s: True, t0 + 2.0, 1, "inputs diag",
+                              until=t1 + 0.05)
         js_rx = float(_values(ins)["joint_states rate (Hz)"])
         cmd_rates = [len(rig.monitor.window(a.name, t0 + 1.0, t1)) / (t1 - t0 - 1.0)
                      for a in ARMS]
@@ -617,11 +612,11 @@ class TestSharedNode:
 # --------------------------------------------------------------------------- own processes
 
 
-def _poison_expert_bundle(dst: Path) -> tuple[np.ndarray, int]:
+def _poison_expert_bundle(dst: Path, home: np.ndarray) -> tuple[np.ndarray, int]:
     """Copy the demo bundle to ``dst`` with one expert's output bias set to NaN.
 
-    Chooses, by running the policy in this process, an expert that is inactive at the home
-    pose but becomes active when one joint moves by a small amount; returns that pose and
+    Chooses, by running the policy in this process, an expert that is inactive at the
+    ``home`` pose but becomes active when one joint moves by a small amount; returns that pose and
     the expert. The manifest's experts.onnx SHA-256 is rewritten so the bundle verifies.
     """
     import onnx
@@ -634,7 +629,6 @@ def _poison_expert_bundle(dst: Path) -> tuple[np.ndarray, int]:
 
     h, w = CAM.height, CAM.width
     image = (np.arange(h * w * 3) % 251).astype(np.uint8).reshape(h, w, 3)  # FakeRobot's
-    home = bundle_home(BUNDLE, NAMES)
 
     def policy_for(path: Path) -> Callable[[np.ndarray], Any]:
         b = load_bundle(path)
@@ -684,31 +678,31 @@ def _poison_expert_bundle(dst: Path) -> tuple[np.ndarray, int]:
 
 
 def test_nan_bundle_holds_and_never_publishes_nan(
-    rig: Rig, tmp_path: Path
+    rig: Rig, tmp_path: Path, ros: ModuleType
 ) -> None:
     """A bundle whose expert outputs NaN once the routing picks it: engaged at home (finite),
     then the robot moves until the poisoned expert is active -> HOLD, never a NaN command,
     inference diagnostics ERROR with non-finite chunks counted; back home, engage works."""
-    pose, _expert = _poison_expert_bundle(tmp_path / "nan_bundle")
-    params = policy_params(tmp_path, policy__bundle=str(tmp_path / "nan_bundle"))
-    robot = FakeRobot(rig.client, NAMES, bundle_home(BUNDLE, NAMES))
+    pose, _expert = _poison_expert_bundle(tmp_path / "nan_bundle", ros.bundle_home(BUNDLE, NAMES))
+    params = ros.policy_params(tmp_path, policy__bundle=str(tmp_path / "nan_bundle"))
+    robot = ros.FakeRobot(rig.client, NAMES, ros.bundle_home(BUNDLE, NAMES))
     try:
         with _node_in_hold(rig, params, tmp_path / "node.log") as (proc, t0):
             _engaged(rig, t0)
             time.sleep(0.5)
             t_move = time.monotonic()
             _ramp(robot, pose)
-            t_hold = _wait_mode(rig.modes, "HOLD", t_move, 10)
+            t_hold = rig.wait_mode("HOLD", t_move, 10)
             print(f"[nan bundle] HOLD {(t_hold - t_move):.2f} s after the robot started moving")
-            inf = _wait_status(
-                rig.diags, "inference",
+            inf = rig.wait_status(
+                "inference",
                 lambda s: _level(s) == 2 and int(_values(s)["non-finite chunks"]) > 0,
                 t_hold - 1.0, 3, "inference ERROR with non-finite chunks")
             print(f"[nan bundle] inference diagnostics: {inf.message}")
             _assert_holding_still(rig.monitor, t_hold, "nan bundle")
-            _ramp(robot, bundle_home(BUNDLE, NAMES))
-            assert engage(rig.client) == "", "engage after returning home"
-            _wait_mode(rig.modes, "AUTONOMY", t_hold, 5)
+            _ramp(robot, ros.bundle_home(BUNDLE, NAMES))
+            assert ros.engage(rig.client) == "", "engage after returning home"
+            rig.wait_mode("AUTONOMY", t_hold, 5)
             time.sleep(0.5)
             assert proc.poll() is None
     finally:
@@ -718,7 +712,9 @@ def test_nan_bundle_holds_and_never_publishes_nan(
     rig.monitor.assert_valid(t0, "nan bundle")
 
 
-def test_corrupt_bundle_at_configure(rig: Rig, tmp_path: Path) -> None:
+def test_corrupt_bundle_at_configure(
+    rig: Rig, tmp_path: Path, ros: ModuleType, wait_for: Callable[..., Any]
+) -> None:
     """Truncated encoder.onnx (hash not fixed; then hash fixed) and a manifest whose
     action.dim disagrees with its joints: configure fails each time naming the file (and
     field), the node stays up and unconfigured; with policy.bundle set to the good bundle
@@ -742,44 +738,44 @@ def test_corrupt_bundle_at_configure(rig: Rig, tmp_path: Path) -> None:
             doc["action"]["dim"] = int(doc["action"]["dim"]) - 1
             cases.append((label, d, ("policy.yaml", "dim")))
         (d / "policy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    params = policy_params(tmp_path, policy__bundle=str(cases[0][1]))
+    params = ros.policy_params(tmp_path, policy__bundle=str(cases[0][1]))
     rig.monitor.cut()
     t0 = time.monotonic()
-    with policy_node(params, tmp_path / "node.log", autostart=False) as proc:
-        wait_for(lambda: lifecycle_state(rig.client) == "unconfigured", 30, "unconfigured")
+    with ros.policy_node(params, tmp_path / "node.log", autostart=False) as proc:
+        wait_for(lambda: ros.lifecycle_state(rig.client) == "unconfigured", 30, "unconfigured")
         for i, (label, path, tokens) in enumerate(cases):
             if i:
                 _set_bundle(rig.client, path)
             t_try = time.monotonic()
-            assert not change_state(rig.client, Transition.TRANSITION_CONFIGURE), label
+            assert not ros.change_state(rig.client, Transition.TRANSITION_CONFIGURE), label
             assert proc.poll() is None, f"node died on {label}"
-            assert lifecycle_state(rig.client) == "unconfigured"
+            assert ros.lifecycle_state(rig.client) == "unconfigured"
 
             def names_it(s: Any, tokens: tuple[str, ...] = tokens, path: Path = path) -> bool:
                 m = s.message.lower()
                 return _level(s) == 2 and str(path) in s.message and all(
                     t.lower() in m for t in tokens)
 
-            st = _wait_status(rig.diags, "lifecycle", names_it, t_try, 5,
-                              f"{label}: lifecycle ERROR naming {tokens}")
+            st = rig.wait_status("lifecycle", names_it, t_try, 5,
+                                 f"{label}: lifecycle ERROR naming {tokens}")
             print(f"[corrupt bundle {label}] {st.message.splitlines()[0][:160]}")
         _set_bundle(rig.client, BUNDLE)
-        assert change_state(rig.client, Transition.TRANSITION_CONFIGURE)
-        assert lifecycle_state(rig.client) == "inactive"
-        _wait_status(rig.diags, "lifecycle", lambda s: _level(s) == 0, time.monotonic(), 5,
-                     "lifecycle OK after a good configure")
+        assert ros.change_state(rig.client, Transition.TRANSITION_CONFIGURE)
+        assert ros.lifecycle_state(rig.client) == "inactive"
+        rig.wait_status("lifecycle", lambda s: _level(s) == 0, time.monotonic(), 5,
+                        "lifecycle OK after a good configure")
     assert rig.monitor.check(t0)[0] == 0, "commands published while unconfigured/inactive"
     _assert_clean_log(tmp_path / "node.log")
 
 
-def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
+def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path, ros: ModuleType) -> None:
     """With a moving teleop leader (all 14 joints on /teleop/joint_command) and
     require_teleop_to_engage: three engage/disengage cycles (one disengage in mid-blend).
     Pass: ~/mode reports exactly HOLD, TELEOP, then AUTONOMY/TELEOP per cycle; disengage is
     never refused; commands valid and step-limited throughout (bumpless)."""
-    params = policy_params(tmp_path, handover__require_teleop_to_engage=True)
-    home = bundle_home(BUNDLE, NAMES)
-    robot = FakeRobot(rig.client, NAMES, home)
+    params = ros.policy_params(tmp_path, handover__require_teleop_to_engage=True)
+    home = ros.bundle_home(BUNDLE, NAMES)
+    robot = ros.FakeRobot(rig.client, NAMES, home)
     stop = threading.Event()
     moving = np.zeros(len(NAMES))
     moving[[0, 2, 7, 9]] = 0.05  # rad amplitude, 0.5 Hz
@@ -795,14 +791,14 @@ def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
     expected = ["HOLD", "TELEOP"]
     try:
         with _node_in_hold(rig, params, tmp_path / "node.log") as (proc, t0):
-            assert engage(rig.client, on=False) == ""
-            _wait_mode(rig.modes, "TELEOP", t0, 5)
+            assert ros.engage(rig.client, on=False) == ""
+            rig.wait_mode("TELEOP", t0, 5)
             time.sleep(0.5)
             for dwell in (1.4, 0.4, 1.4):
                 t_c = time.monotonic()
-                refused = engage(rig.client, on=True)
+                refused = ros.engage(rig.client, on=True)
                 assert refused == "", refused
-                _wait_mode(rig.modes, "AUTONOMY", t_c, 5)
+                rig.wait_mode("AUTONOMY", t_c, 5)
                 time.sleep(dwell)
                 t_d = time.monotonic()
                 from std_srvs.srv import SetBool
@@ -810,7 +806,7 @@ def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
                 res = rig.client.call(SetBool, f"{POLICY_NODE}/engage_autonomy",
                                       SetBool.Request(data=False))
                 assert res.success and "TELEOP" in res.message, res.message
-                _wait_mode(rig.modes, "TELEOP", t_d, 5)
+                rig.wait_mode("TELEOP", t_d, 5)
                 expected += ["AUTONOMY", "TELEOP"]
                 time.sleep(0.7)
             assert proc.poll() is None
@@ -837,7 +833,9 @@ def test_engage_disengage_during_motion(rig: Rig, tmp_path: Path) -> None:
     assert worst <= 1.0 + 1e-4, f"change of step {worst:.3f} x the acceleration bound"
 
 
-def test_operator_override_and_shadow_mode(rig: Rig, tmp_path: Path) -> None:
+def test_operator_override_and_shadow_mode(
+    rig: Rig, tmp_path: Path, ros: ModuleType, wait_for: Callable[..., Any]
+) -> None:
     """In AUTONOMY a teleop command that departs from the policy's by more than
     handover.override_threshold takes over at once (TELEOP); in TELEOP the policy keeps
     running in shadow: ~/shadow/command (all joints) and ~/shadow/router/* are published,
@@ -847,12 +845,12 @@ def test_operator_override_and_shadow_mode(rig: Rig, tmp_path: Path) -> None:
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float32MultiArray
 
-    params = policy_params(tmp_path)
+    params = ros.policy_params(tmp_path)
     threshold = CFG.handover.override_threshold
-    home = bundle_home(BUNDLE, NAMES)
+    home = ros.bundle_home(BUNDLE, NAMES)
     shadow_cmd = rig.client.record(JointState, f"{POLICY_NODE}/shadow/command")
     shadow_gates = rig.client.record(Float32MultiArray, f"{POLICY_NODE}/shadow/router/gates")
-    robot = FakeRobot(rig.client, NAMES, home)
+    robot = ros.FakeRobot(rig.client, NAMES, home)
     try:
         with _node_in_hold(rig, params, tmp_path / "node.log") as (_proc, t0):
             t_auto = _engaged(rig, t0)
@@ -863,7 +861,7 @@ def test_operator_override_and_shadow_mode(rig: Rig, tmp_path: Path) -> None:
             override[NAMES.index("left_elbow")] -= 2.0 * threshold  # inside the joint limits
             t_grab = time.monotonic()
             robot.teleop_positions = override
-            t_teleop = _wait_mode(rig.modes, "TELEOP", t_grab, 5)
+            t_teleop = rig.wait_mode("TELEOP", t_grab, 5)
             took = t_teleop - t_grab
             wait_for(lambda: sum(t > t_teleop for t, _m in shadow_gates) >= 3, 5,
                      "shadow router state in TELEOP")
@@ -890,13 +888,15 @@ def test_operator_override_and_shadow_mode(rig: Rig, tmp_path: Path) -> None:
     _assert_clean_log(tmp_path / "node.log")
 
 
-def test_killed_node_respawns_in_hold(rig: Rig, tmp_path: Path) -> None:
+def test_killed_node_respawns_in_hold(
+    rig: Rig, tmp_path: Path, ros: ModuleType, wait_for: Callable[..., Any]
+) -> None:
     """SIGKILL the node in AUTONOMY and start a new process: it comes up in HOLD and stays
     there for 3 s with every input fresh (never AUTONOMY on its own), its first command is
     the measured position, all its commands are valid; engage then works."""
-    params = policy_params(tmp_path)
-    home = bundle_home(BUNDLE, NAMES)
-    robot = FakeRobot(rig.client, NAMES, home)
+    params = ros.policy_params(tmp_path)
+    home = ros.bundle_home(BUNDLE, NAMES)
+    robot = ros.FakeRobot(rig.client, NAMES, home)
     try:
         with _node_in_hold(rig, params, tmp_path / "node1.log") as (proc, t0):
             _engaged(rig, t0)
@@ -907,7 +907,7 @@ def test_killed_node_respawns_in_hold(rig: Rig, tmp_path: Path) -> None:
         time.sleep(0.3)
         rig.monitor.assert_valid(t0, "before the kill")
         with _node_in_hold(rig, params, tmp_path / "node2.log") as (proc2, t1):
-            t_up = _wait_mode(rig.modes, "HOLD", t1)  # seen already: its arrival time
+            t_up = rig.wait_mode("HOLD", t1)  # seen already: its arrival time
             wait_for(lambda: all(rig.monitor.window(a.name, t1) for a in ARMS), 10,
                      "commands from the respawned node")
             print(f"[respawn] new process in HOLD {t_up - t_kill:.1f} s after SIGKILL")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib.util
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,7 +24,11 @@ pytest.importorskip("rclpy")
 if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_aloha") is None:
     pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
 
-from ros_helpers import REPO, RosClient, UpProcess, wait_for
+from helpers import REPO
+from helpers.ros import UpProcess
+
+if TYPE_CHECKING:
+    from helpers.ros import RosClient
 
 pytestmark = [pytest.mark.sim, pytest.mark.ros, pytest.mark.slow]
 
@@ -57,14 +63,14 @@ def _endpoints(client: RosClient, topic: str, publishers: bool) -> set[tuple[str
 
 
 def test_two_namespaced_sim_graphs_run_side_by_side_without_crosstalk(
-    graphs: dict[str, UpProcess],
+    graphs: dict[str, UpProcess], ros: ModuleType, wait_for: Callable[..., Any],
 ) -> None:
     from std_msgs.msg import String
     from std_srvs.srv import SetBool
 
     from moe_policy_ros.session import LATCHED_QOS
 
-    client = RosClient("namespaces_test")
+    client = ros.RosClient("namespaces_test")
     try:
         modes = {ns: client.record(String, f"/{ns}/moe_policy/mode", LATCHED_QOS)
                  for ns in NAMESPACES}

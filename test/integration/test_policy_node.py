@@ -10,33 +10,25 @@ import itertools
 import math
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
 
-from ros_helpers import (
-    DEMO_BUNDLE,
-    REPO,
-    FakeRobot,
-    RosClient,
-    bundle_home,
-    change_state,
-    engage,
-    lifecycle_state,
-    policy_node,
-    policy_params,
-    ros_client_fixture,
-    wait_for,
-)
+from helpers import REPO
+from helpers.ros import DEMO_BUNDLE
 
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
+
+if TYPE_CHECKING:
+    from helpers.ros import RosClient
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -45,13 +37,18 @@ CFG = load_config(REPO / "config" / "dual_arm.yaml")
 NAMES = CFG.robot.joint_names
 LEFT = CFG.robot.arm("left_arm")
 
-client = ros_client_fixture("policy_node_test")
 
 
-def write_params(tmp: Path, **overrides: Any) -> Path:
-    # FakeRobot publishes from this (busy) test process; allow for its GIL stalls on a
-    # loaded 2-core machine. Staleness itself is tested in test_faults.py.
-    return policy_params(tmp, input_max_age_s=0.5, **overrides)
+@pytest.fixture(scope="module")
+def write_params(ros: ModuleType) -> Callable[..., Path]:
+    """``write_params(tmp, **overrides)``: the policy node's parameter file."""
+
+    def write(tmp: Path, **overrides: Any) -> Path:
+        # FakeRobot publishes from this (busy) test process; allow for its GIL stalls on a
+        # loaded 2-core machine. Staleness itself is tested in test_faults.py.
+        return ros.policy_params(tmp, input_max_age_s=0.5, **overrides)
+
+    return write
 
 
 def _latched_mode(client: RosClient) -> list[tuple[float, Any]]:
@@ -62,34 +59,47 @@ def _latched_mode(client: RosClient) -> list[tuple[float, Any]]:
     return client.record(String, "/moe_policy/mode", LATCHED_QOS)
 
 
-@contextmanager
-def _node_with_robot(
-    client: RosClient, params: Path, log: Path, autostart: bool = True
-) -> Iterator[None]:
-    """The policy node process, fed by a FakeRobot standing at the bundle's home pose."""
-    robot = FakeRobot(client, NAMES, bundle_home(BUNDLE, NAMES))
-    try:
-        with policy_node(params, log, autostart):
-            yield
-    finally:
-        robot.close()
+@pytest.fixture(scope="module")
+def node_with_robot(
+    ros: ModuleType, ros_client: RosClient
+) -> Callable[..., AbstractContextManager[None]]:
+    """``with node_with_robot(params, log, autostart=True):`` the policy node process, fed
+    by a FakeRobot standing at the bundle's home pose."""
+
+    @contextmanager
+    def run(params: Path, log: Path, autostart: bool = True) -> Iterator[None]:
+        robot = ros.FakeRobot(ros_client, NAMES, ros.bundle_home(BUNDLE, NAMES))
+        try:
+            with ros.policy_node(params, log, autostart):
+                yield
+        finally:
+            robot.close()
+
+    return run
 
 
-def test_stream_mode_router_topics_and_diagnostics(client: RosClient, tmp_path: Path) -> None:
+def test_stream_mode_router_topics_and_diagnostics(
+    ros_client: RosClient,
+    tmp_path: Path,
+    ros: ModuleType,
+    wait_for: Callable[..., Any],
+    write_params: Callable[..., Path],
+    node_with_robot: Callable[..., AbstractContextManager[None]],
+) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import Float32MultiArray, Float64MultiArray, Int32MultiArray, String
 
     params = write_params(tmp_path)
-    modes = _latched_mode(client)
-    cmds = client.record(Float64MultiArray, LEFT.command_topic)
-    rcmds = client.record(Float64MultiArray, CFG.robot.arm("right_arm").command_topic)
-    gates = client.record(Float32MultiArray, "/moe_policy/router/gates")
-    active = client.record(Int32MultiArray, "/moe_policy/router/active")
-    dominant = client.record(String, "/moe_policy/router/dominant")
-    diags = client.record(DiagnosticArray, "/diagnostics")
-    with _node_with_robot(client, params, tmp_path / "node.log"):
+    modes = _latched_mode(ros_client)
+    cmds = ros_client.record(Float64MultiArray, LEFT.command_topic)
+    rcmds = ros_client.record(Float64MultiArray, CFG.robot.arm("right_arm").command_topic)
+    gates = ros_client.record(Float32MultiArray, "/moe_policy/router/gates")
+    active = ros_client.record(Int32MultiArray, "/moe_policy/router/active")
+    dominant = ros_client.record(String, "/moe_policy/router/dominant")
+    diags = ros_client.record(DiagnosticArray, "/diagnostics")
+    with node_with_robot(params, tmp_path / "node.log"):
         wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD mode")
-        refused = engage(client)
+        refused = ros.engage(ros_client)
         assert refused == "", f"engage refused: {refused}"
         wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
         t_engaged = time.monotonic()
@@ -132,56 +142,78 @@ def test_stream_mode_router_topics_and_diagnostics(client: RosClient, tmp_path: 
     assert last["moe_policy: safety"].message.startswith("mode AUTONOMY")
 
 
-def test_chunk_mode_publishes_joint_trajectories(client: RosClient, tmp_path: Path) -> None:
+def test_chunk_mode_publishes_joint_trajectories(
+    ros_client: RosClient,
+    tmp_path: Path,
+    ros: ModuleType,
+    wait_for: Callable[..., Any],
+    write_params: Callable[..., Path],
+    node_with_robot: Callable[..., AbstractContextManager[None]],
+) -> None:
     from trajectory_msgs.msg import JointTrajectory
 
+    from moe_policy_ros.session import stamp_to_ns
+
     params = write_params(tmp_path, policy__execution__mode="chunk")
-    modes = _latched_mode(client)
-    trajs = client.record(JointTrajectory, LEFT.trajectory_topic)
-    with _node_with_robot(client, params, tmp_path / "node.log"):
+    modes = _latched_mode(ros_client)
+    trajs = ros_client.record(JointTrajectory, LEFT.trajectory_topic)
+    with node_with_robot(params, tmp_path / "node.log"):
         wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "HOLD")
-        assert engage(client) == ""
+        assert ros.engage(ros_client) == ""
         wait_for(lambda: sum(len(m.points) > 1 for _t, m in trajs) >= 3, 15,
                  "three chunk trajectories")
     H = read_manifest(BUNDLE).action.chunk_length
     chunks = [m for _t, m in trajs if len(m.points) > 1]
-    now_ns = client.node.get_clock().now().nanoseconds
+    now_ns = ros_client.node.get_clock().now().nanoseconds
     for msg in chunks:
         assert list(msg.joint_names) == LEFT.joint_names
         assert 2 <= len(msg.points) <= H + 1
         t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
         assert all(b > a for a, b in itertools.pairwise(t)), t
         np.testing.assert_allclose(np.diff(t), CFG.policy.control_period_s, atol=1e-6)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         assert 0 < stamp <= now_ns, "header stamp must be the (past) observation time"
         for p in msg.points:
             assert len(p.positions) == 7 and all(math.isfinite(x) for x in p.positions)
 
 
-def test_lifecycle_nothing_published_while_inactive(client: RosClient, tmp_path: Path) -> None:
+def test_lifecycle_nothing_published_while_inactive(
+    ros_client: RosClient,
+    tmp_path: Path,
+    ros: ModuleType,
+    wait_for: Callable[..., Any],
+    write_params: Callable[..., Path],
+    node_with_robot: Callable[..., AbstractContextManager[None]],
+) -> None:
     from lifecycle_msgs.msg import Transition
     from std_msgs.msg import Float64MultiArray
 
     params = write_params(tmp_path)
-    cmds = client.record(Float64MultiArray, LEFT.command_topic)
-    with _node_with_robot(client, params, tmp_path / "node.log", autostart=False):
-        wait_for(lambda: lifecycle_state(client) == "unconfigured", 30, "unconfigured")
-        assert change_state(client, Transition.TRANSITION_CONFIGURE)
-        assert lifecycle_state(client) == "inactive"
+    cmds = ros_client.record(Float64MultiArray, LEFT.command_topic)
+    with node_with_robot(params, tmp_path / "node.log", autostart=False):
+        wait_for(lambda: ros.lifecycle_state(ros_client) == "unconfigured", 30, "unconfigured")
+        assert ros.change_state(ros_client, Transition.TRANSITION_CONFIGURE)
+        assert ros.lifecycle_state(ros_client) == "inactive"
         time.sleep(1.5)
         assert cmds == [], "commands published while inactive"
-        assert change_state(client, Transition.TRANSITION_ACTIVATE)
+        assert ros.change_state(ros_client, Transition.TRANSITION_ACTIVATE)
         wait_for(lambda: len(cmds) > 10, 10, "commands while active (holding)")
-        assert change_state(client, Transition.TRANSITION_DEACTIVATE)
+        assert ros.change_state(ros_client, Transition.TRANSITION_DEACTIVATE)
         time.sleep(0.3)
         n = len(cmds)
         time.sleep(1.5)
         assert len(cmds) == n, "commands published after deactivate"
-        assert change_state(client, Transition.TRANSITION_CLEANUP)
-        assert lifecycle_state(client) == "unconfigured"
+        assert ros.change_state(ros_client, Transition.TRANSITION_CLEANUP)
+        assert ros.lifecycle_state(ros_client) == "unconfigured"
 
 
-def test_tampered_bundle_refused_then_reconfigured(client: RosClient, tmp_path: Path) -> None:
+def test_tampered_bundle_refused_then_reconfigured(
+    ros_client: RosClient,
+    tmp_path: Path,
+    ros: ModuleType,
+    wait_for: Callable[..., Any],
+    write_params: Callable[..., Path],
+) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from lifecycle_msgs.msg import Transition
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -193,12 +225,12 @@ def test_tampered_bundle_refused_then_reconfigured(client: RosClient, tmp_path: 
     data[len(data) // 2] ^= 0xFF
     (bad / "experts.onnx").write_bytes(bytes(data))
     params = write_params(tmp_path, policy__bundle=str(bad))
-    diags = client.record(DiagnosticArray, "/diagnostics")
-    with policy_node(params, tmp_path / "node.log", autostart=False) as proc:
-        wait_for(lambda: lifecycle_state(client) == "unconfigured", 30, "unconfigured")
-        assert not change_state(client, Transition.TRANSITION_CONFIGURE)
+    diags = ros_client.record(DiagnosticArray, "/diagnostics")
+    with ros.policy_node(params, tmp_path / "node.log", autostart=False) as proc:
+        wait_for(lambda: ros.lifecycle_state(ros_client) == "unconfigured", 30, "unconfigured")
+        assert not ros.change_state(ros_client, Transition.TRANSITION_CONFIGURE)
         assert proc.poll() is None, "node died on a tampered bundle"
-        assert lifecycle_state(client) == "unconfigured"
+        assert ros.lifecycle_state(ros_client) == "unconfigured"
 
         def refused() -> bool:
             return any(
@@ -211,9 +243,9 @@ def test_tampered_bundle_refused_then_reconfigured(client: RosClient, tmp_path: 
         req = SetParameters.Request()
         req.parameters = [Parameter(name="policy.bundle", value=ParameterValue(
             type=ParameterType.PARAMETER_STRING, string_value=str(BUNDLE)))]
-        res = client.call(SetParameters, "/moe_policy/set_parameters", req)
+        res = ros_client.call(SetParameters, "/moe_policy/set_parameters", req)
         assert res.results[0].successful
-        assert change_state(client, Transition.TRANSITION_CONFIGURE)
-        assert lifecycle_state(client) == "inactive"
+        assert ros.change_state(ros_client, Transition.TRANSITION_CONFIGURE)
+        assert ros.lifecycle_state(ros_client) == "inactive"
     log = (tmp_path / "node.log").read_text()
     assert "experts.onnx" in log

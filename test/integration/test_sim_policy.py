@@ -19,9 +19,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -31,21 +32,15 @@ pytest.importorskip("rclpy")
 if importlib.util.find_spec("mujoco") is None or importlib.util.find_spec("gym_aloha") is None:
     pytest.skip("mujoco and gym-aloha are needed for aloha_sim", allow_module_level=True)
 
-from ros_helpers import (
-    DEMO_BUNDLE,
-    REPO,
-    RosClient,
-    UpProcess,
-    engage,
-    node_env,
-    pids_with,
-    ros_client_fixture,
-    wait_for,
-)
+from helpers import REPO
+from helpers.ros import DEMO_BUNDLE, UpProcess
 
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.sim.aloha import JOINT_NAMES
+
+if TYPE_CHECKING:
+    from helpers.ros import RosClient
 
 pytestmark = [pytest.mark.sim, pytest.mark.ros, pytest.mark.slow]
 
@@ -89,25 +84,24 @@ def up(tmp_path: Path) -> Iterator[Up]:
     u.close()
 
 
-client = ros_client_fixture("sim_policy_test")
-
-
 def _assert_stopped_cleanly(u: Up, sig: signal.Signals) -> None:
-    children = [pid for pid in pids_with(u.marker) if pid != u.proc.pid]
+    children = u.children()
     assert len(children) == 2, f"expected aloha_sim + moe_policy, got {children}\n{u.log()}"
     rc, took = u.stop_with(sig)
     log = u.log()
     assert rc == 0, f"`up` exited {rc} after {sig.name} ({took:.1f} s)\n{log}"
     assert took < STOP_WITHIN_S, f"`up` took {took:.1f} s to stop after {sig.name}\n{log}"
     assert "[up] all nodes stopped" in log
-    left = pids_with(u.marker)
+    left = u.children()  # `up` itself has exited
     assert left == [], f"processes left after {sig.name}: {left}"
     for pid in children:  # not even as zombies of someone else
         assert not Path(f"/proc/{pid}").exists(), f"node process {pid} still exists"
     print(f"`up` stopped in {took:.2f} s after {sig.name}")
 
 
-def test_up_sim_graph_runs_autonomy_and_stops_on_sigint(client: RosClient, up: Up) -> None:
+def test_up_sim_graph_runs_autonomy_and_stops_on_sigint(
+    ros_client: RosClient, up: Up, ros: ModuleType, wait_for: Callable[..., Any]
+) -> None:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int32MultiArray, String
@@ -115,18 +109,19 @@ def test_up_sim_graph_runs_autonomy_and_stops_on_sigint(client: RosClient, up: U
     from moe_policy_ros.session import LATCHED_QOS
 
     arms = {a.name: a for a in CFG.robot.arms}
-    modes = client.record(String, "/moe_policy/mode", LATCHED_QOS)
-    cmds = {name: client.record(Float64MultiArray, a.command_topic) for name, a in arms.items()}
-    joints = client.record(JointState, "/joint_states", qos_profile_sensor_data)
-    gates = client.record(Float32MultiArray, "/moe_policy/router/gates")
-    active = client.record(Int32MultiArray, "/moe_policy/router/active")
-    dominant = client.record(String, "/moe_policy/router/dominant")
-    success = client.record(Bool, "/aloha_sim/success", LATCHED_QOS)
+    modes = ros_client.record(String, "/moe_policy/mode", LATCHED_QOS)
+    cmds = {name: ros_client.record(Float64MultiArray, a.command_topic)
+            for name, a in arms.items()}
+    joints = ros_client.record(JointState, "/joint_states", qos_profile_sensor_data)
+    gates = ros_client.record(Float32MultiArray, "/moe_policy/router/gates")
+    active = ros_client.record(Int32MultiArray, "/moe_policy/router/active")
+    dominant = ros_client.record(String, "/moe_policy/router/dominant")
+    success = ros_client.record(Bool, "/aloha_sim/success", LATCHED_QOS)
 
     wait_for(lambda: "[up] /moe_policy: active" in up.log(), 90, "`up` to activate the policy")
     wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 30, "latched HOLD mode")
     wait_for(lambda: len(joints) > 10, 30, "/joint_states from aloha_sim")
-    refused = engage(client)
+    refused = ros.engage(ros_client)
     assert refused == "", f"engage refused: {refused}"
     wait_for(lambda: any(m.data == "AUTONOMY" for _t, m in modes), 10, "AUTONOMY")
     t_engaged = time.monotonic()
@@ -183,33 +178,39 @@ def test_up_sim_graph_runs_autonomy_and_stops_on_sigint(client: RosClient, up: U
     _assert_stopped_cleanly(up, signal.SIGINT)
 
 
-def test_up_stops_cleanly_on_sigterm(client: RosClient, up: Up) -> None:
+def test_up_stops_cleanly_on_sigterm(
+    ros_client: RosClient, up: Up, wait_for: Callable[..., Any]
+) -> None:
     from std_msgs.msg import String
 
     from moe_policy_ros.session import LATCHED_QOS
 
-    modes = client.record(String, "/moe_policy/mode", LATCHED_QOS)
+    modes = ros_client.record(String, "/moe_policy/mode", LATCHED_QOS)
     wait_for(lambda: "[up] /moe_policy: active" in up.log(), 90, "`up` to activate the policy")
     wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 30, "latched HOLD mode")
     _assert_stopped_cleanly(up, signal.SIGTERM)
 
 
-def test_up_rejects_a_broken_file_without_starting_anything(tmp_path: Path) -> None:
+def test_up_rejects_a_broken_file_without_starting_anything(
+    tmp_path: Path, ros: ModuleType, node_env: dict[str, str]
+) -> None:
     bad = tmp_path / "bad.yaml"
     doc: dict[str, Any] = yaml.safe_load(SIM_CFG.read_text())
     doc["realsense_wrist"] = {"ros__parameters": {"source": "software"}}
     bad.write_text(yaml.safe_dump(doc))
     res = subprocess.run(
         [sys.executable, "-m", "moe_policy_ros.cli", "up", str(bad), "--duration", "5"],
-        env=node_env(), cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=node_env, cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert res.returncode == 1, res
     assert "cameras.wrist.topic" in res.stderr
     assert "[up] starting" not in res.stdout
-    assert pids_with(str(bad)) == []
+    assert ros.pids_with(str(bad)) == []
 
 
-def test_up_signal_during_bring_up_stops_at_once(tmp_path: Path) -> None:
+def test_up_signal_during_bring_up_stops_at_once(
+    tmp_path: Path, ros: ModuleType, wait_for: Callable[..., Any]
+) -> None:
     """The policy node is frozen (SIGSTOP) before it can answer, so `up` is still waiting
     for its lifecycle services when SIGINT arrives: it must not wait out --activate-timeout.
     """
@@ -240,14 +241,16 @@ def test_up_signal_during_bring_up_stops_at_once(tmp_path: Path) -> None:
         assert rc == 0, log
         assert "not brought up: interrupted" in log, log
         assert took < STOP_WITHIN_S, f"{took:.1f} s\n{log}"
-        assert pids_with(u.marker) == []
+        assert ros.pids_with(u.marker) == []
     finally:
         if frozen is not None:
             os.kill(frozen, signal.SIGCONT)
         u.close()
 
 
-def test_up_gives_up_when_a_node_dies_during_bring_up(tmp_path: Path) -> None:
+def test_up_gives_up_when_a_node_dies_during_bring_up(
+    tmp_path: Path, ros: ModuleType, node_env: dict[str, str]
+) -> None:
     """Every node fails at rcl init (bad --log-level): `up` reports it and exits 1 at once
     instead of waiting --activate-timeout for services nobody will offer."""
     params = _params(tmp_path)
@@ -255,11 +258,11 @@ def test_up_gives_up_when_a_node_dies_during_bring_up(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "moe_policy_ros.cli", "up", str(params), "--log-level", "bogus",
          "--activate-timeout", "60"],
-        env=node_env(), cwd=REPO, capture_output=True, text=True, timeout=90,
+        env=node_env, cwd=REPO, capture_output=True, text=True, timeout=90,
     )
     took = time.monotonic() - t0
     assert res.returncode == 1, res
     assert "/moe_policy: not brought up:" in res.stdout and "exited (1)" in res.stdout, res
     assert "Traceback" not in res.stdout.split("[up] all nodes stopped")[-1]
     assert took < 30, f"{took:.1f} s"
-    assert pids_with(str(params)) == []
+    assert ros.pids_with(str(params)) == []

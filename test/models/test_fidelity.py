@@ -12,14 +12,14 @@ and calibrates its energies over the training set.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import TINY
+from helpers.tiny_models import TINY
 from torch import Tensor, nn
 
 from moe_policy_ros.core.backends import make_backend
@@ -28,7 +28,7 @@ from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.core.routing import make_strategy, softmax
 from moe_policy_ros.core.runtime import MoEPolicy, compose_skills, synthetic_observation
 from moe_policy_ros.core.types import RouterOutputs
-from moe_policy_ros.models import build_model, export_bundle, load_checkpoint, save_checkpoint
+from moe_policy_ros.models import export_bundle, load_checkpoint, save_checkpoint
 from moe_policy_ros.models import losses as L
 from moe_policy_ros.models.export import default_routing
 from moe_policy_ros.models.families import (
@@ -55,11 +55,6 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def ort() -> Any:
     return make_backend("onnxruntime", intra_op_threads=1)
-
-
-def tiny(family: str, **over: Any) -> MoEModel:
-    torch.manual_seed(0)
-    return build_model({"family": family, **TINY, **over})
 
 
 def batch(seed: int = 1) -> tuple[list[Tensor], Tensor, Tensor]:
@@ -96,8 +91,10 @@ def _obs_tensors(obs: Any) -> tuple[list[Tensor], Tensor]:
 # =========================================================================== SMP
 
 
-def test_smp_one_skill_chunk_keeps_full_length_with_two_skills_active() -> None:
-    model = tiny("smp").eval()
+def test_smp_one_skill_chunk_keeps_full_length_with_two_skills_active(
+    tiny_model: Callable[..., MoEModel]
+) -> None:
+    model = tiny_model("smp").eval()
     assert isinstance(model, SMPModel) and model.combination == "unit"
     imgs, prop, _ = batch()
     with torch.no_grad():
@@ -147,8 +144,10 @@ def test_smp_trains_with_the_active_set_the_bundle_default_routing_picks() -> No
             assert np.flatnonzero(m.numpy()).tolist() == active.tolist()
 
 
-def test_smp_basis_is_a_full_state_dependent_matrix_orthonormalised() -> None:
-    model = tiny("smp")
+def test_smp_basis_is_a_full_state_dependent_matrix_orthonormalised(
+    tiny_model: Callable[..., MoEModel]
+) -> None:
+    model = tiny_model("smp")
     assert isinstance(model, SMPModel)
     n = H * A
     assert (model.basis_head.in_features, model.basis_head.out_features) == (D, n * E * R)
@@ -187,8 +186,10 @@ def _sgd_steps(model: MoEModel, phase: str, steps: int = 2) -> set[str]:
     return _changed(model, before)
 
 
-def test_lar_trains_the_latent_first_then_the_policy_with_the_latent_frozen() -> None:
-    model = tiny("lar")
+def test_lar_trains_the_latent_first_then_the_policy_with_the_latent_frozen(
+    tiny_model: Callable[..., MoEModel]
+) -> None:
+    model = tiny_model("lar")
     assert isinstance(model, LARModel)
     assert model.training_phases() == ("latent", "policy")
     assert model.phase_fractions() == pytest.approx((0.3, 0.7))
@@ -206,8 +207,10 @@ def test_lar_trains_the_latent_first_then_the_policy_with_the_latent_frozen() ->
         model.loss(imgs, prop, y)  # phase "main" is not a LAR-MoE phase
 
 
-def test_lar_policy_stage_routes_with_the_bundle_default_top_k() -> None:
-    model = tiny("lar")
+def test_lar_policy_stage_routes_with_the_bundle_default_top_k(
+    tiny_model: Callable[..., MoEModel]
+) -> None:
+    model = tiny_model("lar")
     assert isinstance(model, LARModel)
     k = model.cfg.top_k
     assert default_routing("lar", k).strategy == "topk" and default_routing("lar", k).k == k
@@ -230,8 +233,10 @@ def test_lar_policy_stage_routes_with_the_bundle_default_top_k() -> None:
 
 
 @pytest.mark.parametrize("weighting", ["router_plus_adapter", "adapter_sigmoid"])
-def test_adamoe_runtime_weights_and_composes_as_training(weighting: str) -> None:
-    model = tiny("adamoe", adamoe_weighting=weighting).eval()
+def test_adamoe_runtime_weights_and_composes_as_training(
+    weighting: str, tiny_model: Callable[..., MoEModel]
+) -> None:
+    model = tiny_model("adamoe", adamoe_weighting=weighting).eval()
     assert isinstance(model, AdaMoEModel)
     with torch.no_grad():  # a trained adapter: nonzero outputs
         last = model.adapter[-1]
@@ -258,8 +263,8 @@ def test_adamoe_runtime_weights_and_composes_as_training(weighting: str) -> None
     torch.testing.assert_close(terms["bc"], L.bc_loss(acts, y), atol=1e-6, rtol=1e-5)
 
 
-def test_adamoe_released_weighting_losses() -> None:
-    model = tiny("adamoe")
+def test_adamoe_released_weighting_losses(tiny_model: Callable[..., MoEModel]) -> None:
+    model = tiny_model("adamoe")
     assert isinstance(model, AdaMoEModel) and model.combination == "router_plus_adapter"
     imgs, prop, y = batch()
     enc = model.encode(imgs, prop)
@@ -282,8 +287,10 @@ def test_adamoe_released_weighting_losses() -> None:
     assert {"router", "adapter", "experts"} <= grads("bc")
 
 
-def test_adamoe_checkpoint_from_before_the_option_keeps_its_weighting(tmp_path: Path) -> None:
-    model = tiny("adamoe", adamoe_weighting="adapter_sigmoid")
+def test_adamoe_checkpoint_from_before_the_option_keeps_its_weighting(
+    tmp_path: Path, tiny_model: Callable[..., MoEModel]
+) -> None:
+    model = tiny_model("adamoe", adamoe_weighting="adapter_sigmoid")
     path = save_checkpoint(model, tmp_path / "a.pt")
     raw = torch.load(path, weights_only=True)
     del raw["config"]["adamoe_weighting"]
@@ -293,10 +300,12 @@ def test_adamoe_checkpoint_from_before_the_option_keeps_its_weighting(tmp_path: 
     assert load_checkpoint(path).combination == "adapter"
 
 
-def test_adamoe_variant_is_recorded_and_served_by_the_runtime(tmp_path: Path, ort: Any) -> None:
+def test_adamoe_variant_is_recorded_and_served_by_the_runtime(
+    tmp_path: Path, ort: Any, tiny_model: Callable[..., MoEModel]
+) -> None:
     for weighting, combination in (("adapter_sigmoid", "adapter"),
                                    ("router_plus_adapter", "router_plus_adapter")):
-        model = tiny("adamoe", adamoe_weighting=weighting).eval()
+        model = tiny_model("adamoe", adamoe_weighting=weighting).eval()
         with torch.no_grad():
             model.adapter[-1].weight.normal_(0.0, 0.3)  # type: ignore[operator]
         export_bundle(model, tmp_path / weighting, name=weighting, parity_trials=1)
@@ -314,9 +323,9 @@ def test_adamoe_variant_is_recorded_and_served_by_the_runtime(tmp_path: Path, or
 
 
 def test_dibm_expert_trains_on_the_observations_its_energy_claims(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Callable[..., MoEModel],
 ) -> None:
-    model = tiny("dibm")
+    model = tiny_model("dibm")
     assert isinstance(model, DiBMModel)
     imgs, prop, y = batch()
     # expert 0's energy claims observations 0-2, expert 1's claims 3-5
@@ -341,12 +350,12 @@ def test_dibm_expert_trains_on_the_observations_its_energy_claims(
     assert rel[1] > 1.0  # expert 1 trains on them
 
 
-def test_dibm_curriculum_entropy_term() -> None:
+def test_dibm_curriculum_entropy_term(tiny_model: Callable[..., MoEModel]) -> None:
     assert float(L.curriculum_entropy(torch.zeros(B, E))) == pytest.approx(math.log(B))
     peaked = torch.full((B, E), 20.0)
     peaked[0] = 0.0
     assert float(L.curriculum_entropy(peaked)) < 1e-6
-    model = tiny("dibm")
+    model = tiny_model("dibm")
     imgs, prop, y = batch()
     terms = model.loss(imgs, prop, y)
     assert 0.0 < float(terms["curriculum_entropy"].detach()) <= math.log(B) + 1e-6
@@ -355,9 +364,9 @@ def test_dibm_curriculum_entropy_term() -> None:
 
 
 def test_dibm_calibration_normalises_energies_and_travels_to_the_bundle(
-    tmp_path: Path, ort: Any
+    tmp_path: Path, ort: Any, tiny_model: Callable[..., MoEModel]
 ) -> None:
-    model = tiny("dibm").eval()
+    model = tiny_model("dibm").eval()
     assert isinstance(model, DiBMModel) and not model.calibrated
     batches = [batch(seed) for seed in (1, 2, 3)]
     with torch.no_grad():
@@ -412,9 +421,9 @@ def test_dibm_calibration_normalises_energies_and_travels_to_the_bundle(
         model.calibrate([])
 
 
-def test_hooks_default_on_every_family() -> None:
+def test_hooks_default_on_every_family(tiny_model: Callable[..., MoEModel]) -> None:
     for family in ("adamoe", "smp", "dibm", "dense"):
-        model = tiny(family)
+        model = tiny_model(family)
         assert model.training_phases() == ("main",) and model.phase_fractions() == (1.0,)
         model.begin_phase("main")
         if family != "dibm":

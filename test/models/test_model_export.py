@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from tiny_models import TINY
 
 from moe_policy_ros.core.manifest import read_manifest
 from moe_policy_ros.models import (
     ExportError,
     MoEModel,
     add_export_arguments,
-    build_model,
     export_bundle,
     load_checkpoint,
     run_export,
@@ -29,11 +28,6 @@ from moe_policy_ros.models.export import ALOHA_JOINTS, default_routing
 from moe_policy_ros.models.families import DirectMoEModel, SMPModel
 
 EXTRA_OUT = {"adamoe": "adapter_weights", "dibm": "energies", "lar": "latent", "smp": "basis"}
-
-
-def tiny_model(family: str, **over: Any) -> MoEModel:
-    torch.manual_seed(0)
-    return build_model({"family": family, **TINY, **over}).eval()
 
 
 def _shape(vi: onnx.ValueInfoProto) -> list[int | str]:
@@ -48,11 +42,13 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[MoEModel, Path]]:
+def bundles(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[..., MoEModel]
+) -> dict[str, tuple[MoEModel, Path]]:
     root = tmp_path_factory.mktemp("bundles")
     out = {}
     for fam in FAMILIES:
-        model = tiny_model(fam)
+        model = tiny_model(fam).eval()
         # the checkpoint goes beside the bundle, never into it
         export_bundle(model, root / fam, name=f"tiny_{fam}", checkpoint_out=root / f"{fam}.pt")
         out[fam] = (model, root / fam)
@@ -61,7 +57,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[MoEMode
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_manifest_hashes_and_parity(
-    bundles: dict[str, tuple[MoEModel, Path]], family: str
+    bundles: dict[str, tuple[MoEModel, Path]], family: str, tiny_config: dict[str, Any]
 ) -> None:
     _, d = bundles[family]
     m = read_manifest(d)
@@ -75,26 +71,30 @@ def test_manifest_hashes_and_parity(
     assert p.parity_max_abs_err is not None and p.parity_max_abs_err <= 1e-4
     assert p.onnx_opset == 17 and p.torch_version == torch.__version__
     assert p.exporter and p.created.endswith("Z")
-    e = 1 if family == "dense" else TINY["num_experts"]
+    e = 1 if family == "dense" else tiny_config["num_experts"]
     assert m.experts.count == e and len(m.experts.labels) == e
     assert m.action.joints == ALOHA_JOINTS and m.observation.proprio.joints == ALOHA_JOINTS
-    assert m.action.chunk_length == TINY["chunk_length"] and m.context_dim == TINY["context_dim"]
-    assert m.routing == default_routing(family, TINY["top_k"])
+    assert m.action.chunk_length == tiny_config["chunk_length"]
+    assert m.context_dim == tiny_config["context_dim"]
+    assert m.routing == default_routing(family, tiny_config["top_k"])
     model, _ = bundles[family]
     assert m.combination == model.combination and m.combination_weights == model.combination
     assert m.novelty is None  # untrained, uncalibrated
     assert (m.sampler is not None) == (family == "smp")
     if family == "smp":
         assert m.sampler is not None
-        assert (m.sampler.rank, m.sampler.steps) == (TINY["rank"], TINY["sampler_steps"])
-    assert m.latent_dim == (TINY["latent_dim"] if family == "lar" else 0)
+        assert m.sampler.rank == tiny_config["rank"]
+        assert m.sampler.steps == tiny_config["sampler_steps"]
+    assert m.latent_dim == (tiny_config["latent_dim"] if family == "lar" else 0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_graph_contract(bundles: dict[str, tuple[MoEModel, Path]], family: str) -> None:
+def test_graph_contract(
+    bundles: dict[str, tuple[MoEModel, Path]], family: str, tiny_config: dict[str, Any]
+) -> None:
     _, d = bundles[family]
-    e = 1 if family == "dense" else TINY["num_experts"]
-    dd, h, a, r = TINY["context_dim"], TINY["chunk_length"], 14, TINY["rank"]
+    e = 1 if family == "dense" else tiny_config["num_experts"]
+    dd, h, a, r = tiny_config["context_dim"], tiny_config["chunk_length"], 14, tiny_config["rank"]
     enc = onnx.load(str(d / "encoder.onnx"))
     exp = onnx.load(str(d / "experts.onnx"))
     for proto in (enc, exp):
@@ -109,7 +109,7 @@ def test_graph_contract(bundles: dict[str, tuple[MoEModel, Path]], family: str) 
         want[EXTRA_OUT[family]] = {
             "adapter_weights": [1, e],
             "energies": [1, e],
-            "latent": [1, TINY["latent_dim"]],
+            "latent": [1, tiny_config["latent_dim"]],
             "basis": [1, e, h * a, r],
         }[EXTRA_OUT[family]]
     assert outs == want and list(outs) == list(want)
@@ -128,14 +128,14 @@ def test_graph_contract(bundles: dict[str, tuple[MoEModel, Path]], family: str) 
 
 @pytest.mark.parametrize("family", ["adamoe", "dibm", "lar", "dense"])
 def test_direct_expert_stage_semantics(
-    bundles: dict[str, tuple[MoEModel, Path]], family: str
+    bundles: dict[str, tuple[MoEModel, Path]], family: str, tiny_config: dict[str, Any]
 ) -> None:
     """actions = sum_j w_j expert_{idx_j}(context), in ORT, against all-experts torch."""
     model, d = bundles[family]
     sess = ort.InferenceSession(str(d / "experts.onnx"), providers=["CPUExecutionProvider"])
     e = model.cfg.num_experts
     rng = np.random.default_rng(0)
-    ctx = rng.standard_normal((1, TINY["context_dim"])).astype(np.float32)
+    ctx = rng.standard_normal((1, tiny_config["context_dim"])).astype(np.float32)
     assert isinstance(model, DirectMoEModel)
     with torch.no_grad():
         all_out = model.experts.forward_all([torch.from_numpy(ctx)])[0].numpy()
@@ -143,7 +143,7 @@ def test_direct_expert_stage_semantics(
         idx = np.sort(rng.permutation(e)[:k]).astype(np.int64)
         w = rng.random(k).astype(np.float32)
         (got,) = sess.run(None, {"context": ctx, "expert_idx": idx, "expert_weights": w})
-        want = (w[:, None] * all_out[idx]).sum(0).reshape(1, TINY["chunk_length"], 14)
+        want = (w[:, None] * all_out[idx]).sum(0).reshape(1, tiny_config["chunk_length"], 14)
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -189,17 +189,19 @@ def test_checkpoint_round_trip(bundles: dict[str, tuple[MoEModel, Path]], family
             torch.testing.assert_close(a, b)
 
 
-def test_parity_failure_fails_export(tmp_path: Path) -> None:
-    export_bundle(tiny_model("adamoe"), tmp_path, name="x")
+def test_parity_failure_fails_export(tmp_path: Path, tiny_model: Callable[..., MoEModel]) -> None:
+    export_bundle(tiny_model("adamoe").eval(), tmp_path, name="x")
     assert (tmp_path / "policy.yaml").exists()
     with pytest.raises(ExportError, match="parity"):
-        export_bundle(tiny_model("adamoe"), tmp_path, name="x", tolerance=-1.0)
+        export_bundle(tiny_model("adamoe").eval(), tmp_path, name="x", tolerance=-1.0)
     assert not (tmp_path / "policy.yaml").exists()
 
 
-def test_checkpoint_is_never_written_into_the_bundle(tmp_path: Path) -> None:
+def test_checkpoint_is_never_written_into_the_bundle(
+    tmp_path: Path, tiny_model: Callable[..., MoEModel]
+) -> None:
     with pytest.raises(ExportError, match="outside the bundle"):
-        export_bundle(tiny_model("dense"), tmp_path / "b", name="b",
+        export_bundle(tiny_model("dense").eval(), tmp_path / "b", name="b",
                       checkpoint_out=tmp_path / "b" / "checkpoint.pt")
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 import torch
-from tiny_models import TINY
 from torch import Tensor, nn
 
-from moe_policy_ros.models import build_model
 from moe_policy_ros.models import losses as L
 from moe_policy_ros.models.config import FAMILIES, ModelConfig
 from moe_policy_ros.models.families import (
@@ -23,11 +21,6 @@ from moe_policy_ros.models.families import (
 from moe_policy_ros.models.layers import StackedMLP, gram_schmidt, stacked_mlp_params
 
 B = 6
-
-
-def model_of(family: str) -> MoEModel:
-    torch.manual_seed(0)
-    return build_model({"family": family, **TINY})
 
 
 def batch() -> tuple[list[Tensor], Tensor, Tensor]:
@@ -52,8 +45,8 @@ def untouched(module: nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_forward_shapes_and_total_loss(family: str) -> None:
-    model = model_of(family)
+def test_forward_shapes_and_total_loss(family: str, tiny_model: Callable[..., MoEModel]) -> None:
+    model = tiny_model(family)
     imgs, prop, y = batch()
     out = model(imgs, prop)
     e = model.cfg.num_experts
@@ -95,8 +88,8 @@ def test_gram_schmidt_orthonormal_and_differentiable() -> None:
     assert m.grad is not None and torch.isfinite(m.grad).all()
 
 
-def test_smp_basis_orthonormal_and_losses() -> None:
-    model = model_of("smp")
+def test_smp_basis_orthonormal_and_losses(tiny_model: Callable[..., MoEModel]) -> None:
+    model = tiny_model("smp")
     assert isinstance(model, SMPModel)
     imgs, prop, y = batch()
     basis = model.encode(imgs, prop)["basis"]
@@ -118,10 +111,9 @@ def test_smp_basis_orthonormal_and_losses() -> None:
     assert model.basis_bias.grad is not None
 
 
-def test_adamoe_variant_lb_loss_touches_router_only() -> None:
+def test_adamoe_variant_lb_loss_touches_router_only(tiny_model: Callable[..., MoEModel]) -> None:
     """The adapter_sigmoid variant detaches the balancing loss from everything but the router."""
-    torch.manual_seed(0)
-    model = build_model({"family": "adamoe", **TINY, "adamoe_weighting": "adapter_sigmoid"})
+    model = tiny_model("adamoe", adamoe_weighting="adapter_sigmoid")
     assert isinstance(model, AdaMoEModel) and model.combination == "adapter"
     imgs, prop, y = batch()
     terms = model.loss(imgs, prop, y)
@@ -141,8 +133,8 @@ def test_load_balancing_loss_values() -> None:
     assert float(L.load_balancing_loss(collapsed, 2)) == pytest.approx(2.0, rel=1e-3)
 
 
-def test_dibm_energy_loss_ties_energies() -> None:
-    model = model_of("dibm")
+def test_dibm_energy_loss_ties_energies(tiny_model: Callable[..., MoEModel]) -> None:
+    model = tiny_model("dibm")
     assert isinstance(model, DiBMModel)
     imgs, prop, y = batch()
     terms = model.loss(imgs, prop, y)
@@ -158,8 +150,8 @@ def test_dibm_energy_loss_ties_energies() -> None:
     assert float(good) < float(bad)
 
 
-def test_lar_alignment_losses() -> None:
-    model = model_of("lar")
+def test_lar_alignment_losses(tiny_model: Callable[..., MoEModel]) -> None:
+    model = tiny_model("lar")
     assert isinstance(model, LARModel)
     imgs, prop, y = batch()
     terms = model.loss(imgs, prop, y, phase="latent")
@@ -184,8 +176,8 @@ def test_lar_alignment_losses() -> None:
     )
 
 
-def test_dense_matches_active_parameter_count() -> None:
-    model = model_of("dense")
+def test_dense_matches_active_parameter_count(tiny_model: Callable[..., MoEModel]) -> None:
+    model = tiny_model("dense")
     assert isinstance(model, DenseModel)
     cfg = model.cfg
     assert cfg.num_experts == 1

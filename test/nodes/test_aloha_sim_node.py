@@ -27,7 +27,6 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_helpers import wait_for  # noqa: E402
 from rosgraph_msgs.msg import Clock as ClockMsg  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
@@ -164,7 +163,7 @@ def _alive(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_joint_states_carry_the_14_joints(
-    probe: Probe, sim_process: subprocess.Popen[bytes]
+    probe: Probe, sim_process: subprocess.Popen[bytes], wait_for: Callable[..., Any]
 ) -> None:
     try:
         wait_for(lambda: probe.joint_states, 20.0, "/joint_states")
@@ -178,7 +177,7 @@ def test_joint_states_carry_the_14_joints(
     assert js.header.stamp.sec > 0  # ROS (system) time without publish_clock
 
 
-def test_image_has_the_configured_size(probe: Probe) -> None:
+def test_image_has_the_configured_size(probe: Probe, wait_for: Callable[..., Any]) -> None:
     img = wait_for(lambda: probe.image, 10.0, "/cameras/top/image_raw")
     assert (img.width, img.height, img.encoding) == (WIDTH, HEIGHT, "rgb8")
     assert img.step == WIDTH * 3 and len(img.data) == WIDTH * HEIGHT * 3
@@ -186,12 +185,12 @@ def test_image_has_the_configured_size(probe: Probe) -> None:
     assert max(img.data) > 0
 
 
-def test_success_is_false_after_start(probe: Probe) -> None:
+def test_success_is_false_after_start(probe: Probe, wait_for: Callable[..., Any]) -> None:
     msg = wait_for(lambda: probe.success, 10.0, "~/success")
     assert msg.data is False
 
 
-def test_joint_trajectory_moves_the_left_arm(probe: Probe) -> None:
+def test_joint_trajectory_moves_the_left_arm(probe: Probe, wait_for: Callable[..., Any]) -> None:
     pub = probe.traj_pub["left_arm"]
     wait_for(lambda: pub.get_subscription_count() > 0, 10.0, "trajectory subscriber")
     start = probe.positions()
@@ -223,7 +222,7 @@ def test_joint_trajectory_moves_the_left_arm(probe: Probe) -> None:
 
 
 def test_stream_command_moves_the_right_arm_and_bad_length_is_ignored(
-    probe: Probe, sim_process: subprocess.Popen[bytes]
+    probe: Probe, sim_process: subprocess.Popen[bytes], wait_for: Callable[..., Any]
 ) -> None:
     pub = probe.cmd_pub["right_arm"]
     wait_for(lambda: pub.get_subscription_count() > 0, 10.0, "command subscriber")
@@ -242,7 +241,7 @@ def test_stream_command_moves_the_right_arm_and_bad_length_is_ignored(
 
 
 def test_reset_service_restores_the_start_pose(
-    probe: Probe, sim_process: subprocess.Popen[bytes]
+    probe: Probe, sim_process: subprocess.Popen[bytes], wait_for: Callable[..., Any]
 ) -> None:
     pub = probe.cmd_pub["left_arm"]
     wait_for(lambda: pub.get_subscription_count() > 0, 10.0, "command subscriber")
@@ -260,7 +259,7 @@ def test_reset_service_restores_the_start_pose(
 
 
 def test_malformed_trajectory_is_logged_and_ignored(
-    probe: Probe, sim_process: subprocess.Popen[bytes]
+    probe: Probe, sim_process: subprocess.Popen[bytes], wait_for: Callable[..., Any]
 ) -> None:
     pub = probe.traj_pub["right_arm"]
     wait_for(lambda: pub.get_subscription_count() > 0, 10.0, "trajectory subscriber")
@@ -274,7 +273,7 @@ def test_malformed_trajectory_is_logged_and_ignored(
     _alive(sim_process)
 
 
-def test_reset_uses_the_seed_parameter(probe: Probe) -> None:
+def test_reset_uses_the_seed_parameter(probe: Probe, wait_for: Callable[..., Any]) -> None:
     client: Client[Any, Any] = probe.node.create_client(SetParameters, "/aloha_sim/set_parameters")
     assert client.wait_for_service(timeout_sec=10.0)
     req = SetParameters.Request(parameters=[Parameter("seed", value=7).to_parameter_msg()])
@@ -294,7 +293,9 @@ def test_sigint_shuts_down_cleanly(sim_process: subprocess.Popen[bytes], probe: 
     assert "Traceback" not in log, log
 
 
-def test_sim_time_clock_and_sigterm(probe: Probe, tmp_path: Path) -> None:
+def test_sim_time_clock_and_sigterm(
+    probe: Probe, tmp_path: Path, wait_for: Callable[..., Any]
+) -> None:
     """publish_clock at twice real time: /clock runs 2x, stamps and trajectories use it."""
     lock = threading.Lock()
     clocks: list[tuple[float, int]] = []

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ros_helpers import wait_for
 
 from moe_policy_ros.realsense.stamps import StampMapper
 
@@ -37,7 +36,9 @@ PERIOD_MS = 1000.0 / FPS
 
 
 def stamp_ns(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    from moe_policy_ros.session import stamp_to_ns
+
+    return stamp_to_ns(msg.header.stamp)
 
 
 def frame_pair(i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +183,7 @@ def test_software_source_aligns_depth_to_color() -> None:
 
 @pytest.mark.realsense
 @needs_rs
-def test_software_source_unplug_and_restart() -> None:
+def test_software_source_unplug_and_restart(wait_for: Callable[..., Any]) -> None:
     src = SoftwareFrameSource(width=W, height=H, fps=FPS, generate=True)
     src.start()
     try:
@@ -362,7 +363,7 @@ def assert_increasing(msgs: list[Any]) -> None:
 @needs_rs
 @needs_ros
 def test_bag_recorded_from_software_device_plays_through_the_node(
-    context: Any, spin: Callable[[Any], None], tmp_path: Path
+    context: Any, spin: Callable[[Any], None], tmp_path: Path, wait_for: Callable[..., Any]
 ) -> None:
     path = tmp_path / "capture.db3"
     rec = SoftwareFrameSource(
@@ -438,7 +439,9 @@ def test_bag_source_errors_name_the_problem(tmp_path: Path) -> None:
 @pytest.mark.realsense
 @needs_rs
 @needs_ros
-def test_node_reconnects_after_simulated_unplug(context: Any, spin: Callable[[Any], None]) -> None:
+def test_node_reconnects_after_simulated_unplug(
+    context: Any, spin: Callable[[Any], None], wait_for: Callable[..., Any]
+) -> None:
     probe = Probe(context)
     spin(probe.node)
     src = SoftwareFrameSource(width=W, height=H, fps=FPS, generate=True, serial_no="sw-42")
@@ -473,7 +476,7 @@ def test_node_reconnects_after_simulated_unplug(context: Any, spin: Callable[[An
 @needs_rs
 @needs_ros
 def test_compressed_publishes_jpeg_beside_the_raw_image(
-    context: Any, spin: Callable[[Any], None]
+    context: Any, spin: Callable[[Any], None], wait_for: Callable[..., Any]
 ) -> None:
     """compressed: true adds ~/color/image_raw/compressed (image_transport's layout): JPEG of
     the same frame, same header; it decodes to the raw image within JPEG error."""
@@ -514,7 +517,7 @@ def test_compressed_publishes_jpeg_beside_the_raw_image(
 @needs_rs
 @needs_ros
 def test_node_without_a_camera_waits_and_does_not_crash(
-    context: Any, spin: Callable[[Any], None]
+    context: Any, spin: Callable[[Any], None], wait_for: Callable[..., Any]
 ) -> None:
     node = camera_node(context, source="device", serial_no="000000000000", reconnect_period_s=0.1)
     spin(node)
@@ -542,7 +545,9 @@ def test_invalid_source_parameter_is_rejected(context: Any) -> None:
 @pytest.mark.realsense
 @needs_rs
 @needs_ros
-def test_node_subprocess_publishes_over_dds(context: Any, spin: Callable[[Any], None]) -> None:
+def test_node_subprocess_publishes_over_dds(
+    context: Any, spin: Callable[[Any], None], wait_for: Callable[..., Any]
+) -> None:
     probe = Probe(context, ns="/rs_e2e/realsense_camera")
     spin(probe.node)
     env = dict(os.environ)

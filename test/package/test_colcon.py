@@ -14,10 +14,16 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from ros_helpers import REPO, RosClient, ros_client_fixture, stop_process, wait_for
+from helpers import REPO
+
+if TYPE_CHECKING:
+    from helpers.ros import RosClient
 
 pytestmark = [pytest.mark.slow]
 
@@ -98,12 +104,9 @@ def test_sourced_environment_finds_the_install(workspace: Path) -> None:
     assert Path(module).resolve().is_relative_to(workspace), module
 
 
-client = ros_client_fixture("colcon_test")
-
-
 @pytest.mark.ros
 def test_policy_node_from_the_install_comes_up_on_dds(
-    workspace: Path, client: RosClient
+    workspace: Path, ros_client: RosClient, ros: ModuleType, wait_for: Callable[..., Any]
 ) -> None:
     from lifecycle_msgs.srv import GetState
 
@@ -117,11 +120,11 @@ def test_policy_node_from_the_install_comes_up_on_dds(
             start_new_session=True,
         )
     try:
-        res = client.call(GetState, f"{ns}/moe_policy/get_state", GetState.Request(),
-                          timeout=90.0)
+        res = ros_client.call(GetState, f"{ns}/moe_policy/get_state", GetState.Request(),
+                              timeout=90.0)
         assert res.current_state.label == "unconfigured"
-        wait_for(lambda: ("moe_policy", ns) in client.node.get_node_names_and_namespaces(),
+        wait_for(lambda: ("moe_policy", ns) in ros_client.node.get_node_names_and_namespaces(),
                  10, f"moe_policy in {ns}")
     finally:
-        stop_process(proc, grace_s=15.0)
+        ros.stop_process(proc, grace_s=15.0)
     assert proc.returncode in (0, -signal.SIGINT), log.read_text()

@@ -132,3 +132,23 @@ def test_no_module_imports_another_modules_private_names() -> None:
         if bad:
             offenders[str(f.relative_to(REPO))] = bad
     assert not offenders, f"imports of private names: {offenders}"
+
+
+def test_no_test_imports_another_test_file() -> None:
+    """Shared test helpers live in the test/helpers package and reach tests as fixtures
+    (test/conftest.py); no file under test/ imports a test module, a conftest or a module
+    loose in a test folder."""
+    tests = REPO / "test"
+    helpers = tests / "helpers"
+    local = {f.stem for f in tests.rglob("*.py") if helpers not in f.parents}
+    local |= {d.name for d in tests.iterdir() if d.is_dir() and d != helpers}
+    offenders = {}
+    for f in sorted(tests.rglob("*.py")):
+        bad = sorted(m for m in _imports_anywhere(f) if m.split(".")[0] in local)
+        if bad:
+            offenders[str(f.relative_to(REPO))] = bad
+    assert not offenders, f"imports of other test files: {offenders}"
+    loose = sorted(str(f.relative_to(REPO)) for f in tests.rglob("*.py")
+                   if helpers not in f.parents
+                   and not f.name.startswith("test_") and f.name != "conftest.py")
+    assert not loose, f"modules outside test/helpers that are neither tests nor conftest: {loose}"

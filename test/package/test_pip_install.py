@@ -17,12 +17,18 @@ import signal
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from ros_helpers import REPO, RosClient, ros_client_fixture, stop_process, wait_for
+from helpers import REPO
 
 from moe_policy_ros.graph import node_graph, read_params_doc
+
+if TYPE_CHECKING:
+    from helpers.ros import RosClient
 
 pytestmark = [pytest.mark.slow]
 
@@ -110,13 +116,10 @@ def test_launch_executables_resolve_through_the_ament_index(venv: Path) -> None:
     assert set(found) == wanted, f"lib/{PACKAGE}/ has {sorted(found)}"
 
 
-client = ros_client_fixture("pip_install_test")
-
-
 @pytest.mark.ros
 @pytest.mark.parametrize("exe", ["policy_node", "aloha_sim", "realsense_camera"])
 def test_each_executable_starts_from_its_lib_path(
-    venv: Path, exe: str, client: RosClient
+    venv: Path, exe: str, ros_client: RosClient, ros: ModuleType, wait_for: Callable[..., Any]
 ) -> None:
     if exe == "aloha_sim" and "editable" in venv.name:
         pytest.skip("aloha_sim started from the plain install already (MuJoCo start is slow)")
@@ -133,9 +136,9 @@ def test_each_executable_starts_from_its_lib_path(
             if proc.poll() is not None:
                 raise AssertionError(f"{exe} exited {proc.returncode}: "
                                      f"{proc.stdout.read().decode() if proc.stdout else ''}")
-            return any(n == ns for _name, n in client.node.get_node_names_and_namespaces())
+            return any(n == ns for _name, n in ros_client.node.get_node_names_and_namespaces())
 
         wait_for(up, 90, f"{exe} from {path} to appear on DDS in {ns}", poll=0.2)
     finally:
-        stop_process(proc, grace_s=15.0)
+        ros.stop_process(proc, grace_s=15.0)
     assert proc.returncode in (0, -signal.SIGINT), proc.returncode

@@ -8,28 +8,25 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
-from ros_helpers import node_env
+from helpers import REPO
 
 from moe_policy_ros.cli import _COMMANDS
 from moe_policy_ros.tools.monitor import MonitorState, render
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIGS = [REPO / "config" / "dual_arm.yaml", REPO / "config" / "sim_dual_arm.yaml"]
 BUNDLE = REPO / "models" / "demo_adamoe"
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "moe_policy_ros.cli", *args], cwd=REPO, env=node_env(),
-        capture_output=True, text=True, timeout=timeout,
-    )
+#: A command runner fixture: ``run(*args, timeout=...)`` -> the finished process.
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def _help_lists_every_command(text: str) -> None:
@@ -42,7 +39,7 @@ def _help_lists_every_command(text: str) -> None:
     }
 
 
-def test_help_lists_all_subcommands() -> None:
+def test_help_lists_all_subcommands(cli: Run) -> None:
     res = cli("--help")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage: moe-policy-ros")
@@ -56,20 +53,20 @@ def test_help_lists_all_subcommands() -> None:
 
 @pytest.mark.parametrize("command", ["inspect", "bench", "check-config", "up", "monitor",
                                      "demo", "record", "train", "evaluate", "results"])
-def test_subcommand_help(command: str) -> None:
+def test_subcommand_help(command: str, cli: Run) -> None:
     res = cli(command, "--help")
     assert res.returncode == 0, res.stderr
     assert f"usage: moe-policy-ros {command}" in res.stdout
 
 
-def test_no_command_is_a_usage_error() -> None:
+def test_no_command_is_a_usage_error(cli: Run) -> None:
     res = cli()
     assert res.returncode == 2
     assert "required" in res.stderr and "COMMAND" in res.stderr
 
 
 @pytest.mark.parametrize("params", CONFIGS, ids=lambda p: p.name)
-def test_check_config_accepts_the_shipped_configs(params: Path) -> None:
+def test_check_config_accepts_the_shipped_configs(params: Path, cli: Run) -> None:
     res = cli("check-config", str(params))
     assert res.returncode == 0, res.stderr
     assert f"{params}: valid" in res.stdout
@@ -87,7 +84,7 @@ def test_check_config_accepts_the_shipped_configs(params: Path) -> None:
     ],
 )
 def test_check_config_names_the_broken_field(
-    tmp_path: Path, dotted: str, value: Any, field: str
+    tmp_path: Path, dotted: str, value: Any, field: str, cli: Run
 ) -> None:
     doc = yaml.safe_load(CONFIGS[0].read_text())
     node = doc["/**/moe_policy"]["ros__parameters"]
@@ -104,7 +101,7 @@ def test_check_config_names_the_broken_field(
     assert "Traceback" not in res.stderr
 
 
-def test_check_config_missing_and_unparsable_files(tmp_path: Path) -> None:
+def test_check_config_missing_and_unparsable_files(tmp_path: Path, cli: Run) -> None:
     res = cli("check-config", str(tmp_path / "nope.yaml"))
     assert res.returncode == 1 and "nope.yaml" in res.stderr and "Traceback" not in res.stderr
     bad = tmp_path / "bad.yaml"
@@ -113,7 +110,7 @@ def test_check_config_missing_and_unparsable_files(tmp_path: Path) -> None:
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
 
 
-def test_inspect_prints_family_and_experts() -> None:
+def test_inspect_prints_family_and_experts(cli: Run) -> None:
     from moe_policy_ros.core.manifest import read_manifest
 
     m = read_manifest(BUNDLE)
@@ -187,17 +184,13 @@ def test_render_color_empty_and_narrow() -> None:
 
 @pytest.mark.ros
 @pytest.mark.slow
-def test_monitor_once_against_an_engaged_policy_node(tmp_path: Path) -> None:
+def test_monitor_once_against_an_engaged_policy_node(
+    tmp_path: Path,
+    cli: Run,
+    wait_for: Callable[..., Any],
+    ros: ModuleType,
+) -> None:
     pytest.importorskip("rclpy")
-    from ros_helpers import (
-        FakeRobot,
-        RosClient,
-        bundle_home,
-        engage,
-        node_process,
-        policy_params,
-        wait_for,
-    )
     from std_msgs.msg import String
 
     from moe_policy_ros.core.config import load_config
@@ -207,21 +200,21 @@ def test_monitor_once_against_an_engaged_policy_node(tmp_path: Path) -> None:
     cfg = load_config(CONFIGS[0])
     names = cfg.robot.joint_names
     m = read_manifest(BUNDLE)
-    home = bundle_home(BUNDLE, names)
+    home = ros.bundle_home(BUNDLE, names)
     # FakeRobot publishes from this (test) process; on a loaded 2-core box it can stall past
     # the 0.2 s / 0.25 s input ages, and the policy rightly drops to HOLD. This test is
     # about the monitor, so give the fake inputs slack.
-    params = policy_params(tmp_path, input_max_age_s=1.0, policy__bundle=str(BUNDLE))
+    params = ros.policy_params(tmp_path, input_max_age_s=1.0, policy__bundle=str(BUNDLE))
 
-    client = RosClient("monitor_test")
-    robot = FakeRobot(client, names, home)
+    client = ros.RosClient("monitor_test")
+    robot = ros.FakeRobot(client, names, home)
     modes = client.record(String, "/moe_policy/mode", LATCHED_QOS)
     try:
-        with node_process("moe_policy_ros.nodes.policy_node",
+        with ros.node_process("moe_policy_ros.nodes.policy_node",
                           ["--params-file", str(params), "-p", "autostart:=true"],
                           tmp_path / "policy.log"):
             wait_for(lambda: any(x.data == "HOLD" for _t, x in modes), 60, "latched HOLD")
-            refused = engage(client)
+            refused = ros.engage(client)
             assert refused == "", refused
             wait_for(lambda: any(x.data == "AUTONOMY" for _t, x in modes), 10, "AUTONOMY")
             t0 = time.monotonic()

@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
-from ros_helpers import REPO, RosClient, node_env
+from helpers import REPO
 
 pytestmark = [pytest.mark.slow]
 
@@ -21,11 +23,14 @@ SIM_CFG = REPO / "config" / "sim_dual_arm.yaml"
 DUAL_CFG = REPO / "config" / "dual_arm.yaml"
 
 
-def doctor(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "moe_policy_ros.cli", "doctor", *args], cwd=REPO,
-        env=node_env(), capture_output=True, text=True, timeout=timeout,
-    )
+#: A command runner fixture: ``run(*args, timeout=...)`` -> the finished process.
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def doctor(cli: Run) -> Run:
+    """``doctor(*args, timeout=180)``: ``moe-policy-ros doctor ARGS``, output captured."""
+    return lambda *args, timeout=180: cli("doctor", *args, timeout=timeout)
 
 
 def _lines(out: str, check: str) -> list[str]:
@@ -42,7 +47,7 @@ def _params(tmp: Path, edit: dict[str, Any], name: str = "p.yaml") -> Path:
 
 
 @pytest.mark.ros
-def test_doctor_reports_every_check_and_exits_0_on_this_machine() -> None:
+def test_doctor_reports_every_check_and_exits_0_on_this_machine(doctor: Run) -> None:
     pytest.importorskip("rclpy")
     res = doctor("--json")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -62,7 +67,7 @@ def test_doctor_reports_every_check_and_exits_0_on_this_machine() -> None:
     assert _lines(res.stdout, "dds") and res.stdout.rstrip().endswith("nothing blocking found")
 
 
-def test_doctor_fails_for_a_file_whose_bundle_is_tampered(tmp_path: Path) -> None:
+def test_doctor_fails_for_a_file_whose_bundle_is_tampered(tmp_path: Path, doctor: Run) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(REPO / "models" / "demo_adamoe", bundle)
     stage = next(bundle.glob("*.onnx"))
@@ -76,7 +81,9 @@ def test_doctor_fails_for_a_file_whose_bundle_is_tampered(tmp_path: Path) -> Non
     assert "problem(s) with what the given file needs" in res.stdout
 
 
-def test_doctor_fails_for_a_gpu_backend_on_a_machine_without_one(tmp_path: Path) -> None:
+def test_doctor_fails_for_a_gpu_backend_on_a_machine_without_one(
+    tmp_path: Path, doctor: Run
+) -> None:
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has the CUDA provider")
@@ -88,7 +95,7 @@ def test_doctor_fails_for_a_gpu_backend_on_a_machine_without_one(tmp_path: Path)
     assert line.startswith("[FAIL]") and "onnxruntime-cuda" in line
 
 
-def test_doctor_names_the_broken_field_of_a_file(tmp_path: Path) -> None:
+def test_doctor_names_the_broken_field_of_a_file(tmp_path: Path, doctor: Run) -> None:
     res = doctor(str(_params(tmp_path, {"control_rate_hz": -1})), "--listen", "0.5")
     assert res.returncode == 1
     (line,) = _lines(res.stdout, "params")
@@ -97,7 +104,7 @@ def test_doctor_names_the_broken_field_of_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.ros
 def test_doctor_listens_to_the_camera_topic_and_explains_a_size_mismatch(
-    tmp_path: Path,
+    tmp_path: Path, doctor: Run, node_env: dict[str, str], ros: ModuleType,
 ) -> None:
     """A real publisher (this process) sends 64x48 bgr8 frames on /r7/cameras/top/image_raw;
     the file (and its bundle) need 128x96: doctor sees the frames over DDS and fails."""
@@ -105,7 +112,7 @@ def test_doctor_listens_to_the_camera_topic_and_explains_a_size_mismatch(
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    client = RosClient("doctor_camera_test")
+    client = ros.RosClient("doctor_camera_test")
     try:
         pub = client.node.create_publisher(Image, "/r7/cameras/top/image_raw",
                                            qos_profile_sensor_data)
@@ -113,7 +120,7 @@ def test_doctor_listens_to_the_camera_topic_and_explains_a_size_mismatch(
         proc = subprocess.Popen(
             [sys.executable, "-m", "moe_policy_ros.cli", "doctor", str(DUAL_CFG),
              "--namespace", "r7", "--listen", "3"],
-            cwd=REPO, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=REPO, env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )
         while proc.poll() is None:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def node_env() -> dict[str, str]:
@@ -58,20 +57,6 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 8.0) -> int | N
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
     return proc.returncode
-
-
-def ros_client_fixture(name: str) -> Any:
-    """A module-scoped fixture yielding a :class:`RosClient` named ``name`` (skipped without
-    rclpy); assign it in a test module: ``client = ros_client_fixture("my_test")``."""
-
-    @pytest.fixture(scope="module")
-    def client() -> Iterator[RosClient]:
-        pytest.importorskip("rclpy")
-        c = RosClient(name)
-        yield c
-        c.close()
-
-    return client
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
