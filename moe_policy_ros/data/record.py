@@ -23,6 +23,7 @@ import importlib.metadata
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,12 @@ from moe_policy_ros.data.episodes import (
 )
 from moe_policy_ros.sim.names import TASKS
 
-RECORDER_VERSION = 1
+RECORDER_VERSION = 2  # 2: the script's targets go through the runtime's control path
 DEFAULT_STEPS = 400
 DEFAULT_FPS = 50.0
 DEFAULT_RENDER_SIZE = (480, 640)  # (H, W), what the aloha_sim node publishes
 DEFAULT_IMAGE_SIZE = (120, 160)  # (H, W) stored, after resize_to
+DEFAULT_PARAMS = "config/sim_dual_arm.yaml"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -95,6 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write episodes whose replay failed (success=False); for debugging",
     )
+    p.add_argument(
+        "--params",
+        default=DEFAULT_PARAMS,
+        help="parameter file whose handover and safety filter shape the commands, as the "
+        f"policy node will (default {DEFAULT_PARAMS}, make demo's; 'none': the script's raw "
+        "targets)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -107,6 +116,9 @@ class RecordConfig:
     render_size: tuple[int, int] = DEFAULT_RENDER_SIZE
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     keep_failed: bool = False
+    # Parameter file whose robot limits, safety filter and handover shape the commands, as
+    # the policy node will shape the policy's ("" = the script's targets unfiltered).
+    params: str = ""
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the directory's ``meta.json``."""
@@ -117,6 +129,7 @@ class RecordConfig:
             "cameras": {c: list(self.image_size) for c in self.cameras},
             "render_size": list(self.render_size),
             "keep_failed": self.keep_failed,
+            "params": self.params,
         }
 
 
@@ -143,6 +156,8 @@ class Recorder:
         self.sim = AlohaSim(cfg.task, seed=0)
         h, w = cfg.render_size
         self.cams = {c: self.sim.camera(c, width=w, height=h) for c in cfg.cameras}
+        self.control = _ControlPath(cfg.params, self.sim.joint_names, cfg.fps) if cfg.params \
+            else None
         self.n_sub = round(1.0 / cfg.fps / self.sim.timestep)
         if self.n_sub < 1 or not math.isclose(self.n_sub * self.sim.timestep * cfg.fps, 1.0):
             raise ValueError(
@@ -170,6 +185,7 @@ class Recorder:
         sim.reset(seed)
         first: int | None = None
         render_s = 0.0
+        control = self.control.start() if self.control is not None else None
         for t in range(n):
             qpos[t] = sim.joint_positions()
             qvel[t] = sim.joint_velocities()
@@ -177,6 +193,8 @@ class Recorder:
             for c, cam in self.cams.items():
                 images[c][t] = resize_to(cam.render(), (h, w))
             render_s += time.perf_counter() - r0
+            if control is not None:  # what the runtime sends for the script's target
+                actions[t] = control.step(qpos[t], actions[t], sim.targets)
             sim.set_targets(actions[t])  # exactly the stored command
             sim.step(self.n_sub)
             if first is None and sim.success():
@@ -195,6 +213,66 @@ class Recorder:
             qvel=qvel,
         )
         return Replay(ep, first is not None, first, t1 - t0, time.perf_counter() - t1, render_s)
+
+
+class _ControlPath:
+    """The policy node's command path (handover arbiter + safety filter of a parameter file)
+    for the script's targets, so that a demonstration moves as the runtime moves the robot:
+    engaged from HOLD with the handover blend, within the velocity, acceleration and
+    deviation limits. The stored actions are the commands sent; a policy trained on them
+    proposes commands the filter passes, and starts each episode as the demonstrations did."""
+
+    def __init__(self, params: str, sim_joints: Sequence[str], fps: float) -> None:
+        from moe_policy_ros.core.config import load_config
+        from moe_policy_ros.core.paths import resolve_share_path
+
+        self.cfg = cfg = load_config(resolve_share_path(params))
+        robot = tuple(cfg.robot.joint_names)
+        if sorted(robot) != sorted(sim_joints):
+            raise ValueError(
+                f"{params}: robot joints {sorted(set(robot) ^ set(sim_joints))} differ from the "
+                "sim's; the recorder needs the sim's 14 joints"
+            )
+        self._to_robot = np.array([list(sim_joints).index(j) for j in robot])
+        self._period_s = 1.0 / fps
+
+    def start(self) -> _Episode:
+        return _Episode(self.cfg, self._to_robot, self._period_s)
+
+
+class _Episode:
+    def __init__(self, cfg: Any, to_robot: np.ndarray, period_s: float) -> None:
+        from moe_policy_ros.core.clock import FakeClock
+        from moe_policy_ros.core.handover import CommandArbiter
+        from moe_policy_ros.core.safety import SafetyFilter
+
+        self._clock = FakeClock()
+        self._arb = CommandArbiter(
+            cfg.handover, SafetyFilter(cfg.robot, cfg.safety, period_s), self._clock
+        )
+        self._to_robot = to_robot
+        self._period_ns = round(period_s * 1e9)
+        self._engaged = False
+
+    def step(self, measured: np.ndarray, target: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """The command (sim joint order) for the script's ``target`` at this control step, as
+        the rollout's loop makes it: tick, then engage autonomy once a command exists."""
+        from moe_policy_ros.core.handover import Mode, TickInputs
+
+        r = self._to_robot
+        proposal = np.asarray(target, np.float64)[r]
+        tick = self._arb.tick(TickInputs(measured=np.asarray(measured, np.float64)[r],
+                                         policy_command=proposal, policy_warm=True))
+        if not self._engaged:
+            ok, why = self._arb.engage_autonomy(True)
+            if not ok:
+                raise ValueError(f"the control path refused to engage: {why}")
+            self._engaged = self._arb.mode == Mode.AUTONOMY
+        self._clock.advance_ns(self._period_ns)
+        out = np.array(held, np.float64)
+        if tick.sent is not None:
+            out[r] = tick.sent
+        return out
 
 
 def _kept_on_disk(out: Path) -> tuple[dict[int, int], list[int]]:
@@ -358,6 +436,7 @@ def run(args: argparse.Namespace) -> int:
         render_size=tuple(args.render_size),
         image_size=tuple(args.image_size),
         keep_failed=args.keep_failed,
+        params="" if args.params.lower() == "none" else args.params,
     )
     if args.steps < 1:
         print(f"record: --steps {args.steps} must be >= 1", file=sys.stderr)

@@ -11,7 +11,8 @@ How a demonstration is made (the ACT recipe, written here from scratch):
    friction and lagged the targets by up to 8 cm in our runs, too much to grasp.)
 2. A :class:`Script` holds, per arm, time-stamped waypoints of the tool point (the middle of
    the finger pads, ``TOOL_OFFSET_M`` along the gripper's x axis), its orientation and the gripper
-   opening, plus named phases. Positions are linearly interpolated, orientations slerped.
+   opening, plus named phases. Positions are interpolated and orientations slerped with
+   smoothstep timing (at rest at each waypoint).
 3. :func:`plan` runs the script at the control rate (50 Hz) in the mocap scene and reads the
    arm joints after every control step: ``actions[t]`` is the joint position the arm reached
    at the end of step ``t`` (what a joint-position command should ask for at step ``t``), with
@@ -169,12 +170,19 @@ class Script:
             return np.array(w.xyz), np.array(w.quat), w.gripper
         for a, b in itertools.pairwise(wps):
             if t_s <= b.t_s:
-                s = (t_s - a.t_s) / max(b.t_s - a.t_s, 1e-9)
+                s = _ease((t_s - a.t_s) / max(b.t_s - a.t_s, 1e-9))
                 xyz = (1 - s) * np.array(a.xyz) + s * np.array(b.xyz)
                 q = slerp(np.array(a.quat), np.array(b.quat), s)
                 return xyz, q, (1 - s) * a.gripper + s * b.gripper
         w = wps[-1]
         return np.array(w.xyz), np.array(w.quat), w.gripper
+
+
+def _ease(s: float) -> float:
+    """Smoothstep timing along a segment: at rest at each waypoint, so the joint paths have
+    no velocity steps at the corners (linear timing asked up to 50 rad/s^2 there, which the
+    runtime's acceleration limit of 15 rad/s^2 then cut, missing the insertion)."""
+    return s * s * (3.0 - 2.0 * s)
 
 
 OPEN, CLOSED = 1.0, 0.0
