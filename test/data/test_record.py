@@ -15,6 +15,8 @@ pytest.importorskip("mujoco", reason="mujoco is not installed")
 if importlib.util.find_spec("gym_aloha") is None:
     pytest.skip("gym-aloha (ALOHA MJCF) is not installed", allow_module_level=True)
 
+from helpers import REPO
+
 from moe_policy_ros.cli import main
 from moe_policy_ros.data import scripted
 from moe_policy_ros.data.episodes import ALOHA_JOINT_NAMES, Dataset, read_episode
@@ -110,6 +112,33 @@ def test_record_round_trip_replays_exactly(tmp_path: Path) -> None:
     order = list(reversed(JOINT_NAMES))
     again = read_episode(ds.episode_paths()[1], joint_names=order)
     np.testing.assert_array_equal(again.action, ep.action[:, ::-1])
+
+
+def test_commands_are_shaped_by_the_runtime_command_path(tmp_path: Path) -> None:
+    """With make demo's parameter file (the default), the stored actions are what the policy
+    node would send for the script's targets: engaged from HOLD at the start position, then
+    within the robot's velocity and acceleration limits; with --params none, the script's raw
+    targets (the gripper jumps open at step 0)."""
+    from moe_policy_ros.core.config import load_config
+
+    shaped, raw = tmp_path / "shaped", tmp_path / "raw"
+    assert record(shaped, "--keep-failed", episodes=1) == 0
+    assert record(raw, "--keep-failed", "--params", "none", episodes=1) == 0
+    a, r = Dataset.open(shaped)[0].action.astype(np.float64), Dataset.open(raw)[0].action
+    assert Dataset.open(shaped).meta["params"] == "config/sim_dual_arm.yaml"
+    cfg = load_config(REPO / "config" / "sim_dual_arm.yaml")
+    limits = {j.name: j for j in cfg.robot.joints}
+    vmax = np.array([limits[n].max_velocity for n in JOINT_NAMES])
+    amax = np.array([limits[n].max_acceleration for n in JOINT_NAMES])
+    v = np.diff(a, axis=0) * 50.0
+    acc = np.diff(v, axis=0) * 50.0
+    tol = 1e-3  # float32 storage
+    assert np.all(np.abs(v) <= vmax + tol * 50), np.abs(v).max(axis=0)
+    assert np.all(np.abs(acc) <= amax + tol * 2500), np.abs(acc).max(axis=0)
+    grip = JOINT_NAMES.index("right_gripper")
+    assert a[0, grip] == pytest.approx(r[0, grip] - 0.9, abs=0.05)  # held at the start, 0.1
+    assert r[0, grip] == pytest.approx(1.0)  # the raw script opens at once
+    assert np.abs(np.diff(r, axis=0)).max() * 50.0 > vmax.max()  # raw exceeds the limits
 
 
 def test_failed_replays_are_dropped_and_counted(tmp_path: Path) -> None:
