@@ -33,7 +33,6 @@ This module imports neither torch nor rclpy (the evaluate command runs on a robo
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -48,11 +47,11 @@ from moe_policy_ros.core.clock import FakeClock
 from moe_policy_ros.core.compat import bundle_mismatches
 from moe_policy_ros.core.config import RoutingConfig, RuntimeConfig
 from moe_policy_ros.core.handover import Mode
-from moe_policy_ros.core.imageconv import ImageError, rgb_to_raw
+from moe_policy_ros.core.imageconv import rgb_to_raw
 from moe_policy_ros.core.inputs import InputBuffer
 from moe_policy_ros.core.manifest import Manifest
 from moe_policy_ros.core.pipeline import ControlPath, PolicyPipeline
-from moe_policy_ros.core.preprocess import FrameWorker, Processed, RawFrame
+from moe_policy_ros.core.preprocess import RawFrame
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.evaluation.metrics import percentile, wilson_interval
 
@@ -294,20 +293,16 @@ class InProcessRunner(_ClosedLoop):
         self._cameras = []
 
     def _control(self, clock: FakeClock) -> ControlPath:
-        pipe = PolicyPipeline(self.config, self.bundle, self.policy, clock)
-        self._frames = FrameWorker(pipe.camera_pipelines, pipe.inputs.put_image,
-                                   functools.partial(_frame_done, pipe))
-        return pipe
+        return PolicyPipeline(self.config, self.bundle, self.policy, clock,
+                              on_reject=_frame_rejected)
 
     def _infer(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
                res: EpisodeResult, ks: list[int]) -> None:
         pipe = ctl
         assert isinstance(pipe, PolicyPipeline)
         for name, renderer in self._cameras:  # the camera messages of this step
-            if pipe.image_arrived(name, now_ns, now_ns):
-                self._frames.submit(name, RawFrame(*rgb_to_raw(renderer.render())), now_ns,
-                                    now_ns)
-        self._frames.run_pending()
+            pipe.put_frame(name, RawFrame(*rgb_to_raw(renderer.render())), now_ns, now_ns)
+        pipe.frames.run_pending()  # the node's frame worker, in this thread
         result = pipe.infer_once(now_ns)
         if result is None:
             raise RuntimeError(f"no inference at step {step}: inputs "
@@ -323,12 +318,9 @@ class InProcessRunner(_ClosedLoop):
         res.switches += int(dec.state.switched)
 
 
-def _frame_done(pipe: PolicyPipeline, camera: str, info: Processed | None,
-                err: ImageError | None) -> None:
+def _frame_rejected(line: str) -> None:
     """A rendered frame the camera pipeline refuses ends the episode with the reason."""
-    line = pipe.frame_done(camera, info, err, pipe.clock.now_ns())
-    if line is not None:
-        raise RuntimeError(line)
+    raise RuntimeError(line)
 
 
 def _camera_problems(m: Manifest, config: RuntimeConfig, infer_every: int) -> list[str]:

@@ -65,7 +65,13 @@ from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import JOINTS, InputBuffer, joint_command
 from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.manifest import Manifest
-from moe_policy_ros.core.preprocess import CameraPipeline, Processed, resolve_preprocess
+from moe_policy_ros.core.preprocess import (
+    CameraPipeline,
+    Frame,
+    FrameWorker,
+    Processed,
+    resolve_preprocess,
+)
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
 from moe_policy_ros.core.timeline import (
@@ -164,6 +170,8 @@ def build_pipeline(
     make_backend: Callable[..., Backend],
     clock: Clock,
     warn: Callable[[str], None] = lambda _text: None,
+    ros_now: Callable[[], int] | None = None,
+    on_reject: Callable[[str], None] | None = None,
 ) -> PolicyPipeline:
     """Configure: load and verify the bundle, check it fits ``cfg``, build and warm the backend.
 
@@ -184,7 +192,8 @@ def build_pipeline(
     t0 = clock.now_ns()
     policy.warmup(p.warmup_runs)
     warmup_ms = (clock.now_ns() - t0) / 1e6
-    return PolicyPipeline(cfg, bundle, policy, clock, warn=warn, warmup_ms=warmup_ms)
+    return PolicyPipeline(cfg, bundle, policy, clock, warn=warn, warmup_ms=warmup_ms,
+                          ros_now=ros_now, on_reject=on_reject)
 
 
 class ControlPath:
@@ -339,7 +348,12 @@ class ControlPath:
 
 
 class PolicyPipeline(ControlPath):
-    """One configuration of the policy node's runtime; see the module docstring."""
+    """One configuration of the policy node's runtime; see the module docstring.
+
+    ``warn`` receives the camera pipelines' aspect-ratio warnings, ``on_reject`` (default
+    ``warn``) the line for each camera frame refused; ``ros_now`` is the ROS time (default:
+    ``clock``) at which a refusal reaches the input buffer.
+    """
 
     def __init__(
         self,
@@ -350,9 +364,13 @@ class PolicyPipeline(ControlPath):
         *,
         warn: Callable[[str], None] = lambda _text: None,
         warmup_ms: float = 0.0,
+        ros_now: Callable[[], int] | None = None,
+        on_reject: Callable[[str], None] | None = None,
     ) -> None:
         m = bundle.manifest
         self.bundle, self.policy = bundle, policy
+        self._ros_now = ros_now or clock.now_ns
+        self._on_reject = on_reject or warn
         self.warmup_ms = warmup_ms
         self.expert_labels = list(m.experts.labels)
         used = {s.name for s in m.observation.cameras}
@@ -380,6 +398,8 @@ class PolicyPipeline(ControlPath):
                 spec.name, cam.topic, pipe.size, pipe.describe(), cam.expected_rate_hz
             )
         self.worker_loop = PeriodicLoop(cfg.policy.inference_rate_hz, clock, late="reanchor")
+        #: decodes and resizes camera frames into the input buffer (its thread: start/stop)
+        self.frames = FrameWorker(self.camera_pipelines, inputs.put_image, self._frame_done)
 
     # ------------------------------------------------------------------ state
 
@@ -423,6 +443,16 @@ class PolicyPipeline(ControlPath):
             return False
         stats.arrival(stamp_ns, now_ros_ns)
         return True
+
+    def put_frame(self, camera: str, frame: Frame, stamp_ns: int, now_ros_ns: int) -> None:
+        """A camera message's frame: counted, then queued for :attr:`frames` (undecoded)."""
+        if self.image_arrived(camera, stamp_ns, now_ros_ns):
+            self.frames.submit(camera, frame, stamp_ns, now_ros_ns)
+
+    def _frame_done(self, camera: str, info: Processed | None, err: ImageError | None) -> None:
+        line = self.frame_done(camera, info, err, self._ros_now())
+        if line is not None:
+            self._on_reject(line)
 
     def frame_done(
         self, camera: str, info: Processed | None, err: ImageError | None, now_ros_ns: int
@@ -495,10 +525,10 @@ class PolicyPipeline(ControlPath):
     ) -> list[TaskStatus]:
         """Inputs, inference, router, control loop and safety, in that order.
 
-        ``superseded``: frames the frame worker dropped per camera; ``publishers(topic)``:
-        matched publishers on a camera topic (None when unknown).
+        ``superseded``: frames dropped per camera (default: :attr:`frames`'s count);
+        ``publishers(topic)``: matched publishers on a camera topic (None when unknown).
         """
-        dropped: Mapping[str, int] = superseded or {}
+        dropped = self.frames.superseded if superseded is None else superseded
         inputs, m, p = self.inputs, self.bundle.manifest, self.cfg.policy
         cameras = [
             stats.report(now_ros_ns, dropped.get(cam, 0), publishers(stats.topic))

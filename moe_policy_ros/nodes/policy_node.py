@@ -44,11 +44,9 @@ from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
 from moe_policy_ros.core.diagnostics import lifecycle_task
 from moe_policy_ros.core.handover import CommandArbiter
-from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import InputError
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.pipeline import PolicyPipeline, RouterUpdate, build_pipeline
-from moe_policy_ros.core.preprocess import FrameWorker, Processed
 from moe_policy_ros.core.timeline import NONFINITE
 from moe_policy_ros.nodes.common import schedule_autostart, spin_node
 from moe_policy_ros.nodes.convert import (
@@ -77,7 +75,6 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, node_name: str = "moe_policy", **kwargs: Any) -> None:
         self._pipe: PolicyPipeline | None = None
-        self._frames: FrameWorker | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._configure_error = ""
@@ -153,19 +150,22 @@ class PolicyNode(LifecycleNode):
 
     def _configure(self) -> None:
         cfg = config_from_params(nested_parameters(self))
-        pipe = build_pipeline(cfg, resolve_path=resolve_share_path, make_backend=build_backend,
-                              clock=self._mono, warn=self._warn_once)
-        self._pipe = pipe
         self._stop_frames()
-        self._frames = FrameWorker(pipe.camera_pipelines, pipe.inputs.put_image,
-                                   self._on_frame_done)
-        self._frames.start()
+        pipe = build_pipeline(cfg, resolve_path=resolve_share_path, make_backend=build_backend,
+                              clock=self._mono, warn=self._warn_once, ros_now=self._now_ns,
+                              on_reject=self._frame_rejected)
+        self._pipe = pipe
+        pipe.frames.start()
         self._create_interfaces(cfg, pipe)
         self.get_logger().info(pipe.describe())
 
     def _warn_once(self, text: str) -> None:
         """The pipelines call this once per camera and source size (aspect distortion)."""
         self.get_logger().warning(text)
+
+    def _frame_rejected(self, text: str) -> None:
+        """Frame worker thread: a camera frame refused (counted; it reached the inputs)."""
+        self.get_logger().warning(text, throttle_duration_sec=2.0)
 
     def _create_interfaces(self, cfg: RuntimeConfig, pipe: PolicyPipeline) -> None:
         sensors = ReentrantCallbackGroup()
@@ -219,9 +219,8 @@ class PolicyNode(LifecycleNode):
         self._subs, self._srvs, self._pubs = [], [], {}
 
     def _stop_frames(self) -> None:
-        if self._frames is not None:
-            self._frames.stop()
-            self._frames = None
+        if self._pipe is not None:
+            self._pipe.frames.stop()
 
     # ------------------------------------------------------------------ callbacks
 
@@ -238,17 +237,9 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         """Count and hand the message to the frame worker (decoding happens there)."""
-        pipe, frames = self._pipe, self._frames
-        stamp, now = stamp_to_ns(msg.header.stamp), self._now_ns()
-        if pipe is not None and frames is not None and pipe.image_arrived(camera, stamp, now):
-            frames.submit(camera, frame_from_msg(msg), stamp, now)
-
-    def _on_frame_done(self, camera: str, info: Processed | None, err: ImageError | None) -> None:
-        """Frame worker thread: count the outcome; a rejection reaches the input buffer."""
-        pipe = self._pipe
-        line = None if pipe is None else pipe.frame_done(camera, info, err, self._now_ns())
-        if line is not None:
-            self.get_logger().warning(line, throttle_duration_sec=2.0)
+        if self._pipe is not None:
+            self._pipe.put_frame(camera, frame_from_msg(msg), stamp_to_ns(msg.header.stamp),
+                                 self._now_ns())
 
     def _on_teleop(self, msg: JointState) -> None:
         if self._pipe is None:
@@ -355,13 +346,12 @@ class PolicyNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         """One DiagnosticStatus per task (core.diagnostics); lifecycle always, the rest
         once configured."""
-        name, pipe, frames = self.get_name(), self._pipe, self._frames
+        name, pipe = self.get_name(), self._pipe
         state = self._state_machine.current_state[1]
         tasks = [lifecycle_task(state, self._configure_error)]
         if pipe is not None:
-            tasks += pipe.diagnostic_tasks(
-                self._now_ns(), state == "active",
-                frames.superseded if frames is not None else None, self.count_publishers)
+            tasks += pipe.diagnostic_tasks(self._now_ns(), state == "active",
+                                           publishers=self.count_publishers)
         self._diag_pub.publish(diagnostic_array(name, tasks, self.get_clock().now().to_msg()))
 
     # ------------------------------------------------------------------ teardown
