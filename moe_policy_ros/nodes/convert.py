@@ -26,7 +26,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from moe_policy_ros.core.diagnostics import HARDWARE_ID, TaskStatus, status_name
 from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
-from moe_policy_ros.core.pipeline import RouterUpdate
+from moe_policy_ros.core.pipeline import ControlOutput, RouterUpdate
 from moe_policy_ros.core.preprocess import CompressedFrame, RawFrame
 from moe_policy_ros.core.trajectory import Trajectory, TrajectoryPoint
 from moe_policy_ros.session import ns_to_stamp, stamp_to_ns
@@ -38,6 +38,7 @@ __all__ = [
     "command_msg",
     "command_values",
     "compressed_image_msg",
+    "control_msgs",
     "depth_image_msg",
     "diag_status",
     "diagnostic_array",
@@ -173,6 +174,20 @@ def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
         for p in msg.points
     )
     return Trajectory(tuple(msg.joint_names), points, stamp_to_ns(msg.header.stamp))
+
+
+def control_msgs(out: ControlOutput, joint_names: Sequence[str]) -> list[tuple[str, Any]]:
+    """One control tick's messages, keyed by publisher: ``shadow/command`` and ``command``
+    (JointState, the policy's command under teleop and the command sent), ``cmd/<arm>``
+    (stream mode) or ``traj/<arm>`` (chunk mode); all stamped with the tick's ROS time,
+    trajectories with their own start."""
+    msgs: list[tuple[str, Any]] = [
+        (key, joint_state_msg(joint_names, q, out.stamp_ns))
+        for key, q in (("shadow/command", out.shadow), ("command", out.sent)) if q is not None
+    ]
+    msgs += [(f"cmd/{arm.name}", command_msg(values)) for arm, values in out.commands]
+    msgs += [(f"traj/{arm.name}", trajectory_msg(traj)) for arm, traj in out.trajectories]
+    return msgs
 
 
 # ---------------------------------------------------------------------- router

@@ -51,13 +51,11 @@ from moe_policy_ros.core.timeline import NONFINITE
 from moe_policy_ros.nodes.common import schedule_autostart, spin_node
 from moe_policy_ros.nodes.convert import (
     ROUTER_TYPES,
-    command_msg,
+    control_msgs,
     diagnostic_array,
     frame_from_msg,
     joint_state_fields,
-    joint_state_msg,
     router_msgs,
-    trajectory_msg,
 )
 from moe_policy_ros.nodes.params import declare_parameters, nested_parameters
 from moe_policy_ros.session import (
@@ -326,13 +324,8 @@ class PolicyNode(LifecycleNode):
                 else:
                     self.get_logger().info(text)
             self._publish_mode()
-            for key, q in (("shadow/command", out.shadow), ("command", out.sent)):
-                if q is not None:
-                    self._pubs[key].publish(joint_state_msg(pipe.joint_names, q, out.stamp_ns))
-            for arm, values in out.commands:
-                self._pubs[f"cmd/{arm.name}"].publish(command_msg(values))
-            for arm, traj in out.trajectories:
-                self._pubs[f"traj/{arm.name}"].publish(trajectory_msg(traj))
+            for key, msg in control_msgs(out, pipe.joint_names):
+                self._pubs[key].publish(msg)
         except Exception as err:
             if not self.context.ok():
                 self._stop.set()  # SIGINT shut the context down under us: stop quietly

@@ -7,23 +7,27 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
-from std_msgs.msg import Float64MultiArray  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import CompressedImage, JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from moe_policy_ros.core.diagnostics import HARDWARE_ID, TaskStatus  # noqa: E402
-from moe_policy_ros.core.imageconv import ImageError  # noqa: E402
-from moe_policy_ros.core.inputs import InputBuffer  # noqa: E402
-from moe_policy_ros.core.pipeline import RouterUpdate  # noqa: E402
-from moe_policy_ros.core.manifest import PreprocessSpec  # noqa: E402
-from moe_policy_ros.core.preprocess import CameraPipeline, CompressedFrame, RawFrame  # noqa: E402
-from moe_policy_ros.core.trajectory import Trajectory, TrajectoryPoint  # noqa: E402
-from moe_policy_ros.nodes.convert import (  # noqa: E402
+from moe_policy_ros.core.clock import FakeClock
+from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.diagnostics import HARDWARE_ID, TaskStatus
+from moe_policy_ros.core.imageconv import ImageError
+from moe_policy_ros.core.inputs import InputBuffer
+from moe_policy_ros.core.manifest import PreprocessSpec
+from moe_policy_ros.core.pipeline import ControlPath, RouterUpdate
+from moe_policy_ros.core.preprocess import CameraPipeline, CompressedFrame, RawFrame
+from moe_policy_ros.core.trajectory import Trajectory, TrajectoryPoint
+from moe_policy_ros.core.types import Level
+from moe_policy_ros.nodes.convert import (
     ROUTER_TYPES,
     command_msg,
     command_values,
     compressed_image_msg,
+    control_msgs,
     depth_image_msg,
     diagnostic_array,
     frame_from_msg,
@@ -34,7 +38,8 @@ from moe_policy_ros.nodes.convert import (  # noqa: E402
     trajectory_from_msg,
     trajectory_msg,
 )
-from moe_policy_ros.session import ns_to_stamp  # noqa: E402
+from moe_policy_ros.rollout import default_params_file
+from moe_policy_ros.session import ns_to_stamp
 
 pytestmark = pytest.mark.ros
 
@@ -153,8 +158,8 @@ def test_router_messages_name_the_experts_in_the_gates_layout() -> None:
 
 def test_diagnostic_array_has_one_status_per_task() -> None:
     tasks = [
-        TaskStatus("inference", 0, "ok", [("latency median (ms)", 12.3456), ("chunks", 4)]),
-        TaskStatus("safety", 2, "estop", []),
+        TaskStatus("inference", Level.OK, "ok", [("latency median (ms)", 12.3456), ("chunks", 4)]),
+        TaskStatus("safety", Level.ERROR, "estop", []),
     ]
     msg = _wire(diagnostic_array("moe_policy", tasks, ns_to_stamp(STAMP_NS)))
     assert [s.name for s in msg.status] == [  # type: ignore[attr-defined]
@@ -164,3 +169,35 @@ def test_diagnostic_array_has_one_status_per_task() -> None:
     assert first.hardware_id == HARDWARE_ID and second.message == "estop"
     assert [(kv.key, kv.value) for kv in first.values] == [
         ("latency median (ms)", "12.35"), ("chunks", "4")]
+
+
+@pytest.mark.parametrize("mode", ["stream", "chunk"])
+def test_a_control_tick_becomes_one_message_per_publisher(mode: str) -> None:
+    """make demo's parameters, a HOLD tick of the real control path: the command sent to the
+    monitor and, per arm, a forward command (stream) or a one-point trajectory (chunk)."""
+    cfg = load_config(default_params_file())
+    execution = cfg.policy.execution.model_copy(update={"mode": mode})
+    cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"execution": execution})})
+    names = cfg.robot.joint_names
+    inputs = InputBuffer(names, joint_max_age_s=1.0, cameras={})
+    ctl = ControlPath(cfg, names, inputs, FakeClock(STAMP_NS))
+    q = np.linspace(0.02, 0.1, len(names))  # inside every joint's limits
+    inputs.put_joint_state(names, list(q), (), STAMP_NS, STAMP_NS)
+    out = ctl.control_step(0, STAMP_NS, STAMP_NS)
+    msgs = dict(control_msgs(out, names))
+    arms = cfg.robot.arms
+    kind = "cmd" if mode == "stream" else "traj"
+    assert sorted(msgs) == sorted(["command", *(f"{kind}/{a.name}" for a in arms)])
+    sent = msgs["command"]
+    assert isinstance(sent, JointState) and list(sent.name) == list(names)
+    assert sent.header.stamp == ns_to_stamp(STAMP_NS)
+    np.testing.assert_array_equal(out.sent, q)  # HOLD: the measured position
+    assert list(sent.position) == list(q)
+    first = arms[0]
+    cols = [names.index(j) for j in first.joint_names]
+    if mode == "stream":
+        assert command_values(msgs[f"cmd/{first.name}"]) == pytest.approx(q[cols])
+    else:
+        traj = trajectory_from_msg(msgs[f"traj/{first.name}"])
+        assert traj.joint_names == tuple(first.joint_names) and len(traj.points) == 1
+        assert traj.points[0].positions == pytest.approx(q[cols])
