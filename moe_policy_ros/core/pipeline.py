@@ -55,6 +55,7 @@ from moe_policy_ros.core.diagnostics import (
     InferenceStats,
     TaskStatus,
     control_task,
+    gate_label,
     inference_task,
     inputs_task,
     router_task,
@@ -406,7 +407,7 @@ class PolicyPipeline(ControlPath):
     @property
     def gate_label(self) -> str:
         """The gates' layout label: ``experts:<label>,<label>,...``."""
-        return "experts:" + ",".join(self.expert_labels)
+        return gate_label(self.expert_labels)
 
     def describe(self) -> str:
         """The one line the node logs after configure."""

@@ -14,6 +14,8 @@ from moe_policy_ros.core.diagnostics import (
     Key,
     Level,
     control_task,
+    gate_label,
+    gate_label_experts,
     inference_task,
     inputs_task,
     level_name,
@@ -125,3 +127,11 @@ def test_safety_task_carries_the_filter_and_the_mode() -> None:
     st = safety_task((Level.WARN, "velocity limited", {"velocity_limit": "3"}), "autonomy", 2)
     assert st.level == Level.WARN and st.message == "mode autonomy: velocity limited"
     assert st.values == [(Key.MODE, "autonomy"), ("mode changes", 2), ("velocity_limit", "3")]
+
+
+def test_gate_label_names_the_experts_and_reads_back() -> None:
+    """The node writes the gates' layout label, the monitor and the evaluator read it."""
+    label = gate_label(["reach", "grasp", "lift"])
+    assert label == "experts:reach,grasp,lift"
+    assert gate_label_experts(label) == ["reach", "grasp", "lift"]
+    assert gate_label_experts("") is None and gate_label_experts("joints:a,b") is None
