@@ -2,12 +2,13 @@
 
 A thin rclpy adapter over :class:`~moe_policy_ros.core.pipeline.PolicyPipeline`, which holds
 the runtime (inputs, inference, chunk timeline, arbitration, safety, diagnostics) and is
-unit-tested without ROS. This node declares the parameters, converts messages, creates the
-subscriptions, publishers and services, and runs the threads:
+unit-tested without ROS. This node declares the parameters, converts messages
+(:mod:`~moe_policy_ros.nodes.convert`), creates the subscriptions, publishers and services, and
+runs the threads:
 
-* the executor thread runs subscription callbacks, which only decode and store the newest
-  sample (:class:`~moe_policy_ros.core.inputs.InputBuffer`), services and the 1 Hz
-  diagnostics timer;
+* the executor thread runs subscription callbacks, which only convert and store the newest
+  sample (:class:`~moe_policy_ros.core.inputs.InputBuffer`; images undecoded, for the
+  pipeline's frame worker thread), services and the 1 Hz diagnostics timer;
 * the **inference worker** runs :meth:`PolicyPipeline.infer_once` at ``inference_rate_hz``
   (ONNX Runtime releases the GIL) and publishes the router state of each chunk taken;
 * the **control loop** runs :meth:`PolicyPipeline.control_step` at ``control_rate_hz`` on
