@@ -3,21 +3,24 @@
 An episode here is what the ``aloha_sim`` + ``moe_policy`` graph does over DDS, with the
 transport taken out and time made exact:
 
-* **Observation.** Every ``control_rate / inference_rate`` control steps (50 / 10 Hz = 5 by
-  default, the policy node's rates) each bundle camera is rendered at the sim's render size
-  (``render_size``, default 480x640 as the ``aloha_sim`` node and the recorder use) and resized
-  to the bundle's size with :func:`core.imageconv.resize_to`, the preprocessing the recorder
-  applied to the training images; proprio is the measured joint positions.
-* **Inference** through :class:`core.runtime.MoEPolicy` on ONNX Runtime (CPU), the bundle's
-  default routing unless overridden. Inference takes no simulated time.
-* **Chunk scheduling** through the node's own :class:`core.timeline.ChunkTimeline`: the chunk
-  of the observation taken at step ``s`` starts at ``s + 1`` (``actions[i]`` is for step
-  ``s + 1 + i``; inference takes no simulated time, so the latency step is zero), merged with
-  the parameter file's execution settings; a non-finite chunk holds, as on the robot.
-* **Arbitration and safety**: :class:`core.handover.CommandArbiter` with the file's handover
-  and safety settings on a :class:`core.clock.FakeClock`; autonomy is engaged (as the evaluate
-  command does through ``~/engage``) at the first tick after the first chunk, so the engage
-  blend and the safety filter shape the commands exactly as on the robot.
+The node's code runs it: each episode is a fresh :class:`core.pipeline.PolicyPipeline` (the
+policy node's runtime) on a :class:`core.clock.FakeClock` that is both its monotonic and its
+ROS clock, driven the way the node's threads drive it:
+
+* **Observation.** The measured joint positions go into the pipeline's input buffer every
+  control step. Every ``control_rate / inference_rate`` steps (50 / 10 Hz = 5 by default, the
+  policy node's rates) each bundle camera is rendered at ``render_size`` (default 480x640, as
+  the ``aloha_sim`` node and the recorder use) and goes, as the rgb8 image the sim node would
+  publish, through the node's camera pipeline (:class:`core.preprocess.FrameWorker`, run in
+  this thread: the bundle's preprocessing with the parameter file's overrides).
+* **Inference**: :meth:`PolicyPipeline.infer_once` on :class:`core.runtime.MoEPolicy` with
+  ONNX Runtime (CPU), the bundle's default routing unless overridden. Inference takes no
+  simulated time: the chunk of the observation taken at step ``s`` starts at ``s + 1`` on the
+  node's :class:`core.timeline.ChunkTimeline`; a non-finite chunk holds, as on the robot.
+* **Control**: :meth:`PolicyPipeline.control_step` (arbiter, engage blend, safety filter, with
+  the file's handover and safety settings, Di-BM novelty included); autonomy is engaged (as
+  the evaluate command does through ``~/engage_autonomy``) at the first tick that has a policy
+  command, so the blend and the filter shape the commands exactly as on the robot.
 * **Physics**: the sent command is the sim's position target for one control period
   (``round(period / timestep)`` physics steps).
 
@@ -43,13 +46,14 @@ from moe_policy_ros.core.bundle import load_bundle
 from moe_policy_ros.core.clock import FakeClock
 from moe_policy_ros.core.compat import bundle_mismatches
 from moe_policy_ros.core.config import RoutingConfig, RuntimeConfig
-from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs
-from moe_policy_ros.core.imageconv import resize_to
+from moe_policy_ros.core.handover import Mode
+from moe_policy_ros.core.imageconv import rgb_to_raw
+from moe_policy_ros.core.inputs import InputBuffer
+from moe_policy_ros.core.manifest import Manifest
 from moe_policy_ros.core.paths import package_file, resolve_share_path
+from moe_policy_ros.core.pipeline import ControlPath, PolicyPipeline
+from moe_policy_ros.core.preprocess import RawFrame
 from moe_policy_ros.core.runtime import MoEPolicy
-from moe_policy_ros.core.safety import SafetyFilter
-from moe_policy_ros.core.timeline import ChunkTimeline
-from moe_policy_ros.core.types import Observation
 from moe_policy_ros.evaluation.metrics import percentile, wilson_interval
 
 __all__ = [
@@ -65,6 +69,7 @@ __all__ = [
 DEFAULT_PARAMS = Path("config") / "sim_dual_arm.yaml"
 DEFAULT_RENDER_SIZE: tuple[int, int] = (480, 640)  # (H, W) px, the sim node's camera size
 DEFAULT_EPISODE_STEPS = 400  # 8 s at 50 Hz, the demonstrations' length
+_EPOCH_NS = 1_000_000_000  # simulated time of step 0
 
 
 @dataclass(frozen=True)
@@ -126,19 +131,14 @@ class EpisodeResult:
 
 
 class _ClosedLoop:
-    """The sim and the node's control path (scheduler, arbiter, safety filter); subclasses
-    supply the chunks (:meth:`_chunk`)."""
+    """The sim and the node's control path (:class:`core.pipeline.ControlPath`: timeline,
+    arbiter, safety filter) on simulated time; subclasses build the path of an episode
+    (:meth:`_control`) and supply its chunks (:meth:`_infer`)."""
 
     num_experts = 0
     _usage: np.ndarray
 
-    def __init__(
-        self,
-        task: str,
-        config: RuntimeConfig,
-        settings: LoopSettings | None,
-        action_joints: Sequence[str] | None = None,
-    ) -> None:
+    def __init__(self, task: str, config: RuntimeConfig, settings: LoopSettings | None) -> None:
         from moe_policy_ros.sim.aloha import JOINT_NAMES, AlohaSim
 
         self.settings = settings or LoopSettings()
@@ -157,17 +157,17 @@ class _ClosedLoop:
         ratio = p.control_rate_hz / p.inference_rate_hz
         self._infer_every = max(1, round(ratio))
         self._substeps = max(1, round(self._period_s / self.sim.timestep))
-        self.timeline = ChunkTimeline(
-            robot, robot if action_joints is None else action_joints, p.execution,
-            self._period_s,
-        )
 
     def _reset(self, seed: int) -> None:
         """Called after the sim reset, before the first step of an episode."""
 
-    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
-               ks: list[int]) -> np.ndarray:
-        """The [H, J] chunk (robot joint order) for the observation at ``step``."""
+    def _control(self, clock: FakeClock) -> ControlPath:
+        """A fresh control path for one episode on ``clock``."""
+        raise NotImplementedError
+
+    def _infer(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
+               res: EpisodeResult, ks: list[int]) -> None:
+        """Offer the chunk of the observation at ``step`` (time ``now_ns``) to ``ctl``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -196,17 +196,16 @@ class _ClosedLoop:
         return res
 
     def _episode(self, res: EpisodeResult, t0: float, ks: list[int]) -> None:
-        cfg, st, sim = self.config, self.settings, self.sim
+        st, sim = self.settings, self.sim
         sim.reset(res.seed)
         self._usage = np.zeros(self.num_experts, np.int64)
         self._reset(res.seed)
-        timeline = self.timeline
-        timeline.clear()
-        clock = FakeClock()
-        safety = SafetyFilter(cfg.robot, cfg.safety, self._period_s)
-        arb = CommandArbiter(cfg.handover, safety, clock)
+        # One clock for the monotonic and the ROS time of the node; not at 0, a stamp the
+        # input buffer refuses.
+        clock = FakeClock(_EPOCH_NS)
+        ctl = self._control(clock)
+        ctl.start()
         period_ns = round(self._period_s * 1e9)
-        warm = False
         refusal = ""
         for step in range(st.max_steps):
             if time.monotonic() - t0 > st.episode_timeout_s:
@@ -214,25 +213,27 @@ class _ClosedLoop:
                     f"episode ran past its {st.episode_timeout_s:g} s wall-clock budget at "
                     f"step {step}"
                 )
+            now_ns = clock.now_ns()
             q = sim.joint_positions()[self._to_robot]
-            now_ns = step * period_ns
-            timeline.mark(step, now_ns)
+            ctl.inputs.put_joint_state(self._robot_joints, q, (), now_ns, now_ns)
             if step % self._infer_every == 0:
-                chunk = self._chunk(step, q, res, ks)
+                # Inference takes no simulated time: the control loop has marked this step,
+                # so the chunk of this observation starts at step + 1.
+                ctl.timeline.mark(step, now_ns)
+                self._infer(ctl, step, now_ns, q, res, ks)
                 res.chunks += 1
-                # as the node: a NaN chunk reaches the filter as a NaN command, which holds
-                warm = timeline.offer(chunk, now_ns) == "added" or warm
-            proposal, _ = timeline.take(step)
-            tick = arb.tick(TickInputs(measured=q, policy_command=proposal, policy_warm=warm))
+            out = ctl.control_step(step, now_ns, now_ns)
+            tick, arb = out.tick, ctl.arbiter
             res.interventions += int(bool(tick.filter.interventions))
             if arb.mode == Mode.AUTONOMY and res.engaged_step is None:
                 res.engaged_step = step
-            if res.engaged_step is None and proposal is not None:
+            if res.engaged_step is None and tick.policy_command is not None:
+                # as the evaluate command does through ~/engage_autonomy
                 ok, why = arb.engage_autonomy(True)
                 refusal = "" if ok else why
-            if tick.sent is not None:
+            if out.sent is not None:
                 target = sim.targets
-                target[self._to_robot] = tick.sent
+                target[self._to_robot] = out.sent
                 sim.set_targets(target)
             sim.step(self._substeps)
             clock.advance_ns(period_ns)
@@ -251,7 +252,9 @@ class _ClosedLoop:
 
 
 class InProcessRunner(_ClosedLoop):
-    """One bundle in one sim, episode after episode (:meth:`run` per seed)."""
+    """One bundle in one sim, episode after episode (:meth:`run` per seed), through the
+    policy node's :class:`core.pipeline.PolicyPipeline`: the camera pipelines and input buffer,
+    ``infer_once`` and ``control_step``."""
 
     def __init__(
         self,
@@ -270,37 +273,44 @@ class InProcessRunner(_ClosedLoop):
         self.manifest = m
         self.num_experts = m.experts.count
         robot = tuple(config.robot.joint_names)
+        # Cameras by name only: the sim renders them and the pipeline brings them to the
+        # bundle's size, so the parameter file's sizes need not match (a trained bundle).
         problems = bundle_mismatches(m, robot, None, f"bundle {bundle_dir}")
         if problems:
             raise ValueError("; ".join(problems))
-        super().__init__(task, config, settings, action_joints=m.action.joints)
-        self._proprio_idx = np.array([robot.index(j) for j in m.observation.proprio.joints])
+        super().__init__(task, config, settings)
+        problems = _camera_problems(m, config, self._infer_every)
+        if problems:
+            raise ValueError("; ".join(problems))
         backend = OrtBackend("cpu", intra_op_threads=config.policy.intra_op_threads)
         self.policy = MoEPolicy(self.bundle, backend, routing=routing, seed=policy_seed)
         self.policy.warmup(config.policy.warmup_runs)
         h, w = self.settings.render_size
         self._cameras = [
-            (c.name, (c.height, c.width), self.sim.camera(c.name, width=w, height=h))
-            for c in m.observation.cameras
+            (c.name, self.sim.camera(c.name, width=w, height=h)) for c in m.observation.cameras
         ]
 
     def close(self) -> None:
-        for _, _, renderer in self._cameras:
+        for _, renderer in self._cameras:
             renderer.close()
         self._cameras = []
 
-    def _reset(self, seed: int) -> None:
-        self.policy.reset()
+    def _control(self, clock: FakeClock) -> ControlPath:
+        return PolicyPipeline(self.config, self.bundle, self.policy, clock,
+                              on_reject=_frame_rejected)
 
-    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
-               ks: list[int]) -> np.ndarray:
-        images = {name: resize_to(r.render(), size) for name, size, r in self._cameras}
-        obs = Observation(
-            images=images,
-            proprio=q[self._proprio_idx].astype(np.float32),
-            stamp_ns=round(step * self._period_s * 1e9),
-        )
-        out = self.policy.infer(obs)
+    def _infer(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
+               res: EpisodeResult, ks: list[int]) -> None:
+        pipe = ctl
+        assert isinstance(pipe, PolicyPipeline)
+        for name, renderer in self._cameras:  # the camera messages of this step
+            pipe.put_frame(name, RawFrame(*rgb_to_raw(renderer.render())), now_ns, now_ns)
+        pipe.frames.run_pending()  # the node's frame worker, in this thread
+        result = pipe.infer_once(now_ns)
+        if result is None:
+            raise RuntimeError(f"no inference at step {step}: inputs "
+                               f"{pipe.inputs.stale_sources(now_ns)}")
+        out = result.output
         res.latencies_ms.append(out.timings_ms["total"])
         dec = out.decision
         ks.append(dec.k)
@@ -309,14 +319,37 @@ class InProcessRunner(_ClosedLoop):
         res.trace_active.append([int(i) for i in dec.active])
         self._usage[dec.active] += 1
         res.switches += int(dec.state.switched)
-        return self.timeline.expand(out.actions, q)
+
+
+def _frame_rejected(line: str) -> None:
+    """A rendered frame the camera pipeline refuses ends the episode with the reason."""
+    raise RuntimeError(line)
+
+
+def _camera_problems(m: Manifest, config: RuntimeConfig, infer_every: int) -> list[str]:
+    """The bundle's cameras must be in the parameter file (topic-less here, but their
+    preprocessing and max_age_s are the node's), fresh enough for one frame per inference."""
+    cams = {c.name: c for c in config.cameras}
+    frame_age_s = (infer_every - 1) * config.policy.control_period_s
+    problems = []
+    for spec in m.observation.cameras:
+        cam = cams.get(spec.name)
+        if cam is None:
+            problems.append(f"bundle camera {spec.name!r} is not in the parameter file's "
+                            f"cameras {sorted(cams)}")
+        elif cam.max_age_s < frame_age_s:
+            problems.append(
+                f"cameras.{spec.name}.max_age_s {cam.max_age_s:g} s: in-process, a frame is "
+                f"rendered per inference and is {frame_age_s:g} s old before the next one")
+    return problems
 
 
 class ReplayRunner(_ClosedLoop):
     """Recorded commands instead of a policy: episode ``seed``'s actions, chunked as a policy
     would chunk them (``actions[s+1 .. s+H]`` for the observation at step ``s``), through the
-    same scheduler, arbiter and safety filter. It checks that the demonstrations, the control
-    path and the parameter file agree: what it cannot do, no policy trained on them can."""
+    same :class:`core.pipeline.ControlPath` (timeline, arbiter, safety filter). It checks that
+    the demonstrations, the control path and the parameter file agree: what it cannot do, no
+    policy trained on them can."""
 
     def __init__(
         self,
@@ -350,11 +383,16 @@ class ReplayRunner(_ClosedLoop):
             raise KeyError(f"{self.dataset.root} has no episode recorded from seed {seed}")
         self._actions = np.asarray(self.dataset[self._by_seed[seed]].action, np.float64)
 
-    def _chunk(self, step: int, q: np.ndarray, res: EpisodeResult,
-               ks: list[int]) -> np.ndarray:
+    def _control(self, clock: FakeClock) -> ControlPath:
+        robot = self.config.robot
+        inputs = InputBuffer(robot.joint_names, robot.joint_states_max_age_s, {})
+        return ControlPath(self.config, robot.joint_names, inputs, clock)
+
+    def _infer(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
+               res: EpisodeResult, ks: list[int]) -> None:
         n = self._actions.shape[0]
         idx = np.minimum(np.arange(step + 1, step + 1 + self.chunk_length), n - 1)
-        return self._actions[idx]
+        ctl.offer(self._actions[idx], q, now_ns)
 
 
 @dataclass(frozen=True)

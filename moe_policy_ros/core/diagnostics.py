@@ -25,7 +25,10 @@ from moe_policy_ros.core.camerastats import CameraReport, camera_verdict
 from moe_policy_ros.core.stats import JitterMeter, LatencyWindow, RateMeter
 from moe_policy_ros.core.types import Level, PolicyOutput
 
-__all__ = ["Key", "Level", "TaskStatus", "level_name", "level_of", "status_name"]
+__all__ = [
+    "Key", "Level", "TaskStatus", "gate_label", "gate_label_experts", "level_name", "level_of",
+    "status_name",
+]
 
 
 def level_of(raw: bytes | int) -> int:
@@ -54,6 +57,21 @@ SAFETY = "safety"
 
 def status_name(node: str, task: str) -> str:
     return f"{node}: {task}"
+
+
+_GATES_PREFIX = "experts:"
+
+
+def gate_label(expert_labels: Sequence[str]) -> str:
+    """The layout label of ``~/router/gates``: ``experts:<label>,<label>,...``."""
+    return _GATES_PREFIX + ",".join(expert_labels)
+
+
+def gate_label_experts(label: str) -> list[str] | None:
+    """The expert labels a gates layout label names (None: not a :func:`gate_label`)."""
+    if not label.startswith(_GATES_PREFIX):
+        return None
+    return label.removeprefix(_GATES_PREFIX).split(",")
 
 
 class Key:

@@ -17,6 +17,11 @@ it needs and returns what to publish:
 * :meth:`PolicyPipeline.diagnostic_tasks`: one :class:`~moe_policy_ros.core.diagnostics.TaskStatus`
   per concern.
 
+The control side (timeline, arbiter, safety filter, teleop and mode latch) is
+:class:`ControlPath`, which :class:`PolicyPipeline` extends with the inputs' cameras, the
+policy and its statistics; the in-process closed loop (:mod:`moe_policy_ros.rollout`) drives
+the same two classes on simulated time.
+
 The node supplies two clocks: the pipeline's injected monotonic :class:`Clock` (loops, the
 arbiter, teleop freshness, rates) and the ROS time of each call (``now_ros_ns``: header
 stamps, staleness, the latency step), so a test drives it with a :class:`FakeClock` and
@@ -50,6 +55,7 @@ from moe_policy_ros.core.diagnostics import (
     InferenceStats,
     TaskStatus,
     control_task,
+    gate_label,
     inference_task,
     inputs_task,
     router_task,
@@ -60,7 +66,13 @@ from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import JOINTS, InputBuffer, joint_command
 from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.manifest import Manifest
-from moe_policy_ros.core.preprocess import CameraPipeline, Processed, resolve_preprocess
+from moe_policy_ros.core.preprocess import (
+    CameraPipeline,
+    Frame,
+    FrameWorker,
+    Processed,
+    resolve_preprocess,
+)
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
 from moe_policy_ros.core.timeline import (
@@ -77,6 +89,7 @@ from moe_policy_ros.core.types import Observation, PolicyOutput
 __all__ = [
     "Arm",
     "ControlOutput",
+    "ControlPath",
     "InferResult",
     "PolicyPipeline",
     "RouterUpdate",
@@ -107,10 +120,12 @@ class RouterUpdate:
 
 @dataclass(frozen=True)
 class InferResult:
-    """What one inference did: the timeline's answer and the router state to publish."""
+    """What one inference did: the timeline's answer, the router state to publish (when the
+    chunk was taken) and the policy's output."""
 
     offered: Offer
     router: RouterUpdate | None
+    output: PolicyOutput
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,8 @@ def build_pipeline(
     make_backend: Callable[..., Backend],
     clock: Clock,
     warn: Callable[[str], None] = lambda _text: None,
+    ros_now: Callable[[], int] | None = None,
+    on_reject: Callable[[str], None] | None = None,
 ) -> PolicyPipeline:
     """Configure: load and verify the bundle, check it fits ``cfg``, build and warm the backend.
 
@@ -176,58 +193,35 @@ def build_pipeline(
     t0 = clock.now_ns()
     policy.warmup(p.warmup_runs)
     warmup_ms = (clock.now_ns() - t0) / 1e6
-    return PolicyPipeline(cfg, bundle, policy, clock, warn=warn, warmup_ms=warmup_ms)
+    return PolicyPipeline(cfg, bundle, policy, clock, warn=warn, warmup_ms=warmup_ms,
+                          ros_now=ros_now, on_reject=on_reject)
 
 
-class PolicyPipeline:
-    """One configuration of the policy node's runtime; see the module docstring."""
+class ControlPath:
+    """The control side of the runtime: chunk timeline -> command arbiter (modes, engage
+    blend, safety filter) -> what to publish, for the policy node (through
+    :class:`PolicyPipeline`) and the in-process closed loop (:mod:`moe_policy_ros.rollout`),
+    which replays recorded chunks through it.
+
+    ``inputs`` is where the measured joint state (and the staleness of every source) comes
+    from; ``action_joints`` the joints the chunks command, in their order (:meth:`offer`
+    puts them in the robot's order).
+    """
 
     def __init__(
         self,
         cfg: RuntimeConfig,
-        bundle: LoadedBundle,
-        policy: MoEPolicy,
+        action_joints: Sequence[str],
+        inputs: InputBuffer,
         clock: Clock,
-        *,
-        warn: Callable[[str], None] = lambda _text: None,
-        warmup_ms: float = 0.0,
     ) -> None:
-        m = bundle.manifest
-        self.cfg, self.bundle, self.policy, self.clock = cfg, bundle, policy, clock
-        self.warmup_ms = warmup_ms
+        p = cfg.policy
+        self.cfg, self.clock, self.inputs = cfg, clock, inputs
         self.joint_names = cfg.robot.joint_names
         self.arms = arms_of(cfg)
-        self.expert_labels = list(m.experts.labels)
-        self._proprio_idx = np.array(
-            [self.joint_names.index(j) for j in m.observation.proprio.joints]
-        )
-        used = {s.name for s in m.observation.cameras}
-        self.inputs = InputBuffer(
-            self.joint_names,
-            cfg.robot.joint_states_max_age_s,
-            {c.name: c.max_age_s for c in cfg.cameras if c.name in used},
-        )
-        self.camera_pipelines: dict[str, CameraPipeline] = {}
-        self.camera_stats: dict[str, CameraStats] = {}
-        cams = {c.name: c for c in cfg.cameras}
-        for spec in m.observation.cameras:
-            cam = cams[spec.name]
-            pipe = CameraPipeline(
-                spec.name, (spec.height, spec.width),
-                resolve_preprocess(spec.preprocess, cam.preprocess),
-                encodings={"rgb8", "bgr8", cam.encoding}, warn=warn,
-            )
-            self.camera_pipelines[spec.name] = pipe
-            self.camera_stats[spec.name] = CameraStats(
-                spec.name, cam.topic, pipe.size, pipe.describe(), cam.expected_rate_hz
-            )
-        p = cfg.policy
         self.period_s = p.control_period_s
-        self.timeline = ChunkTimeline(
-            self.joint_names, m.action.joints, p.execution, self.period_s
-        )
+        self.timeline = ChunkTimeline(self.joint_names, action_joints, p.execution, self.period_s)
         self.control_loop = PeriodicLoop(p.control_rate_hz, clock, late="skip")
-        self.worker_loop = PeriodicLoop(p.inference_rate_hz, clock, late="reanchor")
         self.safety = SafetyFilter(cfg.robot, cfg.safety, self.period_s)
         self.arbiter = CommandArbiter(cfg.handover, self.safety, clock)
         self._teleop: tuple[np.ndarray, int] | None = None
@@ -236,38 +230,19 @@ class PolicyPipeline:
         self._mode_published = -1
         self.reset_stats()
 
-    # ------------------------------------------------------------------ state
-
-    @property
-    def gate_label(self) -> str:
-        """The gates' layout label: ``experts:<label>,<label>,...``."""
-        return "experts:" + ",".join(self.expert_labels)
-
-    def describe(self) -> str:
-        """The one line the node logs after configure."""
-        m, p = self.bundle.manifest, self.cfg.policy
-        return (
-            f"configured: bundle {m.name} ({m.family}, {m.experts.count} experts, "
-            f"H={m.action.chunk_length}) backend={self.policy.backend.name} warm-up "
-            f"{p.warmup_runs} runs in {self.warmup_ms:.0f} ms; control "
-            f"{p.control_rate_hz:g} Hz, inference {p.inference_rate_hz:g} Hz, "
-            f"mode {p.execution.mode}"
-        )
-
     def reset_stats(self) -> None:
-        self.infer_stats = InferenceStats(self.bundle.manifest.experts.count)
         self.control_stats = ControlStats(self.period_s)
         self.policy_warm = False
         self.ood_energy: float | None = None
 
     def start(self) -> None:
-        """A new activation: fresh statistics, no queued chunk, the policy's state reset."""
+        """A new activation (or episode): fresh statistics, no queued chunk."""
         self.reset_stats()
         self.timeline.clear()
-        self.policy.reset()
 
-    def _now_s(self) -> float:
-        return self.clock.now_ns() / 1e9
+    def overrunning(self) -> bool:
+        """Whether inference is overrunning its period (:class:`PolicyPipeline`: the worker)."""
+        return False
 
     # ------------------------------------------------------------------ inputs
 
@@ -280,74 +255,15 @@ class PolicyPipeline:
     def put_deadman(self, pressed: bool) -> None:
         self._deadman = (bool(pressed), self.clock.now_ns())
 
-    def image_arrived(self, camera: str, stamp_ns: int, now_ros_ns: int) -> bool:
-        """Count a camera message before decoding; False for a camera the bundle ignores."""
-        stats = self.camera_stats.get(camera)
-        if stats is None:
-            return False
-        stats.arrival(stamp_ns, now_ros_ns)
-        return True
-
-    def frame_done(
-        self, camera: str, info: Processed | None, err: ImageError | None, now_ros_ns: int
-    ) -> str | None:
-        """The frame worker's outcome for one frame; the warning to log for a rejection."""
-        stats = self.camera_stats.get(camera)
-        if stats is None:
-            return None
-        if err is None:
-            assert info is not None
-            stats.accepted_frame(info.source_size, info.encoding)
-            return None
-        stats.rejected_frame(err.cause, str(err))
-        if err.cause != "stamp":  # put_image counted a bad stamp itself
-            self.inputs.reject(camera, str(err), now_ros_ns)
-        return f"rejected image from {stats.topic}: {err}"
-
-    # ------------------------------------------------------------------ inference
-
-    def infer_once(self, now_ros_ns: int) -> InferResult | None:
-        """One inference from the newest inputs; None when an input is stale or missing."""
-        inputs = self.inputs
-        if inputs.stale_sources(now_ros_ns):
-            return None
-        joints = inputs.joints()
-        images = inputs.images()
-        assert joints is not None
-        stamps = [joints.stamp_ns, *(s.stamp_ns for s in images.values())]
-        obs = Observation(
-            images={k: v.image for k, v in images.items()},
-            proprio=joints.positions[self._proprio_idx].astype(np.float32),
-            stamp_ns=min(stamps),
-        )
-        out = self.policy.infer(obs)
-        self.infer_stats.add(out, self._now_s())
-        self.ood_energy = self.novelty(out)
+    def offer(self, actions: np.ndarray, measured: np.ndarray, stamp_ns: int) -> Offer:
+        """Place a ``[H, A]`` chunk (action joint order) for the observation stamped
+        ``stamp_ns`` on the timeline; the joints it does not command hold ``measured``. The
+        first chunk taken warms the policy (autonomy can engage)."""
         timeline = self.timeline
-        offered = timeline.offer(timeline.expand(out.actions, joints.positions), obs.stamp_ns)
-        if offered == NONFINITE:
-            # The arbiter sees the NaN command (ERROR + HOLD in the safety filter).
-            self.infer_stats.nonfinite += 1
-        if offered != ADDED:
-            return InferResult(offered, None)
-        self.policy_warm = True
-        return InferResult(offered, self.router_update(out, self.arbiter.mode == Mode.TELEOP))
-
-    def novelty(self, out: PolicyOutput) -> float | None:
-        """Di-BM novelty: the lowest expert energy (no expert claims the observation)."""
-        energies = out.decision.state.energies
-        if energies is None or self.cfg.safety.ood_action == "ignore":
-            return None
-        return float(np.min(energies))
-
-    def router_update(self, out: PolicyOutput, shadow: bool) -> RouterUpdate:
-        dec = out.decision
-        return RouterUpdate(
-            gates=[float(g) for g in dec.state.gates],
-            active=[int(i) for i in dec.active],
-            dominant=self.expert_labels[dec.dominant],
-            shadow=shadow,
-        )
+        offered = timeline.offer(timeline.expand(actions, measured), stamp_ns)
+        if offered == ADDED:
+            self.policy_warm = True
+        return offered
 
     # ------------------------------------------------------------------ control
 
@@ -373,7 +289,7 @@ class PolicyPipeline:
                 deadman_stamp_ns=None if deadman is None else deadman[1],
                 stale_inputs=tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS),
                 policy_warm=self.policy_warm,
-                overrun=self.worker_loop.overrunning,
+                overrun=self.overrunning(),
                 ood_energy=self.ood_energy,
             )
         )
@@ -431,6 +347,174 @@ class PolicyPipeline:
             self._mode_published = changes
             publish(self.arbiter.mode.value)
 
+
+class PolicyPipeline(ControlPath):
+    """One configuration of the policy node's runtime; see the module docstring.
+
+    ``warn`` receives the camera pipelines' aspect-ratio warnings, ``on_reject`` (default
+    ``warn``) the line for each camera frame refused; ``ros_now`` is the ROS time (default:
+    ``clock``) at which a refusal reaches the input buffer.
+    """
+
+    def __init__(
+        self,
+        cfg: RuntimeConfig,
+        bundle: LoadedBundle,
+        policy: MoEPolicy,
+        clock: Clock,
+        *,
+        warn: Callable[[str], None] = lambda _text: None,
+        warmup_ms: float = 0.0,
+        ros_now: Callable[[], int] | None = None,
+        on_reject: Callable[[str], None] | None = None,
+    ) -> None:
+        m = bundle.manifest
+        self.bundle, self.policy = bundle, policy
+        self._ros_now = ros_now or clock.now_ns
+        self._on_reject = on_reject or warn
+        self.warmup_ms = warmup_ms
+        self.expert_labels = list(m.experts.labels)
+        used = {s.name for s in m.observation.cameras}
+        inputs = InputBuffer(
+            cfg.robot.joint_names,
+            cfg.robot.joint_states_max_age_s,
+            {c.name: c.max_age_s for c in cfg.cameras if c.name in used},
+        )
+        super().__init__(cfg, m.action.joints, inputs, clock)
+        self._proprio_idx = np.array(
+            [self.joint_names.index(j) for j in m.observation.proprio.joints]
+        )
+        self.camera_pipelines: dict[str, CameraPipeline] = {}
+        self.camera_stats: dict[str, CameraStats] = {}
+        cams = {c.name: c for c in cfg.cameras}
+        for spec in m.observation.cameras:
+            cam = cams[spec.name]
+            pipe = CameraPipeline(
+                spec.name, (spec.height, spec.width),
+                resolve_preprocess(spec.preprocess, cam.preprocess),
+                encodings={"rgb8", "bgr8", cam.encoding}, warn=warn,
+            )
+            self.camera_pipelines[spec.name] = pipe
+            self.camera_stats[spec.name] = CameraStats(
+                spec.name, cam.topic, pipe.size, pipe.describe(), cam.expected_rate_hz
+            )
+        self.worker_loop = PeriodicLoop(cfg.policy.inference_rate_hz, clock, late="reanchor")
+        #: decodes and resizes camera frames into the input buffer (its thread: start/stop)
+        self.frames = FrameWorker(self.camera_pipelines, inputs.put_image, self._frame_done)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def gate_label(self) -> str:
+        """The gates' layout label: ``experts:<label>,<label>,...``."""
+        return gate_label(self.expert_labels)
+
+    def describe(self) -> str:
+        """The one line the node logs after configure."""
+        m, p = self.bundle.manifest, self.cfg.policy
+        return (
+            f"configured: bundle {m.name} ({m.family}, {m.experts.count} experts, "
+            f"H={m.action.chunk_length}) backend={self.policy.backend.name} warm-up "
+            f"{p.warmup_runs} runs in {self.warmup_ms:.0f} ms; control "
+            f"{p.control_rate_hz:g} Hz, inference {p.inference_rate_hz:g} Hz, "
+            f"mode {p.execution.mode}"
+        )
+
+    def reset_stats(self) -> None:
+        super().reset_stats()
+        self.infer_stats = InferenceStats(self.bundle.manifest.experts.count)
+
+    def start(self) -> None:
+        """A new activation: fresh statistics, no queued chunk, the policy's state reset."""
+        super().start()
+        self.policy.reset()
+
+    def overrunning(self) -> bool:
+        return self.worker_loop.overrunning
+
+    def _now_s(self) -> float:
+        return self.clock.now_ns() / 1e9
+
+    # ------------------------------------------------------------------ inputs
+
+    def image_arrived(self, camera: str, stamp_ns: int, now_ros_ns: int) -> bool:
+        """Count a camera message before decoding; False for a camera the bundle ignores."""
+        stats = self.camera_stats.get(camera)
+        if stats is None:
+            return False
+        stats.arrival(stamp_ns, now_ros_ns)
+        return True
+
+    def put_frame(self, camera: str, frame: Frame, stamp_ns: int, now_ros_ns: int) -> None:
+        """A camera message's frame: counted, then queued for :attr:`frames` (undecoded)."""
+        if self.image_arrived(camera, stamp_ns, now_ros_ns):
+            self.frames.submit(camera, frame, stamp_ns, now_ros_ns)
+
+    def _frame_done(self, camera: str, info: Processed | None, err: ImageError | None) -> None:
+        line = self.frame_done(camera, info, err, self._ros_now())
+        if line is not None:
+            self._on_reject(line)
+
+    def frame_done(
+        self, camera: str, info: Processed | None, err: ImageError | None, now_ros_ns: int
+    ) -> str | None:
+        """The frame worker's outcome for one frame; the warning to log for a rejection."""
+        stats = self.camera_stats.get(camera)
+        if stats is None:
+            return None
+        if err is None:
+            assert info is not None
+            stats.accepted_frame(info.source_size, info.encoding)
+            return None
+        stats.rejected_frame(err.cause, str(err))
+        if err.cause != "stamp":  # put_image counted a bad stamp itself
+            self.inputs.reject(camera, str(err), now_ros_ns)
+        return f"rejected image from {stats.topic}: {err}"
+
+    # ------------------------------------------------------------------ inference
+
+    def infer_once(self, now_ros_ns: int) -> InferResult | None:
+        """One inference from the newest inputs; None when an input is stale or missing."""
+        inputs = self.inputs
+        if inputs.stale_sources(now_ros_ns):
+            return None
+        joints = inputs.joints()
+        images = inputs.images()
+        assert joints is not None
+        stamps = [joints.stamp_ns, *(s.stamp_ns for s in images.values())]
+        obs = Observation(
+            images={k: v.image for k, v in images.items()},
+            proprio=joints.positions[self._proprio_idx].astype(np.float32),
+            stamp_ns=min(stamps),
+        )
+        out = self.policy.infer(obs)
+        self.infer_stats.add(out, self._now_s())
+        self.ood_energy = self.novelty(out)
+        offered = self.offer(out.actions, joints.positions, obs.stamp_ns)
+        if offered == NONFINITE:
+            # The arbiter sees the NaN command (ERROR + HOLD in the safety filter).
+            self.infer_stats.nonfinite += 1
+        if offered != ADDED:
+            return InferResult(offered, None, out)
+        return InferResult(offered, self.router_update(out, self.arbiter.mode == Mode.TELEOP),
+                           out)
+
+    def novelty(self, out: PolicyOutput) -> float | None:
+        """Di-BM novelty: the lowest expert energy (no expert claims the observation)."""
+        energies = out.decision.state.energies
+        if energies is None or self.cfg.safety.ood_action == "ignore":
+            return None
+        return float(np.min(energies))
+
+    def router_update(self, out: PolicyOutput, shadow: bool) -> RouterUpdate:
+        dec = out.decision
+        return RouterUpdate(
+            gates=[float(g) for g in dec.state.gates],
+            active=[int(i) for i in dec.active],
+            dominant=self.expert_labels[dec.dominant],
+            shadow=shadow,
+        )
+
     # ------------------------------------------------------------------ diagnostics
 
     def diagnostic_tasks(
@@ -442,10 +526,10 @@ class PolicyPipeline:
     ) -> list[TaskStatus]:
         """Inputs, inference, router, control loop and safety, in that order.
 
-        ``superseded``: frames the frame worker dropped per camera; ``publishers(topic)``:
-        matched publishers on a camera topic (None when unknown).
+        ``superseded``: frames dropped per camera (default: :attr:`frames`'s count);
+        ``publishers(topic)``: matched publishers on a camera topic (None when unknown).
         """
-        dropped: Mapping[str, int] = superseded or {}
+        dropped = self.frames.superseded if superseded is None else superseded
         inputs, m, p = self.inputs, self.bundle.manifest, self.cfg.policy
         cameras = [
             stats.report(now_ros_ns, dropped.get(cam, 0), publishers(stats.topic))

@@ -44,7 +44,14 @@ from typing import Any
 import numpy as np
 
 from moe_policy_ros.core.config import DEFAULT_NODE_NAME
-from moe_policy_ros.core.diagnostics import CONTROL_LOOP, INFERENCE, ROUTER, Key, status_name
+from moe_policy_ros.core.diagnostics import (
+    CONTROL_LOOP,
+    INFERENCE,
+    ROUTER,
+    Key,
+    gate_label_experts,
+    status_name,
+)
 from moe_policy_ros.graph import (
     POLICY_NODE,
     SIM_NODE,
@@ -208,8 +215,8 @@ class RosEpisodeRunner:
         def on_gates(m: Any) -> None:
             with w.lock:
                 w.gates.append((now(), [float(x) for x in m.data]))
-                if m.layout.dim and m.layout.dim[0].label.startswith("experts:"):
-                    w.labels = m.layout.dim[0].label.removeprefix("experts:").split(",")
+                labels = gate_label_experts(m.layout.dim[0].label) if m.layout.dim else None
+                w.labels = labels or w.labels
 
         def on_active(m: Any) -> None:
             with w.lock:

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from builtin_interfaces.msg import Time as TimeMsg
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -57,13 +56,14 @@ from trajectory_msgs.msg import JointTrajectory
 
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.loop import PeriodicLoop
-from moe_policy_ros.core.trajectory import (
-    Trajectory,
-    TrajectoryError,
-    TrajectoryFollower,
-    TrajectoryPoint,
+from moe_policy_ros.core.trajectory import TrajectoryError, TrajectoryFollower
+from moe_policy_ros.nodes.convert import (
+    command_values,
+    joint_state_msg,
+    rgb_image_msg,
+    trajectory_from_msg,
 )
-from moe_policy_ros.session import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp, stamp_to_ns
+from moe_policy_ros.session import COMMAND_SUB_QOS, LATCHED_QOS, ns_to_stamp
 from moe_policy_ros.sim.aloha import (
     ARM_JOINT_NAMES,
     GL_BACKEND,
@@ -83,20 +83,6 @@ _RELIABLE_10 = COMMAND_SUB_QOS
 _IMAGE_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE
 )
-
-
-def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
-    """``trajectory_msgs/JointTrajectory`` -> core :class:`Trajectory` (no validation)."""
-    points = tuple(
-        TrajectoryPoint(
-            positions=tuple(float(x) for x in p.positions),
-            time_from_start=p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
-            velocities=tuple(float(x) for x in p.velocities) if len(p.velocities) else None,
-        )
-        for p in msg.points
-    )
-    start = stamp_to_ns(msg.header.stamp)
-    return Trajectory(tuple(msg.joint_names), points, start)
 
 
 @dataclass(frozen=True)
@@ -324,7 +310,7 @@ class AlohaSimNode(Node):
             )
             return
         try:
-            follower.set_command(list(msg.data))
+            follower.set_command(command_values(msg))
         except TrajectoryError as err:
             self.get_logger().warning(
                 f"/{arm}_controller/commands ignored: {err}", throttle_duration_sec=1.0
@@ -424,15 +410,15 @@ class AlohaSimNode(Node):
             sim.step(1)
             self._sim_ns += self._dt_ns
         now_sim = self._sim_ns
-        stamp = ns_to_stamp(self.stamp_ns())
+        stamp_ns = self.stamp_ns()
 
         if self._clock_pub is not None:
             clk = ClockMsg()
-            clk.clock = stamp
+            clk.clock = ns_to_stamp(stamp_ns)
             self._clock_pub.publish(clk)
         if now_sim >= self._next_js:
             self._next_js = max(self._next_js + self._js_period_ns, now_sim)
-            self._publish_joint_states(stamp)
+            self._publish_joint_states(stamp_ns)
             success = sim.success()
             if success != self._last_success or now_sim >= self._next_success:
                 self._next_success = now_sim + _SUCCESS_PERIOD_NS
@@ -441,26 +427,13 @@ class AlohaSimNode(Node):
         if renderers and now_sim >= self._next_cam:
             self._next_cam = max(self._next_cam + self._cam_period_ns, now_sim)
             for cam, r in renderers:
-                self._publish_image(cam, r.render(), stamp)
+                self._img_pubs[cam.name].publish(
+                    rgb_image_msg(r.render(), stamp_ns, cam.frame_id))
 
-    def _publish_joint_states(self, stamp: TimeMsg) -> None:
-        msg = JointState()
-        msg.header.stamp = stamp
-        msg.name = list(JOINT_NAMES)
-        msg.position = self._sim.joint_positions().tolist()
-        msg.velocity = self._sim.joint_velocities().tolist()
-        self._js_pub.publish(msg)
-
-    def _publish_image(self, cam: _Camera, img: np.ndarray, stamp: TimeMsg) -> None:
-        msg = Image()
-        msg.header.stamp = stamp
-        msg.header.frame_id = cam.frame_id
-        msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
-        msg.encoding = "rgb8"
-        msg.is_bigendian = 0
-        msg.step = msg.width * 3
-        msg.data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
-        self._img_pubs[cam.name].publish(msg)
+    def _publish_joint_states(self, stamp_ns: int) -> None:
+        sim = self._sim
+        self._js_pub.publish(joint_state_msg(JOINT_NAMES, sim.joint_positions(), stamp_ns,
+                                             sim.joint_velocities()))
 
     # ------------------------------------------------------------------ shutdown
 

@@ -1,68 +1,22 @@
-"""Shared rclpy glue for the nodes: diagnostics, trajectories, main().
+"""Shared rclpy glue for the nodes: lifecycle autostart and main()'s spin.
 
-QoS profiles, stamp conversions, share paths and :class:`RosSession` live in
-:mod:`moe_policy_ros.session` (the public module for talking ROS, which the nodes use too).
+Message conversions live in :mod:`moe_policy_ros.nodes.convert`; QoS profiles, stamp
+conversions, share paths and :class:`RosSession` in :mod:`moe_policy_ros.session` (the public
+module for talking ROS, which the nodes use too).
 """
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-
-from moe_policy_ros.core.trajectory import Trajectory
-from moe_policy_ros.session import ns_to_stamp
-
-
-def diag_status(
-    name: str,
-    level: int,
-    message: str,
-    values: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
-    hardware_id: str = "",
-) -> DiagnosticStatus:
-    """A DiagnosticStatus in diagnostic_updater's shape (level as bytes, string values)."""
-    st = DiagnosticStatus()
-    st.level = bytes([int(level)])
-    st.name = name
-    st.message = message
-    st.hardware_id = hardware_id
-    items = values.items() if isinstance(values, Mapping) else values
-    st.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in items]
-    return st
-
-
-def trajectory_msg(traj: Trajectory) -> JointTrajectory:
-    """Core :class:`Trajectory` -> ``trajectory_msgs/JointTrajectory`` (header stamp = its
-    start time; positions only)."""
-    msg = JointTrajectory()
-    msg.header.stamp = ns_to_stamp(traj.start_time_ns)
-    msg.joint_names = list(traj.joint_names)
-    for p in traj.points:
-        pt = JointTrajectoryPoint()
-        pt.positions = list(p.positions)
-        t = p.time_from_start
-        sec = math.floor(t)
-        pt.time_from_start.sec = int(sec)
-        pt.time_from_start.nanosec = round((t - sec) * 1e9)
-        msg.points.append(pt)
-    return msg
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def schedule_autostart(node: LifecycleNode) -> None:

@@ -2,12 +2,13 @@
 
 A thin rclpy adapter over :class:`~moe_policy_ros.core.pipeline.PolicyPipeline`, which holds
 the runtime (inputs, inference, chunk timeline, arbitration, safety, diagnostics) and is
-unit-tested without ROS. This node declares the parameters, converts messages, creates the
-subscriptions, publishers and services, and runs the threads:
+unit-tested without ROS. This node declares the parameters, converts messages
+(:mod:`~moe_policy_ros.nodes.convert`), creates the subscriptions, publishers and services, and
+runs the threads:
 
-* the executor thread runs subscription callbacks, which only decode and store the newest
-  sample (:class:`~moe_policy_ros.core.inputs.InputBuffer`), services and the 1 Hz
-  diagnostics timer;
+* the executor thread runs subscription callbacks, which only convert and store the newest
+  sample (:class:`~moe_policy_ros.core.inputs.InputBuffer`; images undecoded, for the
+  pipeline's frame worker thread), services and the 1 Hz diagnostics timer;
 * the **inference worker** runs :meth:`PolicyPipeline.infer_once` at ``inference_rate_hz``
   (ONNX Runtime releases the GIL) and publishes the router state of each chunk taken;
 * the **control loop** runs :meth:`PolicyPipeline.control_step` at ``control_rate_hz`` on
@@ -35,27 +36,27 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.publisher import Publisher
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int32MultiArray, String
-from std_msgs.msg import MultiArrayDimension as Dim
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from moe_policy_ros.backend_factory import build_backend
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
-from moe_policy_ros.core.diagnostics import HARDWARE_ID, lifecycle_task, status_name
+from moe_policy_ros.core.diagnostics import lifecycle_task
 from moe_policy_ros.core.handover import CommandArbiter
-from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import InputError
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.pipeline import PolicyPipeline, RouterUpdate, build_pipeline
-from moe_policy_ros.core.preprocess import CompressedFrame, FrameWorker, Processed, RawFrame
 from moe_policy_ros.core.timeline import NONFINITE
-from moe_policy_ros.nodes.common import (
-    diag_status,
-    schedule_autostart,
-    spin_node,
-    trajectory_msg,
+from moe_policy_ros.nodes.common import schedule_autostart, spin_node
+from moe_policy_ros.nodes.convert import (
+    ROUTER_TYPES,
+    control_msgs,
+    diagnostic_array,
+    frame_from_msg,
+    joint_state_fields,
+    router_msgs,
 )
 from moe_policy_ros.nodes.params import declare_parameters, nested_parameters
 from moe_policy_ros.session import (
@@ -63,12 +64,9 @@ from moe_policy_ros.session import (
     LATCHED_QOS,
     MONITOR_QOS,
     SENSOR_QOS,
-    ns_to_stamp,
     resolve_share_path,
     stamp_to_ns,
 )
-
-_ROUTER = {"gates": Float32MultiArray, "active": Int32MultiArray, "dominant": String}
 
 
 class PolicyNode(LifecycleNode):
@@ -76,14 +74,12 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, node_name: str = "moe_policy", **kwargs: Any) -> None:
         self._pipe: PolicyPipeline | None = None
-        self._frames: FrameWorker | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._configure_error = ""
         self._subs: list[Any] = []
         self._srvs: list[Any] = []
         self._pubs: dict[str, Publisher] = {}
-        self._gate_layout: list[Dim] = []
         super().__init__(node_name, **kwargs)
         declare_parameters(self)
         self._mono = MonotonicClock()
@@ -153,21 +149,22 @@ class PolicyNode(LifecycleNode):
 
     def _configure(self) -> None:
         cfg = config_from_params(nested_parameters(self))
-        pipe = build_pipeline(cfg, resolve_path=resolve_share_path, make_backend=build_backend,
-                              clock=self._mono, warn=self._warn_once)
-        self._pipe = pipe
-        n = len(pipe.expert_labels)
-        self._gate_layout = [Dim(label=pipe.gate_label, size=n, stride=n)]
         self._stop_frames()
-        self._frames = FrameWorker(pipe.camera_pipelines, pipe.inputs.put_image,
-                                   self._on_frame_done)
-        self._frames.start()
+        pipe = build_pipeline(cfg, resolve_path=resolve_share_path, make_backend=build_backend,
+                              clock=self._mono, warn=self._warn_once, ros_now=self._now_ns,
+                              on_reject=self._frame_rejected)
+        self._pipe = pipe
+        pipe.frames.start()
         self._create_interfaces(cfg, pipe)
         self.get_logger().info(pipe.describe())
 
     def _warn_once(self, text: str) -> None:
         """The pipelines call this once per camera and source size (aspect distortion)."""
         self.get_logger().warning(text)
+
+    def _frame_rejected(self, text: str) -> None:
+        """Frame worker thread: a camera frame refused (counted; it reached the inputs)."""
+        self.get_logger().warning(text, throttle_duration_sec=2.0)
 
     def _create_interfaces(self, cfg: RuntimeConfig, pipe: PolicyPipeline) -> None:
         sensors = ReentrantCallbackGroup()
@@ -191,7 +188,7 @@ class PolicyNode(LifecycleNode):
             else:
                 pubs[f"cmd/{arm.name}"] = lp(Float64MultiArray, arm.command_topic, COMMAND_QOS)
         for prefix in ("", "shadow/"):
-            for key, msg_type in _ROUTER.items():
+            for key, msg_type in ROUTER_TYPES.items():
                 pubs[prefix + key] = lp(msg_type, f"~/{prefix}router/{key}", MONITOR_QOS)
         pubs["shadow/command"] = lp(JointState, "~/shadow/command", MONITOR_QOS)
         pubs["command"] = lp(JointState, "~/command", MONITOR_QOS)
@@ -221,9 +218,8 @@ class PolicyNode(LifecycleNode):
         self._subs, self._srvs, self._pubs = [], [], {}
 
     def _stop_frames(self) -> None:
-        if self._frames is not None:
-            self._frames.stop()
-            self._frames = None
+        if self._pipe is not None:
+            self._pipe.frames.stop()
 
     # ------------------------------------------------------------------ callbacks
 
@@ -234,33 +230,15 @@ class PolicyNode(LifecycleNode):
         if self._pipe is None:
             return
         try:
-            self._pipe.inputs.put_joint_state(
-                msg.name, msg.position, msg.velocity, stamp_to_ns(msg.header.stamp),
-                self._now_ns(),
-            )
+            self._pipe.inputs.put_joint_state(*joint_state_fields(msg), self._now_ns())
         except InputError as err:
             self.get_logger().warning(f"rejected /joint_states: {err}", throttle_duration_sec=2.0)
 
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         """Count and hand the message to the frame worker (decoding happens there)."""
-        pipe, frames = self._pipe, self._frames
-        stamp, now = stamp_to_ns(msg.header.stamp), self._now_ns()
-        if pipe is None or frames is None or not pipe.image_arrived(camera, stamp, now):
-            return
-        if isinstance(msg, Image):
-            frame: RawFrame | CompressedFrame = RawFrame(
-                msg.height, msg.width, msg.encoding, msg.step, msg.data
-            )
-        else:
-            frame = CompressedFrame(msg.format, msg.data)
-        frames.submit(camera, frame, stamp, now)
-
-    def _on_frame_done(self, camera: str, info: Processed | None, err: ImageError | None) -> None:
-        """Frame worker thread: count the outcome; a rejection reaches the input buffer."""
-        pipe = self._pipe
-        line = None if pipe is None else pipe.frame_done(camera, info, err, self._now_ns())
-        if line is not None:
-            self.get_logger().warning(line, throttle_duration_sec=2.0)
+        if self._pipe is not None:
+            self._pipe.put_frame(camera, frame_from_msg(msg), stamp_to_ns(msg.header.stamp),
+                                 self._now_ns())
 
     def _on_teleop(self, msg: JointState) -> None:
         if self._pipe is None:
@@ -322,11 +300,10 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"inference failed: {line}", throttle_duration_sec=2.0)
 
     def _publish_router(self, router: RouterUpdate) -> None:
-        gates = Float32MultiArray(data=router.gates)
-        gates.layout.dim = self._gate_layout
-        msgs = (gates, Int32MultiArray(data=router.active), String(data=router.dominant))
+        assert self._pipe is not None
+        msgs = router_msgs(router, self._pipe.gate_label)
         for prefix in ("", "shadow/") if router.shadow else ("",):
-            for key, msg in zip(_ROUTER, msgs, strict=True):
+            for key, msg in msgs.items():
                 self._pubs[prefix + key].publish(msg)
 
     # ------------------------------------------------------------------ control loop
@@ -348,15 +325,8 @@ class PolicyNode(LifecycleNode):
                 else:
                     self.get_logger().info(text)
             self._publish_mode()
-            if out.shadow is not None:
-                self._pubs["shadow/command"].publish(self._joint_state(out.shadow, out.stamp_ns))
-            if out.sent is not None:
-                self._pubs["command"].publish(self._joint_state(out.sent, out.stamp_ns))
-            for arm, values in out.commands:
-                self._pubs[f"cmd/{arm.name}"].publish(
-                    Float64MultiArray(data=[float(x) for x in values]))
-            for arm, traj in out.trajectories:
-                self._pubs[f"traj/{arm.name}"].publish(trajectory_msg(traj))
+            for key, msg in control_msgs(out, pipe.joint_names):
+                self._pubs[key].publish(msg)
         except Exception as err:
             if not self.context.ok():
                 self._stop.set()  # SIGINT shut the context down under us: stop quietly
@@ -365,31 +335,18 @@ class PolicyNode(LifecycleNode):
                 f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
             )
 
-    def _joint_state(self, q: Any, stamp_ns: int) -> JointState:
-        assert self._pipe is not None
-        msg = JointState(name=self._pipe.joint_names, position=[float(x) for x in q])
-        msg.header.stamp = ns_to_stamp(stamp_ns)
-        return msg
-
     # ------------------------------------------------------------------ diagnostics
 
     def _publish_diagnostics(self) -> None:
         """One DiagnosticStatus per task (core.diagnostics); lifecycle always, the rest
         once configured."""
-        name, pipe, frames = self.get_name(), self._pipe, self._frames
+        name, pipe = self.get_name(), self._pipe
         state = self._state_machine.current_state[1]
         tasks = [lifecycle_task(state, self._configure_error)]
         if pipe is not None:
-            tasks += pipe.diagnostic_tasks(
-                self._now_ns(), state == "active",
-                frames.superseded if frames is not None else None, self.count_publishers)
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [
-            diag_status(status_name(name, t.task), t.level, t.message, t.values, HARDWARE_ID)
-            for t in tasks
-        ]
-        self._diag_pub.publish(msg)
+            tasks += pipe.diagnostic_tasks(self._now_ns(), state == "active",
+                                           publishers=self.count_publishers)
+        self._diag_pub.publish(diagnostic_array(name, tasks, self.get_clock().now().to_msg()))
 
     # ------------------------------------------------------------------ teardown
 

@@ -28,7 +28,6 @@ that tracks drift, never going backwards).
 
 from __future__ import annotations
 
-import array
 import math
 import sys
 import threading
@@ -50,10 +49,15 @@ from rclpy.qos import qos_profile_system_default
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
 from moe_policy_ros.core.stats import RateMeter
 from moe_policy_ros.core.types import Level
-from moe_policy_ros.nodes.common import diag_status, spin_node
+from moe_policy_ros.nodes.common import spin_node
+from moe_policy_ros.nodes.convert import (
+    compressed_image_msg,
+    depth_image_msg,
+    diag_status,
+    rgb_image_msg,
+)
 from moe_policy_ros.realsense.sources import (
     EndOfStream,
     Frames,
@@ -169,13 +173,6 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
         ),
     ),
 }
-
-
-def _byte_array(data: bytes) -> array.array[int]:
-    """``array('B')`` takes rclpy's fast path for uint8[] fields (bytes are checked per item)."""
-    arr = array.array("B")
-    arr.frombytes(data)
-    return arr
 
 
 def camera_info(intr: Intrinsics, header: Header) -> CameraInfo:
@@ -426,11 +423,10 @@ class RealSenseCameraNode(Node):
     def _publish(self, frames: Frames) -> None:
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = self.stamps.map(frames.timestamp_ms, now_ns).stamp_ns
-        header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=self.params.color_frame_id)
+        frame_id = self.params.color_frame_id
+        header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
         intr = self.source.color_intrinsics
-        img = Image(header=header, is_bigendian=0)
-        img.height, img.width, img.encoding, img.step, data = rgb_to_raw(frames.color)
-        img.data = _byte_array(data)
+        img = rgb_image_msg(frames.color, stamp_ns, frame_id)
         info = camera_info(intr, header) if intr is not None else None
         jpeg = None
         if self._jpeg_pub is not None:
@@ -440,14 +436,11 @@ class RealSenseCameraNode(Node):
             )
             if not ok:
                 raise RuntimeError("JPEG encoding of the color frame failed")
-            jpeg = CompressedImage(header=header, format="rgb8; jpeg compressed bgr8")
-            jpeg.data = _byte_array(coded.tobytes())
+            jpeg = compressed_image_msg(coded.tobytes(), "rgb8; jpeg compressed bgr8", stamp_ns,
+                                        frame_id)
         depth_img = None
         if frames.depth is not None and self._depth_pub is not None:
-            depth_img = Image(header=header, is_bigendian=0)
-            h, w, enc, step, data = depth_to_raw(frames.depth)
-            depth_img.height, depth_img.width, depth_img.encoding, depth_img.step = h, w, enc, step
-            depth_img.data = _byte_array(data)
+            depth_img = depth_image_msg(frames.depth, stamp_ns, frame_id)
         with self._pub_lock:
             if self._closed or not self.context.ok():
                 return

@@ -293,7 +293,9 @@ def _report(
     ctl = diag.get(status_name(DEFAULT_NODE_NAME, CONTROL_LOOP), {})
     inf = diag.get(status_name(DEFAULT_NODE_NAME, INFERENCE), {})
     rtr = diag.get(status_name(DEFAULT_NODE_NAME, ROUTER), {})
-    # Command periods inside the episodes only (between them the node is inactive).
+    # Command periods inside the episodes only (between them the node is inactive). The
+    # recorder's rate is (n - 1) / span pooled over the episode windows, RateMeter's formula,
+    # but offline over disjoint windows, from the same periods as its jitter: not a RateMeter.
     cmds = [t for t in rec.commands if any(a <= t <= b for a, b in windows)]
     periods = np.concatenate([
         np.diff([t for t in rec.commands if a <= t <= b]) for a, b in windows

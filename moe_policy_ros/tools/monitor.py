@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from moe_policy_ros.core.diagnostics import Key, level_name, level_of
+from moe_policy_ros.core.diagnostics import Key, gate_label_experts, level_name, level_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
         with lock:
             st.gates = list(m.data)
             st.chunks += 1
-            if m.layout.dim and m.layout.dim[0].label.startswith("experts:"):
-                st.labels = m.layout.dim[0].label.removeprefix("experts:").split(",")
+            labels = gate_label_experts(m.layout.dim[0].label) if m.layout.dim else None
+            st.labels = labels or st.labels
 
     def on_active(m: Any) -> None:
         with lock:

@@ -14,6 +14,8 @@ from moe_policy_ros.core.diagnostics import (
     Key,
     Level,
     control_task,
+    gate_label,
+    gate_label_experts,
     inference_task,
     inputs_task,
     level_name,
@@ -132,3 +134,11 @@ def test_level_of_a_received_status() -> None:
     """rclpy gives DiagnosticStatus.level as one byte; other bindings as an int."""
     assert level_of(b"\x02") == Level.ERROR and level_of(b"\x00") == Level.OK
     assert level_of(1) == Level.WARN and level_of(7) == 7
+
+
+def test_gate_label_names_the_experts_and_reads_back() -> None:
+    """The node writes the gates' layout label, the monitor and the evaluator read it."""
+    label = gate_label(["reach", "grasp", "lift"])
+    assert label == "experts:reach,grasp,lift"
+    assert gate_label_experts(label) == ["reach", "grasp", "lift"]
+    assert gate_label_experts("") is None and gate_label_experts("joints:a,b") is None

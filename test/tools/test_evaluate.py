@@ -160,3 +160,15 @@ def test_in_process_routing_is_the_nodes(tmp_path: Path) -> None:
         assert got.strategy == "mass" and got.tau == 0.5
         assert got.model_dump(exclude={"strategy", "tau"}) == want.model_dump(
             exclude={"strategy", "tau"})
+
+
+def test_in_process_refuses_cameras_that_would_go_stale_between_frames() -> None:
+    """In-process a frame is rendered per inference (every 5 control steps at 50/10 Hz): a
+    camera max_age_s below that age would hold the robot between frames, so it is refused
+    with the value to change, before the policy loads."""
+    params = default_params_file()
+    cfg = load_config(params)
+    bundle = resolve_bundle(cfg.policy.bundle, params)
+    cams = [c.model_copy(update={"max_age_s": 0.05}) for c in cfg.cameras]
+    with pytest.raises(ValueError, match=r"cameras\.top\.max_age_s 0\.05 s: .* 0\.08 s old"):
+        InProcessRunner(bundle, "transfer_cube", cfg.model_copy(update={"cameras": cams}))
