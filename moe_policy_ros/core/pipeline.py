@@ -546,7 +546,13 @@ class PolicyPipeline(ControlPath):
         req = self.begin_inference(now_ros_ns)
         if req is None:
             return None
-        return self.finish_inference(req, self.policy.infer(req.obs, guidance=req.guidance))
+        return self.finish_inference(req, self.run_policy(req))
+
+    def run_policy(self, req: InferRequest) -> PolicyOutput:
+        """The policy on ``req``'s observation (with its rtc guidance, when it has one)."""
+        if req.guidance is None:
+            return self.policy.infer(req.obs)
+        return self.policy.infer(req.obs, guidance=req.guidance)
 
     def begin_inference(self, now_ros_ns: int) -> InferRequest | None:
         """The observation of the newest inputs, the step its chunk starts at and, for
@@ -578,14 +584,22 @@ class PolicyPipeline(ControlPath):
                                    ex.rtc_execution_horizon, ex.rtc_max_guidance_weight)
         return InferRequest(obs, joints.positions.copy(), start, guidance)
 
-    def finish_inference(self, req: InferRequest, out: PolicyOutput) -> InferResult:
+    def finish_inference(
+        self, req: InferRequest, out: PolicyOutput, start_step: int | None = None
+    ) -> InferResult:
         """Count the policy's output for ``req`` and place its chunk on the timeline (rtc:
-        at the step the guidance was computed for, recording the delay it took)."""
+        at the step the guidance was computed for, recording the delay it took).
+
+        ``start_step`` places it elsewhere: a synchronous infer-then-act loop (the robot
+        waited for inference, so the chunk runs from the step it resumes; the rollout's
+        ``loop="sync"``)."""
         self.infer_stats.add(out, self._now_s())
         self.ood_energy = self.novelty(out)
         rtc = req.guidance is not None
+        if start_step is None and rtc:
+            start_step = req.start_step
         offered = self.offer(out.actions, req.measured, req.obs.stamp_ns,
-                             start_step=req.start_step if rtc else None, guided=rtc)
+                             start_step=start_step, guided=rtc)
         if offered == NONFINITE:
             # The arbiter sees the NaN command (ERROR + HOLD in the safety filter).
             self.infer_stats.nonfinite += 1
