@@ -458,17 +458,23 @@ class InProcessRunner(_ClosedLoop):
     def _observe(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
                  res: EpisodeResult, ks: list[int]) -> int | None:
         st = self.settings
-        if st.loop == "sync":
-            if step != self._next_obs:
-                return None
-            self._render(now_ns)
-            self._held = self._start(step, now_ns, res, ks)
-            return math.ceil(st.inference_delay_s / self._period_s - 1e-9)
+        sync = st.loop == "sync"
         frame_mode = self.config.policy.inference_trigger == "frame"
-        if frame_mode and now_ns >= self._next_frame_ns:
-            self._render(now_ns)  # the cameras publish on their own clock
+        rendered = False
+        if (frame_mode or sync) and now_ns >= self._next_frame_ns:
+            # the cameras publish on their own clock (sync: their frames keep the inputs
+            # fresh while the robot executes a chunk)
+            self._render(now_ns)
+            rendered = True
             while self._next_frame_ns <= now_ns:
                 self._next_frame_ns += self._camera_period_ns
+        if sync:
+            if step != self._next_obs:
+                return None
+            if not rendered:
+                self._render(now_ns)  # the client reads the cameras when it observes
+            self._held = self._start(step, now_ns, res, ks)
+            return math.ceil(st.inference_delay_s / self._period_s - 1e-9)
         if self._flight is None and self._trigger.ready(now_ns):
             if not frame_mode:
                 self._render(now_ns)  # timer: a frame rendered for each inference
