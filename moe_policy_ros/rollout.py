@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,9 +51,12 @@ from moe_policy_ros.core.imageconv import rgb_to_raw
 from moe_policy_ros.core.inputs import InputBuffer
 from moe_policy_ros.core.manifest import Manifest
 from moe_policy_ros.core.paths import package_file, resolve_share_path
-from moe_policy_ros.core.pipeline import ControlPath, PolicyPipeline
+from moe_policy_ros.core.pipeline import ControlPath, InferRequest, PolicyPipeline
 from moe_policy_ros.core.preprocess import RawFrame
 from moe_policy_ros.core.runtime import MoEPolicy
+from moe_policy_ros.core.timeline import ADDED
+from moe_policy_ros.core.trigger import InferenceTrigger
+from moe_policy_ros.core.types import PolicyOutput
 from moe_policy_ros.evaluation.metrics import percentile, wilson_interval
 
 __all__ = [
@@ -69,6 +72,7 @@ __all__ = [
 DEFAULT_PARAMS = Path("config") / "sim_dual_arm.yaml"
 DEFAULT_RENDER_SIZE: tuple[int, int] = (480, 640)  # (H, W) px, the sim node's camera size
 DEFAULT_EPISODE_STEPS = 400  # 8 s at 50 Hz, the demonstrations' length
+DEFAULT_CAMERA_RATE_HZ = 15.0  # the aloha_sim node's camera_rate_hz (frame trigger)
 _EPOCH_NS = 1_000_000_000  # simulated time of step 0
 
 
@@ -80,8 +84,24 @@ class LoopSettings:
     render_size: tuple[int, int] = DEFAULT_RENDER_SIZE  # (H, W) px
     stop_on_success: bool = True
     episode_timeout_s: float = 600.0  # wall-clock budget of one episode
+    #: simulated time one inference takes (s): its chunk arrives that much after the start
+    inference_delay_s: float = 0.0
+    #: "async": the node's pipeline (the robot never waits for inference); "sync": infer,
+    #: then act (the robot holds while inference runs, then executes ``sync_horizon`` steps)
+    loop: Literal["async", "sync"] = "async"
+    sync_horizon: int = 0  # control steps per chunk in the sync loop; 0 = the chunk length
+    #: frame trigger: the cameras' rate (Hz) when the parameter file has no expected_rate_hz
+    camera_rate_hz: float = DEFAULT_CAMERA_RATE_HZ
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.inference_delay_s) and self.inference_delay_s >= 0):
+            raise ValueError(f"inference_delay_s must be >= 0 (got {self.inference_delay_s})")
+        if self.loop not in ("async", "sync"):
+            raise ValueError(f"loop must be 'async' or 'sync' (got {self.loop!r})")
+        if self.sync_horizon < 0:
+            raise ValueError(f"sync_horizon must be >= 0 (got {self.sync_horizon})")
+        if not self.camera_rate_hz > 0:
+            raise ValueError(f"camera_rate_hz must be > 0 (got {self.camera_rate_hz})")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (got {self.max_steps})")
         if len(self.render_size) != 2 or min(self.render_size) < 1:
@@ -116,10 +136,25 @@ class EpisodeResult:
     # What the policy node reported on /diagnostics for this episode (ROS 2 mode): inference
     # latency p50/p99, control period jitter p99, missed ticks. Empty in-process.
     node_stats: dict[str, float] = field(default_factory=dict)
+    # Timing of the commands after autonomy engaged (simulated time, in-process): the age of
+    # each policy command (its tick minus the stamp of the newest chunk it came from), the
+    # gaps (ms) in which the robot had no policy command between chunks, and their count
+    # (deadlines missed: the next chunk came after the last one ran out, or the robot
+    # waited for inference).
+    command_ages_ms: list[float] = field(default_factory=list)
+    idle_gaps_ms: list[float] = field(default_factory=list)
+
+    @property
+    def missed_deadlines(self) -> int:
+        return len(self.idle_gaps_ms)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("latencies_ms")
+        d.pop("command_ages_ms")
+        d["command_age_ms_p50"] = percentile(self.command_ages_ms, 50)
+        d["command_age_ms_p99"] = percentile(self.command_ages_ms, 99)
+        d["missed_deadlines"] = self.missed_deadlines
         d["latency_ms_p50"] = percentile(self.latencies_ms, 50)
         d["latency_ms_p99"] = percentile(self.latencies_ms, 99)
         if not self.latencies_ms and self.node_stats:
@@ -133,7 +168,8 @@ class EpisodeResult:
 class _ClosedLoop:
     """The sim and the node's control path (:class:`core.pipeline.ControlPath`: timeline,
     arbiter, safety filter) on simulated time; subclasses build the path of an episode
-    (:meth:`_control`) and supply its chunks (:meth:`_infer`)."""
+    (:meth:`_control`) and supply its chunks (:meth:`_observe`, :meth:`_arrivals`,
+    :meth:`_resume`)."""
 
     num_experts = 0
     _usage: np.ndarray
@@ -165,10 +201,19 @@ class _ClosedLoop:
         """A fresh control path for one episode on ``clock``."""
         raise NotImplementedError
 
-    def _infer(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
-               res: EpisodeResult, ks: list[int]) -> None:
-        """Offer the chunk of the observation at ``step`` (time ``now_ns``) to ``ctl``."""
+    def _arrivals(self, ctl: ControlPath, step: int, now_ns: int, res: EpisodeResult) -> None:
+        """Chunks whose inference ended since the previous tick (before step ``step`` is
+        marked, as a chunk the node's worker offers between two control ticks)."""
+
+    def _observe(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
+                 res: EpisodeResult, ks: list[int]) -> int | None:
+        """Step ``step`` is marked: start what observes now. Returns the control steps the
+        robot waits for inference after this tick, then :meth:`_resume` (the synchronous
+        loop; 0 for no wait), or None (the robot never waits)."""
         raise NotImplementedError
+
+    def _resume(self, ctl: ControlPath, step: int, now_ns: int, res: EpisodeResult) -> None:
+        """The synchronous loop's wait is over: offer its chunk from ``step`` on."""
 
     def close(self) -> None:
         pass
@@ -195,10 +240,21 @@ class _ClosedLoop:
         res.mean_active_experts = float(np.mean(ks)) if ks else float("nan")
         return res
 
+    def _chunk_at(self, stamp_ns: int, start_step: int) -> None:
+        """A chunk placed on the timeline from ``start_step`` (for the commands' age)."""
+        self._sources.append((start_step, stamp_ns))
+
+    def _command_age_ms(self, step: int, now_ns: int) -> float | None:
+        for start, stamp in reversed(self._sources):
+            if start <= step:
+                return (now_ns - stamp) / 1e6
+        return None
+
     def _episode(self, res: EpisodeResult, t0: float, ks: list[int]) -> None:
         st, sim = self.settings, self.sim
         sim.reset(res.seed)
         self._usage = np.zeros(self.num_experts, np.int64)
+        self._sources: list[tuple[int, int]] = []
         self._reset(res.seed)
         # One clock for the monotonic and the ROS time of the node; not at 0, a stamp the
         # input buffer refuses.
@@ -206,35 +262,13 @@ class _ClosedLoop:
         ctl = self._control(clock)
         ctl.start()
         period_ns = round(self._period_s * 1e9)
+        period_ms = period_ns / 1e6
         refusal = ""
-        for step in range(st.max_steps):
-            if time.monotonic() - t0 > st.episode_timeout_s:
-                raise TimeoutError(
-                    f"episode ran past its {st.episode_timeout_s:g} s wall-clock budget at "
-                    f"step {step}"
-                )
-            now_ns = clock.now_ns()
-            q = sim.joint_positions()[self._to_robot]
-            ctl.inputs.put_joint_state(self._robot_joints, q, (), now_ns, now_ns)
-            if step % self._infer_every == 0:
-                # Inference takes no simulated time: the control loop has marked this step,
-                # so the chunk of this observation starts at step + 1.
-                ctl.timeline.mark(step, now_ns)
-                self._infer(ctl, step, now_ns, q, res, ks)
-                res.chunks += 1
-            out = ctl.control_step(step, now_ns, now_ns)
-            tick, arb = out.tick, ctl.arbiter
-            res.interventions += int(bool(tick.filter.interventions))
-            if arb.mode == Mode.AUTONOMY and res.engaged_step is None:
-                res.engaged_step = step
-            if res.engaged_step is None and tick.policy_command is not None:
-                # as the evaluate command does through ~/engage_autonomy
-                ok, why = arb.engage_autonomy(True)
-                refusal = "" if ok else why
-            if out.sent is not None:
-                target = sim.targets
-                target[self._to_robot] = out.sent
-                sim.set_targets(target)
+        gap = 0  # ticks without a policy command since autonomy engaged
+        step = 0
+
+        def physics() -> bool:
+            """One control period of physics; True when the episode is over."""
             sim.step(self._substeps)
             clock.advance_ns(period_ns)
             res.steps = step + 1
@@ -244,8 +278,61 @@ class _ClosedLoop:
                 res.success = True
                 if res.success_step is None:
                     res.success_step = step
-                if st.stop_on_success:
+                return st.stop_on_success
+            return False
+
+        while step < st.max_steps:
+            if time.monotonic() - t0 > st.episode_timeout_s:
+                raise TimeoutError(
+                    f"episode ran past its {st.episode_timeout_s:g} s wall-clock budget at "
+                    f"step {step}"
+                )
+            now_ns = clock.now_ns()
+            q = sim.joint_positions()[self._to_robot]
+            ctl.inputs.put_joint_state(self._robot_joints, q, (), now_ns, now_ns)
+            self._arrivals(ctl, step, now_ns, res)
+            # The control loop marks the step; an observation now starts its chunk at step + 1.
+            ctl.timeline.mark(step, now_ns)
+            wait = self._observe(ctl, step, now_ns, q, res, ks)  # None: no wait to resume
+            out = ctl.control_step(step, now_ns, now_ns)
+            tick, arb = out.tick, ctl.arbiter
+            res.interventions += int(bool(tick.filter.interventions))
+            if arb.mode == Mode.AUTONOMY and res.engaged_step is None:
+                res.engaged_step = step
+            if res.engaged_step is None and tick.policy_command is not None:
+                # as the evaluate command does through ~/engage_autonomy
+                ok, why = arb.engage_autonomy(True)
+                refusal = "" if ok else why
+            if res.engaged_step is not None:
+                age = self._command_age_ms(step, now_ns) if tick.policy_sent else None
+                if age is None:
+                    gap += 1
+                else:
+                    res.command_ages_ms.append(age)
+                    if gap:
+                        res.idle_gaps_ms.append(gap * period_ms)
+                    gap = 0
+            if out.sent is not None:
+                target = sim.targets
+                target[self._to_robot] = out.sent
+                sim.set_targets(target)
+            if physics():
+                break
+            step += 1
+            if wait is not None:
+                over = False
+                for _ in range(wait):  # the robot holds its target while inference runs
+                    if step >= st.max_steps or physics():
+                        over = True
+                        break
+                    if res.engaged_step is not None:
+                        gap += 1
+                    step += 1
+                if over:
                     break
+                self._resume(ctl, step, clock.now_ns(), res)
+        if gap and res.engaged_step is not None:
+            res.idle_gaps_ms.append(gap * period_ms)
         res.expert_usage = [int(u) for u in self._usage]
         if res.engaged_step is None:
             res.error = f"autonomy never engaged: {refusal or 'no policy command'}"
@@ -278,8 +365,22 @@ class InProcessRunner(_ClosedLoop):
         problems = bundle_mismatches(m, robot, None, f"bundle {bundle_dir}")
         if problems:
             raise ValueError("; ".join(problems))
+        if settings is not None and settings.loop == "sync":
+            # infer, then act: each chunk replaces the last from the step the robot resumes
+            ex = config.policy.execution.model_copy(update={"merge": "replace"})
+            config = config.model_copy(
+                update={"policy": config.policy.model_copy(update={"execution": ex})})
         super().__init__(task, config, settings)
-        problems = _camera_problems(m, config, self._infer_every)
+        rates = {c.expected_rate_hz for c in config.cameras
+                 if c.name in {s.name for s in m.observation.cameras} and c.expected_rate_hz}
+        camera_rate = min(rates) if rates else self.settings.camera_rate_hz
+        self._camera_period_ns = round(1e9 / camera_rate)
+        frame_age_s = (
+            math.ceil(self._camera_period_ns / 1e9 / self._period_s) * self._period_s
+            if config.policy.inference_trigger == "frame"
+            else (self._infer_every - 1) * self._period_s
+        )
+        problems = _camera_problems(m, config, frame_age_s)
         if problems:
             raise ValueError("; ".join(problems))
         backend = OrtBackend("cpu", intra_op_threads=config.policy.intra_op_threads)
@@ -296,21 +397,36 @@ class InProcessRunner(_ClosedLoop):
         self._cameras = []
 
     def _control(self, clock: FakeClock) -> ControlPath:
-        return PolicyPipeline(self.config, self.bundle, self.policy, clock,
-                              on_reject=_frame_rejected)
+        self._pipe = PolicyPipeline(self.config, self.bundle, self.policy, clock,
+                                    on_reject=_frame_rejected)
+        return self._pipe
 
-    def _infer(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
-               res: EpisodeResult, ks: list[int]) -> None:
-        pipe = ctl
-        assert isinstance(pipe, PolicyPipeline)
-        for name, renderer in self._cameras:  # the camera messages of this step
+    def _reset(self, seed: int) -> None:
+        self._flight: tuple[InferRequest, PolicyOutput, int] | None = None
+        self._next_frame_ns = _EPOCH_NS
+        self._next_obs = 0  # sync: the step of the next observation
+
+    @property
+    def _trigger(self) -> InferenceTrigger:
+        return self._pipe.trigger
+
+    def _render(self, now_ns: int) -> None:
+        """The camera messages of this instant through the node's frame worker (this thread)."""
+        pipe = self._pipe
+        for name, renderer in self._cameras:
             pipe.put_frame(name, RawFrame(*rgb_to_raw(renderer.render())), now_ns, now_ns)
-        pipe.frames.run_pending()  # the node's frame worker, in this thread
-        result = pipe.infer_once(now_ns)
-        if result is None:
+        pipe.frames.run_pending()
+
+    def _start(self, step: int, now_ns: int, res: EpisodeResult,
+               ks: list[int]) -> tuple[InferRequest, PolicyOutput]:
+        pipe = self._pipe
+        req = pipe.begin_inference(now_ns)
+        if req is None:
             raise RuntimeError(f"no inference at step {step}: inputs "
                                f"{pipe.inputs.stale_sources(now_ns)}")
-        out = result.output
+        self._trigger.start(now_ns)
+        out = pipe.run_policy(req)
+        res.chunks += 1
         res.latencies_ms.append(out.timings_ms["total"])
         dec = out.decision
         ks.append(dec.k)
@@ -319,6 +435,62 @@ class InProcessRunner(_ClosedLoop):
         res.trace_active.append([int(i) for i in dec.active])
         self._usage[dec.active] += 1
         res.switches += int(dec.state.switched)
+        return req, out
+
+    def _deliver(self, req: InferRequest, out: PolicyOutput, start_step: int | None = None
+                 ) -> None:
+        pipe = self._pipe
+        if start_step is None:
+            rtc = req.guidance is not None
+            start_step = req.start_step if rtc else pipe.timeline.start_step(req.obs.stamp_ns)
+            result = pipe.finish_inference(req, out)
+        else:
+            result = pipe.finish_inference(req, out, start_step=start_step)
+        if result.offered == ADDED:
+            self._chunk_at(req.obs.stamp_ns, start_step)
+
+    def _arrivals(self, ctl: ControlPath, step: int, now_ns: int, res: EpisodeResult) -> None:
+        flight = self._flight
+        if flight is not None and flight[2] <= now_ns:
+            self._flight = None
+            self._deliver(flight[0], flight[1])
+
+    def _observe(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
+                 res: EpisodeResult, ks: list[int]) -> int | None:
+        st = self.settings
+        sync = st.loop == "sync"
+        frame_mode = self.config.policy.inference_trigger == "frame"
+        rendered = False
+        if (frame_mode or sync) and now_ns >= self._next_frame_ns:
+            # the cameras publish on their own clock (sync: their frames keep the inputs
+            # fresh while the robot executes a chunk)
+            self._render(now_ns)
+            rendered = True
+            while self._next_frame_ns <= now_ns:
+                self._next_frame_ns += self._camera_period_ns
+        if sync:
+            if step != self._next_obs:
+                return None
+            if not rendered:
+                self._render(now_ns)  # the client reads the cameras when it observes
+            self._held = self._start(step, now_ns, res, ks)
+            return math.ceil(st.inference_delay_s / self._period_s - 1e-9)
+        if self._flight is None and self._trigger.ready(now_ns):
+            if not frame_mode:
+                self._render(now_ns)  # timer: a frame rendered for each inference
+            req, out = self._start(step, now_ns, res, ks)
+            delay_ns = round(st.inference_delay_s * 1e9)
+            if delay_ns == 0:
+                self._deliver(req, out)
+            else:
+                self._flight = (req, out, now_ns + delay_ns)
+        return None
+
+    def _resume(self, ctl: ControlPath, step: int, now_ns: int, res: EpisodeResult) -> None:
+        req, out = self._held
+        self._deliver(req, out, start_step=step)
+        h = self.settings.sync_horizon or self.manifest.action.chunk_length
+        self._next_obs = step + h - 1  # observe at the tick that runs the chunk's last row
 
 
 def _frame_rejected(line: str) -> None:
@@ -326,11 +498,11 @@ def _frame_rejected(line: str) -> None:
     raise RuntimeError(line)
 
 
-def _camera_problems(m: Manifest, config: RuntimeConfig, infer_every: int) -> list[str]:
+def _camera_problems(m: Manifest, config: RuntimeConfig, frame_age_s: float) -> list[str]:
     """The bundle's cameras must be in the parameter file (topic-less here, but their
-    preprocessing and max_age_s are the node's), fresh enough for one frame per inference."""
+    preprocessing and max_age_s are the node's), fresh enough for the frames' age at an
+    inference (``frame_age_s``: a frame per inference, or per camera period)."""
     cams = {c.name: c for c in config.cameras}
-    frame_age_s = (infer_every - 1) * config.policy.control_period_s
     problems = []
     for spec in m.observation.cameras:
         cam = cams.get(spec.name)
@@ -340,7 +512,7 @@ def _camera_problems(m: Manifest, config: RuntimeConfig, infer_every: int) -> li
         elif cam.max_age_s < frame_age_s:
             problems.append(
                 f"cameras.{spec.name}.max_age_s {cam.max_age_s:g} s: in-process, a frame is "
-                f"rendered per inference and is {frame_age_s:g} s old before the next one")
+                f"up to {frame_age_s:g} s old when inference starts")
     return problems
 
 
@@ -388,11 +560,16 @@ class ReplayRunner(_ClosedLoop):
         inputs = InputBuffer(robot.joint_names, robot.joint_states_max_age_s, {})
         return ControlPath(self.config, robot.joint_names, inputs, clock)
 
-    def _infer(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
-               res: EpisodeResult, ks: list[int]) -> None:
+    def _observe(self, ctl: ControlPath, step: int, now_ns: int, q: np.ndarray,
+                 res: EpisodeResult, ks: list[int]) -> int | None:
+        if step % self._infer_every:
+            return None
         n = self._actions.shape[0]
         idx = np.minimum(np.arange(step + 1, step + 1 + self.chunk_length), n - 1)
-        ctl.offer(self._actions[idx], q, now_ns)
+        if ctl.offer(self._actions[idx], q, now_ns) == ADDED:
+            self._chunk_at(now_ns, step + 1)
+        res.chunks += 1
+        return None
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,18 @@ class ExecutionConfig(_Strict):
 
 
 class PolicyConfig(_Strict):
+    """The bundle, its backend, the two rates and how chunks execute.
+
+    ``inference_trigger`` (``core/trigger.py``): ``timer`` starts an inference every
+    ``1 / inference_rate_hz`` s whatever the cameras do; ``frame`` starts one as soon as a new
+    camera frame is in and the worker is free, never sooner than ``1 / inference_rate_hz`` s
+    after the previous start (the rate becomes a ceiling), so a frame waits for inference only
+    as long as the ceiling demands. Both count an inference that runs longer than
+    ``1 / inference_rate_hz`` s as an overrun (safety ``overrun_action``): set the rate to what
+    inference sustains. ``timer`` is the default: it does not depend on the cameras' rate and
+    keeps earlier parameter files behaving as before.
+    """
+
     bundle: str = Field(min_length=1, description="bundle directory; relative = package share")
     sha256: str = Field(default="", description="pinned manifest SHA-256; empty = not pinned")
     backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "torch"] = Field(
@@ -266,7 +278,15 @@ class PolicyConfig(_Strict):
     routing: RoutingConfig = RoutingConfig()
     control_rate_hz: float = Field(default=50.0, gt=0, le=2000, description="Hz, control loop")
     inference_rate_hz: float = Field(
-        default=10.0, gt=0, le=1000, description="Hz, new chunk requests"
+        default=10.0,
+        gt=0,
+        le=1000,
+        description="Hz, new chunk requests (timer trigger) or their ceiling (frame trigger)",
+    )
+    inference_trigger: Literal["timer", "frame"] = Field(
+        default="timer",
+        description="timer: infer at inference_rate_hz; frame: infer on each new camera frame "
+        "as soon as the worker is free, at most at inference_rate_hz",
     )
     execution: ExecutionConfig = ExecutionConfig()
     warmup_runs: int = Field(default=3, ge=0, description="inferences at configure")

@@ -93,6 +93,8 @@ class Key:
     OBS_TO_COMMAND_P50_MS = "obs-to-command p50 (ms)"
     OBS_TO_COMMAND_P99_MS = "obs-to-command p99 (ms)"
     MODE = "mode"
+    INFERENCE_TRIGGER = "inference trigger"
+    RTC_FROZEN_PREFIX_STEPS = "rtc frozen prefix (steps)"
 
 
 Values = list[tuple[str, Any]]
@@ -233,8 +235,11 @@ def inputs_task(
 
 
 def inference_task(
-    stats: InferenceStats, backend: str, bundle: str, overruns: int, rate_hz: float
+    stats: InferenceStats, backend: str, bundle: str, overruns: int, rate_hz: float,
+    trigger: str = "timer", rtc_prefix_steps: int | None = None,
 ) -> TaskStatus:
+    """Latency, errors and overruns; ``rate_hz`` is the timer's rate or the frame trigger's
+    ceiling (``trigger``); ``rtc_prefix_steps``: the frozen prefix rtc uses now."""
     lat = stats.latency.summary()
     level = Level.OK if stats.errors == 0 else Level.WARN
     message = f"{backend}, median {lat.p50:.1f} ms"
@@ -254,6 +259,8 @@ def inference_task(
         ("errors", stats.errors),
         ("non-finite chunks", stats.nonfinite),
         ("inference rate (Hz)", rate_hz),
+        (Key.INFERENCE_TRIGGER, trigger),
+        *([] if rtc_prefix_steps is None else [(Key.RTC_FROZEN_PREFIX_STEPS, rtc_prefix_steps)]),
     ])
 
 

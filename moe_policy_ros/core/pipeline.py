@@ -73,8 +73,10 @@ from moe_policy_ros.core.preprocess import (
     Processed,
     resolve_preprocess,
 )
+from moe_policy_ros.core.rtc import RtcGuidance
 from moe_policy_ros.core.runtime import MoEPolicy
 from moe_policy_ros.core.safety import SafetyFilter, limit_chunk
+from moe_policy_ros.core.scheduler import DelayEstimator
 from moe_policy_ros.core.timeline import (
     ADDED,
     NONFINITE,
@@ -84,12 +86,14 @@ from moe_policy_ros.core.timeline import (
     chunk_trajectory,
 )
 from moe_policy_ros.core.trajectory import Trajectory, split_trajectory
+from moe_policy_ros.core.trigger import InferenceTrigger
 from moe_policy_ros.core.types import Observation, PolicyOutput
 
 __all__ = [
     "Arm",
     "ControlOutput",
     "ControlPath",
+    "InferRequest",
     "InferResult",
     "PolicyPipeline",
     "RouterUpdate",
@@ -116,6 +120,18 @@ class RouterUpdate:
     active: list[int]
     dominant: str
     shadow: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """An inference about to run (:meth:`PolicyPipeline.begin_inference`): the observation,
+    the measured joint positions of the joints the chunk does not command, the control step
+    its chunk starts at, and the rtc guidance (``merge: rtc``; None otherwise)."""
+
+    obs: Observation
+    measured: np.ndarray
+    start_step: int
+    guidance: RtcGuidance | None
 
 
 @dataclass(frozen=True)
@@ -155,12 +171,24 @@ def arms_of(cfg: RuntimeConfig) -> list[Arm]:
 def configure_problems(cfg: RuntimeConfig, manifest: Manifest, bundle: str) -> list[str]:
     """Every reason the node cannot run ``manifest`` with ``cfg`` (empty: it can)."""
     problems = bundle_mismatches(manifest, cfg.robot.joint_names, cfg.cameras, bundle)
-    if cfg.policy.execution.merge == "rtc":
-        # core/rtc.py and the scheduler's rtc mode exist; the node does not yet hand the
-        # committed actions to the sampler, so it refuses rather than run a silent replace
+    ex = cfg.policy.execution
+    if ex.merge == "rtc":
+        if not manifest.is_flow:
+            problems.append(
+                f"policy.execution.merge: 'rtc' guides a flow sampler; {bundle} is family "
+                f"{manifest.family!r}, which has none (use ensemble, blend or replace)")
+        elif ex.rtc_execution_horizon >= manifest.action.chunk_length:
+            problems.append(
+                f"policy.execution.rtc_execution_horizon {ex.rtc_execution_horizon} must be "
+                f"smaller than the chunk length {manifest.action.chunk_length} of {bundle}")
+        if not ex.latency_compensation:
+            problems.append(
+                "policy.execution.merge: 'rtc' needs execution.latency_compensation: true "
+                "(the frozen prefix is the chunk's steps that pass while it is computed)")
+    if cfg.policy.inference_trigger == "frame" and not manifest.observation.cameras:
         problems.append(
-            "policy.execution.merge: 'rtc' is not wired into the policy node yet "
-            "(core only); use ensemble, blend or replace")
+            f"policy.inference_trigger: 'frame' needs a camera; {bundle} observes none "
+            "(use timer)")
     return problems
 
 
@@ -255,12 +283,21 @@ class ControlPath:
     def put_deadman(self, pressed: bool) -> None:
         self._deadman = (bool(pressed), self.clock.now_ns())
 
-    def offer(self, actions: np.ndarray, measured: np.ndarray, stamp_ns: int) -> Offer:
+    def offer(
+        self,
+        actions: np.ndarray,
+        measured: np.ndarray,
+        stamp_ns: int,
+        start_step: int | None = None,
+        guided: bool = False,
+    ) -> Offer:
         """Place a ``[H, A]`` chunk (action joint order) for the observation stamped
-        ``stamp_ns`` on the timeline; the joints it does not command hold ``measured``. The
-        first chunk taken warms the policy (autonomy can engage)."""
+        ``stamp_ns`` on the timeline (``start_step``, ``guided``: :meth:`ChunkTimeline.offer`);
+        the joints it does not command hold ``measured``. The first chunk taken warms the
+        policy (autonomy can engage)."""
         timeline = self.timeline
-        offered = timeline.offer(timeline.expand(actions, measured), stamp_ns)
+        offered = timeline.offer(timeline.expand(actions, measured), stamp_ns, start_step,
+                                 guided)
         if offered == ADDED:
             self.policy_warm = True
         return offered
@@ -398,7 +435,13 @@ class PolicyPipeline(ControlPath):
             self.camera_stats[spec.name] = CameraStats(
                 spec.name, cam.topic, pipe.size, pipe.describe(), cam.expected_rate_hz
             )
-        self.worker_loop = PeriodicLoop(cfg.policy.inference_rate_hz, clock, late="reanchor")
+        p = cfg.policy
+        self.worker_loop = PeriodicLoop(p.inference_rate_hz, clock, late="reanchor")
+        #: when the worker starts an inference (frame mode: on new frames; see core/trigger.py)
+        self.trigger = InferenceTrigger(p.inference_trigger, p.inference_rate_hz, clock)
+        #: rtc: the frozen prefix d, the largest recent inference delay in control steps
+        self.delays = DelayEstimator(p.execution.rtc_delay_window)
+        self._action_idx = self.timeline.action_idx
         #: decodes and resizes camera frames into the input buffer (its thread: start/stop)
         self.frames = FrameWorker(self.camera_pipelines, inputs.put_image, self._frame_done)
 
@@ -416,8 +459,9 @@ class PolicyPipeline(ControlPath):
             f"configured: bundle {m.name} ({m.family}, {m.experts.count} experts, "
             f"H={m.action.chunk_length}) backend={self.policy.backend.name} warm-up "
             f"{p.warmup_runs} runs in {self.warmup_ms:.0f} ms; control "
-            f"{p.control_rate_hz:g} Hz, inference {p.inference_rate_hz:g} Hz, "
-            f"mode {p.execution.mode}"
+            f"{p.control_rate_hz:g} Hz, inference {p.inference_rate_hz:g} Hz "
+            f"({p.inference_trigger} trigger), mode {p.execution.mode}, merge "
+            f"{p.execution.merge}"
         )
 
     def reset_stats(self) -> None:
@@ -428,9 +472,28 @@ class PolicyPipeline(ControlPath):
         """A new activation: fresh statistics, no queued chunk, the policy's state reset."""
         super().start()
         self.policy.reset()
+        self.trigger.reset()
+        self.delays.reset()
 
     def overrunning(self) -> bool:
+        if self.cfg.policy.inference_trigger == "frame":
+            return self.trigger.overrunning
         return self.worker_loop.overrunning
+
+    @property
+    def overruns(self) -> int:
+        """Inferences that ran longer than ``1 / inference_rate_hz`` (this activation)."""
+        if self.cfg.policy.inference_trigger == "frame":
+            return self.trigger.overruns
+        return self.worker_loop.overruns
+
+    def run_worker(self, body: Callable[[int, int], None], stop: threading.Event) -> None:
+        """The inference worker thread: ``body(iteration, now_ns)`` on the configured trigger
+        (``timer``: :attr:`worker_loop`; ``frame``: :attr:`trigger`) until ``stop``."""
+        if self.cfg.policy.inference_trigger == "frame":
+            self.trigger.run(body, stop)
+        else:
+            self.worker_loop.run(body, stop)
 
     def _now_s(self) -> float:
         return self.clock.now_ns() / 1e9
@@ -465,6 +528,7 @@ class PolicyPipeline(ControlPath):
         if err is None:
             assert info is not None
             stats.accepted_frame(info.source_size, info.encoding)
+            self.trigger.frame()
             return None
         stats.rejected_frame(err.cause, str(err))
         if err.cause != "stamp":  # put_image counted a bad stamp itself
@@ -474,7 +538,30 @@ class PolicyPipeline(ControlPath):
     # ------------------------------------------------------------------ inference
 
     def infer_once(self, now_ros_ns: int) -> InferResult | None:
-        """One inference from the newest inputs; None when an input is stale or missing."""
+        """One inference from the newest inputs; None when an input is stale or missing.
+
+        :meth:`begin_inference`, the policy, :meth:`finish_inference`: the in-process rollout
+        calls the three apart to put simulated inference time between them.
+        """
+        req = self.begin_inference(now_ros_ns)
+        if req is None:
+            return None
+        return self.finish_inference(req, self.run_policy(req))
+
+    def run_policy(self, req: InferRequest) -> PolicyOutput:
+        """The policy on ``req``'s observation (with its rtc guidance, when it has one)."""
+        if req.guidance is None:
+            return self.policy.infer(req.obs)
+        return self.policy.infer(req.obs, guidance=req.guidance)
+
+    def begin_inference(self, now_ros_ns: int) -> InferRequest | None:
+        """The observation of the newest inputs, the step its chunk starts at and, for
+        ``merge: rtc``, the guidance toward the commands that will run while it is computed
+        (the frozen prefix: the delay estimate); None when an input is stale or missing.
+
+        The observation's stamp is its oldest input's (the camera frame, in practice): the
+        chunk's place on the timeline and the observation-to-command latency count from it.
+        """
         inputs = self.inputs
         if inputs.stale_sources(now_ros_ns):
             return None
@@ -487,15 +574,40 @@ class PolicyPipeline(ControlPath):
             proprio=joints.positions[self._proprio_idx].astype(np.float32),
             stamp_ns=min(stamps),
         )
-        out = self.policy.infer(obs)
+        start = self.timeline.start_step(obs.stamp_ns)
+        guidance = None
+        ex = self.cfg.policy.execution
+        if ex.merge == "rtc":
+            horizon = self.bundle.manifest.action.chunk_length
+            committed = self.timeline.committed(start, horizon)[:, self._action_idx]
+            guidance = RtcGuidance(committed, self.delays.estimate(),
+                                   ex.rtc_execution_horizon, ex.rtc_max_guidance_weight)
+        return InferRequest(obs, joints.positions.copy(), start, guidance)
+
+    def finish_inference(
+        self, req: InferRequest, out: PolicyOutput, start_step: int | None = None
+    ) -> InferResult:
+        """Count the policy's output for ``req`` and place its chunk on the timeline (rtc:
+        at the step the guidance was computed for, recording the delay it took).
+
+        ``start_step`` places it elsewhere: a synchronous infer-then-act loop (the robot
+        waited for inference, so the chunk runs from the step it resumes; the rollout's
+        ``loop="sync"``)."""
         self.infer_stats.add(out, self._now_s())
         self.ood_energy = self.novelty(out)
-        offered = self.offer(out.actions, joints.positions, obs.stamp_ns)
+        rtc = req.guidance is not None
+        if start_step is None and rtc:
+            start_step = req.start_step
+        offered = self.offer(out.actions, req.measured, req.obs.stamp_ns,
+                             start_step=start_step, guided=rtc)
         if offered == NONFINITE:
             # The arbiter sees the NaN command (ERROR + HOLD in the safety filter).
             self.infer_stats.nonfinite += 1
         if offered != ADDED:
             return InferResult(offered, None, out)
+        if rtc:
+            # the first step the control loop can execute it: the one after the last mark
+            self.delays.record(max(0, self.timeline.current_step + 1 - req.start_step))
         return InferResult(offered, self.router_update(out, self.arbiter.mode == Mode.TELEOP),
                            out)
 
@@ -539,7 +651,8 @@ class PolicyPipeline(ControlPath):
             inputs_task(inputs.status.values(), inputs.stale(now_ros_ns),
                         inputs.recent_errors(now_ros_ns), cameras, now_ros_ns, active),
             inference_task(self.infer_stats, self.policy.backend.name, m.name,
-                           self.worker_loop.overruns, p.inference_rate_hz),
+                           self.overruns, p.inference_rate_hz, p.inference_trigger,
+                           self.delays.estimate() if p.execution.merge == "rtc" else None),
             router_task(self.infer_stats, m.family, self.policy.strategy.name,
                         m.experts.labels, self._now_s()),
             control_task(self.control_stats, self.clock.now_ns(), p.control_rate_hz,

@@ -102,9 +102,32 @@ class ChunkTimeline:
             step -= max(0, (ros_ns - obs_stamp_ns) // self.period_ns)
         return step + 1
 
-    def offer(self, actions: np.ndarray, obs_stamp_ns: int) -> Offer:
-        """Queue a robot-order chunk for the observation stamped ``obs_stamp_ns``."""
-        start = self.start_step(obs_stamp_ns)
+    def committed(self, step: int, horizon: int) -> np.ndarray:
+        """What the queued chunks command for ``step .. step + horizon - 1`` (robot order;
+        fewer rows where they end): the rtc target (``ChunkScheduler.committed``)."""
+        with self._lock:
+            return self.scheduler.committed(step, horizon)
+
+    @property
+    def current_step(self) -> int:
+        """The control step of the last :meth:`mark` (0 before any)."""
+        with self._lock:
+            return self._anchor[0]
+
+    def offer(
+        self,
+        actions: np.ndarray,
+        obs_stamp_ns: int,
+        start_step: int | None = None,
+        guided: bool = False,
+    ) -> Offer:
+        """Queue a robot-order chunk for the observation stamped ``obs_stamp_ns``.
+
+        ``start_step``: where it starts (default :meth:`start_step` of the stamp now; rtc
+        passes the step its guidance was computed for, so target and chunk stay aligned).
+        ``guided``: sampled with rtc guidance (``ChunkScheduler.add_guided_chunk``).
+        """
+        start = self.start_step(obs_stamp_ns) if start_step is None else int(start_step)
         if not np.all(np.isfinite(actions)):
             with self._lock:
                 self._nan_latched = True
@@ -116,7 +139,10 @@ class ChunkTimeline:
                 if drop >= actions.shape[0]:
                     return LATE
                 actions, start = actions[drop:], newest
-            self.scheduler.add_chunk(start, actions)
+            if guided:
+                self.scheduler.add_guided_chunk(start, actions)
+            else:
+                self.scheduler.add_chunk(start, actions)
             self._pending = TimedChunk(actions, start, obs_stamp_ns)
         return ADDED
 
@@ -128,7 +154,9 @@ class ChunkTimeline:
             self._anchor = (step, now_ns)
 
     def take(self, step: int) -> tuple[np.ndarray | None, TimedChunk | None]:
-        """The command proposed for ``step`` and the chunk added since the last take.
+        """The command proposed for ``step`` and the chunk added since the last take, once
+        its first step is due (``start_step <= step``: this command is the first computed
+        from it; until then it stays pending).
 
         The proposal is None when no chunk covers the step, and all-NaN once after a
         non-finite chunk (the queue is cleared then).
@@ -136,10 +164,15 @@ class ChunkTimeline:
         with self._lock:
             proposal = self.scheduler.action_at(step)
             self.scheduler.prune(step)
-            pending, self._pending = self._pending, None
+            pending = self._pending
+            if pending is not None and pending.start_step <= step:
+                self._pending = None
+            else:
+                pending = None
             if self._nan_latched:
                 self._nan_latched = False
                 self.scheduler.clear()
+                self._pending = pending = None
                 proposal = np.full(self.num_joints, np.nan)
         return proposal, pending
 

@@ -10,7 +10,9 @@ runs the threads:
   sample (:class:`~moe_policy_ros.core.inputs.InputBuffer`; images undecoded, for the
   pipeline's frame worker thread), services and the 1 Hz diagnostics timer;
 * the **inference worker** runs :meth:`PolicyPipeline.infer_once` at ``inference_rate_hz``
-  (ONNX Runtime releases the GIL) and publishes the router state of each chunk taken;
+  (``inference_trigger: timer``) or on each new camera frame with that rate as a ceiling
+  (``frame``; :mod:`~moe_policy_ros.core.trigger`), ONNX Runtime releasing the GIL, and
+  publishes the router state of each chunk taken;
 * the **control loop** runs :meth:`PolicyPipeline.control_step` at ``control_rate_hz`` on
   absolute monotonic deadlines. It never waits for inference, and publishes what the safety
   filter actually sent.
@@ -112,7 +114,7 @@ class PolicyNode(LifecycleNode):
         pipe.start()
         self._stop.clear()
         self._threads = [
-            threading.Thread(target=pipe.worker_loop.run, args=(self._infer_step, self._stop),
+            threading.Thread(target=pipe.run_worker, args=(self._infer_step, self._stop),
                              name="inference", daemon=True),
             threading.Thread(target=pipe.control_loop.run, args=(self._control_step, self._stop),
                              name="control", daemon=True),

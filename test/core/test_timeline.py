@@ -45,10 +45,11 @@ def test_chunk_starts_one_step_after_its_observation() -> None:
     assert tl.offer(_chunk(4, 0.0), 10 * PERIOD_NS) == ADDED
     proposal, pending = tl.take(10)
     assert proposal is None
-    assert pending is not None and pending.start_step == 11
+    assert pending is None  # step 10's command is not computed from it: it stays pending
     proposal, pending = tl.take(11)
     np.testing.assert_array_equal(proposal, [0.0, 0.0, 0.0])
-    assert pending is None  # the new chunk is handed out once, at the next take
+    assert pending is not None and pending.start_step == 11  # its first command
+    assert tl.take(12)[1] is None  # handed out once
 
 
 @pytest.mark.parametrize(("compensate", "start"), [(True, 9), (False, 11)])

@@ -99,10 +99,13 @@ def test_routing_fields_the_file_does_not_set_stay_the_bundles(node: PolicyNode)
     assert merge_routing(bundle_default, routing).k == 3
 
 
-def test_configure_refuses_rtc_merge_until_the_node_wires_it(node: PolicyNode) -> None:
-    node.set_parameters([Parameter("policy.bundle", value="models/demo_smp")])
+def test_configure_takes_rtc_for_a_flow_bundle_and_refuses_it_for_a_direct_one(
+    node: PolicyNode,
+) -> None:
+    node.set_parameters([Parameter("policy.bundle", value="models/demo_adamoe")])
     assert node.set_parameters([Parameter("policy.execution.merge", value="rtc")])[0].successful
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    assert "'rtc'" in node._configure_error and "policy.execution.merge" in node._configure_error
-    node.set_parameters([Parameter("policy.execution.merge", value="blend")])
+    err = node._configure_error
+    assert "policy.execution.merge: 'rtc'" in err and "family 'adamoe'" in err
+    node.set_parameters([Parameter("policy.bundle", value="models/demo_smp")])
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS

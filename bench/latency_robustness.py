@@ -1,0 +1,181 @@
+"""Closed-loop success under injected inference delay: synchronous loop vs asynchronous merges
+(issue 14 item 4).
+
+For each extra inference delay (ms) and each loop, the same episodes (seeds ``--seed-start``
+.. ``+ N - 1``) of the ALOHA sim run in-process (``moe_policy_ros.rollout``) through the policy
+node's ``PolicyPipeline`` on simulated time: the delay is simulated (a chunk arrives that long
+after its observation; the real compute time does not count), so the table is deterministic
+and does not depend on the machine. Loops:
+
+* ``sync``: infer, then act, as LeRobot's and openpi's example clients do: the robot holds
+  while inference runs, then executes ``--sync-horizon`` steps of the chunk (default: all of
+  it), then observes again;
+* ``ensemble``, ``blend``, ``rtc``: the asynchronous pipeline with that merge mode (the robot
+  keeps executing the held chunks while the next is computed; rtc needs a flow bundle).
+
+Per cell: success k/N with its Wilson 95% interval, missed deadlines per episode (the robot
+had no policy command between two chunks: it waited, or a chunk ran out), the command age
+p50/p99 (a command's tick minus the stamp of the newest chunk it came from) and the idle time
+per episode. Everything else comes from the parameter file (default: ``make demo``'s),
+including the inference trigger and rate.
+
+    python bench/latency_robustness.py BUNDLE --task transfer_cube --episodes 50 \\
+        --seed-start 1000 --delays 0,100,200,300 [--loops sync,ensemble,blend,rtc] \\
+        [--params config/sim_dual_arm.yaml] [--json out.json] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from moe_policy_ros.core.config import RuntimeConfig, load_config  # noqa: E402
+from moe_policy_ros.evaluation.metrics import percentile, wilson_interval  # noqa: E402
+from moe_policy_ros.rollout import (  # noqa: E402
+    EpisodeResult,
+    InProcessRunner,
+    LoopSettings,
+    default_params_file,
+    resolve_bundle,
+)
+
+LOOPS = ("sync", "ensemble", "blend", "rtc")
+
+
+def _with_merge(cfg: RuntimeConfig, merge: str) -> RuntimeConfig:
+    ex = cfg.policy.execution.model_copy(update={"merge": merge})
+    return cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"execution": ex})})
+
+
+def cell(results: list[EpisodeResult], period_ms: float) -> dict[str, Any]:
+    """One table cell from its episodes."""
+    n = len(results)
+    k = sum(r.success for r in results)
+    ages = np.concatenate([np.asarray(r.command_ages_ms) for r in results] or [np.zeros(0)])
+    idle = [float(sum(r.idle_gaps_ms)) for r in results]
+    return {
+        "episodes": n,
+        "successes": k,
+        "ci95": list(wilson_interval(k, n)),
+        "missed_deadlines_per_episode": float(np.mean([r.missed_deadlines for r in results]))
+        if n else None,
+        "command_age_ms_p50": percentile(ages, 50),
+        "command_age_ms_p99": percentile(ages, 99),
+        "idle_ms_per_episode": float(np.mean(idle)) if n else None,
+        "errors": [f"seed {r.seed}: {r.error}" for r in results if r.error],
+        "period_ms": period_ms,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    params = Path(args.params) if args.params else default_params_file()
+    base = load_config(params)
+    bundle = resolve_bundle(args.bundle, params)
+    delays = [float(d) for d in args.delays.split(",")]
+    loops = [s for s in args.loops.split(",") if s]
+    bad = [s for s in loops if s not in LOOPS]
+    if bad:
+        raise SystemExit(f"--loops: unknown {bad}; choose from {list(LOOPS)}")
+    seeds = list(range(args.seed_start, args.seed_start + args.episodes))
+    period_ms = base.policy.control_period_s * 1e3
+    cells: dict[str, dict[str, Any]] = {}
+    for loop in loops:
+        cfg = base if loop == "sync" else _with_merge(base, loop)
+        for delay in delays:
+            settings = LoopSettings(
+                max_steps=args.max_steps, render_size=tuple(args.render_size),  # type: ignore[arg-type]
+                inference_delay_s=delay / 1e3, loop="sync" if loop == "sync" else "async",
+                sync_horizon=args.sync_horizon,
+            )
+            with InProcessRunner(bundle, args.task, cfg, settings=settings,
+                                 policy_seed=args.policy_seed) as runner:
+                results = [runner.run(s) for s in seeds]
+            cells[f"{loop}@{delay:g}"] = cell(results, period_ms)
+            c = cells[f"{loop}@{delay:g}"]
+            print(f"{loop:>8} {delay:5.0f} ms: {c['successes']}/{c['episodes']}", flush=True)
+    p = base.policy
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+        "command": " ".join(["python", "bench/latency_robustness.py", *args.argv]),
+        "bundle": str(bundle),
+        "task": args.task,
+        "seeds": seeds,
+        "delays_ms": delays,
+        "loops": loops,
+        "control_rate_hz": p.control_rate_hz,
+        "inference_rate_hz": p.inference_rate_hz,
+        "inference_trigger": p.inference_trigger,
+        "sync_horizon": args.sync_horizon or "chunk length",
+        "cells": cells,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """One table: a row per loop, a column per delay; each cell success (CI), missed
+    deadlines per episode, command age p50/p99, idle ms per episode."""
+    delays = report["delays_ms"]
+    head = "| loop | " + " | ".join(f"+{d:g} ms" for d in delays) + " |"
+    lines = [head, "|---" * (len(delays) + 1) + "|"]
+    for loop in report["loops"]:
+        row = [loop]
+        for d in delays:
+            c = report["cells"][f"{loop}@{d:g}"]
+            lo, hi = c["ci95"]
+            age50, age99 = c["command_age_ms_p50"], c["command_age_ms_p99"]
+            ages = "-" if age50 is None else f"{age50:.0f}/{age99:.0f}"
+            row.append(
+                f"{c['successes']}/{c['episodes']} ({100 * lo:.0f}-{100 * hi:.0f}%); "
+                f"missed {c['missed_deadlines_per_episode']:.1f}; age {ages} ms; "
+                f"idle {c['idle_ms_per_episode']:.0f} ms"
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append("Cell: success k/N (Wilson 95% CI); missed deadlines per episode; command age "
+                 "p50/p99; idle time per episode (simulated time).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--task", default="transfer_cube")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--seed-start", type=int, default=1000)
+    ap.add_argument("--delays", default="0,100,200,300", help="extra inference delay, ms")
+    ap.add_argument("--loops", default=",".join(LOOPS))
+    ap.add_argument("--params", default="", help="parameter file (default: make demo's)")
+    ap.add_argument("--sync-horizon", type=int, default=0,
+                    help="control steps per chunk in the sync loop (0 = the chunk length)")
+    ap.add_argument("--max-steps", type=int, default=400)
+    ap.add_argument("--render-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
+    ap.add_argument("--policy-seed", type=int, default=0)
+    ap.add_argument("--json", default="")
+    ap.add_argument("--markdown", default="")
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.episodes < 1:
+        raise SystemExit(f"--episodes must be >= 1 (got {args.episodes})")
+    report = run(args)
+    table = markdown(report)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""bench/latency_robustness.py on the demo flow bundle (untrained: no success expected): the
+table's shape, and what simulated delay does to each loop; no timed assertions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench_module():  # type: ignore[no-untyped-def]
+    path = REPO / "bench/latency_robustness.py"
+    spec = importlib.util.spec_from_file_location("bench_latency_robustness", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_latency_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench_module()
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    argv = [str(REPO / "models/demo_smp"), "--episodes", "1", "--seed-start", "3",
+            "--delays", "0,200", "--loops", "sync,rtc", "--max-steps", "80",
+            "--render-size", "96", "128", "--json", str(out), "--markdown", str(md)]
+    assert bench.main(argv) == 0
+    capsys.readouterr()
+    report = json.loads(out.read_text())
+    assert set(report["cells"]) == {"sync@0", "sync@200", "rtc@0", "rtc@200"}
+    for c in report["cells"].values():
+        assert c["episodes"] == 1 and c["errors"] == [] and 0 <= c["ci95"][0] <= c["ci95"][1]
+    cells = report["cells"]
+    # the synchronous loop stops the robot for each inference; the asynchronous one never
+    assert cells["sync@0"]["missed_deadlines_per_episode"] == 0
+    assert cells["sync@200"]["missed_deadlines_per_episode"] >= 1
+    assert cells["sync@200"]["idle_ms_per_episode"] >= 200
+    assert cells["rtc@200"]["missed_deadlines_per_episode"] == 0
+    # a 200 ms delay ages every command by at least 200 ms (simulated time, deterministic)
+    assert cells["rtc@200"]["command_age_ms_p50"] >= cells["rtc@0"]["command_age_ms_p50"] + 200
+    table = md.read_text()
+    assert table.startswith("| loop | +0 ms | +200 ms |") and "| rtc | 0/1" in table
+
+
+def test_unknown_loop_is_named() -> None:
+    with pytest.raises(SystemExit, match="unknown \\['poll'\\]"):
+        _bench_module().main([str(REPO / "models/demo_smp"), "--loops", "poll"])
