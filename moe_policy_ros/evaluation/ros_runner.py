@@ -190,7 +190,7 @@ class RosEpisodeRunner:
     def _open_session(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from lifecycle_msgs.srv import ChangeState, GetState
-        from rcl_interfaces.srv import SetParameters
+        from rcl_interfaces.srv import GetParameters, SetParameters
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Bool, Float32MultiArray, Int32MultiArray, String
         from std_srvs.srv import SetBool, Trigger
@@ -260,8 +260,10 @@ class RosEpisodeRunner:
         self._engage: Any = n.create_client(SetBool, f"{pol}/engage_autonomy")
         self._reset: Any = n.create_client(Trigger, f"{sim}/reset")
         self._set_params: Any = n.create_client(SetParameters, f"{sim}/set_parameters")
+        self._get_params: Any = n.create_client(GetParameters, f"{sim}/get_parameters")
         self._srv = {"ChangeState": ChangeState, "GetState": GetState, "SetBool": SetBool,
-                     "Trigger": Trigger, "SetParameters": SetParameters}
+                     "Trigger": Trigger, "SetParameters": SetParameters,
+                     "GetParameters": GetParameters}
         self._session.spin_in_background()
 
     def _call(self, client: Any, request: Any, timeout_s: float | None = None) -> Any:
@@ -319,6 +321,9 @@ class RosEpisodeRunner:
         self.service_timeout_s = self.startup_timeout_s
         try:
             self._set_active(True)
+            # and the sim answers (MuJoCo and its renderer start slowly on a loaded machine;
+            # its services are discoverable before its executor spins)
+            self._call(self._get_params, self._srv["GetParameters"].Request(names=["seed"]))
         finally:
             self.service_timeout_s = saved
 
