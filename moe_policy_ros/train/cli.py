@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm")
     parser.add_argument("--shift", type=int, default=d.shift,
                         help="random-shift augmentation, pixels (0 = off)")
+    parser.add_argument("--proprio-noise", type=float, default=d.proprio_noise,
+                        help="Gaussian noise on the normalised proprio input, in standard "
+                        "deviations (0 = off)")
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction,
                         help="episodes held out for the validation loss")
     parser.add_argument("--val-every", type=int, default=d.val_every)
@@ -118,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         eval_every=args.eval_every,
         log_every=args.log_every,
         shift=args.shift,
+        proprio_noise=args.proprio_noise,
         seed=args.seed,
         rollout_episodes=args.rollout_episodes,
         rollout_seed_start=args.rollout_seed_start,

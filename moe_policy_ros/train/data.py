@@ -127,10 +127,12 @@ class FrameStore:
         offset: int,
         *,
         shift: int = 0,
+        proprio_noise: float = 0.0,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
     ) -> Batch:
-        """Frames ``idx``: images (float 0..1, shifted when ``shift``), proprio, chunks."""
+        """Frames ``idx``: images (float 0..1, shifted when ``shift``), proprio (plus Gaussian
+        noise of ``proprio_noise`` standard deviations, in the normalised units), chunks."""
         idx = np.asarray(idx, np.int64)
         steps = idx[:, None] + offset + np.arange(chunk_length)[None, :]
         steps = np.minimum(steps, self.episode_end[idx][:, None] - 1)
@@ -141,7 +143,10 @@ class FrameStore:
             if shift > 0:
                 x = random_shift(x, shift, generator)
             images.append(x)
-        proprio = self.proprio[ti].to(device)
+        proprio = self.proprio[ti]
+        if proprio_noise > 0:
+            proprio = proprio + proprio_noise * torch.randn(proprio.shape, generator=generator)
+        proprio = proprio.to(device)
         actions = self.actions[torch.from_numpy(steps)].to(device)
         return images, proprio, actions
 

@@ -97,8 +97,9 @@ def test_a_few_steps_lower_the_loss(dataset: Path, tmp_path: Path, family: str) 
 def test_resume_continues_with_the_same_state(dataset: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     straight, split = tmp_path / "straight", tmp_path / "split"
-    Trainer(_config(dataset, straight, steps=40), progress=False).train()
-    Trainer(_config(dataset, split, steps=40), progress=False).train(until=25)
+    # proprio noise on: its draws come from the saved augmentation stream too
+    Trainer(_config(dataset, straight, steps=40, proprio_noise=0.3), progress=False).train()
+    Trainer(_config(dataset, split, steps=40, proprio_noise=0.3), progress=False).train(until=25)
     mid = read_checkpoint(split / "last.pt")
     assert mid["training"]["step"] == 25
     # the saved settings win over the caller's on resume
@@ -226,3 +227,20 @@ def test_random_shift_moves_whole_images() -> None:
             if torch.equal(padded[:, dy : dy + 8, dx : dx + 10], out[b])
         ]
         assert len(hits) == 1
+
+
+def test_proprio_noise_is_gaussian_in_normalised_units(dataset: Path) -> None:
+    from moe_policy_ros.train.data import load_data
+
+    data = load_data(dataset, cameras=None, image_size=None, val_fraction=0.25, split_seed=0,
+                     progress=False)
+    idx = np.arange(len(data.train)).repeat(50)
+    gen = torch.Generator().manual_seed(1)
+    _, clean, _ = data.train.batch(idx, 4, 1)
+    _, noisy, _ = data.train.batch(idx, 4, 1, proprio_noise=0.3, generator=gen)
+    d = noisy - clean
+    assert abs(float(d.mean())) < 0.01 and abs(float(d.std()) - 0.3) < 0.01
+    _, again, _ = data.train.batch(idx, 4, 1, proprio_noise=0.0, generator=gen)
+    assert torch.equal(again, clean)
+    with pytest.raises(ValueError, match="proprio_noise"):
+        _config(dataset, dataset / "x", proprio_noise=-1.0).validate()
