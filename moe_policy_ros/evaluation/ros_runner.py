@@ -155,6 +155,13 @@ class RosEpisodeRunner:
         self.period_s = cfg.policy.control_period_s
         self.control_rate_hz = cfg.policy.control_rate_hz
         policy: dict[str, Any] = {"policy.bundle": str(bundle)}
+        # The bundle under evaluation sets what the node expects of each camera (the file's
+        # sizes describe make demo's bundle); the sim renders at its own size either way.
+        from moe_policy_ros.core.bundle import load_bundle
+
+        for cam in load_bundle(bundle).manifest.observation.cameras:
+            policy[f"cameras.{cam.name}.width"] = int(cam.width)
+            policy[f"cameras.{cam.name}.height"] = int(cam.height)
         for key, value in (routing or {}).items():
             policy[f"policy.routing.{key}"] = value
         overrides = {POLICY_NODE: policy, SIM_NODE: {"task": task}}
