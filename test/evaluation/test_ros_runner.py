@@ -41,11 +41,11 @@ def relaxed_params(tmp_path: Path) -> Path:
     p = doc["/**"]["ros__parameters"]
     p["robot"]["joint_states_max_age_s"] = 1.0
     p["cameras"]["top"]["max_age_s"] = 2.0
-    # The sim renders at the bundle's size: the camera path at 640x480 is tested in
-    # test/integration; here its render and resize only take CPU from a 2-core CI machine,
-    # and a node starved of it holds for want of a command.
+    # The sim renders small: the camera path at 640x480 is tested in test/integration; here
+    # its render and resize only take CPU from a 2-core CI machine, and a node starved of it
+    # holds for want of a command.
     sim = doc["/**/aloha_sim"]["ros__parameters"]
-    sim["cameras"]["top"].update(width=128, height=96)
+    sim["cameras"]["top"].update(width=160, height=120)
     path = tmp_path / "sim_relaxed.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -68,7 +68,7 @@ def test_evaluate_ros2_one_short_episode_with_a_routing_override(
     assert "| control jitter p99" in proc.stdout and "| mean active experts" in proc.stdout
     doc = json.loads((tmp_path / "eval.json").read_text())
     assert doc["mode"] == "ros2" and doc["seeds"] == [1000]
-    assert doc["strategy"] == "topk" and doc["family"] == "smp"  # the override reached the node
+    assert doc["strategy"] == "topk" and doc["family"] == "adamoe"  # make demo's bundle
     assert doc["labels"] and len(doc["labels"]) == 8
     ep = doc["episodes"][0]
     assert ep["error"] == "", ep["error"]

@@ -48,7 +48,7 @@ def test_demo_runs_the_graph_and_writes_the_report(
     assert report["control"]["achieved_hz_recorder"] > 25
     assert report["router"]["chunks"] > 10
     assert 1.0 <= report["router"]["mean_active_experts"] <= 8.0
-    assert report["router"]["family"] == "smp"
+    assert report["router"]["family"] == _default_bundle_family()
     png = (out / "router.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert (out / "report.md").read_text().startswith("# moe_policy_ros demo report")
@@ -64,3 +64,12 @@ def test_demo_runs_the_graph_and_writes_the_report(
     ok, frame = cap.read()
     cap.release()
     assert ok and frame.shape == (360, 480, 3)  # 640x480 camera scaled to 480 wide
+
+
+def _default_bundle_family() -> str:
+    """The family of the bundle make demo's parameter file names."""
+    from moe_policy_ros.core.bundle import load_bundle
+    from moe_policy_ros.core.config import load_config
+
+    cfg = load_config(REPO / "config" / "sim_dual_arm.yaml")
+    return str(load_bundle(REPO / cfg.policy.bundle).manifest.family)

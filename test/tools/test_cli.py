@@ -19,6 +19,7 @@ import yaml
 from helpers import REPO
 
 from moe_policy_ros.cli import _COMMANDS
+from moe_policy_ros.core.config import load_config
 from moe_policy_ros.tools.monitor import MonitorState, render
 
 CONFIGS = [REPO / "config" / "dual_arm.yaml", REPO / "config" / "sim_dual_arm.yaml"]
@@ -71,7 +72,8 @@ def test_check_config_accepts_the_shipped_configs(params: Path, cli: Run) -> Non
     assert res.returncode == 0, res.stderr
     assert f"{params}: valid" in res.stdout
     assert "arm left_arm: 7 joints" in res.stdout and "arm right_arm: 7 joints" in res.stdout
-    assert "camera top: cameras/top/image_raw Image 128x96" in res.stdout
+    top = load_config(params).cameras[0]
+    assert f"camera top: cameras/top/image_raw Image {top.width}x{top.height}" in res.stdout
     assert "control=50.0 Hz" in res.stdout and "mode=stream" in res.stdout
 
 
