@@ -273,8 +273,14 @@ class RosEpisodeRunner:
                      "GetParameters": GetParameters}
         self._session.spin_in_background()
 
-    def _call(self, client: Any, request: Any, timeout_s: float | None = None) -> Any:
-        """Call a service; EpisodeFailure naming the service (or a dead node) on no answer."""
+    def _call(self, client: Any, request: Any, timeout_s: float | None = None,
+              resend_s: float | None = None) -> Any:
+        """Call a service; EpisodeFailure naming the service (or a dead node) on no answer.
+
+        ``resend_s`` (idempotent requests only) sends the request again when it has had no
+        answer for that long: after a node is killed and restarted, DDS still knows the dead
+        server's endpoints for a while, so ``wait_for_service`` succeeds and a request sent
+        before the new server's reader is matched is lost, never answered."""
         timeout = self.service_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         while not client.wait_for_service(timeout_sec=0.2):
@@ -283,12 +289,16 @@ class RosEpisodeRunner:
                 raise EpisodeFailure(f"service {client.srv_name} not available after "
                                      f"{timeout:g} s", restart=True)
         fut = client.call_async(request)
+        sent = time.monotonic()
         while not fut.done():
             self._check_children()
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise EpisodeFailure(
                     f"service {client.srv_name} did not answer in {timeout:g} s", restart=True
                 )
+            if resend_s is not None and now - sent > resend_s:
+                fut, sent = client.call_async(request), now
             time.sleep(0.02)
         return fut.result()
 
@@ -299,7 +309,7 @@ class RosEpisodeRunner:
             raise EpisodeFailure("node process " + "; ".join(dead))
 
     def _policy_state(self) -> str:
-        res = self._call(self._get, self._srv["GetState"].Request())
+        res = self._call(self._get, self._srv["GetState"].Request(), resend_s=2.0)
         return str(res.current_state.label)
 
     def _transition(self, transition_id: int, what: str) -> None:
@@ -330,7 +340,8 @@ class RosEpisodeRunner:
             self._set_active(True)
             # and the sim answers (MuJoCo and its renderer start slowly on a loaded machine;
             # its services are discoverable before its executor spins)
-            self._call(self._get_params, self._srv["GetParameters"].Request(names=["seed"]))
+            self._call(self._get_params, self._srv["GetParameters"].Request(names=["seed"]),
+                       resend_s=2.0)
         finally:
             self.service_timeout_s = saved
 

@@ -12,8 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_bundle_fits_the_sim_parameters() -> None:
+    """make demo's file and the bundle it names agree (joints, cameras, sizes)."""
     cfg = load_config(REPO / "config" / "sim_dual_arm.yaml")
-    manifest = read_manifest(REPO / "models" / "demo_adamoe")
+    manifest = read_manifest(REPO / cfg.policy.bundle)
+    assert bundle_mismatches(manifest, cfg.robot.joint_names, cfg.cameras) == []
+    # and the dual-arm file with its own bundle
+    cfg = load_config(REPO / "config" / "dual_arm.yaml")
+    manifest = read_manifest(REPO / cfg.policy.bundle)
     assert bundle_mismatches(manifest, cfg.robot.joint_names, cfg.cameras) == []
 
 
