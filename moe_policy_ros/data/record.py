@@ -235,24 +235,21 @@ class _ControlPath:
             )
         self._to_robot = np.array([list(sim_joints).index(j) for j in robot])
         self._period_s = 1.0 / fps
+        self._period_ns = round(self._period_s * 1e9)
 
-    def start(self) -> _Episode:
-        return _Episode(self.cfg, self._to_robot, self._period_s)
-
-
-class _Episode:
-    def __init__(self, cfg: Any, to_robot: np.ndarray, period_s: float) -> None:
+    def start(self) -> _ControlPath:
+        """A new episode: a fresh arbiter and filter in HOLD, on simulated time."""
         from moe_policy_ros.core.clock import FakeClock
         from moe_policy_ros.core.handover import CommandArbiter
         from moe_policy_ros.core.safety import SafetyFilter
 
         self._clock = FakeClock()
         self._arb = CommandArbiter(
-            cfg.handover, SafetyFilter(cfg.robot, cfg.safety, period_s), self._clock
+            self.cfg.handover, SafetyFilter(self.cfg.robot, self.cfg.safety, self._period_s),
+            self._clock,
         )
-        self._to_robot = to_robot
-        self._period_ns = round(period_s * 1e9)
         self._engaged = False
+        return self
 
     def step(self, measured: np.ndarray, target: np.ndarray, held: np.ndarray) -> np.ndarray:
         """The command (sim joint order) for the script's ``target`` at this control step, as
@@ -260,9 +257,9 @@ class _Episode:
         from moe_policy_ros.core.handover import Mode, TickInputs
 
         r = self._to_robot
-        proposal = np.asarray(target, np.float64)[r]
         tick = self._arb.tick(TickInputs(measured=np.asarray(measured, np.float64)[r],
-                                         policy_command=proposal, policy_warm=True))
+                                         policy_command=np.asarray(target, np.float64)[r],
+                                         policy_warm=True))
         if not self._engaged:
             ok, why = self._arb.engage_autonomy(True)
             if not ok:

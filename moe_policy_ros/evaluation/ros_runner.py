@@ -157,9 +157,9 @@ class RosEpisodeRunner:
         policy: dict[str, Any] = {"policy.bundle": str(bundle)}
         # The bundle under evaluation sets what the node expects of each camera (the file's
         # sizes describe make demo's bundle); the sim renders at its own size either way.
-        from moe_policy_ros.core.bundle import load_bundle
+        from moe_policy_ros.core.manifest import read_manifest
 
-        for cam in load_bundle(bundle).manifest.observation.cameras:
+        for cam in read_manifest(bundle).observation.cameras:
             policy[f"cameras.{cam.name}.width"] = int(cam.width)
             policy[f"cameras.{cam.name}.height"] = int(cam.height)
         for key, value in (routing or {}).items():

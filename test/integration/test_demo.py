@@ -68,8 +68,8 @@ def test_demo_runs_the_graph_and_writes_the_report(
 
 def _default_bundle_family() -> str:
     """The family of the bundle make demo's parameter file names."""
-    from moe_policy_ros.core.bundle import load_bundle
     from moe_policy_ros.core.config import load_config
+    from moe_policy_ros.core.manifest import read_manifest
 
     cfg = load_config(REPO / "config" / "sim_dual_arm.yaml")
-    return str(load_bundle(REPO / cfg.policy.bundle).manifest.family)
+    return str(read_manifest(REPO / cfg.policy.bundle).family)

@@ -53,9 +53,9 @@ STOP_WITHIN_S = 8.0  # `up` deactivates the policy, then SIGINT/SIGTERM/SIGKILL 
 def _params(tmp: Path) -> Path:
     doc = yaml.safe_load(SIM_CFG.read_text())
     doc["/**/moe_policy"]["ros__parameters"]["policy"]["bundle"] = str(BUNDLE)
-    from moe_policy_ros.core.bundle import load_bundle
+    from moe_policy_ros.core.manifest import read_manifest
 
-    for cam in load_bundle(BUNDLE).manifest.observation.cameras:  # what this bundle takes
+    for cam in read_manifest(BUNDLE).observation.cameras:  # what this bundle takes
         doc["/**"]["ros__parameters"]["cameras"][cam.name].update(
             width=cam.width, height=cam.height)
     path = tmp / "sim_params.yaml"
