@@ -95,13 +95,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> MoEModel:
     data = torch.load(Path(path), map_location=map_location, weights_only=True)
     if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
         raise ValueError(f"{path}: not a moe_policy_ros checkpoint (needs config, state_dict)")
-    config = dict(data["config"])
-    if config.get("family") == "adamoe" and "adamoe_weighting" not in config:
-        # written before the field existed: trained with the sigmoid adapter weights
-        config["adamoe_weighting"] = "adapter_sigmoid"
-    # written before keypoints existed: the average-pool vision encoder
-    config.setdefault("vision_keypoints", 0)
-    model = build_model(config)
+    model = build_model(ModelConfig.from_saved(data["config"]))
     missing, unexpected = model.load_state_dict(data["state_dict"], strict=False)
     # Di-BM calibration buffers postdate some checkpoints: absent = not calibrated
     missing = [k for k in missing if k not in _OPTIONAL_STATE]
@@ -657,7 +651,7 @@ def trained_export_kwargs(data: dict[str, Any]) -> dict[str, Any]:
     if not tr:
         return {}
     run = tr["run"]
-    cfg = ModelConfig.from_dict(dict(data["config"]))
+    cfg = ModelConfig.from_saved(data["config"])
     norm = run.get("image_normalisation", {"mean": [0.0] * 3, "std": [1.0] * 3})
     cameras = [
         CameraSpec(

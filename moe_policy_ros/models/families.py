@@ -59,7 +59,10 @@ class MoEModel(nn.Module):
         self.cfg = cfg
         d = cfg.context_dim
         self.vision = nn.ModuleList(
-            [VisionEncoder(c, cfg.vision_channels, d, cfg.vision_keypoints) for c in cfg.cameras]
+            [
+                VisionEncoder(c, cfg.vision_channels, d, cfg.vision_keypoints, cfg.vision_norm)
+                for c in cfg.cameras
+            ]
         )
         self.proprio_encoder = ProprioEncoder(cfg.proprio_dim, d)
         self.trunk = Trunk(len(cfg.cameras) + 1, d, cfg.trunk_heads, cfg.trunk_layers)

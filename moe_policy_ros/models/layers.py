@@ -23,6 +23,15 @@ from torch import Tensor, nn
 from moe_policy_ros.models.config import CameraShape
 
 
+#: Initial keypoint sharpness (inverse softmax temperature) of the normalised encoder.
+KEYPOINT_GAIN = 4.0
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: 8 where they divide the channels, else the largest divisor below."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
 class VisionEncoder(nn.Module):
     """Small CNN per camera -> one D-dim token, with spatial-softmax keypoints.
 
@@ -38,24 +47,31 @@ class VisionEncoder(nn.Module):
     linear), kept so that checkpoints written before keypoints existed load unchanged.
     """
 
-    def __init__(self, camera: CameraShape, channels: int, out_dim: int, keypoints: int = 0
-                 ) -> None:
+    def __init__(self, camera: CameraShape, channels: int, out_dim: int, keypoints: int = 0,
+                 norm: str = "none") -> None:
         super().__init__()
         c = channels
         self.camera = camera
         self.keypoints = keypoints
         last_stride = 1 if keypoints else 2
-        self.net = nn.Sequential(
+        convs = [
             nn.Conv2d(3, c, 5, stride=2, padding=2),
-            nn.GELU(),
             nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
-            nn.GELU(),
             nn.Conv2d(2 * c, 2 * c, 3, stride=last_stride, padding=1),
-            nn.GELU(),
-        )
+        ]
+        layers: list[nn.Module] = []
+        for conv in convs:
+            layers.append(conv)
+            if norm == "group":
+                layers.append(nn.GroupNorm(_groups(conv.out_channels), conv.out_channels))
+            layers.append(nn.GELU())
+        self.net = nn.Sequential(*layers)
         if keypoints:
             self.keypoint_maps = nn.Conv2d(2 * c, keypoints, 1)
-            self.log_temperature = nn.Parameter(torch.zeros(()))
+            # normalised features give keypoint logits of order 1, and over the h*w cells of
+            # the map a softmax at temperature 1 is near uniform: start at 1/KEYPOINT_GAIN
+            t0 = -math.log(KEYPOINT_GAIN) if norm == "group" else 0.0
+            self.log_temperature = nn.Parameter(torch.full((), t0))
             h, w = (-(-camera.height // 4), -(-camera.width // 4))  # ceil: padding keeps it
             ys = torch.linspace(-1.0, 1.0, h).view(h, 1).expand(h, w).reshape(-1)
             xs = torch.linspace(-1.0, 1.0, w).view(1, w).expand(h, w).reshape(-1)

@@ -35,6 +35,7 @@ def _size(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from moe_policy_ros.models.config import VISION_NORMS
     from moe_policy_ros.models.export import SIZE_OPTIONS
     from moe_policy_ros.train.trainer import TrainConfig
 
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dflt = TRAIN_MODEL_DEFAULTS.get(key)
         parser.add_argument(flag, type=int, default=None,
                             help=help_text + (f" (default {dflt})" if dflt is not None else ""))
+    parser.add_argument("--vision-norm", choices=VISION_NORMS, default=None,
+                        help="vision encoder normalisation (default group; none: the encoder "
+                        "of the first trained bundles)")
     parser.add_argument("--image-size", type=_size, default=None, metavar="HxW",
                         help="model image size (default: the dataset's stored size)")
     parser.add_argument("--camera", action="append", default=None,
@@ -100,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         value = getattr(args, key)
         if value is not None:
             model[key] = value
+    if args.vision_norm is not None:
+        model["vision_norm"] = args.vision_norm
     model.pop("action_dim", None)  # the dataset's joints decide
     return TrainConfig(
         data=str(args.data),

@@ -162,6 +162,30 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
+@torch.no_grad()
+def image_effect(model: MoEModel, batch: Batch) -> float:
+    """How much the images move the prediction, relative to how much the demonstrations differ.
+
+    Every frame's images are swapped for another frame's (a roll of the batch) while its own
+    proprio stays: ``mean |act(own) - act(swapped)| / mean |target(own) - target(other)|``.
+    Near 0, the policy ignores the camera and repeats the mean demonstration whatever the
+    scene shows (what the first trained models did, with a val loss that looked fine); a
+    policy that locates the object moves its prediction about as much as the demonstrations
+    differ. A sampled family (smp) draws the same noise for both calls.
+    """
+    images, proprio, actions = batch
+    if proprio.shape[0] < 2:
+        return float("nan")
+    swapped = [x.roll(1, dims=0) for x in images]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        own = model.act(images, proprio)
+        torch.manual_seed(0)
+        other = model.act(swapped, proprio)
+    spread = (actions - actions.roll(1, dims=0)).abs().mean()
+    return float((own - other).abs().mean() / spread.clamp_min(1e-6))
+
+
 class Ema:
     """EMA copy of a model (parameters averaged, buffers copied)."""
 
@@ -294,7 +318,10 @@ class Trainer:
                     f"--resume: {cfg.data} has SHA-256 {self.data.sha256[:12]}..., the run was "
                     f"trained on {run['dataset_sha256'][:12]}... (a different dataset)"
                 )
-        self.model_config = self._model_config()
+        self.model_config = (
+            ModelConfig.from_saved(ckpt["training"]["run"]["model_config"])
+            if ckpt is not None else self._model_config()
+        )
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config).to(self.device)
         self.model.train()
@@ -473,7 +500,11 @@ class Trainer:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v * b
                 count += b
-        return {k: v / count for k, v in sums.items()}
+            out = {k: v / count for k, v in sums.items()}
+            out["image_effect"] = image_effect(
+                self.ema.model, next(self._batches(store, idx[:: max(1, len(idx) // 128)]))
+            )
+        return out
 
     # ------------------------------------------------------------------ rollouts
 
