@@ -244,3 +244,24 @@ def test_proprio_noise_is_gaussian_in_normalised_units(dataset: Path) -> None:
     assert torch.equal(again, clean)
     with pytest.raises(ValueError, match="proprio_noise"):
         _config(dataset, dataset / "x", proprio_noise=-1.0).validate()
+
+
+def test_image_effect_is_zero_for_a_policy_blind_to_its_camera(tmp_path: Path) -> None:
+    """The validation metric that caught the first trained models ignoring the image."""
+    from moe_policy_ros.models import build_model
+    from moe_policy_ros.models.config import ModelConfig
+    from moe_policy_ros.train.trainer import image_effect
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({**TINY, "family": "adamoe"})
+    cam = cfg.cameras[0]
+    images = [torch.rand(8, 3, cam.height, cam.width)]
+    proprio = torch.randn(8, cfg.proprio_dim)
+    actions = torch.randn(8, cfg.chunk_length, cfg.action_dim)
+    model = build_model(cfg).eval()
+    seeing = image_effect(model, (images, proprio, actions))
+    with torch.no_grad():  # cut the camera token off: the policy can only use proprio
+        model.vision[0].proj.weight.zero_()
+        model.vision[0].proj.bias.zero_()
+    assert image_effect(model, (images, proprio, actions)) == pytest.approx(0.0, abs=1e-6)
+    assert seeing > 1e-3
