@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from moe_policy_ros.models.config import CameraShape
 
-
 #: Initial keypoint sharpness (inverse softmax temperature) of the normalised encoder.
 KEYPOINT_GAIN = 4.0
 
