@@ -175,7 +175,7 @@ def bench_bundle(path: Path, runs: int, threads: int, k_runs: int) -> dict[str, 
 
 
 def _export(name: str, argv: list[str], root: Path) -> Path:
-    from moe_policy_ros.models.export import main as export_main
+    from moe_policy_ros.tools.export import main as export_main
 
     out = root / name
     t0 = time.monotonic()

@@ -19,7 +19,7 @@ BUNDLE="$OUT/adamoe8"
 mkdir -p "$OUT"
 
 if [ ! -f "$BUNDLE/policy.yaml" ]; then
-  "$PY" -m moe_policy_ros.models.export --family adamoe --experts 8 --out "$BUNDLE" \
+  "$PY" -m moe_policy_ros.tools.export --family adamoe --experts 8 --out "$BUNDLE" \
     --name adamoe8_bench --context-dim 256 --expert-hidden 1024 --expert-depth 2 \
     --chunk-length 20 --action-dim 14 --seed 0
 fi

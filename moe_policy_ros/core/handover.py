@@ -72,6 +72,11 @@ _MJ_PEAK_VEL = 1.875  # max d(alpha)/d(tau) of min-jerk
 _MJ_PEAK_ACC = 10.0 / math.sqrt(3.0)  # max d2(alpha)/d(tau)2 of min-jerk
 
 
+#: The operator requests by name (the policy node's services ``~/<name>``): ``engage_autonomy``
+#: takes a bool (True: AUTONOMY, False: TELEOP), the others nothing.
+REQUESTS = ("engage_autonomy", "hold", "estop", "reset_estop")
+
+
 class Mode(str, Enum):
     HOLD = "HOLD"
     TELEOP = "TELEOP"
@@ -374,6 +379,19 @@ class CommandArbiter:
                 return False, f"refused: estop is not latched (mode {self._mode.value})"
             self._transition(Mode.HOLD, "reset_estop")
             return True, "estop reset; now in HOLD"
+
+    def request(self, name: str, enable: bool = False) -> tuple[bool, str]:
+        """The operator request ``name`` (:data:`REQUESTS`; ``enable`` for
+        ``engage_autonomy``): (accepted, why), as the request's own method returns it."""
+        if name == "engage_autonomy":
+            return self.engage_autonomy(enable)
+        if name == "hold":
+            return self.hold()
+        if name == "estop":
+            return self.estop()
+        if name == "reset_estop":
+            return self.reset_estop()
+        raise ValueError(f"unknown operator request {name!r} (known: {', '.join(REQUESTS)})")
 
     # ------------------------------------------------------------------ tick
 

@@ -28,6 +28,10 @@ of the iteration running then (a simulator's real-time factor changing).
 
 The body runs on the loop's thread; exceptions propagate (the caller decides what a failed
 iteration means). Set the stop event to end the loop: it returns at the next wait.
+
+:class:`LoopThreads` runs such loops on threads of their own for a node (the policy node's
+inference worker and control loop): one shared stop event, and a body that raises is reported
+and the loop goes on, unless the process is shutting down under it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from typing import Literal
 from moe_policy_ros.core.clock import Clock
 
 LateMode = Literal["skip", "reanchor", "catch_up"]
+#: An iteration: ``body(step, now_ns)``.
+Body = Callable[[int, int], None]
 
 
 class PeriodicLoop:
@@ -113,6 +119,56 @@ class PeriodicLoop:
                 if self.overrunning:  # count it and re-anchor instead of bursting
                     self.overruns += 1
                     deadline = now
+
+
+class LoopThreads:
+    """Named daemon threads, each running a loop shaped like :meth:`PeriodicLoop.run`
+    (``loop(body, stop)``) until one shared :attr:`stop_event`.
+
+    An iteration that raises does not end its thread: ``on_error(err)`` is told (to count and
+    log it) and the loop goes on, since one bad observation or one failed publish must not
+    stop the robot's control loop for good. When ``alive()`` has turned False by then (the
+    process is shutting down under the thread: SIGINT shut the ROS context, so every publish
+    raises), the failure is not reported and every loop stops quietly instead.
+    """
+
+    def __init__(self, alive: Callable[[], bool] = lambda: True) -> None:
+        self.stop_event = threading.Event()
+        self._alive = alive
+        self._threads: list[threading.Thread] = []
+
+    def start(
+        self,
+        name: str,
+        loop: Callable[[Body, threading.Event], None],
+        body: Body,
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        """Start thread ``name`` running ``loop`` over ``body`` (see the class). The first
+        thread started after :meth:`stop` clears the stop event: a new run."""
+        if not self._threads:
+            self.stop_event.clear()
+
+        def guarded(step: int, now_ns: int) -> None:
+            try:
+                body(step, now_ns)
+            except Exception as err:
+                if not self._alive():
+                    self.stop_event.set()
+                    return
+                on_error(err)
+
+        thread = threading.Thread(target=loop, args=(guarded, self.stop_event), name=name,
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Set the stop event and join every thread (at most ``timeout_s`` each)."""
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+        self._threads = []
 
 
 def _period_ns(rate_hz: float) -> int:

@@ -6,10 +6,8 @@ The runtime core never imports this package unless ``backend: torch`` is chosen.
 from moe_policy_ros.models.config import CameraShape, ModelConfig
 from moe_policy_ros.models.export import (
     ExportError,
-    add_export_arguments,
     export_bundle,
     load_checkpoint,
-    run_export,
     save_checkpoint,
 )
 from moe_policy_ros.models.families import (
@@ -32,10 +30,8 @@ __all__ = [
     "MoEModel",
     "ModelConfig",
     "SMPModel",
-    "add_export_arguments",
     "build_model",
     "export_bundle",
     "load_checkpoint",
-    "run_export",
     "save_checkpoint",
 ]

@@ -7,6 +7,11 @@ for trajectories). Used by the policy node, ``aloha_sim`` and ``realsense_camera
 with the real message classes in ``test/nodes/test_convert.py`` (no DDS).
 
 Stamps are integer nanoseconds on the ROS clock (:func:`moe_policy_ros.session.ns_to_stamp`).
+
+The policy node's outputs are keyed by publisher (:func:`control_msgs`,
+:func:`router_publications`); :func:`policy_publishers` is the matching list of publishers
+(key, type, topic, QoS) and :data:`SERVICE_TYPES` the types of its operator services, so
+the keys, types and topics are written down once, next to the messages.
 """
 
 from __future__ import annotations
@@ -19,21 +24,26 @@ from typing import Any, NamedTuple
 import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, Header, Int32MultiArray, String
 from std_msgs.msg import MultiArrayDimension as Dim
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from moe_policy_ros.core.config import RuntimeConfig
 from moe_policy_ros.core.diagnostics import HARDWARE_ID, TaskStatus, status_name
 from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
 from moe_policy_ros.core.pipeline import ControlOutput, RouterUpdate
 from moe_policy_ros.core.preprocess import CompressedFrame, RawFrame
 from moe_policy_ros.core.trajectory import Trajectory, TrajectoryPoint
-from moe_policy_ros.session import ns_to_stamp, stamp_to_ns
+from moe_policy_ros.session import COMMAND_QOS, MONITOR_QOS, ns_to_stamp, stamp_to_ns
 
 __all__ = [
     "ROUTER_TYPES",
+    "SERVICE_TYPES",
     "JointStateFields",
+    "PublisherSpec",
     "byte_array",
     "command_msg",
     "command_values",
@@ -45,8 +55,10 @@ __all__ = [
     "frame_from_msg",
     "joint_state_fields",
     "joint_state_msg",
+    "policy_publishers",
     "rgb_image_msg",
     "router_msgs",
+    "router_publications",
     "trajectory_from_msg",
     "trajectory_msg",
 ]
@@ -54,6 +66,12 @@ __all__ = [
 #: The router topics ``~/router/<key>`` (and ``~/shadow/router/<key>``) and their types.
 ROUTER_TYPES: dict[str, Any] = {
     "gates": Float32MultiArray, "active": Int32MultiArray, "dominant": String,
+}
+
+#: The policy node's operator services ``~/<name>`` (:data:`core.handover.REQUESTS`) and
+#: their types: ``engage_autonomy`` takes a bool, the others nothing.
+SERVICE_TYPES: dict[str, Any] = {
+    "engage_autonomy": SetBool, "hold": Trigger, "estop": Trigger, "reset_estop": Trigger,
 }
 
 
@@ -201,6 +219,51 @@ def router_msgs(router: RouterUpdate, gate_label: str) -> dict[str, Any]:
     gates.layout.dim = [Dim(label=gate_label, size=n, stride=n)]
     return {"gates": gates, "active": Int32MultiArray(data=router.active),
             "dominant": String(data=router.dominant)}
+
+
+def router_publications(router: RouterUpdate, gate_label: str) -> list[tuple[str, Any]]:
+    """:func:`router_msgs` keyed by publisher: ``<key>``, and ``shadow/<key>`` as well when
+    the policy runs in the shadow of teleoperation (``router.shadow``)."""
+    msgs = router_msgs(router, gate_label)
+    prefixes = ("", "shadow/") if router.shadow else ("",)
+    return [(prefix + key, msg) for prefix in prefixes for key, msg in msgs.items()]
+
+
+# ---------------------------------------------------------------------- policy node publishers
+
+
+class PublisherSpec(NamedTuple):
+    """One lifecycle publisher of the policy node: the key its messages carry, their type,
+    the topic (``~/`` is the node's namespace) and the QoS."""
+
+    key: str
+    msg_type: Any
+    topic: str
+    qos: QoSProfile
+
+
+def policy_publishers(cfg: RuntimeConfig) -> list[PublisherSpec]:
+    """The policy node's lifecycle publishers, keyed as :func:`control_msgs` and
+    :func:`router_publications` key their messages: per arm ``traj/<arm>`` (chunk mode) or
+    ``cmd/<arm>`` (stream mode) on its controller's topic (commands: RELIABLE depth 1), the
+    router state ``[shadow/]<key>`` on ``~/[shadow/]router/<key>`` and the commands
+    ``shadow/command`` and ``command`` (monitor QoS)."""
+    specs = [
+        PublisherSpec(f"traj/{arm.name}", JointTrajectory, arm.trajectory_topic, COMMAND_QOS)
+        if cfg.policy.execution.mode == "chunk"
+        else PublisherSpec(f"cmd/{arm.name}", Float64MultiArray, arm.command_topic, COMMAND_QOS)
+        for arm in cfg.robot.arms
+    ]
+    specs += [
+        PublisherSpec(prefix + key, msg_type, f"~/{prefix}router/{key}", MONITOR_QOS)
+        for prefix in ("", "shadow/")
+        for key, msg_type in ROUTER_TYPES.items()
+    ]
+    specs += [
+        PublisherSpec(key, JointState, f"~/{key}", MONITOR_QOS)
+        for key in ("shadow/command", "command")
+    ]
+    return specs
 
 
 # ---------------------------------------------------------------------- diagnostics

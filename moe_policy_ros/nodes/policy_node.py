@@ -28,8 +28,7 @@ tampered bundle) leaves the node unconfigured and alive, with the reason in the 
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import rclpy
@@ -38,37 +37,30 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.publisher import Publisher
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
-from std_srvs.srv import SetBool, Trigger
-from trajectory_msgs.msg import JointTrajectory
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool
 
 from moe_policy_ros.backend_factory import build_backend
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
 from moe_policy_ros.core.diagnostics import lifecycle_task
-from moe_policy_ros.core.handover import CommandArbiter
 from moe_policy_ros.core.inputs import InputError
+from moe_policy_ros.core.loop import LoopThreads
 from moe_policy_ros.core.manifest import BundleError
-from moe_policy_ros.core.pipeline import PolicyPipeline, RouterUpdate, build_pipeline
+from moe_policy_ros.core.pipeline import PolicyPipeline, build_pipeline
 from moe_policy_ros.core.timeline import NONFINITE
 from moe_policy_ros.nodes.common import schedule_autostart, spin_node
 from moe_policy_ros.nodes.convert import (
-    ROUTER_TYPES,
+    SERVICE_TYPES,
     control_msgs,
     diagnostic_array,
     frame_from_msg,
     joint_state_fields,
-    router_msgs,
+    policy_publishers,
+    router_publications,
 )
 from moe_policy_ros.nodes.params import declare_parameters, nested_parameters
-from moe_policy_ros.session import (
-    COMMAND_QOS,
-    LATCHED_QOS,
-    MONITOR_QOS,
-    SENSOR_QOS,
-    resolve_share_path,
-    stamp_to_ns,
-)
+from moe_policy_ros.session import LATCHED_QOS, SENSOR_QOS, resolve_share_path, stamp_to_ns
 
 
 class PolicyNode(LifecycleNode):
@@ -76,8 +68,6 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, node_name: str = "moe_policy", **kwargs: Any) -> None:
         self._pipe: PolicyPipeline | None = None
-        self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
         self._configure_error = ""
         self._subs: list[Any] = []
         self._srvs: list[Any] = []
@@ -85,6 +75,9 @@ class PolicyNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         declare_parameters(self)
         self._mono = MonotonicClock()
+        # the inference worker and the control loop (a failure once SIGINT has shut the
+        # context down under them stops them quietly)
+        self._loops = LoopThreads(alive=self.context.ok)
         # /diagnostics exists from construction, so a failed configure is visible in rqt.
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
@@ -112,39 +105,33 @@ class PolicyNode(LifecycleNode):
         pipe = self._pipe
         assert pipe is not None
         pipe.start()
-        self._stop.clear()
-        self._threads = [
-            threading.Thread(target=pipe.run_worker, args=(self._infer_step, self._stop),
-                             name="inference", daemon=True),
-            threading.Thread(target=pipe.control_loop.run, args=(self._control_step, self._stop),
-                             name="control", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        self._loops.start("inference", pipe.run_worker, self._infer_step, self._infer_failed)
+        self._loops.start("control", pipe.control_loop.run, self._control_step,
+                          self._control_failed)
         self.get_logger().info("activated: control loop and inference worker running")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop output first, then the threads."""
         ret = super().on_deactivate(state)
-        self._stop_threads()
+        self._loops.stop()
         self.get_logger().info("deactivated: no commands are published")
         return ret
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_threads()
+        self._loops.stop()
         self._release()
         self._pipe = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Any state -> finalized: stop threads, release everything."""
-        self._stop_threads()
+        self._loops.stop()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_threads()
+        self._loops.stop()
         return TransitionCallbackReturn.SUCCESS
 
     # ------------------------------------------------------------------ configure
@@ -183,28 +170,15 @@ class PolicyNode(LifecycleNode):
                     functools.partial(self._on_image, cam.name))
         sub(JointState, cfg.handover.teleop_topic, self._on_teleop)
         sub(Bool, cfg.handover.deadman_topic, self._on_deadman)
-        lp, pubs = self.create_lifecycle_publisher, self._pubs
-        for arm in cfg.robot.arms:
-            if cfg.policy.execution.mode == "chunk":
-                pubs[f"traj/{arm.name}"] = lp(JointTrajectory, arm.trajectory_topic, COMMAND_QOS)
-            else:
-                pubs[f"cmd/{arm.name}"] = lp(Float64MultiArray, arm.command_topic, COMMAND_QOS)
-        for prefix in ("", "shadow/"):
-            for key, msg_type in ROUTER_TYPES.items():
-                pubs[prefix + key] = lp(msg_type, f"~/{prefix}router/{key}", MONITOR_QOS)
-        pubs["shadow/command"] = lp(JointState, "~/shadow/command", MONITOR_QOS)
-        pubs["command"] = lp(JointState, "~/command", MONITOR_QOS)
+        for spec in policy_publishers(cfg):
+            self._pubs[spec.key] = self.create_lifecycle_publisher(spec.msg_type, spec.topic,
+                                                                   spec.qos)
         # The mode is latched and published in every lifecycle state.
-        pubs["mode"] = self.create_publisher(String, "~/mode", LATCHED_QOS)
+        self._pubs["mode"] = self.create_publisher(String, "~/mode", LATCHED_QOS)
         self._srvs = [
-            self.create_service(srv_type, f"~/{name}", cb, callback_group=priority)
-            for srv_type, name, cb in (
-                (SetBool, "engage_autonomy", self._srv_engage),
-                (Trigger, "hold", lambda _q, r: self._trigger("hold", r, CommandArbiter.hold)),
-                (Trigger, "estop", lambda _q, r: self._trigger("estop", r, CommandArbiter.estop)),
-                (Trigger, "reset_estop",
-                 lambda _q, r: self._trigger("reset_estop", r, CommandArbiter.reset_estop)),
-            )
+            self.create_service(srv_type, f"~/{name}", functools.partial(self._on_request, name),
+                                callback_group=priority)
+            for name, srv_type in SERVICE_TYPES.items()
         ]
         self._publish_mode()
 
@@ -229,10 +203,9 @@ class PolicyNode(LifecycleNode):
         return int(self.get_clock().now().nanoseconds)
 
     def _on_joint_state(self, msg: JointState) -> None:
-        if self._pipe is None:
-            return
         try:
-            self._pipe.inputs.put_joint_state(*joint_state_fields(msg), self._now_ns())
+            if self._pipe is not None:
+                self._pipe.inputs.put_joint_state(*joint_state_fields(msg), self._now_ns())
         except InputError as err:
             self.get_logger().warning(f"rejected /joint_states: {err}", throttle_duration_sec=2.0)
 
@@ -243,10 +216,9 @@ class PolicyNode(LifecycleNode):
                                  self._now_ns())
 
     def _on_teleop(self, msg: JointState) -> None:
-        if self._pipe is None:
-            return
         try:
-            self._pipe.put_teleop(msg.name, msg.position)
+            if self._pipe is not None:
+                self._pipe.put_teleop(msg.name, msg.position)
         except InputError as err:
             self.get_logger().warning(f"rejected teleop command: {err}", throttle_duration_sec=2.0)
 
@@ -256,22 +228,20 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ services
 
-    def _srv_engage(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
-        if req.data and self._pipe is not None and (
-                self._state_machine.current_state[1] != "active"):
-            res.success, res.message = False, "node is not active"
-            return res
-        return self._trigger(f"engage_autonomy({req.data})", res,
-                             lambda arb: arb.engage_autonomy(bool(req.data)))
-
-    def _trigger(self, label: str, res: Any, call: Callable[[CommandArbiter], Any]) -> Any:
+    def _on_request(self, name: str, req: Any, res: Any) -> Any:
+        """``~/<name>``: the arbiter's operator request (:meth:`CommandArbiter.request`);
+        engaging autonomy needs the node active (its control loop running)."""
+        takes_bool = isinstance(req, SetBool.Request)
+        data = bool(req.data) if takes_bool else False
         if self._pipe is None:
             res.success, res.message = False, "node is not configured"
-            return res
-        ok, msg = call(self._pipe.arbiter)
-        self.get_logger().info(f"{label}: {msg}")
-        res.success, res.message = ok, msg
-        self._publish_mode()
+        elif data and self._state_machine.current_state[1] != "active":
+            res.success, res.message = False, "node is not active"
+        else:
+            res.success, res.message = self._pipe.arbiter.request(name, data)
+            label = f"{name}({data})" if takes_bool else name
+            self.get_logger().info(f"{label}: {res.message}")
+            self._publish_mode()
         return res
 
     def _publish_mode(self) -> None:
@@ -282,60 +252,53 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------ inference worker
 
     def _infer_step(self, _step: int, _now: int) -> None:
-        """One worker iteration: a failure is counted and logged, never ends the worker."""
+        """One worker iteration (a failure goes to :meth:`_infer_failed`; the worker goes on)."""
         pipe = self._pipe
         if pipe is None:
             return
-        try:
-            res = pipe.infer_once(self._now_ns())
-            if res is not None and res.offered == NONFINITE:
-                self.get_logger().error(
-                    "policy output contains NaN/Inf: holding", throttle_duration_sec=2.0
-                )
-            if res is not None and res.router is not None:
-                self._publish_router(res.router)
-        except Exception as err:
-            if not self.context.ok():
-                self._stop.set()  # SIGINT shut the context down under us: stop quietly
-                return
-            line = pipe.infer_stats.failed(err)
+        res = pipe.infer_once(self._now_ns())
+        if res is not None and res.offered == NONFINITE:
+            self.get_logger().error(
+                "policy output contains NaN/Inf: holding", throttle_duration_sec=2.0
+            )
+        if res is not None and res.router is not None:
+            self._publish(router_publications(res.router, pipe.gate_label))
+
+    def _infer_failed(self, err: Exception) -> None:
+        """An inference that raised: counted (inference diagnostics) and logged."""
+        if self._pipe is not None:
+            line = self._pipe.infer_stats.failed(err)
             self.get_logger().error(f"inference failed: {line}", throttle_duration_sec=2.0)
 
-    def _publish_router(self, router: RouterUpdate) -> None:
-        assert self._pipe is not None
-        msgs = router_msgs(router, self._pipe.gate_label)
-        for prefix in ("", "shadow/") if router.shadow else ("",):
-            for key, msg in msgs.items():
-                self._pubs[prefix + key].publish(msg)
+    def _publish(self, msgs: Iterable[tuple[str, Any]]) -> None:
+        """Publish messages keyed by publisher (:func:`.convert.policy_publishers`)."""
+        for key, msg in msgs:
+            self._pubs[key].publish(msg)
 
     # ------------------------------------------------------------------ control loop
 
     def _control_step(self, step: int, now: int) -> None:
-        """One control period; a failure is logged, never ends the loop."""
+        """One control period (a failure goes to :meth:`_control_failed`; the loop goes on)."""
         pipe = self._pipe
         if pipe is None:
             return
-        try:
-            out = pipe.control_step(step, now, self._now_ns())
-            for ev in out.tick.events:
-                # One call site per severity: rclpy raises "Logger severity cannot be changed
-                # between calls" when one call site logs at two severities, which aborted the
-                # tick (no command, mode not republished) on the first WARN/ERROR transition.
-                text = f"mode {ev.previous.value} -> {ev.mode.value}: {ev.reason}"
-                if ev.level:
-                    self.get_logger().warning(text)
-                else:
-                    self.get_logger().info(text)
-            self._publish_mode()
-            for key, msg in control_msgs(out, pipe.joint_names):
-                self._pubs[key].publish(msg)
-        except Exception as err:
-            if not self.context.ok():
-                self._stop.set()  # SIGINT shut the context down under us: stop quietly
-                return
-            self.get_logger().error(
-                f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
-            )
+        out = pipe.control_step(step, now, self._now_ns())
+        for ev in out.tick.events:
+            # One call site per severity: rclpy raises "Logger severity cannot be changed
+            # between calls" when one call site logs at two severities, which aborted the
+            # tick (no command, mode not republished) on the first WARN/ERROR transition.
+            text = f"mode {ev.previous.value} -> {ev.mode.value}: {ev.reason}"
+            if ev.level:
+                self.get_logger().warning(text)
+            else:
+                self.get_logger().info(text)
+        self._publish_mode()
+        self._publish(control_msgs(out, pipe.joint_names))
+
+    def _control_failed(self, err: Exception) -> None:
+        self.get_logger().error(
+            f"control tick failed: {type(err).__name__}: {err}", throttle_duration_sec=2.0
+        )
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -354,15 +317,9 @@ class PolicyNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         """Stop the worker threads before the publishers they use are destroyed."""
-        self._stop_threads()
+        self._loops.stop()
         self._stop_frames()
         super().destroy_node()
-
-    def _stop_threads(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=2.0)
-        self._threads = []
 
 
 def main(args: list[str] | None = None) -> None:

@@ -16,7 +16,14 @@ from moe_policy_ros.core.config import (
     RobotConfig,
     SafetyConfig,
 )
-from moe_policy_ros.core.handover import CommandArbiter, Mode, TickInputs, TickOutput, min_jerk
+from moe_policy_ros.core.handover import (
+    REQUESTS,
+    CommandArbiter,
+    Mode,
+    TickInputs,
+    TickOutput,
+    min_jerk,
+)
 from moe_policy_ros.core.safety import (
     ACCELERATION,
     INVALID,
@@ -184,6 +191,26 @@ def test_estop_latches_until_reset() -> None:
     ok, msg = rig.arb.reset_estop()
     assert not ok and "not latched" in msg
     assert rig.tick().mode == Mode.HOLD  # reset does not resume motion
+
+
+def test_operator_requests_by_name_as_the_services_call_them() -> None:
+    """The policy node's services go through ``request(name, data)``: each name reaches its
+    own method (answers and transitions included); an unknown name is refused by name."""
+    rig = teleop_rig()
+    ok, msg = rig.arb.request("engage_autonomy", True)
+    assert ok and msg.startswith("AUTONOMY engaged")
+    rig.run(5)
+    assert rig.arb.mode == Mode.AUTONOMY
+    assert rig.arb.request("hold") == (True, "HOLD") and rig.arb.mode == Mode.HOLD
+    assert rig.arb.request("estop")[0] and rig.arb.mode == Mode.ESTOP
+    ok, msg = rig.arb.request("engage_autonomy", False)
+    assert not ok and "estop is latched" in msg
+    assert rig.arb.request("reset_estop") == (True, "estop reset; now in HOLD")
+    assert rig.arb.request("engage_autonomy", False) == (True, "TELEOP engaged")
+    assert rig.arb.mode == Mode.TELEOP
+    assert set(REQUESTS) == {"engage_autonomy", "hold", "estop", "reset_estop"}
+    with pytest.raises(ValueError, match="'halt'.*known: engage_autonomy, hold"):
+        rig.arb.request("halt")
 
 
 # ---------------------------------------------------------------- refused engage

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from moe_policy_ros.core.clock import FakeClock, MonotonicClock
-from moe_policy_ros.core.loop import PeriodicLoop
+from moe_policy_ros.core.loop import LoopThreads, PeriodicLoop
 
 MS = 1_000_000
 
@@ -117,3 +117,62 @@ def test_set_rate_restarts_the_grid_after_the_current_tick() -> None:
     loop.run(body, threading.Event(), max_ticks=5)
     assert seen == [0, 10, 10, 30, 50]
     assert loop.period_ns == 20 * MS
+
+
+def test_loop_threads_report_a_failed_iteration_and_go_on() -> None:
+    """Two loops on their own threads (FakeClock: no pacing): an iteration that raises is
+    reported by ``on_error`` and the loop goes on; ``stop()`` ends and joins both."""
+    threads = LoopThreads()
+    clock = FakeClock()
+    errors: list[str] = []
+    steps: list[int] = []
+    failed_once = threading.Event()
+
+    def body(step: int, _now: int) -> None:
+        steps.append(step)
+        if step == 2:
+            raise RuntimeError("bad observation")
+        if step >= 5:
+            failed_once.set()
+
+    ticking = threading.Event()
+    threads.start("work", PeriodicLoop(50.0, clock).run, body, lambda e: errors.append(str(e)))
+    threads.start("idle", PeriodicLoop(50.0, FakeClock()).run,
+                  lambda _s, _n: ticking.set(), lambda e: errors.append(str(e)))
+    assert failed_once.wait(10.0) and ticking.wait(10.0)
+    threads.stop()
+    assert errors == ["bad observation"] and steps[:6] == list(range(6))
+    assert threads.stop_event.is_set()
+    assert not [t for t in threading.enumerate() if t.name in ("work", "idle")]
+
+
+def test_loop_threads_stop_quietly_when_the_process_is_shutting_down() -> None:
+    """A failure once ``alive()`` is False (the ROS context is gone) is not reported: it stops
+    every loop. The next start() is a new run (the stop event is cleared)."""
+    alive = [True]
+    threads = LoopThreads(alive=lambda: alive[0])
+    errors: list[Exception] = []
+
+    def body(step: int, _now: int) -> None:
+        if step == 3:
+            alive[0] = False
+            raise RuntimeError("publisher's context is invalid")
+
+    other = threading.Event()
+    threads.start("b", PeriodicLoop(50.0, FakeClock()).run, lambda _s, _n: other.set(),
+                  errors.append)
+    assert other.wait(10.0)
+    threads.start("a", PeriodicLoop(50.0, FakeClock()).run, body, errors.append)
+    assert threads.stop_event.wait(10.0), "the failure during shutdown did not stop the loops"
+    for t in [t for t in threading.enumerate() if t.name in ("a", "b")]:
+        t.join(10.0)  # both end on the shared event, before stop() is called
+        assert not t.is_alive(), f"loop {t.name} still running"
+    threads.stop()
+    assert errors == []
+    ran: list[int] = []
+    alive[0] = True
+    threads.start("c", PeriodicLoop(50.0, FakeClock()).run, lambda s, _n: ran.append(s),
+                  errors.append)
+    assert not threads.stop_event.is_set()
+    threads.stop()
+    assert errors == []

@@ -70,23 +70,23 @@ def test_export_names_experts_from_phases_and_the_bundle_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("torch")
-    from moe_policy_ros.models.export import add_export_arguments, run_export
+    from moe_policy_ros.tools import export
 
     data = _dataset(tmp_path / "data")
     parser = argparse.ArgumentParser()
-    add_export_arguments(parser)
+    export.add_arguments(parser)
     size = ("--context-dim 32 --expert-hidden 16 --trunk-layers 1 --trunk-heads 2 "
             "--vision-channels 4 --chunk-length 4 --camera top:12x16").split()
     common = ["--family", "smp", "--experts", "4", *size,
               "--expert-labels-from-phases", str(data)]
     # An NMI gate no alignment can pass: the labels stay and the reason is printed.
-    assert run_export(parser.parse_args(
+    assert export.run(parser.parse_args(
         [*common, "--out", str(tmp_path / "kept"), "--phase-min-nmi", "1.01"])) == 0
     assert "labels kept" in capsys.readouterr().out
     assert read_manifest(tmp_path / "kept").experts.labels == tuple(
         f"skill_{i}" for i in range(4))
     # No gate: every expert that dominates somewhere is named after its phase.
-    assert run_export(parser.parse_args(
+    assert export.run(parser.parse_args(
         [*common, "--out", str(tmp_path / "named"), "--phase-min-nmi", "0"])) == 0
     assert "experts named after the phases" in capsys.readouterr().out
     want, _ = router_on_dataset(tmp_path / "named", data).expert_labels(0.0)

@@ -15,6 +15,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from moe_policy_ros.core.clock import FakeClock
 from moe_policy_ros.core.config import load_config
 from moe_policy_ros.core.diagnostics import HARDWARE_ID, TaskStatus
+from moe_policy_ros.core.handover import REQUESTS
 from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import InputBuffer
 from moe_policy_ros.core.manifest import PreprocessSpec
@@ -24,6 +25,7 @@ from moe_policy_ros.core.trajectory import Trajectory, TrajectoryPoint
 from moe_policy_ros.core.types import Level
 from moe_policy_ros.nodes.convert import (
     ROUTER_TYPES,
+    SERVICE_TYPES,
     command_msg,
     command_values,
     compressed_image_msg,
@@ -33,13 +35,15 @@ from moe_policy_ros.nodes.convert import (
     frame_from_msg,
     joint_state_fields,
     joint_state_msg,
+    policy_publishers,
     rgb_image_msg,
     router_msgs,
+    router_publications,
     trajectory_from_msg,
     trajectory_msg,
 )
 from moe_policy_ros.rollout import default_params_file
-from moe_policy_ros.session import ns_to_stamp
+from moe_policy_ros.session import COMMAND_QOS, MONITOR_QOS, ns_to_stamp
 
 pytestmark = pytest.mark.ros
 
@@ -154,6 +158,46 @@ def test_router_messages_name_the_experts_in_the_gates_layout() -> None:
     dim = gates.layout.dim[0]  # type: ignore[attr-defined]
     assert (dim.label, dim.size, dim.stride) == ("experts:reach,grasp,lift", 3, 3)
     assert list(msgs["active"].data) == [0, 1] and msgs["dominant"].data == "reach"
+
+
+def test_router_publications_add_the_shadow_topics_under_teleoperation() -> None:
+    label = "experts:reach,grasp"
+    update = RouterUpdate(gates=[0.6, 0.4], active=[0], dominant="reach", shadow=False)
+    assert [k for k, _ in router_publications(update, label)] == list(ROUTER_TYPES)
+    shadow = RouterUpdate(gates=[0.6, 0.4], active=[0], dominant="reach", shadow=True)
+    pubs = router_publications(shadow, label)
+    assert [k for k, _ in pubs] == [*ROUTER_TYPES, *(f"shadow/{k}" for k in ROUTER_TYPES)]
+    msgs = dict(pubs)
+    assert msgs["shadow/dominant"].data == "reach" and msgs["dominant"].data == "reach"
+
+
+@pytest.mark.parametrize("mode", ["stream", "chunk"])
+def test_policy_publishers_cover_every_keyed_message(mode: str) -> None:
+    """Every key control_msgs and router_publications produce has a publisher of the
+    message's type: commands on the arm's controller topic (command QoS), the rest on the
+    node's ``~/`` topics (monitor QoS); the services are the arbiter's requests."""
+    cfg = load_config(default_params_file())
+    execution = cfg.policy.execution.model_copy(update={"mode": mode})
+    cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"execution": execution})})
+    specs = {spec.key: spec for spec in policy_publishers(cfg)}
+    names = cfg.robot.joint_names
+    inputs = InputBuffer(names, joint_max_age_s=1.0, cameras={})
+    ctl = ControlPath(cfg, names, inputs, FakeClock(STAMP_NS))
+    inputs.put_joint_state(names, [0.05] * len(names), (), STAMP_NS, STAMP_NS)
+    shadow = RouterUpdate(gates=[1.0], active=[0], dominant="a", shadow=True)
+    keyed = [*control_msgs(ctl.control_step(0, STAMP_NS, STAMP_NS), names),
+             *router_publications(shadow, "experts:a")]
+    assert {k for k, _ in keyed} <= set(specs)
+    assert all(isinstance(msg, specs[k].msg_type) for k, msg in keyed)
+    kind = "traj" if mode == "chunk" else "cmd"
+    for arm in cfg.robot.arms:
+        spec = specs[f"{kind}/{arm.name}"]
+        topic = arm.trajectory_topic if mode == "chunk" else arm.command_topic
+        assert (spec.topic, spec.qos) == (topic, COMMAND_QOS)
+    assert not [k for k in specs if k.startswith("cmd/" if mode == "chunk" else "traj/")]
+    assert specs["shadow/gates"].topic == "~/shadow/router/gates"
+    assert specs["command"].topic == "~/command" and specs["command"].qos == MONITOR_QOS
+    assert list(SERVICE_TYPES) == list(REQUESTS)
 
 
 def test_diagnostic_array_has_one_status_per_task() -> None:

@@ -1,5 +1,6 @@
-"""Layering rules that hold: the core imports no ROS and no models/, backends get the bundle,
-ROS outside nodes/ goes through one session module."""
+"""Layering rules that hold: the core imports no ROS and no models/, models/ imports no
+tools/ and no ROS, backends get the bundle, ROS outside nodes/ goes through one session
+module."""
 
 from __future__ import annotations
 
@@ -82,6 +83,23 @@ def test_core_never_imports_models() -> None:
     }
     offenders = {k: v for k, v in offenders.items() if v}
     assert not offenders, f"core modules import models/: {offenders}"
+
+
+def test_models_import_neither_tools_nor_ros() -> None:
+    """models/ is the torch library (families, losses, the exporter): the command line that
+    drives it lives in tools/ (``moe-policy-ros export``: tools/export.py), and it never
+    talks ROS, so it runs on a training machine without either."""
+    models = REPO / "moe_policy_ros" / "models"
+    files = sorted(models.rglob("*.py"))
+    assert files, "models/ has no Python files"
+    offenders = {
+        str(f.relative_to(REPO)): sorted(m for m in _imports_anywhere(f)
+                                         if m.startswith("moe_policy_ros.tools")
+                                         or m.split(".")[0] in ROS_MODULES)
+        for f in files
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"models/ modules import tools/ or ROS: {offenders}"
 
 
 def test_backends_never_look_for_the_bundle_on_disk() -> None:
