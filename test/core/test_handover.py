@@ -209,7 +209,7 @@ def test_operator_requests_by_name_as_the_services_call_them() -> None:
     assert rig.arb.request("engage_autonomy", False) == (True, "TELEOP engaged")
     assert rig.arb.mode == Mode.TELEOP
     assert set(REQUESTS) == {"engage_autonomy", "hold", "estop", "reset_estop"}
-    with pytest.raises(ValueError, match="'halt'.*known: engage_autonomy, hold"):
+    with pytest.raises(ValueError, match=r"'halt'.*known: engage_autonomy, hold"):
         rig.arb.request("halt")
 
 
