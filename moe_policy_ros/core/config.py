@@ -262,6 +262,14 @@ class PolicyConfig(_Strict):
     ``1 / inference_rate_hz`` s as an overrun (safety ``overrun_action``): set the rate to what
     inference sustains. ``timer`` is the default: it does not depend on the cameras' rate and
     keeps earlier parameter files behaving as before.
+
+    ``proprio_sync``: a camera frame reaches the node tens of milliseconds after it was taken
+    (render or exposure, transport, preprocessing), a joint state within a millisecond or two,
+    so the newest of each are not of the same instant: measured through ROS 2 on the sim, the
+    frame an inference used was 40-140 ms older than the newest joint state. Demonstrations
+    pair the two at one instant, so ``image`` (the default) takes the joint state whose stamp
+    is nearest the frame's (from the last :data:`~moe_policy_ros.core.inputs.JOINT_HISTORY`
+    samples); ``latest`` is the earlier behaviour.
     """
 
     bundle: str = Field(min_length=1, description="bundle directory; relative = package share")
@@ -287,6 +295,11 @@ class PolicyConfig(_Strict):
         default="timer",
         description="timer: infer at inference_rate_hz; frame: infer on each new camera frame "
         "as soon as the worker is free, at most at inference_rate_hz",
+    )
+    proprio_sync: Literal["image", "latest"] = Field(
+        default="image",
+        description="image: the joint state nearest in time to the camera frame the "
+        "observation uses (as training data pairs them); latest: the newest joint state",
     )
     execution: ExecutionConfig = ExecutionConfig()
     warmup_runs: int = Field(default=3, ge=0, description="inferences at configure")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -85,6 +86,8 @@ class ImageSample:
 
 
 JOINTS = "joint_states"
+#: Joint states kept for :meth:`InputBuffer.joints_at` (1.28 s at 50 Hz).
+JOINT_HISTORY = 64
 
 
 class InputBuffer:
@@ -101,6 +104,7 @@ class InputBuffer:
         self._lock = threading.Lock()
         self._order_cache: dict[tuple[str, ...], np.ndarray] = {}
         self._joints: JointSample | None = None
+        self._joint_history: deque[JointSample] = deque(maxlen=JOINT_HISTORY)
         self._images: dict[str, ImageSample] = {}
         self.status: dict[str, SourceStatus] = {JOINTS: SourceStatus(JOINTS, joint_max_age_s)}
         for cam, age in cameras.items():
@@ -124,6 +128,7 @@ class InputBuffer:
             raise
         with self._lock:
             self._joints = sample
+            self._joint_history.append(sample)
             self._accept(JOINTS, stamp_ns, now_ns)
         return sample
 
@@ -217,6 +222,19 @@ class InputBuffer:
     def joints(self) -> JointSample | None:
         with self._lock:
             return self._joints
+
+    def joints_at(self, stamp_ns: int) -> JointSample | None:
+        """The kept joint state whose stamp is nearest ``stamp_ns`` (the later one of two
+        equally near); None before the first. A frame older than the history gets the oldest
+        kept sample."""
+        with self._lock:
+            best: JointSample | None = None
+            for sample in self._joint_history:
+                if best is None or abs(sample.stamp_ns - stamp_ns) <= abs(
+                    best.stamp_ns - stamp_ns
+                ):
+                    best = sample
+            return best
 
     def images(self) -> dict[str, ImageSample]:
         """Copies of the newest images: the frame worker reuses its buffers (double

@@ -565,9 +565,12 @@ class PolicyPipeline(ControlPath):
         inputs = self.inputs
         if inputs.stale_sources(now_ros_ns):
             return None
-        joints = inputs.joints()
+        latest = joints = inputs.joints()
         images = inputs.images()
-        assert joints is not None
+        assert latest is not None and joints is not None
+        if images and self.cfg.policy.proprio_sync == "image":
+            # the joint state of the instant the (oldest) frame was taken, not the newest
+            joints = inputs.joints_at(min(s.stamp_ns for s in images.values())) or joints
         stamps = [joints.stamp_ns, *(s.stamp_ns for s in images.values())]
         obs = Observation(
             images={k: v.image for k, v in images.items()},
@@ -582,7 +585,7 @@ class PolicyPipeline(ControlPath):
             committed = self.timeline.committed(start, horizon)[:, self._action_idx]
             guidance = RtcGuidance(committed, self.delays.estimate(),
                                    ex.rtc_execution_horizon, ex.rtc_max_guidance_weight)
-        return InferRequest(obs, joints.positions.copy(), start, guidance)
+        return InferRequest(obs, latest.positions.copy(), start, guidance)
 
     def finish_inference(
         self, req: InferRequest, out: PolicyOutput, start_step: int | None = None

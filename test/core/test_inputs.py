@@ -116,3 +116,20 @@ def test_joint_command_in_robot_order_with_the_reason_for_a_refusal() -> None:
         joint_command(["a", "b"], ["a"], [1.0])
     with pytest.raises(InputError, match="non-finite positions"):
         joint_command(["a"], ["a"], [float("nan")])
+
+
+def test_joints_at_gives_the_sample_nearest_a_stamp_from_the_kept_history() -> None:
+    from moe_policy_ros.core.inputs import JOINT_HISTORY
+
+    b = buf()
+    assert b.joints_at(5 * S) is None
+    ms = S // 1000
+    for i in range(10):  # 50 Hz joint states, positions = their index
+        b.put_joint_state(NAMES, [float(i)] * 3, [], 5 * S + i * 20 * ms, 5 * S + i * 20 * ms)
+    assert b.joints_at(5 * S + 71 * ms).positions[0] == 4.0  # nearest: 80 ms
+    assert b.joints_at(5 * S + 70 * ms).positions[0] == 4.0  # a tie takes the later sample
+    assert b.joints_at(4 * S).positions[0] == 0.0  # older than the history: the oldest kept
+    assert b.joints_at(9 * S).positions[0] == 9.0
+    for i in range(10, 10 + JOINT_HISTORY):
+        b.put_joint_state(NAMES, [float(i)] * 3, [], 5 * S + i * 20 * ms, 5 * S + i * 20 * ms)
+    assert b.joints_at(5 * S).positions[0] == 10.0  # the first ten were dropped

@@ -177,6 +177,29 @@ def test_no_inference_until_every_input_is_fresh(rig: Rig) -> None:
     assert pipe.infer_stats.chunks == 0 and not pipe.policy_warm
 
 
+@pytest.mark.parametrize("sync", ["image", "latest"])
+def test_the_observation_pairs_the_frame_with_the_joint_state_of_its_instant(
+    policy: MoEPolicy, bundle: LoadedBundle, sync: str
+) -> None:
+    """Through ROS 2 the frame an inference used was 40-140 ms older than the newest joint
+    state; demonstrations pair both at one instant (``policy.proprio_sync: image``)."""
+    rig = _rig(policy, bundle, policy__proprio_sync=sync)
+    pipe, names = rig.pipe, rig.pipe.joint_names
+    frame_stamp = rig.ros - 100 * MS
+    for age_ms in (140, 100, 60, 20, 0):  # joint states, positions = their age in ms
+        stamp = rig.ros - age_ms * MS
+        pipe.inputs.put_joint_state(names, np.full(len(names), age_ms / 1000), [], stamp,
+                                    rig.ros)
+    for cam in pipe.camera_pipelines:
+        pipe.inputs.put_image(cam, rig.image, frame_stamp, rig.ros)
+    req = pipe.begin_inference(rig.ros)
+    assert req is not None
+    want = 0.1 if sync == "image" else 0.0
+    assert np.allclose(req.obs.proprio, want)
+    assert req.obs.stamp_ns == frame_stamp  # the chunk is placed from the frame's instant
+    assert np.allclose(req.measured, 0.0)  # the newest state fills uncommanded joints
+
+
 def test_infer_once_queues_the_chunk_and_returns_the_router_state(rig: Rig) -> None:
     pipe = rig.pipe
     rig.sense()
