@@ -383,14 +383,9 @@ class CommandArbiter:
     def request(self, name: str, enable: bool = False) -> tuple[bool, str]:
         """The operator request ``name`` (:data:`REQUESTS`; ``enable`` for
         ``engage_autonomy``): (accepted, why), as the request's own method returns it."""
-        if name == "engage_autonomy":
-            return self.engage_autonomy(enable)
-        if name == "hold":
-            return self.hold()
-        if name == "estop":
-            return self.estop()
-        if name == "reset_estop":
-            return self.reset_estop()
+        if name in REQUESTS:  # each request is the arbiter's method of that name
+            method = getattr(self, name)
+            return method(enable) if name == "engage_autonomy" else method()
         raise ValueError(f"unknown operator request {name!r} (known: {', '.join(REQUESTS)})")
 
     # ------------------------------------------------------------------ tick

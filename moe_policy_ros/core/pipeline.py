@@ -565,12 +565,13 @@ class PolicyPipeline(ControlPath):
         inputs = self.inputs
         if inputs.stale_sources(now_ros_ns):
             return None
-        latest = joints = inputs.joints()
+        latest = inputs.joints()
         images = inputs.images()
-        assert latest is not None and joints is not None
+        assert latest is not None
+        joints = latest
         if images and self.cfg.policy.proprio_sync == "image":
             # the joint state of the instant the (oldest) frame was taken, not the newest
-            joints = inputs.joints_at(min(s.stamp_ns for s in images.values())) or joints
+            joints = inputs.joints_at(min(s.stamp_ns for s in images.values())) or latest
         stamps = [joints.stamp_ns, *(s.stamp_ns for s in images.values())]
         obs = Observation(
             images={k: v.image for k, v in images.items()},
