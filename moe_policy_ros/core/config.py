@@ -249,6 +249,11 @@ class ExecutionConfig(_Strict):
     latency_compensation: bool = Field(
         default=True, description="skip chunk steps elapsed since the observation"
     )
+    restart_on_engage: bool = Field(
+        default=True,
+        description="at the switch to AUTONOMY keep only the newest chunk; from HOLD (the "
+        "robot stood still since its observation) it starts at the engage step",
+    )
 
 
 class PolicyConfig(_Strict):

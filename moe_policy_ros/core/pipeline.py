@@ -257,6 +257,7 @@ class ControlPath:
         self._mode_lock = threading.Lock()
         self._mode_published = -1
         self.reset_stats()
+        self._last_mode: Mode | None = None  # the arbiter's mode at the last tick
 
     def reset_stats(self) -> None:
         self.control_stats = ControlStats(self.period_s)
@@ -267,6 +268,7 @@ class ControlPath:
         """A new activation (or episode): fresh statistics, no queued chunk."""
         self.reset_stats()
         self.timeline.clear()
+        self._last_mode = None
 
     def overrunning(self) -> bool:
         """Whether inference is overrunning its period (:class:`PolicyPipeline`: the worker)."""
@@ -313,6 +315,10 @@ class ControlPath:
         joints = inputs.joints()
         stale = inputs.stale_sources(now_ros_ns)
         measured = None if joints is None or JOINTS in stale else joints.positions
+        mode, last = self.arbiter.mode, self._last_mode
+        if (mode == Mode.AUTONOMY and last is not None and last != Mode.AUTONOMY
+                and self.cfg.policy.execution.restart_on_engage):
+            timeline.engage(step, held=last == Mode.HOLD)
         # After a non-finite chunk the proposal is all-NaN: ERROR + HOLD in the filter.
         proposal, pending = timeline.take(step)
         teleop, deadman = self._teleop, self._deadman
@@ -330,6 +336,7 @@ class ControlPath:
                 ood_energy=self.ood_energy,
             )
         )
+        self._last_mode = out.mode
         shadow = out.policy_command if out.mode == Mode.TELEOP else None
         commands: list[tuple[Arm, np.ndarray]] = []
         trajectories: list[tuple[Arm, Trajectory]] = []

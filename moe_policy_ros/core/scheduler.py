@@ -182,6 +182,20 @@ class ChunkScheduler:
         with self._lock:
             self._chunks = [c for c in self._chunks if c.end > t]
 
+    def keep_newest(self, start_step: int | None = None) -> bool:
+        """Drop every chunk but the newest; ``start_step`` moves it there (its first action
+        becomes that step's command, not yet executed). False when there is no chunk."""
+        start = None if start_step is None else _as_step("start_step", start_step)
+        with self._lock:
+            if not self._chunks:
+                return False
+            newest = self._chunks[-1]
+            if start is not None:
+                newest.start, newest.first_exec = start, None
+                self._newest_start = start
+            self._chunks = [newest]
+            return True
+
     def clear(self) -> None:
         """Drop every chunk and forget the newest start (a new episode may restart steps)."""
         with self._lock:

@@ -15,6 +15,10 @@ run the same code:
 * **Order.** A chunk from an observation older than the newest chunk's (inputs arrived out of
   order) keeps step alignment by dropping its steps before the newest start; a chunk that
   would be dropped whole is refused (:data:`LATE`).
+* **Engage.** Chunks computed while the robot was not following them (HOLD, TELEOP) would
+  merge plans that each start the motion at a different step; at the switch to AUTONOMY
+  :meth:`ChunkTimeline.engage` keeps only the newest, and from HOLD (the robot stood still
+  since its observation) starts it at the engage step.
 * **Non-finite output.** A chunk with NaN/Inf never reaches the scheduler: it is latched and
   the next :meth:`ChunkTimeline.take` returns an all-NaN command (the safety filter turns that
   into ERROR + HOLD) and clears the queued chunks.
@@ -84,6 +88,7 @@ class ChunkTimeline:
             self.scheduler.clear()
             self._anchor = (0, 0)
             self._pending: TimedChunk | None = None
+            self._newest: TimedChunk | None = None  # the last chunk added
             self._nan_latched = False
 
     # ------------------------------------------------------------------ inference side
@@ -143,10 +148,21 @@ class ChunkTimeline:
                 self.scheduler.add_guided_chunk(start, actions)
             else:
                 self.scheduler.add_chunk(start, actions)
-            self._pending = TimedChunk(actions, start, obs_stamp_ns)
+            self._pending = self._newest = TimedChunk(actions, start, obs_stamp_ns)
         return ADDED
 
     # ------------------------------------------------------------------ control side
+
+    def engage(self, step: int, held: bool) -> bool:
+        """The robot switches to following the chunks at ``step``: keep only the newest chunk;
+        ``held`` (the robot stood still since that chunk's observation) starts it at ``step``,
+        otherwise it keeps its latency-compensated place. False when there is no chunk."""
+        with self._lock:
+            kept = self.scheduler.keep_newest(step if held else None)
+            if kept and held and self._newest is not None:
+                # the first command from it is due now (chunk mode sends it as a trajectory)
+                self._pending = TimedChunk(self._newest.actions, step, self._newest.stamp_ns)
+        return kept
 
     def mark(self, step: int, now_ns: int) -> None:
         """The control loop is at ``step`` at ROS time ``now_ns`` (for the latency step)."""

@@ -283,6 +283,33 @@ def test_autonomy_records_observation_to_command_latency(rig: Rig) -> None:
     assert rig.pipe.control_stats.obs_to_cmd.summary().count == n + 1
 
 
+@pytest.mark.parametrize("restart", [True, False])
+def test_engage_from_hold_starts_the_newest_plan_instead_of_mixing_the_held_ones(
+    policy: MoEPolicy, bundle: LoadedBundle, restart: bool
+) -> None:
+    """While the robot holds, every chunk plans the motion from the same still pose, each
+    from its own step; at engage only the newest, from its first row, is what the robot
+    should follow (``restart_on_engage: false``: the ensemble of all of them, as before)."""
+    rig = _rig(policy, bundle, policy__execution__merge="ensemble",
+               policy__execution__restart_on_engage=restart, handover__blend_time_s=0.0)
+    for _ in range(3):  # three chunks, 5 steps apart, the robot still in HOLD
+        rig.sense()
+        res = rig.pipe.infer_once(rig.ros)
+        assert res is not None
+        for _ in range(5):
+            assert rig.tick().tick.mode == Mode.HOLD
+    newest = rig.pipe.timeline.expand(res.output.actions, rig.q)
+    ok, msg = rig.pipe.arbiter.engage_autonomy(True)
+    assert ok, msg
+    first = rig.tick().tick
+    assert first.mode == Mode.AUTONOMY and first.policy_command is not None
+    if restart:
+        np.testing.assert_allclose(first.policy_command, newest[0])
+        np.testing.assert_allclose(rig.tick().tick.policy_command, newest[1])
+    else:
+        assert not np.allclose(first.policy_command, newest[0])
+
+
 def test_chunk_mode_sends_one_point_while_holding_and_the_chunk_under_autonomy(
     policy: MoEPolicy, bundle: LoadedBundle
 ) -> None:

@@ -20,7 +20,8 @@ PERIOD_NS = 20_000_000
 
 
 def _timeline(action_joints: list[str] | None = None, **execution: object) -> ChunkTimeline:
-    cfg = ExecutionConfig(merge="replace", **execution)  # type: ignore[arg-type]
+    execution.setdefault("merge", "replace")
+    cfg = ExecutionConfig(**execution)  # type: ignore[arg-type]
     return ChunkTimeline(ROBOT, action_joints or ROBOT, cfg, PERIOD_NS / 1e9)
 
 
@@ -112,3 +113,46 @@ def test_chunk_trajectory_times_from_the_observation_and_limits_the_rest() -> No
     # a chunk that starts after this step: all of it, from time 0
     rows, times = chunk_trajectory(chunk, 7, sent, 0.02, lambda r: r)
     assert rows.shape == (7, 2) and times[0] == 0.0
+
+
+def _held_chunks(merge: str) -> ChunkTimeline:
+    """Three chunks computed while the robot stood still (HOLD): each plans the motion from
+    its own observation, 0, 5 and 10 steps apart."""
+    tl = _timeline(merge=merge)
+    for k, value in enumerate((0.0, 100.0, 200.0)):
+        tl.mark(5 * k, 5 * k * PERIOD_NS)
+        assert tl.offer(_chunk(25, value), 5 * k * PERIOD_NS) == ADDED
+    return tl
+
+
+@pytest.mark.parametrize("merge", ["ensemble", "replace", "blend"])
+def test_engage_from_hold_starts_the_newest_chunk_at_the_engage_step(merge: str) -> None:
+    tl = _held_chunks(merge)
+    tl.mark(14, 14 * PERIOD_NS)
+    assert tl.engage(14, held=True)
+    proposal, pending = tl.take(14)
+    # the newest plan's first action, alone (not mixed with plans 5 and 10 steps further on)
+    np.testing.assert_array_equal(proposal, [200.0] * 3)
+    assert pending is not None and pending.start_step == 14
+    np.testing.assert_array_equal(tl.take(15)[0], [201.0] * 3)
+
+
+def test_without_engage_the_held_chunks_mix_plans_at_different_steps() -> None:
+    tl = _held_chunks("ensemble")  # what engage exists to avoid
+    tl.mark(14, 14 * PERIOD_NS)
+    proposal, _ = tl.take(14)
+    assert not np.allclose(proposal, [200.0] * 3)
+    assert 100.0 < proposal[0] < 200.0
+
+
+def test_engage_from_a_moving_robot_keeps_the_newest_chunk_where_it_is() -> None:
+    tl = _held_chunks("ensemble")
+    tl.mark(14, 14 * PERIOD_NS)
+    assert tl.engage(14, held=False)  # TELEOP: the robot moved since the observation
+    np.testing.assert_array_equal(tl.take(14)[0], [203.0] * 3)  # chunk from 11: row 3
+
+
+def test_engage_without_a_chunk_changes_nothing() -> None:
+    tl = _timeline()
+    assert not tl.engage(3, held=True)
+    assert tl.take(3) == (None, None)
