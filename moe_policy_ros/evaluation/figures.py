@@ -48,10 +48,12 @@ def routing_label(doc: dict[str, Any]) -> str:
     """Human name of a run's routing: the override if any, else the bundle's default."""
     r = doc.get("routing") or {}
     strategy = r.get("strategy") or doc.get("strategy") or "default"
+    k = r.get("k") if r.get("k") is not None else doc.get("strategy_k")
+    tau = r.get("tau") if r.get("tau") is not None else doc.get("strategy_tau")
     if strategy == "topk":
-        text = f"top-{r.get('k') if r.get('k') is not None else '?'}"
+        text = f"top-{k}" if k is not None else "top-k"
     elif strategy == "mass":
-        text = f"mass tau={r.get('tau')}" if r.get("tau") is not None else "mass"
+        text = f"mass tau={tau}" if tau is not None else "mass"
     else:
         text = str(strategy)
     return text if r.get("strategy") else f"{text} (bundle default)"

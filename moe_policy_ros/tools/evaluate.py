@@ -122,8 +122,12 @@ def _router_info(runner: EpisodeRunner) -> dict[str, Any]:
         return {"labels": list(getattr(runner, "labels", []) or []),
                 "family": getattr(runner, "family", None),
                 "strategy": getattr(runner, "strategy", None)}
+    strategy = policy.strategy if policy is not None else None
     return {"labels": list(manifest.experts.labels), "family": manifest.family,
-            "strategy": policy.strategy.name if policy is not None else None}
+            "strategy": strategy.name if strategy is not None else None,
+            # the effective parameters, also when the bundle's default is in force
+            "strategy_k": getattr(strategy, "k", None),
+            "strategy_tau": getattr(strategy, "tau", None)}
 
 
 def run(args: argparse.Namespace) -> int:
