@@ -19,6 +19,34 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
 
+def log_mode_events(logger: Any, events: Any) -> None:
+    """Log the arbiter's mode transitions (WARN for the ones with a level, else INFO).
+
+    One call site per severity: rclpy raises "Logger severity cannot be changed between
+    calls" when one call site logs at two severities, which aborted the tick (no command,
+    mode not republished) on the first WARN/ERROR transition."""
+    for ev in events:
+        text = f"mode {ev.previous.value} -> {ev.mode.value}: {ev.reason}"
+        if ev.level:
+            logger.warning(text)
+        else:
+            logger.info(text)
+
+
+def guarded_input(logger: Any, what: str, store: Callable[[Any], object]) -> Callable[[Any], None]:
+    """A subscription callback that stores a message and logs (throttled) the clear error of
+    one it refuses (:class:`~moe_policy_ros.core.inputs.InputError`), never raising."""
+    from moe_policy_ros.core.inputs import InputError
+
+    def callback(msg: Any) -> None:
+        try:
+            store(msg)
+        except InputError as err:
+            logger.warning(f"rejected {what}: {err}", throttle_duration_sec=2.0)
+
+    return callback
+
+
 def schedule_autostart(node: LifecycleNode) -> None:
     """With the ``autostart`` parameter true, configure then activate once the executor spins,
     as a lifecycle manager with autostart would (a failed configure is logged; the node stays

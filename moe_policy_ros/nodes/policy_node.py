@@ -44,12 +44,16 @@ from moe_policy_ros.backend_factory import build_backend
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
 from moe_policy_ros.core.diagnostics import lifecycle_task
-from moe_policy_ros.core.inputs import InputError
 from moe_policy_ros.core.loop import LoopThreads
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.pipeline import PolicyPipeline, build_pipeline
 from moe_policy_ros.core.timeline import NONFINITE
-from moe_policy_ros.nodes.common import schedule_autostart, spin_node
+from moe_policy_ros.nodes.common import (
+    guarded_input,
+    log_mode_events,
+    schedule_autostart,
+    spin_node,
+)
 from moe_policy_ros.nodes.convert import (
     SERVICE_TYPES,
     control_msgs,
@@ -163,13 +167,17 @@ class PolicyNode(LifecycleNode):
             self._subs.append(self.create_subscription(
                 msg_type, topic, cb, SENSOR_QOS, callback_group=sensors))
 
-        sub(JointState, cfg.robot.joint_states_topic, self._on_joint_state)
+        log = self.get_logger()
+        sub(JointState, cfg.robot.joint_states_topic, guarded_input(
+            log, "/joint_states",
+            lambda m: pipe.inputs.put_joint_state(*joint_state_fields(m), self._now_ns())))
         for cam in cfg.cameras:
             if cam.name in pipe.inputs.status:
                 sub(Image if cam.message_type == "Image" else CompressedImage, cam.topic,
                     functools.partial(self._on_image, cam.name))
-        sub(JointState, cfg.handover.teleop_topic, self._on_teleop)
-        sub(Bool, cfg.handover.deadman_topic, self._on_deadman)
+        sub(JointState, cfg.handover.teleop_topic, guarded_input(
+            log, "teleop command", lambda m: pipe.put_teleop(m.name, m.position)))
+        sub(Bool, cfg.handover.deadman_topic, lambda m: pipe.put_deadman(m.data))
         for spec in policy_publishers(cfg):
             self._pubs[spec.key] = self.create_lifecycle_publisher(spec.msg_type, spec.topic,
                                                                    spec.qos)
@@ -202,29 +210,11 @@ class PolicyNode(LifecycleNode):
     def _now_ns(self) -> int:
         return int(self.get_clock().now().nanoseconds)
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        try:
-            if self._pipe is not None:
-                self._pipe.inputs.put_joint_state(*joint_state_fields(msg), self._now_ns())
-        except InputError as err:
-            self.get_logger().warning(f"rejected /joint_states: {err}", throttle_duration_sec=2.0)
-
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         """Count and hand the message to the frame worker (decoding happens there)."""
         if self._pipe is not None:
             self._pipe.put_frame(camera, frame_from_msg(msg), stamp_to_ns(msg.header.stamp),
                                  self._now_ns())
-
-    def _on_teleop(self, msg: JointState) -> None:
-        try:
-            if self._pipe is not None:
-                self._pipe.put_teleop(msg.name, msg.position)
-        except InputError as err:
-            self.get_logger().warning(f"rejected teleop command: {err}", throttle_duration_sec=2.0)
-
-    def _on_deadman(self, msg: Bool) -> None:
-        if self._pipe is not None:
-            self._pipe.put_deadman(msg.data)
 
     # ------------------------------------------------------------------ services
 
@@ -283,15 +273,7 @@ class PolicyNode(LifecycleNode):
         if pipe is None:
             return
         out = pipe.control_step(step, now, self._now_ns())
-        for ev in out.tick.events:
-            # One call site per severity: rclpy raises "Logger severity cannot be changed
-            # between calls" when one call site logs at two severities, which aborted the
-            # tick (no command, mode not republished) on the first WARN/ERROR transition.
-            text = f"mode {ev.previous.value} -> {ev.mode.value}: {ev.reason}"
-            if ev.level:
-                self.get_logger().warning(text)
-            else:
-                self.get_logger().info(text)
+        log_mode_events(self.get_logger(), out.tick.events)
         self._publish_mode()
         self._publish(control_msgs(out, pipe.joint_names))
 
