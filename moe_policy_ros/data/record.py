@@ -43,7 +43,7 @@ from moe_policy_ros.data.episodes import (
 )
 from moe_policy_ros.sim.names import TASKS
 
-RECORDER_VERSION = 3  # 2: the script's targets go through the runtime's control path; 3: from the settled scene (AlohaSim.reset)
+RECORDER_VERSION = 2  # 2: the script's targets go through the runtime's control path
 DEFAULT_STEPS = 400
 DEFAULT_FPS = 50.0
 DEFAULT_RENDER_SIZE = (480, 640)  # (H, W), what the aloha_sim node publishes
