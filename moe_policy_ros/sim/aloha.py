@@ -24,16 +24,6 @@ left gripper finger and not the table *after* the right gripper has touched it i
 (the hand-over; gym-aloha does not check that part), for the insertion, the peg touching the
 pin inside the socket.
 
-The scene at rest. gym-aloha spawns the objects 5 cm up (they fall onto the table in the first
-0.1 s) and its position actuators hold the start pose against gravity with a steady error
-(0.009 rad at the wrists). A demonstration recorded from that instant teaches the policy that a
-falling cube means "the start", so a robot engaged while standing still (as an operator always
-engages it) looks to the policy like one already 10 steps into the task. Here the arms are
-gravity compensated (MuJoCo ``gravcomp`` on every robot body: a position-controlled arm holds
-its pose, with or without a target re-latched at the measured pose) and ``reset`` lets the
-scene settle for :data:`SETTLE_S` at the start pose, then restarts the clock: every episode,
-recorded or run, starts from the scene a robot stands in when it is engaged.
-
 Rendering. :class:`CameraRenderer` wraps ``mujoco.Renderer`` with shadows and reflections off;
 it must be created and used in one thread (the GL context is made current there). The OpenGL
 backend is chosen before MuJoCo is imported (:func:`select_gl_backend`): ``MUJOCO_GL`` when set,
@@ -116,7 +106,6 @@ TaskName = Literal["transfer_cube", "insertion"]
 # gym-aloha constants.py: START_ARM_POSE (per arm: 6 joints, left finger, right finger)
 START_ARM_QPOS = (0.0, -0.96, 1.16, 0.0, -0.3, 0.0)
 START_FINGER_POS = 0.02239  # m
-SETTLE_S = 0.3  # s of physics at the start pose after a reset (objects come to rest)
 # gym-aloha constants.py: PUPPET_GRIPPER_POSITION_CLOSE / _OPEN (left finger, m)
 GRIPPER_POSITION_CLOSE = 0.01844
 GRIPPER_POSITION_OPEN = 0.05800
@@ -185,17 +174,6 @@ def set_start_state(
     mujoco.mj_forward(model, data)
 
 
-def _compile_gravity_compensated(path: Path) -> mujoco.MjModel:
-    """The scene with gravity compensation on every body of both arms (``vx300s_*``)."""
-    spec = mujoco.MjSpec.from_file(str(path))
-    robot = [b for b in spec.bodies if b.name.startswith("vx300s_")]
-    if not robot:
-        raise RuntimeError(f"{path.name}: no vx300s_* bodies to compensate")
-    for body in robot:
-        body.gravcomp = 1.0
-    return spec.compile()
-
-
 def assets_dir() -> Path:
     """gym-aloha's ``assets`` directory, found without importing gym-aloha."""
     spec = importlib.util.find_spec("gym_aloha")
@@ -232,7 +210,7 @@ class AlohaSim:
             raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
         self.task = task
         path = assets_dir() / _XML[task]
-        self.model = _compile_gravity_compensated(path)
+        self.model = mujoco.MjModel.from_xml_path(str(path))
         self.data = mujoco.MjData(self.model)
         m, where = self.model, path.name
 
@@ -312,8 +290,7 @@ class AlohaSim:
     # ------------------------------------------------------------------ control
 
     def reset(self, seed: int | None = None) -> None:
-        """Start pose for both arms, object poses sampled from ``seed`` (None: random), then
-        :data:`SETTLE_S` of physics at the start pose (the scene at rest) and the clock at 0."""
+        """Start pose for both arms, object poses sampled from ``seed`` (None: random)."""
         self.seed = seed
         set_start_state(
             self.model,
@@ -324,11 +301,8 @@ class AlohaSim:
             (self._lf_qadr, self._rf_qadr),
             self._obj_qadr,
         )
-        self.set_targets(self.joint_positions())
-        for _ in range(round(SETTLE_S / self.model.opt.timestep)):
-            mujoco.mj_step(self.model, self.data)
-        self.data.time = 0.0
         self._right_touched = False
+        self.set_targets(self.joint_positions())
 
     def set_targets(self, targets: np.ndarray) -> None:
         """Position targets for our 14 joints (rad; grippers 0 closed .. 1 open)."""
