@@ -265,9 +265,12 @@ class ControlPath:
         self.ood_energy: float | None = None
 
     def start(self) -> None:
-        """A new activation (or episode): fresh statistics, no queued chunk."""
+        """A new activation (or episode): fresh statistics, no queued chunk, and the safety
+        filter anchored at the next measured position (not at the last command sent before:
+        the robot may have moved, or been reset, while the node was inactive)."""
         self.reset_stats()
         self.timeline.clear()
+        self.safety.reset()
         self._last_mode = None
 
     def overrunning(self) -> bool:

@@ -6,8 +6,9 @@ Per episode (:meth:`RosEpisodeRunner.run`):
 1. the policy node is **deactivated** (no command leaves it; its threads stop);
 2. the sim's ``seed`` parameter is set (``/aloha_sim/set_parameters``) and ``/aloha_sim/reset``
    is called: the sim starts the episode from that seed, as ``AlohaSim.reset(seed)`` does
-   in-process;
-3. the policy node is **activated** again: ``on_activate`` clears its chunk queue, resets the
+   in-process; the runner waits for a ``/joint_states`` message after the reset;
+3. the policy node is **activated** again (it holds the new pose, measured at its first
+   tick, not the last command it sent): ``on_activate`` clears its chunk queue, resets the
    router state (sticky dwell, previous active set) and its statistics, so each episode starts
    as the first did and the node's diagnostics describe this episode alone;
 4. once the node has published ``warm_chunks`` router outputs since activation (its inference
@@ -394,6 +395,18 @@ class RosEpisodeRunner:
         if not out.success:
             raise EpisodeFailure(f"aloha_sim reset failed: {out.message}")
 
+    def _await_joint_state_after(self, t: float, deadline: float) -> None:
+        """Wait for a /joint_states message received after ``t`` (the reset's answer), so
+        the node, activated next, anchors its hold at the new pose, not the last episode's."""
+        w = self.watch
+        while time.monotonic() < deadline:
+            self._check_children()
+            with w.lock:
+                if w.joint_state_at > t:
+                    return
+            time.sleep(0.005)
+        raise EpisodeFailure("aloha_sim published no /joint_states after the reset")
+
     def _await_warm_inference(self, deadline: float) -> None:
         w = self.watch
         while time.monotonic() < deadline:
@@ -426,6 +439,7 @@ class RosEpisodeRunner:
         self._set_active(False)
         self._reset_sim(res.seed)
         w.clear_episode()
+        self._await_joint_state_after(time.monotonic(), deadline)
         self._set_active(True)
         self._await_warm_inference(deadline)
         self._engage_autonomy(deadline)

@@ -365,6 +365,20 @@ def test_teleop_drives_and_the_policy_runs_in_its_shadow(
     assert not np.allclose(out.shadow, out.sent)  # the policy's command is only shown
 
 
+def test_a_new_activation_holds_where_the_robot_is_not_where_it_was(rig: Rig) -> None:
+    """Moved (or reset) while the node was inactive, the robot is held at its new pose after
+    activation; before, HOLD kept commanding the last pose sent before the deactivation."""
+    rig.sense()
+    first = rig.tick()
+    assert first.tick.mode == Mode.HOLD and first.sent is not None
+    np.testing.assert_allclose(first.sent, rig.q)
+    rig.q = rig.q + 0.2  # the robot moved while the node was inactive
+    rig.pipe.start()  # activation
+    rig.sense()
+    out = rig.tick()
+    np.testing.assert_allclose(out.sent, rig.q)
+
+
 def test_the_mode_is_published_once_per_change_in_order(rig: Rig) -> None:
     seen: list[str] = []
     rig.pipe.publish_mode(seen.append)
