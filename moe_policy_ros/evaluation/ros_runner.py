@@ -395,26 +395,28 @@ class RosEpisodeRunner:
         if not out.success:
             raise EpisodeFailure(f"aloha_sim reset failed: {out.message}")
 
+    def _await(self, ready: Callable[[Watch], bool], deadline: float, poll_s: float) -> bool:
+        """Poll ``ready(watch)`` under the watch's lock until it holds (True) or ``deadline``
+        passes (False); a child process that died raises meanwhile."""
+        w = self.watch
+        while time.monotonic() < deadline:
+            self._check_children()
+            with w.lock:
+                if ready(w):
+                    return True
+            time.sleep(poll_s)
+        return False
+
     def _await_joint_state_after(self, t: float, deadline: float) -> None:
         """Wait for a /joint_states message received after ``t`` (the reset's answer), so
         the node, activated next, anchors its hold at the new pose, not the last episode's."""
-        w = self.watch
-        while time.monotonic() < deadline:
-            self._check_children()
-            with w.lock:
-                if w.joint_state_at > t:
-                    return
-            time.sleep(0.005)
-        raise EpisodeFailure("aloha_sim published no /joint_states after the reset")
+        if not self._await(lambda w: w.joint_state_at > t, deadline, 0.005):
+            raise EpisodeFailure("aloha_sim published no /joint_states after the reset")
 
     def _await_warm_inference(self, deadline: float) -> None:
+        if self._await(lambda w: len(w.gates) >= self.warm_chunks, deadline, 0.02):
+            return
         w = self.watch
-        while time.monotonic() < deadline:
-            self._check_children()
-            with w.lock:
-                if len(w.gates) >= self.warm_chunks:
-                    return
-            time.sleep(0.02)
         with w.lock:
             got = len(w.gates)
         raise EpisodeFailure(

@@ -18,6 +18,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
+from moe_policy_ros.core.inputs import InputError
+
 
 def log_mode_events(logger: Any, events: Any) -> None:
     """Log the arbiter's mode transitions (WARN for the ones with a level, else INFO).
@@ -36,7 +38,6 @@ def log_mode_events(logger: Any, events: Any) -> None:
 def guarded_input(logger: Any, what: str, store: Callable[[Any], object]) -> Callable[[Any], None]:
     """A subscription callback that stores a message and logs (throttled) the clear error of
     one it refuses (:class:`~moe_policy_ros.core.inputs.InputError`), never raising."""
-    from moe_policy_ros.core.inputs import InputError
 
     def callback(msg: Any) -> None:
         try:
