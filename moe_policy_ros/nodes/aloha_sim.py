@@ -57,6 +57,7 @@ from trajectory_msgs.msg import JointTrajectory
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.trajectory import TrajectoryError, TrajectoryFollower
+from moe_policy_ros.nodes.common import spin_node
 from moe_policy_ros.nodes.convert import (
     command_values,
     joint_state_msg,
@@ -449,26 +450,23 @@ class AlohaSimNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point ``aloha_sim``; SIGINT/SIGTERM shut down cleanly (rclpy signal handlers)."""
-    # rclpy.init() is a context manager only from Kilted on; try/finally works on Humble and
-    # Jazzy too.
+    """Entry point ``aloha_sim``; SIGINT/SIGTERM shut down cleanly (see :func:`spin_node`)."""
     rclpy.init(args=args)
     try:
         node = AlohaSimNode()
-        try:
-            rclpy.spin(node)
-        finally:
-            node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        rclpy.try_shutdown()
+        return
     except Exception:
         # Ctrl-C while the node was still starting (MuJoCo load, renderer) shuts the context
         # down under the constructor, which then fails creating entities: that is a shutdown,
         # not an error. Anything raised while the context is still valid is a real error.
-        if rclpy.ok():
-            raise
-    finally:
+        ok = rclpy.ok()
         rclpy.try_shutdown()
+        if ok:
+            raise
+        return
+    spin_node(node)
 
 
 if __name__ == "__main__":

@@ -72,22 +72,29 @@ def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> N
     Single-threaded on purpose: our nodes' callbacks only store data and their real work runs
     in their own threads, and rclpy's multi-threaded executor re-polls ready entities in a
     tight loop that starved those threads of the GIL (docs/benchmarks.md).
+
+    SIGINT and SIGTERM only set a flag that the loop reads after each ``spin_once`` (at most
+    0.1 s later): a signal never raises inside a callback or inside rclpy's C++ calls. Ctrl-C
+    as a KeyboardInterrupt could land while rclpy converted a received message, which pybind11
+    turns into a RuntimeError ("Unable to convert call argument") that crashed the node with a
+    traceback instead of shutting it down.
     """
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     stop = threading.Event()
 
-    def _term(_signum: int, _frame: Any) -> None:
+    def _stop(_signum: int, _frame: Any) -> None:
         stop.set()  # the loop below notices within one spin_once timeout
 
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _term)
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while rclpy.ok(context=node.context) and not stop.is_set():
             try:
                 executor.spin_once(timeout_sec=0.1)
             except RCLError:
-                # SIGINT shut the context down while the executor built its wait set (Jazzy's
+                # The context was shut down while the executor built its wait set (Jazzy's
                 # rclpy raises "the given context is not valid" there): that is a shutdown.
                 if rclpy.ok(context=node.context):
                     raise
@@ -100,3 +107,6 @@ def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> N
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            if handler is not None:  # None: installed outside Python (rclpy's), not restorable
+                signal.signal(sig, handler)

@@ -192,9 +192,11 @@ def _assert_holding_still(mon: CommandMonitor, t_hold: float, what: str,
 def _assert_clean_log(log: Path) -> None:
     """No control tick or inference call raised, no Python traceback."""
     text = log.read_text()
+    lines = text.splitlines()
     for bad in ("control tick failed", "inference failed", "Traceback"):
-        lines = [ln for ln in text.splitlines() if bad in ln]
-        assert not lines, f"{log}: {lines[:3]}"
+        at = [i for i, ln in enumerate(lines) if bad in ln]
+        assert not at, f"{log}: {bad!r} at line {at[0] + 1}:\n" + "\n".join(
+            lines[at[0]:at[0] + 30])
 
 
 
