@@ -1,12 +1,18 @@
-"""Control-loop timing of the policy node alone: rate, period jitter p99, missed ticks.
+"""Control-loop timing of the policy node alone: rate, period jitter p50/p99/max, missed ticks.
 
-Starts ``policy_node`` (bundled demo_adamoe, config/dual_arm.yaml, stream mode at 50 Hz) and a
-fake robot in a *separate* process (joint states 50 Hz, a 128x96 camera at 15 Hz), engages
-autonomy, and samples the node's own ``/diagnostics`` once a second for ``--seconds``.
-Prints one JSON object; the steady-state figures exclude the first ``--settle`` seconds
-(start-up and DDS discovery).
+Starts ``policy_node`` (bundled demo_adamoe, config/dual_arm.yaml, stream mode at ``--rate``
+Hz, default 50) and a fake robot in a *separate* process (joint states 50 Hz, an rgb8 camera
+of ``--camera`` HxW, default 96x128, at 15 Hz), engages autonomy, and samples the node's own
+``/diagnostics`` once a second for ``--seconds``. With ``--idle`` the fake robot sends no
+images: no decoding, no inference, the node stays in HOLD and its control loop publishes hold
+commands (the loop alone). Prints one JSON object; the steady-state figures exclude the first
+``--settle`` seconds (start-up and DDS discovery). The node's jitter figures are over its
+last 1000 periods (20 s at 50 Hz, 2 s at 500 Hz): p50/p99 are the medians over the steady
+samples, max the largest.
 
     python bench/control_loop.py --seconds 30
+    for r in 50 100 200 500; do python bench/control_loop.py --rate $r --camera 480x640; done
+    python bench/control_loop.py --rate 100 --idle
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from moe_policy_ros.core.config import load_config
 names = load_config(REPO / "config" / "dual_arm.yaml").robot.joint_names
 c = RosClient("bench_fake_robot")
 r = FakeRobot(c, names, bundle_home(REPO / "models" / "demo_adamoe", names),
-              joint_rate_hz=50.0, camera_rate_hz=15.0)
+              size={size!r}, joint_rate_hz=50.0, camera_rate_hz=15.0)
+r.publish_images = {images!r}
 time.sleep({seconds})
 r.close(); c.close()
 """
@@ -44,13 +51,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--settle", type=float, default=8.0)
+    ap.add_argument("--rate", type=float, default=50.0, help="control rate (Hz)")
+    ap.add_argument("--camera", default="96x128", help="fake camera HxW (rgb8, 15 Hz)")
+    ap.add_argument("--idle", action="store_true",
+                    help="no images: no decoding or inference, the node holds")
     args = ap.parse_args()
+    size = tuple(int(v) for v in args.camera.lower().split("x"))
 
     from diagnostic_msgs.msg import DiagnosticArray
     from helpers.ros import RosClient, engage, node_process, policy_params
 
+    from moe_policy_ros.core.diagnostics import Key
+
     tmp = Path(tempfile.mkdtemp(prefix="moe_bench_"))
-    params = policy_params(tmp)
+    params = policy_params(tmp, policy__control_rate_hz=args.rate)
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
 
@@ -63,33 +77,46 @@ def main() -> int:
     total = args.seconds + args.settle + 10
     robot = subprocess.Popen(
         [sys.executable, "-c", FAKE_ROBOT.format(repo=str(REPO), test=str(REPO / "test"),
-                                                  seconds=total)],
+                                                  seconds=total, size=size,
+                                                  images=not args.idle)],
         env=os.environ.copy(),
     )
     try:
         with node_process("moe_policy_ros.nodes.policy_node",
                           ["--params-file", str(params), "-p", "autostart:=true"],
                           tmp / "node.log"):
-            refused = engage(client, timeout=60)
-            if refused:
-                print(f"engage refused: {refused}", file=sys.stderr)
-                return 1
+            if args.idle:
+                time.sleep(5.0)  # configured and active; stale camera: HOLD
+            else:
+                refused = engage(client, timeout=60)
+                if refused:
+                    print(f"engage refused: {refused}", file=sys.stderr)
+                    return 1
             t0 = time.monotonic()
             time.sleep(args.settle + args.seconds)
     finally:
         robot.terminate()
         client.close()
     steady = [v for t, v in samples if t >= t0 + args.settle]
-    rates = [float(v["achieved rate (Hz)"]) for v in steady]
-    missed = [int(float(v["missed ticks"])) for v in steady]
+    rates = [float(v[Key.ACHIEVED_RATE_HZ]) for v in steady]
+    missed = [int(float(v[Key.MISSED_TICKS])) for v in steady]
+    p50 = [float(v[Key.JITTER_P50_MS]) for v in steady]
+    p99 = [float(v[Key.JITTER_P99_MS]) for v in steady]
+    mx = [float(v[Key.JITTER_MAX_MS]) for v in steady]
     print(json.dumps({
         "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python "
                    f"{platform.python_version()}",
+        "command": " ".join(["python", "bench/control_loop.py", *sys.argv[1:]]),
         "seconds": args.seconds,
+        "control_rate_hz": args.rate,
+        "camera": "none (idle)" if args.idle else f"{size[0]}x{size[1]} rgb8 15 Hz",
+        "load_average_1min": os.getloadavg()[0],
         "rate_hz_median": statistics.median(rates),
         "rate_hz_min": min(rates),
-        "jitter_p99_ms_last_window": float(steady[-1]["period jitter p99 (ms)"]),
+        "jitter_p50_ms": statistics.median(p50),
+        "jitter_p99_ms": statistics.median(p99),
+        "jitter_max_ms": max(mx),
         "missed_ticks_steady": missed[-1] - missed[0],
         "samples": len(steady),
     }, indent=2))

@@ -88,7 +88,9 @@ class Key:
     USAGE_PREFIX = "usage "
     ACHIEVED_RATE_HZ = "achieved rate (Hz)"
     TARGET_RATE_HZ = "target rate (Hz)"
+    JITTER_P50_MS = "period jitter p50 (ms)"
     JITTER_P99_MS = "period jitter p99 (ms)"
+    JITTER_MAX_MS = "period jitter max (ms)"
     MISSED_TICKS = "missed ticks"
     OBS_TO_COMMAND_P50_MS = "obs-to-command p50 (ms)"
     OBS_TO_COMMAND_P99_MS = "obs-to-command p99 (ms)"
@@ -294,12 +296,14 @@ def control_task(
     rate = stats.rate.rate_hz(now_ns)
     if not math.isfinite(rate):
         rate = 0.0
-    o2c = stats.obs_to_cmd.summary()
+    o2c, jitter = stats.obs_to_cmd.summary(), stats.jitter.summary()
     level = Level.WARN if active and rate < 0.9 * target_hz else Level.OK
     return TaskStatus(CONTROL_LOOP, level, f"{rate:.1f} Hz (target {target_hz:g} Hz)", [
         (Key.ACHIEVED_RATE_HZ, rate),
         (Key.TARGET_RATE_HZ, target_hz),
-        (Key.JITTER_P99_MS, stats.jitter.summary().p99 * 1e3),
+        (Key.JITTER_P50_MS, jitter.p50 * 1e3),
+        (Key.JITTER_P99_MS, jitter.p99 * 1e3),
+        (Key.JITTER_MAX_MS, jitter.max * 1e3),
         (Key.MISSED_TICKS, missed),
         (Key.OBS_TO_COMMAND_P50_MS, o2c.p50),
         (Key.OBS_TO_COMMAND_P99_MS, o2c.p99),

@@ -145,12 +145,13 @@ class LatencyWindow:
 class JitterSummary:
     """Control-period jitter over the window, in seconds (NaN when fewer than two ticks).
 
-    ``p99``/``max``/``mean`` are of ``|actual period - nominal|``; ``mean_period`` is the mean
-    actual period.
+    ``p50``/``p99``/``max``/``mean`` are of ``|actual period - nominal|``; ``mean_period`` is
+    the mean actual period.
     """
 
     count: int
     mean: float
+    p50: float
     p99: float
     max: float
     mean_period: float
@@ -180,12 +181,13 @@ class JitterMeter:
     def summary(self) -> JitterSummary:
         if not self._periods:
             nan = math.nan
-            return JitterSummary(0, nan, nan, nan, nan)
+            return JitterSummary(0, nan, nan, nan, nan, nan)
         periods = np.fromiter(self._periods, dtype=np.float64, count=len(self._periods))
         dev = np.abs(periods - self.nominal_s)
         return JitterSummary(
             count=len(dev),
             mean=float(dev.mean()),
+            p50=float(np.percentile(dev, 50.0)),
             p99=float(np.percentile(dev, 99.0)),
             max=float(dev.max()),
             mean_period=float(periods.mean()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
 from moe_policy_ros.core.camerastats import CameraReport
 from moe_policy_ros.core.diagnostics import (
@@ -91,6 +92,16 @@ def test_control_task_warns_only_when_active_and_slow() -> None:
     assert slow.level == Level.WARN and slow.message == "25.0 Hz (target 50 Hz)"
     assert dict(slow.values)[Key.MISSED_TICKS] == 3
     assert control_task(stats, now, 50.0, 3, "stream", active=False).level == Level.OK
+
+
+def test_control_task_reports_jitter_p50_p99_and_max() -> None:
+    stats = ControlStats(0.02)
+    for t_ms in (0, 20, 41, 60, 85, 105):  # |period - 20 ms| = 0, 1, 1, 5, 0 ms
+        stats.tick(t_ms * 1_000_000)
+    values = dict(control_task(stats, 105_000_000, 50.0, 0, "stream", active=True).values)
+    assert values[Key.JITTER_P50_MS] == pytest.approx(1.0)
+    assert values[Key.JITTER_P99_MS] == pytest.approx(4.84)
+    assert values[Key.JITTER_MAX_MS] == pytest.approx(5.0)
 
 
 @dataclass

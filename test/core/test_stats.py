@@ -120,6 +120,7 @@ def test_jitter_meter_hand_computed() -> None:
     s = j.summary()
     # |dev| = 0, 1, 1, 5, 0 ms; sorted 0 0 1 1 5; p99 rank 0.99 * 4 = 3.96 -> 1 + 0.96 * 4
     assert s.count == 5
+    assert s.p50 == pytest.approx(1e-3)
     assert s.p99 == pytest.approx(4.84e-3)
     assert s.max == pytest.approx(5e-3)
     assert s.mean == pytest.approx(1.4e-3)
