@@ -17,7 +17,13 @@ under ``r1``); ``/clock`` stays global.
 
 Threads. Physics runs in a dedicated thread paced by absolute deadlines on the monotonic
 clock (``real_time_factor`` simulated seconds per wall second); it owns the MuJoCo model and
-the GL context, samples the trajectory followers at every physics step, and publishes. ROS
+data, samples the trajectory followers at every physics step, and publishes joint states.
+Cameras render in a thread of their own, which owns the GL context: at each camera instant
+the physics thread hands over a snapshot of the scene (:meth:`AlohaSim.snapshot`) and steps
+on, and the frame is published, stamped with that instant, once drawn (as a real camera's
+frame arrives after its exposure). A render therefore never stalls the physics (a 640x480
+software render takes 10-30 ms, several physics ticks); when rendering falls behind the
+camera rate the older snapshot is dropped and counted. ROS
 callbacks only validate messages and hand them to the followers (which lock); a reset is a
 request the physics thread carries out. If the physics thread falls more than
 ``_MAX_LAG_S`` behind its deadlines it re-anchors (drops the backlog) and warns, rather than
@@ -72,6 +78,7 @@ from moe_policy_ros.sim.aloha import (
     TASKS,
     AlohaSim,
     CameraRenderer,
+    SceneState,
 )
 
 NODE_NAME = "aloha_sim"
@@ -172,13 +179,23 @@ class AlohaSimNode(Node):
         self._reset_lock = threading.Lock()
         self._reset_request: tuple[int, threading.Event] | None = None
         self._stop = threading.Event()
-        self._ready = threading.Event()
         self._thread_error: BaseException | None = None
+        self._frame_cv = threading.Condition()
+        self._frame_request: tuple[int, SceneState] | None = None
+        self.frames_dropped = 0
+        self._dropped_warned_ns = 0
+        self._cam_thread = threading.Thread(
+            target=self._camera_run, name="aloha_sim_camera", daemon=True)
         self._thread = threading.Thread(target=self._run, name="aloha_sim_physics", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._thread_error is not None:
-            raise RuntimeError(f"aloha_sim: physics thread failed to start: {self._thread_error}")
+        threads = [self._cam_thread, self._thread] if self._cameras else [self._thread]
+        for thread in threads:
+            ready = self._ready = threading.Event()
+            thread.start()
+            ready.wait()
+            if self._thread_error is not None:
+                self.stop()
+                raise RuntimeError(
+                    f"aloha_sim: {thread.name} thread failed to start: {self._thread_error}")
         self.get_logger().info(
             f"task {self._task}, seed {self._sim.seed}, timestep {self._sim.timestep * 1e3:.1f} "
             f"ms, real_time_factor {self._rtf}, publish_clock {self._publish_clock}, cameras "
@@ -334,6 +351,17 @@ class AlohaSimNode(Node):
     # ------------------------------------------------------------------ physics thread
 
     def _run(self) -> None:
+        self._ready.set()
+        try:
+            self._loop()
+        except Exception as err:
+            if not self._stop.is_set() and self.context.ok():
+                self.get_logger().fatal(f"physics thread died: {err!r}")
+                raise
+
+    # ------------------------------------------------------------------ camera thread
+
+    def _camera_run(self) -> None:
         renderers: list[tuple[_Camera, CameraRenderer]] = []
         msaa = int(self.get_parameter("render_msaa_samples").value)
         try:
@@ -346,20 +374,48 @@ class AlohaSimNode(Node):
             return
         self._ready.set()
         try:
-            self._loop(renderers)
+            while (request := self._next_frame_request()) is not None:
+                stamp_ns, state = request
+                for cam, r in renderers:
+                    self._img_pubs[cam.name].publish(
+                        rgb_image_msg(r.render(state), stamp_ns, cam.frame_id))
         except Exception as err:
             if not self._stop.is_set() and self.context.ok():
-                self.get_logger().fatal(f"physics thread died: {err!r}")
+                self.get_logger().fatal(f"camera thread died: {err!r}")
                 raise
         finally:
             for _, r in renderers:
                 r.close()
 
+    def _next_frame_request(self) -> tuple[int, SceneState] | None:
+        """The newest snapshot to draw (None once stopping)."""
+        with self._frame_cv:
+            while self._frame_request is None and not self._stop.is_set():
+                self._frame_cv.wait(0.1)
+            request, self._frame_request = self._frame_request, None
+        return None if self._stop.is_set() else request
+
+    def _request_frame(self, stamp_ns: int) -> None:
+        """Physics thread: hand the scene of this instant to the camera thread."""
+        state = self._sim.snapshot()
+        with self._frame_cv:
+            dropped = self._frame_request is not None
+            self._frame_request = (stamp_ns, state)
+            self._frame_cv.notify()
+        if dropped:
+            self.frames_dropped += 1
+            now = time.monotonic_ns()
+            if now - self._dropped_warned_ns > 5e9:
+                self._dropped_warned_ns = now
+                self.get_logger().warning(
+                    f"rendering is slower than camera_rate_hz: {self.frames_dropped} camera "
+                    "frames dropped so far (the newest scene is drawn)")
+
     def _tick_rate_hz(self, rtf: float) -> float:
         """Pacing ticks per wall second: one tick is _TICK_STEPS physics steps."""
         return rtf * 1e9 / (_TICK_STEPS * self._dt_ns)
 
-    def _loop(self, renderers: list[tuple[_Camera, CameraRenderer]]) -> None:
+    def _loop(self) -> None:
         """Physics on absolute wall deadlines (core.loop, catch_up): late ticks run back to
         back up to _MAX_LAG_S behind, then the backlog is dropped with a warning; a
         real_time_factor change restarts the grid."""
@@ -373,7 +429,7 @@ class AlohaSimNode(Node):
         )
 
         def tick(_step: int, _now: int) -> None:
-            self._physics_tick(renderers)
+            self._physics_tick()
             if self._rtf != self._paced_rtf:
                 self._paced_rtf = self._rtf
                 loop.set_rate(self._tick_rate_hz(self._rtf))
@@ -389,7 +445,7 @@ class AlohaSimNode(Node):
                 "dropping the backlog"
             )
 
-    def _physics_tick(self, renderers: list[tuple[_Camera, CameraRenderer]]) -> None:
+    def _physics_tick(self) -> None:
         """A pending reset, _TICK_STEPS physics steps, then what is due to be published."""
         sim = self._sim
         with self._reset_lock:
@@ -425,11 +481,9 @@ class AlohaSimNode(Node):
                 self._next_success = now_sim + _SUCCESS_PERIOD_NS
                 self._last_success = success
                 self._success_pub.publish(Bool(data=success))
-        if renderers and now_sim >= self._next_cam:
+        if self._cameras and now_sim >= self._next_cam:
             self._next_cam = max(self._next_cam + self._cam_period_ns, now_sim)
-            for cam, r in renderers:
-                self._img_pubs[cam.name].publish(
-                    rgb_image_msg(r.render(), stamp_ns, cam.frame_id))
+            self._request_frame(stamp_ns)
 
     def _publish_joint_states(self, stamp_ns: int) -> None:
         sim = self._sim
@@ -439,10 +493,13 @@ class AlohaSimNode(Node):
     # ------------------------------------------------------------------ shutdown
 
     def stop(self) -> None:
-        """Stop the physics thread (idempotent)."""
+        """Stop the physics and camera threads (idempotent)."""
         self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5.0)
+        with self._frame_cv:
+            self._frame_cv.notify_all()
+        for thread in (self._thread, self._cam_thread):
+            if thread.is_alive() and threading.current_thread() is not thread:
+                thread.join(timeout=5.0)
 
     def destroy_node(self) -> None:
         self.stop()

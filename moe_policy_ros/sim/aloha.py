@@ -202,7 +202,8 @@ def sample_object_qpos(task: str, seed: int | None) -> np.ndarray:
 class AlohaSim:
     """One ALOHA scene: position targets in, joint state, contacts-based success out.
 
-    Not thread-safe: one thread steps, reads and renders (the ROS node's physics thread).
+    Not thread-safe: one thread steps and reads (the ROS node's physics thread); a renderer
+    may live in another thread when it draws :meth:`snapshot` states.
     """
 
     def __init__(self, task: str = "transfer_cube", seed: int | None = 0) -> None:
@@ -417,6 +418,22 @@ class AlohaSim:
         """A renderer for the MJCF camera ``name`` (create and use it in one thread)."""
         return CameraRenderer(self, name, width, height, msaa_samples)
 
+    def snapshot(self) -> SceneState:
+        """What a camera sees now (positions of everything), copied: a renderer in another
+        thread can draw it while this one keeps stepping."""
+        d = self.data
+        return SceneState(float(d.time), d.qpos.copy(), d.mocap_pos.copy(), d.mocap_quat.copy())
+
+
+@dataclass(frozen=True)
+class SceneState:
+    """The positions a render needs (:meth:`AlohaSim.snapshot`); ``time`` is simulated s."""
+
+    time: float
+    qpos: np.ndarray
+    mocap_pos: np.ndarray
+    mocap_quat: np.ndarray
+
 
 class CameraRenderer:
     """``mujoco.Renderer`` for one camera, shadows and reflections off, RGB uint8 (H, W, 3).
@@ -448,11 +465,25 @@ class CameraRenderer:
         self.sim, self.name, self.width, self.height = sim, camera, width, height
         self._renderer = mujoco.Renderer(sim.model, height=height, width=width)
         self._option = mujoco.MjvOption()
+        self._data: mujoco.MjData | None = None  # for snapshots: this renderer's own
 
-    def render(self) -> np.ndarray:
-        """Render the current state of the scene: (height, width, 3) uint8 RGB."""
+    def render(self, state: SceneState | None = None) -> np.ndarray:
+        """Render the scene as it is now, or as ``state`` (a snapshot, drawn from this
+        renderer's own MjData so the simulation may step meanwhile): (height, width, 3) uint8
+        RGB."""
         r = self._renderer
-        r.update_scene(self.sim.data, camera=self.name, scene_option=self._option)
+        data = self.sim.data
+        if state is not None:
+            if self._data is None:
+                self._data = mujoco.MjData(self.sim.model)
+            data = self._data
+            data.time = state.time
+            data.qpos[:] = state.qpos
+            data.mocap_pos[:] = state.mocap_pos
+            data.mocap_quat[:] = state.mocap_quat
+            mujoco.mj_kinematics(self.sim.model, data)
+            mujoco.mj_camlight(self.sim.model, data)
+        r.update_scene(data, camera=self.name, scene_option=self._option)
         r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         return r.render()

@@ -129,6 +129,28 @@ def test_render_shape_dtype_and_content(cube: AlohaSim) -> None:
         cam.close()
 
 
+def test_a_snapshot_renders_as_its_instant_while_the_sim_steps_on(cube: AlohaSim) -> None:
+    """The sim node renders in its own thread from snapshots: a snapshot's image is the live
+    image of that instant, pixel for pixel, and stays so after the arms have moved."""
+    cube.reset(3)
+    cam = cube.camera("top", width=160, height=120)
+    try:
+        cube.step(50)
+        mujoco.mj_forward(cube.model, cube.data)  # live kinematics of the current qpos
+        live = cam.render()
+        snap = cube.snapshot()
+        np.testing.assert_array_equal(cam.render(snap), live)
+        targets = cube.targets
+        targets[0] += 0.5  # left waist
+        cube.set_targets(targets)
+        cube.step(200)
+        mujoco.mj_forward(cube.model, cube.data)
+        assert np.abs(cam.render().astype(int) - live).mean() > 1.0  # the scene moved
+        np.testing.assert_array_equal(cam.render(snap), live)
+    finally:
+        cam.close()
+
+
 def test_bad_task_and_camera_are_named(cube: AlohaSim) -> None:
     with pytest.raises(ValueError, match="unknown task 'stack'"):
         AlohaSim("stack")
