@@ -53,6 +53,12 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=8.0)
     ap.add_argument("--rate", type=float, default=50.0, help="control rate (Hz)")
     ap.add_argument("--camera", default="96x128", help="fake camera HxW (rgb8, 15 Hz)")
+    ap.add_argument("--trigger", choices=("timer", "frame"), default="timer",
+                    help="policy.inference_trigger (frame: infer on each new camera frame)")
+    ap.add_argument("--inference-rate", type=float, default=10.0,
+                    help="policy.inference_rate_hz (the frame trigger's ceiling)")
+    ap.add_argument("--mode", choices=("stream", "chunk"), default="stream",
+                    help="policy.execution.mode")
     ap.add_argument("--idle", action="store_true",
                     help="no images: no decoding or inference, the node holds")
     args = ap.parse_args()
@@ -64,14 +70,20 @@ def main() -> int:
     from moe_policy_ros.core.diagnostics import Key
 
     tmp = Path(tempfile.mkdtemp(prefix="moe_bench_"))
-    params = policy_params(tmp, policy__control_rate_hz=args.rate)
+    params = policy_params(tmp, policy__control_rate_hz=args.rate,
+                           policy__inference_trigger=args.trigger,
+                           policy__inference_rate_hz=args.inference_rate,
+                           policy__execution__mode=args.mode)
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
+    inference: list[tuple[float, dict[str, str]]] = []
 
     def on_diag(arr: DiagnosticArray) -> None:
         for st in arr.status:
             if st.name == "moe_policy: control loop":
                 samples.append((time.monotonic(), {kv.key: kv.value for kv in st.values}))
+            elif st.name == "moe_policy: inference":
+                inference.append((time.monotonic(), {kv.key: kv.value for kv in st.values}))
 
     client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     total = args.seconds + args.settle + 10
@@ -103,6 +115,11 @@ def main() -> int:
     p50 = [float(v[Key.JITTER_P50_MS]) for v in steady]
     p99 = [float(v[Key.JITTER_P99_MS]) for v in steady]
     mx = [float(v[Key.JITTER_MAX_MS]) for v in steady]
+
+    def last(rows: list[tuple[float, dict[str, str]]], key: str) -> float | None:
+        vals = [float(v[key]) for t, v in rows if t >= t0 + args.settle and key in v]
+        return vals[-1] if vals else None
+
     print(json.dumps({
         "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python "
@@ -118,6 +135,15 @@ def main() -> int:
         "jitter_p99_ms": statistics.median(p99),
         "jitter_max_ms": max(mx),
         "missed_ticks_steady": missed[-1] - missed[0],
+        "trigger": args.trigger,
+        "inference_rate_hz": args.inference_rate,
+        "execution_mode": args.mode,
+        # the node's windows at the end of the run (obs-to-command: frame stamp -> first
+        # command computed from it; inference: the policy call)
+        "obs_to_command_p50_ms": last(samples, Key.OBS_TO_COMMAND_P50_MS),
+        "obs_to_command_p99_ms": last(samples, Key.OBS_TO_COMMAND_P99_MS),
+        "inference_p50_ms": last(inference, Key.LATENCY_MEDIAN_MS),
+        "inference_p99_ms": last(inference, Key.LATENCY_P99_MS),
         "samples": len(steady),
     }, indent=2))
     return 0
