@@ -73,7 +73,9 @@ def test_evaluate_in_process_end_to_end_without_torch(tmp_path: Path) -> None:
                             default_params_file())
     assert doc["bundle"] == str(bundle) and doc["seeds"] == [1000]
     ep = doc["episodes"][0]
-    assert ep["steps"] == 12 and ep["chunks"] == 3  # inference every 5 steps at 50/10 Hz
+    # make demo's frame trigger: one chunk per 15 Hz camera frame (ceiling 20 Hz), frames at
+    # 0, 67, 133 and 200 ms of the 240 ms episode
+    assert ep["steps"] == 12 and ep["chunks"] == 4
     assert ep["error"] == "" and ep["engaged_step"] is not None
     assert doc["summary"]["line"] == last
     for key in ("mean_active_experts", "switches_per_episode", "latency_ms_p50",
