@@ -50,7 +50,6 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -63,7 +62,7 @@ from trajectory_msgs.msg import JointTrajectory
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.trajectory import TrajectoryError, TrajectoryFollower
-from moe_policy_ros.nodes.common import spin_node
+from moe_policy_ros.nodes.common import init_ros, spin_node
 from moe_policy_ros.nodes.convert import (
     command_values,
     joint_state_msg,
@@ -507,22 +506,14 @@ class AlohaSimNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point ``aloha_sim``; SIGINT/SIGTERM shut down cleanly (see :func:`spin_node`)."""
-    rclpy.init(args=args)
+    """Entry point ``aloha_sim``; SIGINT/SIGTERM shut down cleanly, also during the slow start
+    (see :func:`init_ros`)."""
+    init_ros(args)
     try:
         node = AlohaSimNode()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except BaseException:
         rclpy.try_shutdown()
-        return
-    except Exception:
-        # Ctrl-C while the node was still starting (MuJoCo load, renderer) shuts the context
-        # down under the constructor, which then fails creating entities: that is a shutdown,
-        # not an error. Anything raised while the context is still valid is a real error.
-        ok = rclpy.ok()
-        rclpy.try_shutdown()
-        if ok:
-            raise
-        return
+        raise
     spin_node(node)
 
 

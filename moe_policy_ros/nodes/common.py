@@ -17,6 +17,7 @@ from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from moe_policy_ros.core.inputs import InputError
 
@@ -66,6 +67,32 @@ def schedule_autostart(node: LifecycleNode) -> None:
     timer = node.create_timer(0.1, _once)
 
 
+#: set by SIGINT/SIGTERM (see :func:`init_ros`); :func:`spin_node` stops when it is set
+_SHUTDOWN = threading.Event()
+
+
+def _on_signal(_signum: int, _frame: Any) -> None:
+    _SHUTDOWN.set()  # read by spin_node between spin_once calls; never raises
+
+
+def _own_signals() -> dict[int, Any]:
+    """SIGINT and SIGTERM set :data:`_SHUTDOWN` (main thread only); the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def init_ros(args: list[str] | None = None) -> None:
+    """``rclpy.init`` for a node executable, with this package's signal handling from the
+    first moment: SIGINT and SIGTERM only set a flag that :func:`spin_node` reads, so a
+    Ctrl-C during a slow start (MuJoCo, a camera) no longer raises a KeyboardInterrupt in the
+    middle of a constructor or of an rclpy call; the node finishes starting, then shuts
+    down cleanly. rclpy's own handlers are not installed (``SignalHandlerOptions.NO``)."""
+    _SHUTDOWN.clear()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    _own_signals()
+
+
 def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> None:
     """Spin until SIGINT/SIGTERM or external shutdown, then clean up (ros2/demos style).
 
@@ -81,16 +108,9 @@ def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> N
     """
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    stop = threading.Event()
-
-    def _stop(_signum: int, _frame: Any) -> None:
-        stop.set()  # the loop below notices within one spin_once timeout
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = _own_signals()  # already ours after init_ros; also for callers of rclpy.init
     try:
-        while rclpy.ok(context=node.context) and not stop.is_set():
+        while rclpy.ok(context=node.context) and not _SHUTDOWN.is_set():
             try:
                 executor.spin_once(timeout_sec=0.1)
             except RCLError:
@@ -108,5 +128,5 @@ def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> N
         node.destroy_node()
         rclpy.try_shutdown()
         for sig, handler in previous.items():
-            if handler is not None:  # None: installed outside Python (rclpy's), not restorable
+            if handler not in (None, _on_signal):  # None: installed outside Python (rclpy's)
                 signal.signal(sig, handler)

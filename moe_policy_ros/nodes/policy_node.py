@@ -50,6 +50,7 @@ from moe_policy_ros.core.pipeline import PolicyPipeline, build_pipeline
 from moe_policy_ros.core.timeline import NONFINITE
 from moe_policy_ros.nodes.common import (
     guarded_input,
+    init_ros,
     log_mode_events,
     schedule_autostart,
     spin_node,
@@ -305,8 +306,12 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = PolicyNode()
+    init_ros(args)
+    try:
+        node = PolicyNode()
+    except BaseException:
+        rclpy.try_shutdown()
+        raise
     schedule_autostart(node)
     spin_node(node)  # single-threaded: see spin_node and bench/control_loop.py
 

@@ -51,7 +51,7 @@ from std_msgs.msg import Header
 
 from moe_policy_ros.core.stats import RateMeter
 from moe_policy_ros.core.types import Level
-from moe_policy_ros.nodes.common import spin_node
+from moe_policy_ros.nodes.common import init_ros, spin_node
 from moe_policy_ros.nodes.convert import (
     compressed_image_msg,
     depth_image_msg,
@@ -459,13 +459,16 @@ class RealSenseCameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
+    init_ros(args if args is not None else sys.argv)
     try:
         node = RealSenseCameraNode()
     except (ValueError, SourceError) as err:
         print(f"{NODE_NAME}: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    except BaseException:
+        rclpy.try_shutdown()
+        raise
     node.start()
     spin_node(node, on_shutdown=node.stop)
     return 0

@@ -59,3 +59,31 @@ def test_spin_node_restores_python_signal_handlers() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "True", proc.stdout
+
+
+STARTUP_PROBE = r'''
+import os, signal, time
+from rclpy.node import Node
+from moe_policy_ros.nodes.common import init_ros, spin_node
+
+init_ros()
+os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the node is still starting
+time.sleep(0.3)  # a KeyboardInterrupt would be raised here, in the middle of the start
+node = Node("startup_probe")
+print("constructed", flush=True)
+t0 = time.monotonic()
+spin_node(node)
+print(f"stopped after {time.monotonic() - t0:.2f} s", flush=True)
+'''
+
+
+def test_ctrl_c_during_start_up_finishes_the_start_then_shuts_down() -> None:
+    """With init_ros a Ctrl-C before spinning never raises inside the start-up: the node is
+    built, spin_node returns at once, the process exits 0 without a traceback."""
+    proc = subprocess.run([sys.executable, "-c", STARTUP_PROBE], env=node_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "constructed", proc.stdout
+    assert lines[1].startswith("stopped after") and float(lines[1].split()[2]) < 1.0, lines
