@@ -184,11 +184,12 @@ class JitterMeter:
             return JitterSummary(0, nan, nan, nan, nan, nan)
         periods = np.fromiter(self._periods, dtype=np.float64, count=len(self._periods))
         dev = np.abs(periods - self.nominal_s)
+        p50, p99 = np.percentile(dev, [50.0, 99.0])
         return JitterSummary(
             count=len(dev),
             mean=float(dev.mean()),
-            p50=float(np.percentile(dev, 50.0)),
-            p99=float(np.percentile(dev, 99.0)),
+            p50=float(p50),
+            p99=float(p99),
             max=float(dev.max()),
             mean_period=float(periods.mean()),
         )

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -62,7 +61,7 @@ from trajectory_msgs.msg import JointTrajectory
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.trajectory import TrajectoryError, TrajectoryFollower
-from moe_policy_ros.nodes.common import init_ros, spin_node
+from moe_policy_ros.nodes.common import spin_node, start_node
 from moe_policy_ros.nodes.convert import (
     command_values,
     joint_state_msg,
@@ -507,14 +506,8 @@ class AlohaSimNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point ``aloha_sim``; SIGINT/SIGTERM shut down cleanly, also during the slow start
-    (see :func:`init_ros`)."""
-    init_ros(args)
-    try:
-        node = AlohaSimNode()
-    except BaseException:
-        rclpy.try_shutdown()
-        raise
-    spin_node(node)
+    (see :func:`~moe_policy_ros.nodes.common.init_ros`)."""
+    spin_node(start_node(AlohaSimNode, args))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import rclpy
 from rclpy._rclpy_pybind11 import RCLError
@@ -91,6 +91,20 @@ def init_ros(args: list[str] | None = None) -> None:
     _SHUTDOWN.clear()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     _own_signals()
+
+
+N = TypeVar("N", bound=Node)
+
+
+def start_node(make: Callable[[], N], args: list[str] | None = None) -> N:
+    """:func:`init_ros`, then ``make()`` the node; if building it raises, rclpy is shut down
+    before the error propagates (every node executable's ``main`` starts this way)."""
+    init_ros(args)
+    try:
+        return make()
+    except BaseException:
+        rclpy.try_shutdown()
+        raise
 
 
 def spin_node(node: Node, *, on_shutdown: Callable[[], None] | None = None) -> None:

@@ -31,7 +31,6 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -50,10 +49,10 @@ from moe_policy_ros.core.pipeline import PolicyPipeline, build_pipeline
 from moe_policy_ros.core.timeline import NONFINITE
 from moe_policy_ros.nodes.common import (
     guarded_input,
-    init_ros,
     log_mode_events,
     schedule_autostart,
     spin_node,
+    start_node,
 )
 from moe_policy_ros.nodes.convert import (
     SERVICE_TYPES,
@@ -306,12 +305,7 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    init_ros(args)
-    try:
-        node = PolicyNode()
-    except BaseException:
-        rclpy.try_shutdown()
-        raise
+    node = start_node(PolicyNode, args)
     schedule_autostart(node)
     spin_node(node)  # single-threaded: see spin_node and bench/control_loop.py
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import cv2
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -51,7 +50,7 @@ from std_msgs.msg import Header
 
 from moe_policy_ros.core.stats import RateMeter
 from moe_policy_ros.core.types import Level
-from moe_policy_ros.nodes.common import init_ros, spin_node
+from moe_policy_ros.nodes.common import spin_node, start_node
 from moe_policy_ros.nodes.convert import (
     compressed_image_msg,
     depth_image_msg,
@@ -459,16 +458,11 @@ class RealSenseCameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    init_ros(args if args is not None else sys.argv)
     try:
-        node = RealSenseCameraNode()
+        node = start_node(RealSenseCameraNode, args if args is not None else sys.argv)
     except (ValueError, SourceError) as err:
         print(f"{NODE_NAME}: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
         return 2
-    except BaseException:
-        rclpy.try_shutdown()
-        raise
     node.start()
     spin_node(node, on_shutdown=node.stop)
     return 0
