@@ -27,6 +27,11 @@ Design notes
   the weight, which is infinite at ``tau = 0``.
 * **The SMP map is linear**: the chunk is ``sum_j w_j B_j x1_j`` with the basis ``B`` from the
   encoder (fixed for the chunk), so ``g_j = w_j B_j^T (W * (Y - A(x1)))`` is exact and cheap.
+  The basis columns share one length ``s`` (``s * Q``, Q orthonormal: the coefficients have
+  about unit variance, the scale of the noise). The guidance is taken in the coefficients'
+  own units, where the paper's weight applies: the error ``Y - A(x1)`` read as coefficients
+  is ``B^T (...) / s^2``, so ``g`` is divided by ``s^2`` (the mean squared column length; 1
+  for an orthonormal basis). The guided chunk is then the same whatever ``s`` a bundle uses.
 * **VJP of an ONNX denoiser by central finite differences.** ONNX graphs carry no gradient,
   and the bundle contract has no backward stage. The Jacobian needed is small: expert ``j``'s
   velocity depends only on its own ``R`` coefficients (the experts share the context, not
@@ -199,6 +204,7 @@ def guided_flow_sample(
     y = np.asarray(target, np.float64)
     m = np.asarray(mask, np.float64)
     guided = bool(np.any(m > 0))
+    scale2 = float(np.mean(np.sum(b * b, axis=1))) if guided else 1.0  # s^2, module notes
     x = np.asarray(x0, np.float32)
     dt = 1.0 / steps
     k = x.shape[0]
@@ -212,7 +218,7 @@ def guided_flow_sample(
             x1 = x.astype(np.float64) + (1.0 - tau) * v.astype(np.float64)
             chunk = np.einsum("j,jmr,jr->m", w, b, x1)
             err = m * (y - chunk)
-            g = w[:, None] * np.einsum("jmr,m->jr", b, err)  # [k, R], d(-loss)/d x1
+            g = w[:, None] * np.einsum("jmr,m->jr", b, err) / scale2  # [k, R], d(-loss)/d x1
             vjp = g + (1.0 - tau) * _vjp_from_rows(rows, g, fd_eps)
             v = (v + guidance_weight(tau, beta) * vjp).astype(np.float32)
         x = (x + np.float32(dt) * v).astype(np.float32)

@@ -7,6 +7,7 @@ takes. Unknown keys are rejected with a message naming them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -58,7 +59,10 @@ class ModelConfig:
     Fidelity options: ``adamoe_weighting`` (see :data:`ADAMOE_WEIGHTINGS`; recorded in the
     manifest as ``combination``), ``route_tau`` the gate-mass threshold SMP trains with and
     its bundle defaults to, ``lar_latent_fraction`` the share of the step budget LAR-MoE
-    spends in stage 1 (latent pre-training).
+    spends in stage 1 (latent pre-training), ``coeff_scale`` the length of SMP's basis
+    columns (0: sqrt(H*A / R), so that a chunk of unit-variance normalised actions lying in one
+    skill's span has unit-variance coefficients, the scale of the flow's N(0, 1) noise;
+    checkpoints without the field were trained with 1, an orthonormal basis).
     """
 
     family: str
@@ -85,6 +89,7 @@ class ModelConfig:
     adamoe_weighting: str = "router_plus_adapter"
     route_tau: float = 0.8
     lar_latent_fraction: float = 0.3
+    coeff_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -121,6 +126,8 @@ class ModelConfig:
             raise ValueError(
                 f"lar_latent_fraction must be in (0, 1) (got {self.lar_latent_fraction})"
             )
+        if not self.coeff_scale >= 0:
+            raise ValueError(f"coeff_scale must be >= 0 (got {self.coeff_scale})")
         if not self.router_gain > 0:
             raise ValueError(f"router_gain must be positive (got {self.router_gain})")
         if self.context_dim % self.trunk_heads:
@@ -143,6 +150,13 @@ class ModelConfig:
         """H * A, the length of a flattened action chunk."""
         return self.chunk_length * self.action_dim
 
+    @property
+    def skill_scale(self) -> float:
+        """SMP: the length of every basis column (``coeff_scale``, or its automatic value)."""
+        if self.coeff_scale > 0:
+            return float(self.coeff_scale)
+        return math.sqrt(self.flat_action_dim / self.rank)
+
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> ModelConfig:
         """:meth:`from_dict` for a config stored with weights (checkpoint, run): a field that
@@ -152,6 +166,8 @@ class ModelConfig:
             data.setdefault("adamoe_weighting", "adapter_sigmoid")
         data.setdefault("vision_keypoints", 0)
         data.setdefault("vision_norm", "none")
+        if data.get("family") == "smp":
+            data.setdefault("coeff_scale", 1.0)
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

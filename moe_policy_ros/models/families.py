@@ -644,6 +644,13 @@ class SMPModel(MoEModel):
     projection of the coefficients onto the active skills' span. A chunk that lies in one
     skill's subspace therefore comes out at full length however many skills are active;
     training optimises exactly this composition.
+
+    The exported basis is ``s * Q`` (``cfg.skill_scale``, sqrt(H*A/R) by default): the
+    coefficients x = Q^T y / s of a normalised chunk then have about unit variance, the scale
+    of the flow's N(0, 1) noise, as flow matching assumes of its data. With an orthonormal
+    basis (s = 1, the earlier model) one skill's 4 coefficients carried a 350-value chunk at
+    about 9.5 times the noise's scale, and the flow fitted them 2-3 times worse than AdaMoE
+    fits the chunk at the same step (docs/training.md).
     """
 
     family = "smp"
@@ -678,10 +685,16 @@ class SMPModel(MoEModel):
         return self.basis_bias.unsqueeze(0) + self.basis_head(c).reshape(-1, n, er)
 
     def basis(self, c: Tensor) -> Tensor:
+        """[B, E, N, R]: ``skill_scale`` times the orthonormalised W(c), skill i's R columns."""
         cfg = self.cfg
         e, r, n = cfg.num_experts, cfg.rank, cfg.flat_action_dim
         q = gram_schmidt(self.basis_matrix(c))  # [B, N, E*R]
-        return q.reshape(-1, n, e, r).permute(0, 2, 1, 3)
+        return (cfg.skill_scale * q).reshape(-1, n, e, r).permute(0, 2, 1, 3)
+
+    def coefficients(self, basis: Tensor, y: Tensor) -> Tensor:
+        """Every skill's coefficients of the flat chunks ``y`` [B, N]: B^T y / s^2 [B, E, R],
+        so that ``compose`` of one skill's coefficients is y's projection onto its span."""
+        return torch.einsum("benr,bn->ber", basis, y) / self.cfg.skill_scale**2
 
     def encode(self, images: Sequence[Tensor], proprio: Tensor) -> dict[str, Tensor]:
         c = self.trunk_context(images, proprio)
@@ -751,7 +764,7 @@ class SMPModel(MoEModel):
     ) -> dict[str, Tensor]:
         """Flow matching per skill + the composed chunk + the variational gate term.
 
-        x1 = B(c)^T y are every skill's target coefficients (the flow target is detached).
+        x1 = B(c)^T y / s^2 are every skill's target coefficients (the flow target is detached).
         A = the active set the bundle's default routing picks from the gates (no gradient).
 
         * L_fm (:func:`losses.flow_matching_loss`): every expert learns its own skill's
@@ -770,7 +783,7 @@ class SMPModel(MoEModel):
         c, basis, logits = enc["context"], enc["basis"], enc["gate_logits"]
         b, e = c.shape[0], self.cfg.num_experts
         y = actions.reshape(b, -1)
-        x1 = torch.einsum("benr,bn->ber", basis, y)
+        x1 = self.coefficients(basis, y)
         per_skill = torch.einsum("benr,ber->ben", basis, x1)
         errors = ((per_skill - y.unsqueeze(1)) ** 2).mean(dim=-1)
         q = L.skill_posterior(logits, errors, sigma2)
@@ -787,7 +800,7 @@ class SMPModel(MoEModel):
         pred = self._chunk(self.compose(basis, x1_hat, mask))
         bc_term = L.bc_loss(pred, actions, bc)  # type: ignore[arg-type]
         kl = L.gate_kl(q, logits)
-        ortho = L.orthogonality_loss(basis)
+        ortho = L.orthogonality_loss(basis / self.cfg.skill_scale)
         total = fm + bc_term + recon_weight * recon + kl_weight * kl + ortho_weight * ortho
         return {
             "loss": total,

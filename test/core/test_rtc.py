@@ -21,6 +21,7 @@ from moe_policy_ros.core.rtc import (
     fd_vjp,
     guidance_for,
     guidance_weight,
+    guided_flow_sample,
     soft_mask,
 )
 from moe_policy_ros.core.runtime import MoEPolicy, synthetic_observation
@@ -253,3 +254,35 @@ def test_async_loop_rtc_keeps_every_seam_small(smp: tuple[SMPModel, MoEPolicy]) 
     # measured: replace 2.33, rtc 0.59 (the switch row d has mask weight 0.37; this untrained
     # model's chunks are not smooth, so the rest of the seam is the model's own step)
     assert worst["rtc"] < 0.5 * worst["replace"], worst
+
+
+def test_guidance_is_the_same_for_any_basis_scale() -> None:
+    """A bundle whose basis is s * Q (coefficients in 1/s units, the trained SMP) guides to the
+    same chunk as the orthonormal Q with the velocity field expressed in its units: the
+    guidance is taken in coefficient units (g / s^2), so the paper's weights mean the same."""
+    rng = np.random.default_rng(5)
+    k, m, r, s = 2, 12, 3, 7.0
+    q, _ = np.linalg.qr(rng.standard_normal((m, k * r)))
+    q = q.reshape(m, k, r).transpose(1, 0, 2)  # [k, M, R], orthonormal across experts
+    a = 0.3 * rng.standard_normal((k, r, r))
+    c = rng.standard_normal((k, r))
+
+    def v_unit(x: np.ndarray, tau: float) -> np.ndarray:  # per-expert affine field; FD rows too
+        n = x.shape[0] // k
+        return np.concatenate([np.einsum("jrs,js->jr", a, x[i * k : (i + 1) * k]) + c * (1 + tau)
+                               for i in range(n)]).astype(np.float32)  # fmt: skip
+
+    def v_scaled(x: np.ndarray, tau: float) -> np.ndarray:  # the same field for x' = x / s
+        return v_unit(s * x, tau) / s
+
+    w = np.ones(k)
+    target = rng.standard_normal(m)
+    mask = np.repeat(soft_mask(6, 2, 1, 6), 2)
+    x0 = rng.standard_normal((k, r)).astype(np.float32)
+    x1 = guided_flow_sample(v_unit, x0, 10, q, w, target, mask, 5.0)
+    x1s = guided_flow_sample(v_scaled, x0 / s, 10, s * q, w, target, mask, 5.0)
+    chunk = np.einsum("jmr,jr->m", q, x1)
+    chunk_s = np.einsum("jmr,jr->m", s * q, x1s)
+    np.testing.assert_allclose(chunk_s, chunk, rtol=1e-4, atol=1e-4)
+    plain = np.einsum("jmr,jr->m", q, guided_flow_sample(v_unit, x0, 10, q, w, target, 0 * mask, 5.0))
+    assert np.abs(plain - chunk).max() > 0.1  # the guidance moved the chunk

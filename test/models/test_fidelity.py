@@ -30,6 +30,7 @@ from moe_policy_ros.core.runtime import MoEPolicy, compose_skills, synthetic_obs
 from moe_policy_ros.core.types import RouterOutputs
 from moe_policy_ros.models import export_bundle, load_checkpoint, save_checkpoint
 from moe_policy_ros.models import losses as L
+from moe_policy_ros.models.config import ModelConfig
 from moe_policy_ros.models.export import default_routing
 from moe_policy_ros.models.families import (
     AdaMoEModel,
@@ -106,7 +107,7 @@ def test_smp_one_skill_chunk_keeps_full_length_with_two_skills_active(
         basis, logits = enc["basis"], enc["gate_logits"]
         u = torch.randn(B, R, generator=torch.Generator().manual_seed(3))
         y = torch.einsum("bnr,br->bn", basis[:, 1], u)  # lies in skill 1's subspace
-        coeffs = torch.einsum("benr,bn->ber", basis, y)  # exact coefficients of every skill
+        coeffs = model.coefficients(basis, y)  # exact coefficients of every skill
         mask = model.selection_weights(logits)
         assert mask.tolist() == [[0.0, 1.0, 1.0, 0.0]] * B
         torch.testing.assert_close(model.compose(basis, coeffs, mask), y, atol=1e-5, rtol=0)
@@ -154,7 +155,7 @@ def test_smp_basis_is_a_full_state_dependent_matrix_orthonormalised(
     c = torch.randn(16, D, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         w = model.basis_matrix(c)  # [16, N, E*R] before orthonormalising
-        q = model.basis(c).permute(0, 2, 1, 3).reshape(16, n, E * R)
+        q = model.basis(c).permute(0, 2, 1, 3).reshape(16, n, E * R) / model.cfg.skill_scale
     # a mixture of M fixed directions would span at most M - 1 dimensions around its mean;
     # the predicted matrix moves in as many directions as the contexts do (15 here)
     flat = w.reshape(16, -1)
@@ -430,3 +431,32 @@ def test_hooks_default_on_every_family(tiny_model: Callable[..., MoEModel]) -> N
             assert model.calibrate([batch()]) == {}
         with pytest.raises(ValueError, match="unknown training phase 'latent'"):
             model.begin_phase("latent")
+
+
+def test_smp_coefficients_of_a_normalised_chunk_have_the_noise_scale(
+    tiny_model: Callable[..., MoEModel]
+) -> None:
+    """The flow starts from N(0, 1) noise; the basis is s * Q with s = sqrt(H*A / R), so a
+    chunk of unit-variance actions lying in one skill's span has unit-variance coefficients
+    (with an orthonormal basis they were sqrt(H*A / R) times larger), and composing them
+    gives the chunk back."""
+    model = tiny_model("smp").eval()
+    assert isinstance(model, SMPModel)
+    s = model.cfg.skill_scale
+    assert s == pytest.approx(math.sqrt(H * A / R))
+    imgs, prop, _ = batch()
+    with torch.no_grad():
+        basis = model.encode(imgs, prop)["basis"]  # [B, E, N, R]
+        lengths = basis.norm(dim=2)  # every column has length s
+        torch.testing.assert_close(lengths, torch.full_like(lengths, s), atol=1e-4, rtol=0)
+        q1 = basis[:, 1] / s  # skill 1's orthonormal columns
+        g = torch.Generator().manual_seed(4)
+        y = torch.einsum("bnr,br->bn", q1, torch.randn(B, R, generator=g)) * s
+        y = y / y.std(dim=1, keepdim=True)  # a unit-variance chunk in skill 1's span
+        x = model.coefficients(basis, y)
+        assert float(x[:, 1].pow(2).mean()) == pytest.approx(1.0, rel=0.05)
+        one = torch.zeros(B, E)
+        one[:, 1] = 1.0
+        torch.testing.assert_close(model.compose(basis, x, one), y, atol=1e-4, rtol=0)
+    old = ModelConfig.from_saved({"family": "smp"})  # a checkpoint from before the field
+    assert old.skill_scale == 1.0

@@ -156,8 +156,8 @@ def test_smp_stages(bundles: dict[str, tuple[MoEModel, Path]]) -> None:
     }
     ctx, _, basis = enc.run(None, feeds)
     e, n, r = basis.shape[1], basis.shape[2], basis.shape[3]
-    q = basis[0].transpose(1, 0, 2).reshape(n, e * r)
-    np.testing.assert_allclose(q.T @ q, np.eye(e * r), atol=1e-5)  # orthonormal across experts
+    q = basis[0].transpose(1, 0, 2).reshape(n, e * r) / model.cfg.skill_scale
+    np.testing.assert_allclose(q.T @ q, np.eye(e * r), atol=1e-5)  # orthogonal across experts
     idx = np.array([1, 3], dtype=np.int64)
     x_t = rng.standard_normal((1, 2, r)).astype(np.float32)
     t = np.array([0.3], dtype=np.float32)
