@@ -59,6 +59,8 @@ def main() -> int:
                     help="policy.inference_rate_hz (the frame trigger's ceiling)")
     ap.add_argument("--mode", choices=("stream", "chunk"), default="stream",
                     help="policy.execution.mode")
+    ap.add_argument("--switch-interval-ms", type=float, default=None,
+                    help="policy.gil_switch_interval_ms (default: the parameter's default)")
     ap.add_argument("--idle", action="store_true",
                     help="no images: no decoding or inference, the node holds")
     args = ap.parse_args()
@@ -73,7 +75,9 @@ def main() -> int:
     params = policy_params(tmp, policy__control_rate_hz=args.rate,
                            policy__inference_trigger=args.trigger,
                            policy__inference_rate_hz=args.inference_rate,
-                           policy__execution__mode=args.mode)
+                           policy__execution__mode=args.mode,
+                           **({} if args.switch_interval_ms is None else
+                              {"policy__gil_switch_interval_ms": args.switch_interval_ms}))
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
     inference: list[tuple[float, dict[str, str]]] = []
@@ -138,6 +142,7 @@ def main() -> int:
         "trigger": args.trigger,
         "inference_rate_hz": args.inference_rate,
         "execution_mode": args.mode,
+        "gil_switch_interval_ms": args.switch_interval_ms,
         # the node's windows at the end of the run (obs-to-command: frame stamp -> first
         # command computed from it; inference: the policy call)
         "obs_to_command_p50_ms": last(samples, Key.OBS_TO_COMMAND_P50_MS),

@@ -311,6 +311,14 @@ class PolicyConfig(_Strict):
     intra_op_threads: int = Field(
         default=1, ge=0, description="ONNX Runtime threads per stage; 0 = one per core"
     )
+    gil_switch_interval_ms: float = Field(
+        default=0.5,
+        gt=0,
+        le=100,
+        description="ms, the node process's sys.setswitchinterval: how long a thread that "
+        "woke (the control loop at its deadline) may wait for another thread to release the "
+        "GIL; Python's default 5 ms shows as 5 ms of control-period jitter",
+    )
 
     @field_validator("sha256")
     @classmethod

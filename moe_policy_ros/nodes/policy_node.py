@@ -28,6 +28,7 @@ tampered bundle) leaves the node unconfigured and alive, with the reason in the 
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -142,6 +143,7 @@ class PolicyNode(LifecycleNode):
 
     def _configure(self) -> None:
         cfg = config_from_params(nested_parameters(self))
+        sys.setswitchinterval(cfg.policy.gil_switch_interval_ms / 1000.0)
         self._stop_frames()
         pipe = build_pipeline(cfg, resolve_path=resolve_share_path, make_backend=build_backend,
                               clock=self._mono, warn=self._warn_once, ros_now=self._now_ns,
