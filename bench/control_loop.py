@@ -61,6 +61,8 @@ def main() -> int:
                     help="policy.execution.mode")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="policy.gil_switch_interval_ms (default: the parameter's default)")
+    ap.add_argument("--priority", type=int, default=None,
+                    help="policy.control_thread_priority (SCHED_FIFO 1-99; 0 = normal)")
     ap.add_argument("--idle", action="store_true",
                     help="no images: no decoding or inference, the node holds")
     args = ap.parse_args()
@@ -77,7 +79,9 @@ def main() -> int:
                            policy__inference_rate_hz=args.inference_rate,
                            policy__execution__mode=args.mode,
                            **({} if args.switch_interval_ms is None else
-                              {"policy__gil_switch_interval_ms": args.switch_interval_ms}))
+                              {"policy__gil_switch_interval_ms": args.switch_interval_ms}),
+                           **({} if args.priority is None else
+                              {"policy__control_thread_priority": args.priority}))
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
     inference: list[tuple[float, dict[str, str]]] = []
@@ -143,6 +147,7 @@ def main() -> int:
         "inference_rate_hz": args.inference_rate,
         "execution_mode": args.mode,
         "gil_switch_interval_ms": args.switch_interval_ms,
+        "control_thread_priority": args.priority,
         # the node's windows at the end of the run (obs-to-command: frame stamp -> first
         # command computed from it; inference: the policy call)
         "obs_to_command_p50_ms": last(samples, Key.OBS_TO_COMMAND_P50_MS),

@@ -311,6 +311,14 @@ class PolicyConfig(_Strict):
     intra_op_threads: int = Field(
         default=1, ge=0, description="ONNX Runtime threads per stage; 0 = one per core"
     )
+    control_thread_priority: int = Field(
+        default=0,
+        ge=0,
+        le=99,
+        description="SCHED_FIFO priority of the control loop's thread (1-99, as ros2_control's "
+        "thread_priority); 0 = the normal scheduler. Needs rtprio or CAP_SYS_NICE; refused, "
+        "the node warns and runs the loop normally",
+    )
     gil_switch_interval_ms: float = Field(
         default=0.5,
         gt=0,

@@ -36,6 +36,7 @@ and the loop goes on, unless the process is shutting down under it.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Literal
@@ -143,11 +144,18 @@ class LoopThreads:
         loop: Callable[[Body, threading.Event], None],
         body: Body,
         on_error: Callable[[Exception], None],
+        on_start: Callable[[], None] | None = None,
     ) -> None:
-        """Start thread ``name`` running ``loop`` over ``body`` (see the class). The first
-        thread started after :meth:`stop` clears the stop event: a new run."""
+        """Start thread ``name`` running ``loop`` over ``body`` (see the class); ``on_start``
+        runs first on the new thread (e.g. :func:`set_realtime_priority`). The first thread
+        started after :meth:`stop` clears the stop event: a new run."""
         if not self._threads:
             self.stop_event.clear()
+
+        def run(body: Body, stop: threading.Event) -> None:
+            if on_start is not None:
+                on_start()
+            loop(body, stop)
 
         def guarded(step: int, now_ns: int) -> None:
             try:
@@ -158,7 +166,7 @@ class LoopThreads:
                     return
                 on_error(err)
 
-        thread = threading.Thread(target=loop, args=(guarded, self.stop_event), name=name,
+        thread = threading.Thread(target=run, args=(guarded, self.stop_event), name=name,
                                   daemon=True)
         self._threads.append(thread)
         thread.start()
@@ -169,6 +177,28 @@ class LoopThreads:
         for thread in self._threads:
             thread.join(timeout=timeout_s)
         self._threads = []
+
+
+def set_realtime_priority(priority: int) -> str | None:
+    """Put the calling thread under SCHED_FIFO at ``priority`` (1-99), as ros2_control's
+    controller manager does for its update thread; 0 leaves it under the normal scheduler.
+
+    Returns None on success (or for 0), else why not (the message names the priority and
+    the fix): it needs CAP_SYS_NICE or an ``rtprio`` limit (``/etc/security/limits.conf``),
+    which a robot computer grants its control user and a container may not.
+    """
+    if not 0 <= priority <= 99:
+        raise ValueError(f"realtime priority must be in 0..99 (got {priority})")
+    if priority == 0:
+        return None
+    if not hasattr(os, "sched_setscheduler"):
+        return f"SCHED_FIFO priority {priority}: not available on this platform"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as err:
+        return (f"SCHED_FIFO priority {priority} refused ({err.strerror}): the loop runs under "
+                "the normal scheduler; grant rtprio (limits.conf) or CAP_SYS_NICE")
+    return None
 
 
 def _period_ns(rate_hz: float) -> int:

@@ -44,7 +44,7 @@ from moe_policy_ros.backend_factory import build_backend
 from moe_policy_ros.core.clock import MonotonicClock
 from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_params
 from moe_policy_ros.core.diagnostics import lifecycle_task
-from moe_policy_ros.core.loop import LoopThreads
+from moe_policy_ros.core.loop import LoopThreads, set_realtime_priority
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.pipeline import PolicyPipeline, build_pipeline
 from moe_policy_ros.core.timeline import NONFINITE
@@ -112,9 +112,16 @@ class PolicyNode(LifecycleNode):
         pipe.start()
         self._loops.start("inference", pipe.run_worker, self._infer_step, self._infer_failed)
         self._loops.start("control", pipe.control_loop.run, self._control_step,
-                          self._control_failed)
+                          self._control_failed, on_start=self._control_priority)
         self.get_logger().info("activated: control loop and inference worker running")
         return super().on_activate(state)
+
+    def _control_priority(self) -> None:
+        """Control thread, before its first tick: ``policy.control_thread_priority``."""
+        assert self._pipe is not None
+        refused = set_realtime_priority(self._pipe.cfg.policy.control_thread_priority)
+        if refused:
+            self.get_logger().warning(f"control loop: {refused}")
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop output first, then the threads."""

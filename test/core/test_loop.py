@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
 from moe_policy_ros.core.clock import FakeClock, MonotonicClock
-from moe_policy_ros.core.loop import LoopThreads, PeriodicLoop
+from moe_policy_ros.core.loop import LoopThreads, PeriodicLoop, set_realtime_priority
 
 MS = 1_000_000
 
@@ -176,3 +177,39 @@ def test_loop_threads_stop_quietly_when_the_process_is_shutting_down() -> None:
     assert not threads.stop_event.is_set()
     threads.stop()
     assert errors == []
+
+
+def test_on_start_runs_on_the_loop_thread_before_the_first_iteration() -> None:
+    seen: list[tuple[str, int]] = []
+    loops = LoopThreads()
+
+    def loop(body: object, stop: threading.Event) -> None:
+        seen.append(("loop", threading.get_ident()))
+        stop.wait(0.01)
+
+    loops.start("t", loop, lambda s, n: None, lambda e: None,  # type: ignore[arg-type]
+                on_start=lambda: seen.append(("start", threading.get_ident())))
+    loops.stop()
+    assert [k for k, _ in seen] == ["start", "loop"]
+    assert seen[0][1] == seen[1][1] != threading.get_ident()
+
+
+def test_realtime_priority_applies_to_the_calling_thread_or_says_why_not() -> None:
+    assert set_realtime_priority(0) is None
+    with pytest.raises(ValueError, match="100"):
+        set_realtime_priority(100)
+    out: dict[str, object] = {}
+
+    def worker() -> None:
+        out["refused"] = set_realtime_priority(10)
+        out["policy"] = os.sched_getscheduler(0)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    if out["refused"] is None:  # permitted here (root, rtprio): the thread is SCHED_FIFO
+        assert out["policy"] == os.SCHED_FIFO
+    else:  # refused: the message names the priority and the fix, the thread is unchanged
+        assert "priority 10" in str(out["refused"]) and "rtprio" in str(out["refused"])
+        assert out["policy"] == os.SCHED_OTHER
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own thread is untouched
