@@ -73,6 +73,13 @@ def main() -> int:
 
     from moe_policy_ros.core.diagnostics import Key
 
+    # The camera transport profile, as `moe-policy-ros up` gives its nodes (the fake robot
+    # publishes the frames, so it needs it most): without it Fast DDS loses most 640x480
+    # frames between processes and the node infers on stale ones (runs before 2026-12-01).
+    from moe_policy_ros.core.transport import dds_environment
+    from moe_policy_ros.graph import read_params_doc
+
+    os.environ.update(dds_environment(read_params_doc(REPO / "config" / "dual_arm.yaml")))
     tmp = Path(tempfile.mkdtemp(prefix="moe_bench_"))
     params = policy_params(tmp, policy__control_rate_hz=args.rate,
                            policy__inference_trigger=args.trigger,
@@ -146,6 +153,7 @@ def main() -> int:
         "trigger": args.trigger,
         "inference_rate_hz": args.inference_rate,
         "execution_mode": args.mode,
+        "dds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "Fast DDS defaults"),
         "gil_switch_interval_ms": args.switch_interval_ms,
         "control_thread_priority": args.priority,
         # the node's windows at the end of the run (obs-to-command: frame stamp -> first
