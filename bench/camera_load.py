@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -288,6 +287,7 @@ def main() -> int:
 
     from moe_policy_ros.core.diagnostics import level_of
     from moe_policy_ros.core.transport import dds_environment
+    from moe_policy_ros.tools.bench import run_header
 
     if not args.dds_defaults:
         os.environ.update(dds_environment())  # before any participant in this process
@@ -312,13 +312,7 @@ def main() -> int:
                 rows.append(measure(args, client, diag, tmp, n, transport, bundle))
     finally:
         client.close()
-    head = {
-        "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python "
-                   f"{platform.python_version()}",
-        "command": " ".join(["python", "bench/camera_load.py", *sys.argv[1:]]),
-        "load_average_1min": os.getloadavg()[0],
-    }
+    head = run_header("bench/camera_load.py", sys.argv[1:])
     if args.markdown:
         print(", ".join(f"{k}: {v}" for k, v in head.items()) + "\n")
         print(markdown(rows))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -78,6 +77,7 @@ def main() -> int:
     # frames between processes and the node infers on stale ones (runs before 2026-12-01).
     from moe_policy_ros.core.transport import dds_environment
     from moe_policy_ros.graph import read_params_doc
+    from moe_policy_ros.tools.bench import run_header
 
     os.environ.update(dds_environment(read_params_doc(REPO / "config" / "dual_arm.yaml")))
     tmp = Path(tempfile.mkdtemp(prefix="moe_bench_"))
@@ -85,10 +85,10 @@ def main() -> int:
                            policy__inference_trigger=args.trigger,
                            policy__inference_rate_hz=args.inference_rate,
                            policy__execution__mode=args.mode,
-                           **({} if args.switch_interval_ms is None else
-                              {"policy__gil_switch_interval_ms": args.switch_interval_ms}),
-                           **({} if args.priority is None else
-                              {"policy__control_thread_priority": args.priority}))
+                           **{k: v for k, v in (
+                               ("policy__gil_switch_interval_ms", args.switch_interval_ms),
+                               ("policy__control_thread_priority", args.priority))
+                              if v is not None})
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
     inference: list[tuple[float, dict[str, str]]] = []
@@ -136,14 +136,10 @@ def main() -> int:
         return vals[-1] if vals else None
 
     print(json.dumps({
-        "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python "
-                   f"{platform.python_version()}",
-        "command": " ".join(["python", "bench/control_loop.py", *sys.argv[1:]]),
+        **run_header("bench/control_loop.py", sys.argv[1:]),
         "seconds": args.seconds,
         "control_rate_hz": args.rate,
         "camera": "none (idle)" if args.idle else f"{size[0]}x{size[1]} rgb8 15 Hz",
-        "load_average_1min": os.getloadavg()[0],
         "rate_hz_median": statistics.median(rates),
         "rate_hz_min": min(rates),
         "jitter_p50_ms": statistics.median(p50),

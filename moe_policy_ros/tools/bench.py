@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,18 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         info["onnxruntime"] = None
     return info
+
+
+def run_header(script: str, argv: list[str]) -> dict[str, Any]:
+    """The fields every ``bench/`` script's result starts with: when, on what, the command
+    that repeats it (``python SCRIPT ARGV``) and the load it ran under."""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python "
+                   f"{platform.python_version()}",
+        "command": " ".join(["python", script, *argv]),
+        "load_average_1min": os.getloadavg()[0],
+    }
 
 
 def _stats(values: list[float]) -> dict[str, float]:
