@@ -92,6 +92,7 @@ def main() -> int:
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
     inference: list[tuple[float, dict[str, str]]] = []
+    inputs: list[tuple[float, dict[str, str]]] = []
 
     def on_diag(arr: DiagnosticArray) -> None:
         for st in arr.status:
@@ -99,6 +100,8 @@ def main() -> int:
                 samples.append((time.monotonic(), {kv.key: kv.value for kv in st.values}))
             elif st.name == "moe_policy: inference":
                 inference.append((time.monotonic(), {kv.key: kv.value for kv in st.values}))
+            elif st.name == "moe_policy: inputs":
+                inputs.append((time.monotonic(), {kv.key: kv.value for kv in st.values}))
 
     client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     total = args.seconds + args.settle + 10
@@ -132,8 +135,13 @@ def main() -> int:
     mx = [float(v[Key.JITTER_MAX_MS]) for v in steady]
 
     def last(rows: list[tuple[float, dict[str, str]]], key: str) -> float | None:
-        vals = [float(v[key]) for t, v in rows if t >= t0 + args.settle and key in v]
-        return vals[-1] if vals else None
+        vals = [v[key] for t, v in rows if t >= t0 + args.settle and key in v]
+        return float(vals[-1]) if vals and vals[-1] != "n/a" else None
+
+    def last_camera(key: str) -> float | None:
+        # "<camera> <key>" in the inputs task; the fake robot has one camera
+        cams = {k for _, v in inputs for k in v if k.endswith(" " + key)}
+        return last(inputs, min(cams)) if cams else None
 
     print(json.dumps({
         **run_header("bench/control_loop.py", sys.argv[1:]),
@@ -158,6 +166,12 @@ def main() -> int:
         "obs_to_command_p99_ms": last(samples, Key.OBS_TO_COMMAND_P99_MS),
         "inference_p50_ms": last(inference, Key.LATENCY_MEDIAN_MS),
         "inference_p99_ms": last(inference, Key.LATENCY_P99_MS),
+        # where obs-to-command goes before the policy runs: frame stamp -> receipt, and the
+        # observation's age when the inference from it starts (+ decoding, + the wait)
+        "stamp_to_receipt_p50_ms": last_camera(Key.STAMP_TO_RECEIPT_P50_MS),
+        "stamp_to_receipt_p99_ms": last_camera(Key.STAMP_TO_RECEIPT_P99_MS),
+        "obs_age_at_start_p50_ms": last(inference, Key.OBS_AGE_AT_START_P50_MS),
+        "obs_age_at_start_p99_ms": last(inference, Key.OBS_AGE_AT_START_P99_MS),
         "samples": len(steady),
     }, indent=2))
     return 0

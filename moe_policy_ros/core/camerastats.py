@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moe_policy_ros.core.stats import RateMeter
+from moe_policy_ros.core.stats import LatencyWindow, RateMeter
 from moe_policy_ros.core.types import Level
 
 #: Shipped Fast DDS profile, named in the transport verdict (see core/transport.py).
@@ -57,6 +57,9 @@ class CameraReport:
     causes: Mapping[str, int] = field(default_factory=dict)
     last_error: str = ""
     publishers: int | None = None  # matched publishers on the topic, when known
+    #: ``header.stamp`` to the subscription's receipt, ms (capture/driver + transport)
+    receipt_p50_ms: float | None = None
+    receipt_p99_ms: float | None = None
 
 
 def camera_verdict(r: CameraReport, min_delivery: float = 0.9) -> tuple[Level, str]:
@@ -131,6 +134,7 @@ class CameraStats:
         self._stamps: deque[int] = deque(maxlen=window)
         # receipt times on the node's ROS clock, which jumps back when a simulator restarts
         self._arrivals = RateMeter(rate_window_s, max_events=window, on_backwards="restart")
+        self._receipt_ms = LatencyWindow(window)  # header.stamp -> receipt, ROS clock
         self.received = self.accepted = self.rejected = 0
         self.causes: dict[str, int] = {}
         self.last_error = ""
@@ -142,6 +146,7 @@ class CameraStats:
         with self._lock:
             self.received += 1
             self._stamps.append(int(stamp_ns))
+            self._receipt_ms.add((int(recv_ns) - int(stamp_ns)) / 1e6)
         self._arrivals.record(int(recv_ns))
 
     def accepted_frame(self, size: tuple[int, int], encoding: str) -> None:
@@ -179,6 +184,7 @@ class CameraStats:
         rate = self._arrivals.rate_hz(now_ns)
         with self._lock:
             pub_rate, source, delivery = self._publisher()
+            receipt = self._receipt_ms.summary() if len(self._receipt_ms) else None
             return CameraReport(
                 name=self.name, topic=self.topic, size_used=self.size_used,
                 received=self.received, accepted=self.accepted, rejected=self.rejected,
@@ -186,4 +192,6 @@ class CameraStats:
                 rate_source=source, delivery=delivery, size_received=self.size_received,
                 encoding_received=self.encoding_received, preprocess=self.preprocess,
                 causes=dict(self.causes), last_error=self.last_error, publishers=publishers,
+                receipt_p50_ms=None if receipt is None else receipt.p50,
+                receipt_p99_ms=None if receipt is None else receipt.p99,
             )

@@ -94,6 +94,13 @@ class Key:
     MISSED_TICKS = "missed ticks"
     OBS_TO_COMMAND_P50_MS = "obs-to-command p50 (ms)"
     OBS_TO_COMMAND_P99_MS = "obs-to-command p99 (ms)"
+    # the parts of obs-to-command before the policy runs: a camera's stamp -> receipt
+    # (inputs task, per camera: "<camera> " + this), and the observation's age when the
+    # inference from it starts (inference task: receipt, decoding, waiting for the worker)
+    STAMP_TO_RECEIPT_P50_MS = "stamp-to-receipt p50 (ms)"
+    STAMP_TO_RECEIPT_P99_MS = "stamp-to-receipt p99 (ms)"
+    OBS_AGE_AT_START_P50_MS = "observation age at inference start p50 (ms)"
+    OBS_AGE_AT_START_P99_MS = "observation age at inference start p99 (ms)"
     MODE = "mode"
     INFERENCE_TRIGGER = "inference trigger"
     RTC_FROZEN_PREFIX_STEPS = "rtc frozen prefix (steps)"
@@ -123,6 +130,8 @@ class InferenceStats:
     latency: LatencyWindow = field(default_factory=lambda: LatencyWindow(200))
     expert_latency: LatencyWindow = field(default_factory=lambda: LatencyWindow(200))
     active_count: LatencyWindow = field(default_factory=lambda: LatencyWindow(200))
+    #: observation age (ms, ROS clock) when an inference from it starts
+    obs_age: LatencyWindow = field(default_factory=lambda: LatencyWindow(200))
     chunks: int = 0
     errors: int = 0
     last_error: str = ""
@@ -193,6 +202,10 @@ def camera_task_values(rep: CameraReport) -> tuple[Level, str, Values]:
         (f"{cam} publisher rate (Hz)", "unknown" if rep.publisher_rate_hz is None
          else f"{rep.publisher_rate_hz:.1f} ({rep.rate_source})"),
         (f"{cam} delivery", "unknown" if rep.delivery is None else rep.delivery),
+        (f"{cam} {Key.STAMP_TO_RECEIPT_P50_MS}",
+         "n/a" if rep.receipt_p50_ms is None else rep.receipt_p50_ms),
+        (f"{cam} {Key.STAMP_TO_RECEIPT_P99_MS}",
+         "n/a" if rep.receipt_p99_ms is None else rep.receipt_p99_ms),
         (f"{cam} verdict", line),
     ]
     return Level(level), line, values
@@ -242,7 +255,7 @@ def inference_task(
 ) -> TaskStatus:
     """Latency, errors and overruns; ``rate_hz`` is the timer's rate or the frame trigger's
     ceiling (``trigger``); ``rtc_prefix_steps``: the frozen prefix rtc uses now."""
-    lat = stats.latency.summary()
+    lat, age = stats.latency.summary(), stats.obs_age.summary()
     level = Level.OK if stats.errors == 0 else Level.WARN
     message = f"{backend}, median {lat.p50:.1f} ms"
     if stats.nonfinite:
@@ -257,6 +270,8 @@ def inference_task(
         (Key.LATENCY_MEDIAN_MS, lat.p50),
         (Key.LATENCY_P99_MS, lat.p99),
         (Key.EXPERT_STAGE_MEDIAN_MS, stats.expert_latency.summary().p50),
+        (Key.OBS_AGE_AT_START_P50_MS, age.p50),
+        (Key.OBS_AGE_AT_START_P99_MS, age.p99),
         ("overruns", overruns),
         ("errors", stats.errors),
         ("non-finite chunks", stats.nonfinite),

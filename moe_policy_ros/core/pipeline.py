@@ -569,8 +569,12 @@ class PolicyPipeline(ControlPath):
         ``merge: rtc``, the guidance toward the commands that will run while it is computed
         (the frozen prefix: the delay estimate); None when an input is stale or missing.
 
-        The observation's stamp is its oldest input's (the camera frame, in practice): the
-        chunk's place on the timeline and the observation-to-command latency count from it.
+        The observation's stamp is the instant it shows: its oldest camera frame's
+        ``header.stamp`` (the joint state is the one nearest that frame, or newer), or the
+        joint state's without cameras. The chunk's place on the timeline and the
+        observation-to-command latency count from it; the joint sample nearest a frame may
+        be up to half a joint-state period older than the frame and must not make the
+        observation look older than it is.
         """
         inputs = self.inputs
         if inputs.stale_sources(now_ros_ns):
@@ -582,12 +586,12 @@ class PolicyPipeline(ControlPath):
         if images and self.cfg.policy.proprio_sync == "image":
             # the joint state of the instant the (oldest) frame was taken, not the newest
             joints = inputs.joints_at(min(s.stamp_ns for s in images.values())) or latest
-        stamps = [joints.stamp_ns, *(s.stamp_ns for s in images.values())]
         obs = Observation(
             images={k: v.image for k, v in images.items()},
             proprio=joints.positions[self._proprio_idx].astype(np.float32),
-            stamp_ns=min(stamps),
+            stamp_ns=min(s.stamp_ns for s in images.values()) if images else joints.stamp_ns,
         )
+        self.infer_stats.obs_age.add((now_ros_ns - obs.stamp_ns) / 1e6)
         start = self.timeline.start_step(obs.stamp_ns)
         guidance = None
         ex = self.cfg.policy.execution

@@ -50,6 +50,22 @@ def test_configured_rate_wins_and_a_clean_stream_is_ok() -> None:
     assert line.startswith("top: 1280x720 rgb8 -> 128x96 resize (area), 15.0 Hz")
 
 
+def test_stamp_to_receipt_is_reported_and_shown_in_diagnostics() -> None:
+    """How long a frame took from its ``header.stamp`` to the subscription: the first part
+    of obs-to-command, apart from decoding and inference."""
+    from moe_policy_ros.core.diagnostics import Key, camera_task_values
+
+    st = _stats()
+    assert st.report(S).receipt_p50_ms is None  # nothing received yet
+    for i in range(100):
+        st.arrival(S + i * P, S + i * P + (2 if i % 50 else 40) * 1_000_000)
+    rep = st.report(S + 100 * P)
+    assert rep.receipt_p50_ms == pytest.approx(2.0)
+    assert rep.receipt_p99_ms > 30.0  # the two 40 ms deliveries reach the p99
+    values = dict(camera_task_values(rep)[2])
+    assert values[f"top {Key.STAMP_TO_RECEIPT_P50_MS}"] == pytest.approx(2.0)
+
+
 def test_too_few_frames_leave_the_publisher_rate_unknown() -> None:
     st = _stats()
     st.arrival(S, S)

@@ -200,6 +200,28 @@ def test_the_observation_pairs_the_frame_with_the_joint_state_of_its_instant(
     assert np.allclose(req.measured, 0.0)  # the newest state fills uncommanded joints
 
 
+def test_a_joint_state_older_than_the_frame_does_not_age_the_observation(
+    policy: MoEPolicy, bundle: LoadedBundle
+) -> None:
+    """The joint state nearest a frame can be up to half a joint period older than it; the
+    observation still shows the frame's instant, so the chunk's place and the
+    obs-to-command latency count from the frame's ``header.stamp`` (measured through rclpy,
+    the older joint stamp made the observation look ~10 ms older at the median)."""
+    rig = _rig(policy, bundle, policy__proprio_sync="image")
+    pipe, names = rig.pipe, rig.pipe.joint_names
+    frame_stamp = rig.ros - 30 * MS
+    for age_ms in (58, 38, 18):  # 50 Hz joint states; the nearest is 8 ms before the frame
+        pipe.inputs.put_joint_state(names, np.full(len(names), age_ms / 1000), [],
+                                    rig.ros - age_ms * MS, rig.ros)
+    for cam in pipe.camera_pipelines:
+        pipe.inputs.put_image(cam, rig.image, frame_stamp, rig.ros)
+    req = pipe.begin_inference(rig.ros)
+    assert req is not None
+    assert np.allclose(req.obs.proprio, 0.038)  # the joint state of the frame's instant
+    assert req.obs.stamp_ns == frame_stamp
+    assert pipe.infer_stats.obs_age.summary().p50 == pytest.approx(30.0)
+
+
 def test_infer_once_queues_the_chunk_and_returns_the_router_state(rig: Rig) -> None:
     pipe = rig.pipe
     rig.sense()
