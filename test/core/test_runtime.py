@@ -240,6 +240,43 @@ def test_shipped_demo_bundles_keep_their_behaviour(ort: Any) -> None:
             assert float(d.weights.sum()) == pytest.approx(1.0, abs=1e-6)
 
 
+MODELS = Path(__file__).resolve().parents[2] / "models"
+TRAINED = sorted(p.name for p in MODELS.iterdir()
+                 if (p / "policy.yaml").is_file() and not p.name.startswith("demo_"))
+
+
+def test_trained_bundles_are_shipped() -> None:
+    # the best MoE family and the dense baseline, per task (docs/results.md)
+    assert {"tc_adamoe", "tc_dense", "ins_adamoe"} <= set(TRAINED), TRAINED
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_every_trained_bundle_loads_and_runs_in_the_runtime_unchanged(
+    ort: Any, name: str
+) -> None:
+    """What `make demo` and `evaluate` run: the committed bundle, hashes verified, fits the
+    simulator's parameters (config/sim_dual_arm.yaml), infers finite chunks, and says where it came
+    from (dataset hash, steps, wall time, validation loss, rollout success)."""
+    from moe_policy_ros.core.config import load_config
+    from moe_policy_ros.core.pipeline import configure_problems
+
+    b = load_bundle(MODELS / name)
+    m = b.manifest
+    cfg = load_config(MODELS.parent / "config" / "sim_dual_arm.yaml")
+    assert configure_problems(cfg, m, name) == []
+    pol = MoEPolicy(b, ort)
+    out = pol.infer(synthetic_observation(m, seed=0))
+    assert out.actions.shape == (m.action.chunk_length, m.action.dim)
+    assert np.isfinite(out.actions).all()
+    assert len(m.experts.labels) == m.experts.count
+    training = m.provenance.training
+    assert training is not None, f"{name}: no provenance.training"
+    assert len(training.dataset_sha256) == 64 and training.steps > 0
+    assert training.wall_time_s > 0 and training.val_loss is not None
+    assert training.rollout_episodes > 0
+    assert training.task == {"tc": "transfer_cube", "ins": "insertion"}[name.split("_")[0]]
+
+
 # --------------------------------------------------------------------------- torch parity
 
 torch = pytest.importorskip("torch")
