@@ -250,6 +250,18 @@ class _ClosedLoop:
                 return (now_ns - stamp) / 1e6
         return None
 
+    def _count_command(self, res: EpisodeResult, policy_sent: bool, step: int, now_ns: int,
+                       gap: int, period_ms: float) -> int:
+        """After autonomy engaged: the age of this tick's policy command, and the idle gap
+        (ticks without one) it ends; returns the gap so far."""
+        age = self._command_age_ms(step, now_ns) if policy_sent else None
+        if age is None:
+            return gap + 1
+        res.command_ages_ms.append(age)
+        if gap:
+            res.idle_gaps_ms.append(gap * period_ms)
+        return 0
+
     def _episode(self, res: EpisodeResult, t0: float, ks: list[int]) -> None:
         st, sim = self.settings, self.sim
         sim.reset(res.seed)
@@ -304,14 +316,7 @@ class _ClosedLoop:
                 ok, why = arb.engage_autonomy(True)
                 refusal = "" if ok else why
             if res.engaged_step is not None:
-                age = self._command_age_ms(step, now_ns) if tick.policy_sent else None
-                if age is None:
-                    gap += 1
-                else:
-                    res.command_ages_ms.append(age)
-                    if gap:
-                        res.idle_gaps_ms.append(gap * period_ms)
-                    gap = 0
+                gap = self._count_command(res, tick.policy_sent, step, now_ns, gap, period_ms)
             if out.sent is not None:
                 target = sim.targets
                 target[self._to_robot] = out.sent

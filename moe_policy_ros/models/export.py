@@ -372,29 +372,19 @@ def export_bundle(
         family=cfg.family,  # type: ignore[arg-type]
         observation=ObservationSpec(
             cameras=cams,
-            proprio=ProprioSpec(
-                joints=p_joints,
-                mean=_stats(proprio_mean, cfg.proprio_dim, 0.0),
-                std=_stats(proprio_std, cfg.proprio_dim, 1.0),
-            ),
+            proprio=ProprioSpec(joints=p_joints, mean=_stats(proprio_mean, cfg.proprio_dim, 0.0),
+                                std=_stats(proprio_std, cfg.proprio_dim, 1.0)),
         ),
-        action=ActionSpec(
-            dim=cfg.action_dim,
-            joints=a_joints,
-            chunk_length=cfg.chunk_length,
-            control_period_s=control_period_s,
-            mean=_stats(action_mean, cfg.action_dim, 0.0),
-            std=_stats(action_std, cfg.action_dim, 1.0),
-        ),
+        action=ActionSpec(dim=cfg.action_dim, joints=a_joints, chunk_length=cfg.chunk_length,
+                          control_period_s=control_period_s,
+                          mean=_stats(action_mean, cfg.action_dim, 0.0),
+                          std=_stats(action_std, cfg.action_dim, 1.0)),
         experts=ExpertsSpec(count=cfg.num_experts, labels=labels),
         routing=routing or default_routing(cfg.family, cfg.top_k, cfg.route_tau),
         context_dim=cfg.context_dim,
         latent_dim=cfg.latent_dim if cfg.family == "lar" else 0,
-        sampler=(
-            SamplerSpec(kind="flow_euler", steps=cfg.sampler_steps, rank=cfg.rank)
-            if cfg.family == "smp"
-            else None
-        ),
+        sampler=SamplerSpec(kind="flow_euler", steps=cfg.sampler_steps, rank=cfg.rank)
+        if cfg.family == "smp" else None,
         combination=model.combination,  # type: ignore[arg-type]
         novelty=novelty_spec(model),
         stages={
