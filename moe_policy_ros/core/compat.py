@@ -46,7 +46,7 @@ def bundle_mismatches(
                 f"bundle camera {spec.name!r} is not configured (cameras.names: "
                 f"{sorted(by_name)})"
             )
-        elif (cam.height, cam.width) != (spec.height, spec.width):
+        elif cam.width and (cam.height, cam.width) != (spec.height, spec.width):
             problems.append(
                 f"cameras.{spec.name}: size {cam.width}x{cam.height} differs from the "
                 f"bundle's {spec.width}x{spec.height}"

@@ -156,20 +156,31 @@ class CameraConfig(_Strict):
 
     ``width`` x ``height`` is the policy's input size (the bundle's); the camera may publish
     any size, which the node brings to this one with the bundle's preprocessing (or
-    ``preprocess``'s override).
+    ``preprocess``'s override). Left out (0), it is the bundle's, so a file serves any bundle
+    with this camera; set, configure checks the bundle against it.
     """
 
     name: str
     topic: str
     message_type: Literal["Image", "CompressedImage"] = "Image"
-    width: int = Field(gt=0, description="px, the policy's input width (the bundle's)")
-    height: int = Field(gt=0, description="px, the policy's input height (the bundle's)")
+    width: int = Field(default=0, ge=0,
+                       description="px, the policy's input width; 0 = the bundle's")
+    height: int = Field(default=0, ge=0,
+                        description="px, the policy's input height; 0 = the bundle's")
     encoding: Literal["rgb8", "bgr8", "mono8"] = "rgb8"
     max_age_s: float = Field(default=0.2, gt=0)
     expected_rate_hz: float = Field(
         default=0.0, ge=0, description="Hz, the publisher's frame rate; 0 = estimate from stamps"
     )
     preprocess: PreprocessOverride = PreprocessOverride()
+
+    @model_validator(mode="after")
+    def _size_both_or_neither(self) -> CameraConfig:
+        if (self.width == 0) != (self.height == 0):
+            raise ValueError(
+                f"camera {self.name}: width {self.width} and height {self.height}: set both "
+                "(the policy's input size) or neither (the bundle's)")
+        return self
 
 
 # --------------------------------------------------------------------------- policy

@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     for arm in cfg.robot.arms:
         print(f"  arm {arm.name}: {len(arm.joints)} joints -> {arm.trajectory_topic}")
     for cam in cfg.cameras:
-        print(f"  camera {cam.name}: {cam.topic} {cam.message_type} {cam.width}x{cam.height}")
+        size = f"{cam.width}x{cam.height}" if cam.width else "the bundle's size"
+        print(f"  camera {cam.name}: {cam.topic} {cam.message_type} {size}")
     p = cfg.policy
     print(
         f"  policy: {p.bundle} backend={p.backend} control={p.control_rate_hz} Hz "

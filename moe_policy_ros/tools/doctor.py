@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_policy_ros import _requirements
+from moe_policy_ros.core.compat import bundle_mismatches
 from moe_policy_ros.core.paths import package_file, resolve_share_path
 
 PACKAGE = "moe_policy_ros"
@@ -463,7 +464,9 @@ def check_params(ctx: Context) -> Iterator[Finding]:
                       "point policy.bundle at a verified bundle (moe-policy-ros inspect DIR)",
                       required=True)
         return
-    problems = _bundle_vs_config(ctx.bundle, ctx.config)
+    # the policy node's own check (core.compat), so doctor passes exactly what configure does
+    problems = bundle_mismatches(ctx.bundle.manifest, ctx.config.robot.joint_names,
+                                 ctx.config.cameras, str(bundle_path))
     yield Finding(
         "params bundle", "fail" if problems else "ok",
         f"{bundle_path}: " + ("; ".join(problems) if problems else
@@ -471,23 +474,6 @@ def check_params(ctx: Context) -> Iterator[Finding]:
         "make cameras.* and robot.*.joints match the bundle's policy.yaml" if problems else "",
         required=True,
     )
-
-
-def _bundle_vs_config(bundle: Any, cfg: Any) -> list[str]:
-    out = []
-    want = {c.name: c for c in bundle.manifest.observation.cameras}
-    have = {c.name: c for c in cfg.cameras}
-    for name, spec in want.items():
-        cam = have.get(name)
-        if cam is None:
-            out.append(f"the bundle needs camera {name!r}, the file has {sorted(have)}")
-        elif (cam.width, cam.height) != (spec.width, spec.height):
-            out.append(f"camera {name}: file {cam.width}x{cam.height}, bundle "
-                       f"{spec.width}x{spec.height} (WxH)")
-    joints = list(bundle.manifest.observation.proprio.joints)
-    if joints != list(cfg.robot.joint_names):
-        out.append(f"bundle joints {joints} differ from the file's {cfg.robot.joint_names}")
-    return out
 
 
 def check_backend(ctx: Context) -> Iterator[Finding]:
@@ -527,7 +513,11 @@ def check_cameras(ctx: Context) -> Iterator[Finding]:
     from moe_policy_ros.core.stats import RateMeter
     from moe_policy_ros.session import SENSOR_QOS, RosSession
 
-    cams = list(ctx.config.cameras)
+    # a size the file leaves out is the bundle's (when the bundle loaded)
+    specs = {} if ctx.bundle is None else {
+        c.name: c for c in ctx.bundle.manifest.observation.cameras}
+    cams = [c.model_copy(update={"width": specs[c.name].width, "height": specs[c.name].height})
+            if not c.width and c.name in specs else c for c in ctx.config.cameras]
     session = RosSession(f"moe_policy_ros_doctor_cameras_{os.getpid()}")
     frames: dict[str, list[Any]] = {c.name: [] for c in cams}
     rates = {c.name: RateMeter(window_s=None) for c in cams}  # arrivals while listening

@@ -44,3 +44,26 @@ def test_camera_checks_can_be_skipped() -> None:
     manifest = read_manifest(REPO / "models" / "demo_adamoe")
     assert bundle_mismatches(manifest, cfg.robot.joint_names, None) == []
     assert bundle_mismatches(manifest, cfg.robot.joint_names, []) != []
+
+
+def test_a_file_without_a_camera_size_takes_the_bundle_s_and_a_set_one_is_checked() -> None:
+    """dual_arm.yaml leaves the size out: the untrained demo bundle (128x96) and a trained
+    one (160x120) both fit it; the same file with a size set refuses the other one."""
+    cfg = load_config(REPO / "config" / "dual_arm.yaml")
+    assert cfg.cameras[0].width == cfg.cameras[0].height == 0
+    for name in ("demo_adamoe", "tc_adamoe"):
+        manifest = read_manifest(REPO / "models" / name)
+        assert bundle_mismatches(manifest, cfg.robot.joint_names, cfg.cameras) == [], name
+    sized = [cfg.cameras[0].model_copy(update={"width": 128, "height": 96})]
+    (problem,) = bundle_mismatches(read_manifest(REPO / "models" / "tc_adamoe"),
+                                   cfg.robot.joint_names, sized)
+    assert "128x96 differs from the bundle's 160x120" in problem
+
+
+def test_a_camera_size_is_both_or_neither() -> None:
+    import pytest
+
+    from moe_policy_ros.core.config import CameraConfig
+
+    with pytest.raises(ValueError, match="width 128 and height 0"):
+        CameraConfig(name="top", topic="/t", width=128)

@@ -149,7 +149,8 @@ def test_build_pipeline_loads_warms_and_describes() -> None:
 
 
 def test_configure_lists_every_problem_before_building_a_backend(bundle: LoadedBundle) -> None:
-    cfg = _cfg(policy__execution__merge="rtc", cameras__top__width=64)
+    cfg = _cfg(policy__execution__merge="rtc", cameras__top__width=64,
+               cameras__top__height=96)
     problems = configure_problems(cfg, bundle.manifest, "bundle X")
     assert len(problems) == 2
     assert any("size 64x96" in p and "128x96" in p for p in problems)

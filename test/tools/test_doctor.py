@@ -81,6 +81,30 @@ def test_doctor_fails_for_a_file_whose_bundle_is_tampered(tmp_path: Path, doctor
     assert "problem(s) with what the given file needs" in res.stdout
 
 
+def test_doctor_finds_the_same_mismatch_as_the_node_s_configure(
+    tmp_path: Path, doctor: Run
+) -> None:
+    """A trained bundle (160x120 camera) under a file that sets 128x96: doctor reports the
+    sentence the policy node's configure fails with (core.compat), naming both sizes."""
+    from moe_policy_ros.core.bundle import load_bundle
+    from moe_policy_ros.core.compat import bundle_mismatches
+    from moe_policy_ros.core.config import load_config
+
+    bundle = REPO / "models" / "tc_adamoe"
+    params = _params(tmp_path, {"bundle": str(bundle)})
+    doc = yaml.safe_load(params.read_text())
+    doc["/**"]["ros__parameters"]["cameras"]["top"].update(width=128, height=96)
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = doctor(str(params), "--listen", "0.5")
+    assert res.returncode == 1, res.stdout
+    (line,) = _lines(res.stdout, "params bundle")
+    (want,) = bundle_mismatches(load_bundle(bundle).manifest,
+                                load_config(params).robot.joint_names,
+                                load_config(params).cameras, str(bundle))
+    assert line.startswith("[FAIL]") and want in line, (line, want)
+    assert "128x96" in want and "160x120" in want
+
+
 def test_doctor_fails_for_a_gpu_backend_on_a_machine_without_one(
     tmp_path: Path, doctor: Run
 ) -> None:
