@@ -107,7 +107,9 @@ def plot_success_vs_experts(evals: Sequence[dict[str, Any]], path: str | Path) -
     tasks = sorted({d["task"] for d in runs})
     colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(bundles)}
     markers = {t: m for t, m in zip(tasks, "os^Dv", strict=False)}
-    fig, ax = plt.subplots(figsize=(8, 5))
+    one_mode = len({d.get("mode") for d in runs}) == 1  # then the labels leave it out
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for d in runs:
         s = d["summary"]
         k, n = int(s["successes"]), int(s["episodes"])
@@ -115,8 +117,14 @@ def plot_success_vs_experts(evals: Sequence[dict[str, Any]], path: str | Path) -
         x, y = float(s["mean_active_experts"]), k / n if n else 0.0
         ax.errorbar(x, 100 * y, yerr=[[100 * (y - lo)], [100 * (hi - y)]], fmt=markers[d["task"]],
                     color=colours[_bundle_name(d)], capsize=3, ms=7)
-        ax.annotate(f"{routing_label(d).replace(' (bundle default)', '*')} ({d.get('mode')})",
-                    (x, 100 * y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        label = routing_label(d).replace(" (bundle default)", "*")
+        ax.annotate(label if one_mode else f"{label} ({d.get('mode')})", (x, 100 * y),
+                    textcoords="offset points", xytext=(6, 4), fontsize=7,
+                    color=colours[_bundle_name(d)])
+        points.setdefault((_bundle_name(d), d["task"]), []).append((x, 100 * y))
+    for (b, _task), pts in points.items():  # a bundle's strategies joined in order of compute
+        if len(pts) > 1:
+            ax.plot(*zip(*sorted(pts), strict=True), "-", color=colours[b], alpha=0.3, lw=1)
     for b in bundles:
         ax.plot([], [], "o", color=colours[b], label=b)
     for t in tasks:
