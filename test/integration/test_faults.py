@@ -626,10 +626,12 @@ def _poison_expert_bundle(dst: Path, home: np.ndarray) -> tuple[np.ndarray, int]
 
     from moe_policy_ros.core.backends import make_backend
     from moe_policy_ros.core.bundle import load_bundle
+    from moe_policy_ros.core.manifest import read_manifest
     from moe_policy_ros.core.runtime import MoEPolicy
     from moe_policy_ros.core.types import Observation
 
-    h, w = CAM.height, CAM.width
+    spec = read_manifest(BUNDLE).observation.cameras[0]  # the size the node brings frames to
+    h, w = spec.height, spec.width
     image = (np.arange(h * w * 3) % 251).astype(np.uint8).reshape(h, w, 3)  # FakeRobot's
 
     def policy_for(path: Path) -> Callable[[np.ndarray], Any]:
