@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from moe_policy_ros.core.config import CameraConfig
 from moe_policy_ros.core.manifest import Manifest
 
-__all__ = ["bundle_mismatches"]
+__all__ = ["bundle_mismatches", "with_bundle_sizes"]
 
 
 def bundle_mismatches(
@@ -52,3 +52,11 @@ def bundle_mismatches(
                 f"bundle's {spec.width}x{spec.height}"
             )
     return problems
+
+
+def with_bundle_sizes(cameras: Sequence[CameraConfig], manifest: Manifest) -> list[CameraConfig]:
+    """``cameras`` with every size the parameters leave out (0) set to the bundle's: the
+    size the node brings that camera's frames to."""
+    specs = {c.name: c for c in manifest.observation.cameras}
+    return [c.model_copy(update={"width": specs[c.name].width, "height": specs[c.name].height})
+            if not c.width and c.name in specs else c for c in cameras]

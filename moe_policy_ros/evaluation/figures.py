@@ -111,17 +111,17 @@ def plot_success_vs_experts(evals: Sequence[dict[str, Any]], path: str | Path) -
     fig, ax = plt.subplots(figsize=(9, 5.5))
     points: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for d in runs:
-        s = d["summary"]
+        s, bundle = d["summary"], _bundle_name(d)
+        colour = colours[bundle]
         k, n = int(s["successes"]), int(s["episodes"])
         lo, hi = wilson_interval(k, n)
         x, y = float(s["mean_active_experts"]), k / n if n else 0.0
         ax.errorbar(x, 100 * y, yerr=[[100 * (y - lo)], [100 * (hi - y)]], fmt=markers[d["task"]],
-                    color=colours[_bundle_name(d)], capsize=3, ms=7)
+                    color=colour, capsize=3, ms=7)
         label = routing_label(d).replace(" (bundle default)", "*")
         ax.annotate(label if one_mode else f"{label} ({d.get('mode')})", (x, 100 * y),
-                    textcoords="offset points", xytext=(6, 4), fontsize=7,
-                    color=colours[_bundle_name(d)])
-        points.setdefault((_bundle_name(d), d["task"]), []).append((x, 100 * y))
+                    textcoords="offset points", xytext=(6, 4), fontsize=7, color=colour)
+        points.setdefault((bundle, d["task"]), []).append((x, 100 * y))
     for (b, _task), pts in points.items():  # a bundle's strategies joined in order of compute
         if len(pts) > 1:
             ax.plot(*zip(*sorted(pts), strict=True), "-", color=colours[b], alpha=0.3, lw=1)

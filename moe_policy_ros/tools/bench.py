@@ -34,7 +34,7 @@ MIN_RUNS = 200
 STAGES = ("preprocess", "encoder", "routing", "experts", "total")
 OBS_POOL = 16
 
-__all__ = ["MIN_RUNS", "add_arguments", "machine_info", "run"]
+__all__ = ["MIN_RUNS", "add_arguments", "machine_info", "run", "run_header"]
 
 
 def _runs(text: str) -> int:

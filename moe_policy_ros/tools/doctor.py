@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_policy_ros import _requirements
-from moe_policy_ros.core.compat import bundle_mismatches
+from moe_policy_ros.core.compat import bundle_mismatches, with_bundle_sizes
 from moe_policy_ros.core.paths import package_file, resolve_share_path
 
 PACKAGE = "moe_policy_ros"
@@ -513,11 +513,9 @@ def check_cameras(ctx: Context) -> Iterator[Finding]:
     from moe_policy_ros.core.stats import RateMeter
     from moe_policy_ros.session import SENSOR_QOS, RosSession
 
-    # a size the file leaves out is the bundle's (when the bundle loaded)
-    specs = {} if ctx.bundle is None else {
-        c.name: c for c in ctx.bundle.manifest.observation.cameras}
-    cams = [c.model_copy(update={"width": specs[c.name].width, "height": specs[c.name].height})
-            if not c.width and c.name in specs else c for c in ctx.config.cameras]
+    cams = list(ctx.config.cameras)
+    if ctx.bundle is not None:  # a size the file leaves out is the bundle's
+        cams = with_bundle_sizes(cams, ctx.bundle.manifest)
     session = RosSession(f"moe_policy_ros_doctor_cameras_{os.getpid()}")
     frames: dict[str, list[Any]] = {c.name: [] for c in cams}
     rates = {c.name: RateMeter(window_s=None) for c in cams}  # arrivals while listening
