@@ -62,6 +62,8 @@ def main() -> int:
                     help="policy.gil_switch_interval_ms (default: the parameter's default)")
     ap.add_argument("--priority", type=int, default=None,
                     help="policy.control_thread_priority (SCHED_FIFO 1-99; 0 = normal)")
+    ap.add_argument("--align-ticks", choices=("true", "false"), default=None,
+                    help="policy.align_ticks (default: the parameter's default)")
     ap.add_argument("--idle", action="store_true",
                     help="no images: no decoding or inference, the node holds")
     args = ap.parse_args()
@@ -87,7 +89,9 @@ def main() -> int:
                            policy__execution__mode=args.mode,
                            **{k: v for k, v in (
                                ("policy__gil_switch_interval_ms", args.switch_interval_ms),
-                               ("policy__control_thread_priority", args.priority))
+                               ("policy__control_thread_priority", args.priority),
+                               ("policy__align_ticks",
+                                None if args.align_ticks is None else args.align_ticks == "true"))
                               if v is not None})
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
@@ -160,6 +164,7 @@ def main() -> int:
         "dds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "Fast DDS defaults"),
         "gil_switch_interval_ms": args.switch_interval_ms,
         "control_thread_priority": args.priority,
+        "align_ticks": args.align_ticks,
         # the node's windows at the end of the run (obs-to-command: frame stamp -> first
         # command computed from it; inference: the policy call)
         "obs_to_command_p50_ms": last(samples, Key.OBS_TO_COMMAND_P50_MS),
@@ -172,6 +177,12 @@ def main() -> int:
         "stamp_to_receipt_p99_ms": last_camera(Key.STAMP_TO_RECEIPT_P99_MS),
         "obs_age_at_start_p50_ms": last(inference, Key.OBS_AGE_AT_START_P50_MS),
         "obs_age_at_start_p99_ms": last(inference, Key.OBS_AGE_AT_START_P99_MS),
+        # ... and after it: a chunk's arrival -> the tick that takes it, and how far tick
+        # alignment moved the grid
+        "tick_wait_p50_ms": last(samples, Key.TICK_WAIT_P50_MS),
+        "tick_wait_p99_ms": last(samples, Key.TICK_WAIT_P99_MS),
+        "tick_shift_ms": next((v[Key.TICK_SHIFT_MS] for _, v in reversed(samples)
+                               if Key.TICK_SHIFT_MS in v), None),
         "samples": len(steady),
     }, indent=2))
     return 0

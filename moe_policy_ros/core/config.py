@@ -231,7 +231,10 @@ class ExecutionConfig(_Strict):
     chunk replaces the old one; see ``core/rtc.py``). ``rtc_execution_horizon`` is the paper's
     s, ``rtc_max_guidance_weight`` its beta (the clip on the guidance weight),
     ``rtc_delay_window`` the number of recent inference delays whose maximum is the frozen
-    prefix d.
+    prefix d. ``send_on_arrival`` (chunk mode): the trajectory of a new chunk leaves when the
+    chunk is computed, not up to a control period later at the next tick, as long as the last
+    tick was policy-driven with its engage blend done; the next tick decides as before (a
+    hold it decides replaces the trajectory).
     """
 
     mode: Literal["chunk", "stream"] = Field(
@@ -264,6 +267,11 @@ class ExecutionConfig(_Strict):
         default=True,
         description="at the switch to AUTONOMY keep only the newest chunk; from HOLD (the "
         "robot stood still since its observation) it starts at the engage step",
+    )
+    send_on_arrival: bool = Field(
+        default=True,
+        description="chunk mode: send a new chunk's trajectory as soon as it is computed, on "
+        "the last tick's decision (AUTONOMY, blend done), instead of at the next tick",
     )
 
 
@@ -339,6 +347,20 @@ class PolicyConfig(_Strict):
         "GIL; Python's default 5 ms shows as 5 ms of control-period jitter",
     )
 
+    align_ticks: bool = Field(
+        default=True,
+        description="move the control loop's tick grid (slewed, at most 2% of a period per "
+        "tick) so that ticks fall just after the chunks arrive: a chunk waits less for the "
+        "first command computed from it (core/phase.py)",
+    )
+    align_ticks_margin_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="ms, align_ticks: a tick falls this long after the latest arrival of its "
+        "cluster (room for chunks later than any seen)",
+    )
+
     @field_validator("sha256")
     @classmethod
     def _hex(cls, v: str) -> str:
@@ -352,6 +374,11 @@ class PolicyConfig(_Strict):
             raise ValueError(
                 f"inference_rate_hz {self.inference_rate_hz} must not exceed "
                 f"control_rate_hz {self.control_rate_hz}"
+            )
+        if self.align_ticks and self.align_ticks_margin_ms >= 1e3 / self.control_rate_hz:
+            raise ValueError(
+                f"align_ticks_margin_ms {self.align_ticks_margin_ms} must be below the control "
+                f"period ({1e3 / self.control_rate_hz:g} ms at {self.control_rate_hz} Hz)"
             )
         return self
 

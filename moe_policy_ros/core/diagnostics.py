@@ -94,6 +94,11 @@ class Key:
     MISSED_TICKS = "missed ticks"
     OBS_TO_COMMAND_P50_MS = "obs-to-command p50 (ms)"
     OBS_TO_COMMAND_P99_MS = "obs-to-command p99 (ms)"
+    # the last part of obs-to-command: a chunk's arrival -> the control tick that takes it,
+    # and how far tick alignment (core/phase.py) has moved the tick grid ("off" without it)
+    TICK_WAIT_P50_MS = "chunk-to-tick wait p50 (ms)"
+    TICK_WAIT_P99_MS = "chunk-to-tick wait p99 (ms)"
+    TICK_SHIFT_MS = "tick alignment shift (ms)"
     # the parts of obs-to-command before the policy runs: a camera's stamp -> receipt
     # (inputs task, per camera: "<camera> " + this), and the observation's age when the
     # inference from it starts (inference task: receipt, decoding, waiting for the worker)
@@ -164,12 +169,14 @@ class InferenceStats:
 
 
 class ControlStats:
-    """What the control loop measures: achieved rate, period jitter, obs-to-command latency."""
+    """What the control loop measures: achieved rate, period jitter, obs-to-command latency
+    and its last part, the wait from a chunk's arrival to the tick that takes it."""
 
     def __init__(self, period_s: float) -> None:
         self.rate = RateMeter(window_s=2.0)
         self.jitter = JitterMeter(period_s, size=1000)
         self.obs_to_cmd = LatencyWindow(500)
+        self.tick_wait = LatencyWindow(500)
 
     def tick(self, now_ns: int) -> None:
         self.rate.record(now_ns)
@@ -306,12 +313,14 @@ def router_task(
 
 def control_task(
     stats: ControlStats, now_ns: int, target_hz: float, missed: int, execution: str,
-    active: bool,
+    active: bool, tick_shift_ms: float | None = None,
 ) -> TaskStatus:
+    """``tick_shift_ms``: how far tick alignment has moved the grid (None: alignment off)."""
     rate = stats.rate.rate_hz(now_ns)
     if not math.isfinite(rate):
         rate = 0.0
     o2c, jitter = stats.obs_to_cmd.summary(), stats.jitter.summary()
+    wait = stats.tick_wait.summary()
     level = Level.WARN if active and rate < 0.9 * target_hz else Level.OK
     return TaskStatus(CONTROL_LOOP, level, f"{rate:.1f} Hz (target {target_hz:g} Hz)", [
         (Key.ACHIEVED_RATE_HZ, rate),
@@ -322,6 +331,9 @@ def control_task(
         (Key.MISSED_TICKS, missed),
         (Key.OBS_TO_COMMAND_P50_MS, o2c.p50),
         (Key.OBS_TO_COMMAND_P99_MS, o2c.p99),
+        (Key.TICK_WAIT_P50_MS, wait.p50),
+        (Key.TICK_WAIT_P99_MS, wait.p99),
+        (Key.TICK_SHIFT_MS, "off" if tick_shift_ms is None else tick_shift_ms),
         ("execution", execution),
     ])
 

@@ -26,6 +26,11 @@ What a late iteration does depends on what the loop drives (``late=``):
 :meth:`PeriodicLoop.set_rate` changes the rate from any thread; the grid restarts at the end
 of the iteration running then (a simulator's real-time factor changing).
 
+:meth:`PeriodicLoop.shift_phase` moves a ``"skip"`` grid in time from any thread (the policy
+node's tick alignment, :mod:`~moe_policy_ros.core.phase`): the shift is slewed in, at most
+:attr:`PeriodicLoop.max_slew_ns` per iteration (2% of the period, 0.2 ms at most), so no period
+deviates from the nominal by more than that while the grid moves; step numbering goes on.
+
 The body runs on the loop's thread; exceptions propagate (the caller decides what a failed
 iteration means). Set the stop event to end the loop: it returns at the next wait.
 
@@ -67,6 +72,43 @@ class PeriodicLoop:
         self.skipped = 0  # "skip": grid points passed without a tick
         self.overruns = 0  # "reanchor": iterations that ended after the next deadline
         self.overrunning = False  # "reanchor": the last iteration overran
+        #: "skip": the most the grid moves per iteration while a shift is slewed in
+        self.max_slew_ns = min(200_000, self.period_ns // 50)
+        self._shift_lock = threading.Lock()
+        self._shift_requested = 0  # ns, not yet taken by the loop thread
+        self._slew_left = 0  # ns, taken, still to apply
+        self._origin_ns: int | None = None  # "skip": the grid's t0 (None: not running)
+        self.phase_shift_ns = 0  # total shift applied since run() started
+
+    def shift_phase(self, delta_ns: int) -> None:
+        """Move the grid by ``delta_ns`` (later when positive), slewed in over the next
+        iterations; ``"skip"`` loops only (any thread)."""
+        if self.late != "skip":
+            raise ValueError(f"shift_phase moves a 'skip' grid; this loop is {self.late!r}")
+        with self._shift_lock:
+            self._shift_requested += int(delta_ns)
+
+    @property
+    def grid_origin_ns(self) -> int | None:
+        """The running ``"skip"`` grid's origin: its ticks are due at ``origin + k * period``
+        (None when not running)."""
+        return self._origin_ns
+
+    @property
+    def slewing(self) -> bool:
+        """A phase shift is requested or still being slewed in."""
+        with self._shift_lock:
+            return self._shift_requested != 0 or self._slew_left != 0
+
+    def _slew(self) -> int:
+        """This iteration's part of the pending shift (loop thread)."""
+        with self._shift_lock:
+            self._slew_left += self._shift_requested
+            self._shift_requested = 0
+            part = max(-self.max_slew_ns, min(self.max_slew_ns, self._slew_left))
+            self._slew_left -= part
+        self.phase_shift_ns += part
+        return part
 
     def set_rate(self, rate_hz: float) -> None:
         """Run at ``rate_hz`` from the end of the current iteration on (the grid restarts)."""
@@ -82,44 +124,56 @@ class PeriodicLoop:
         """Run until ``stop`` is set (or ``max_ticks`` iterations); counters start at zero.
 
         ``on_reanchor(lag_ns)`` is called when ``"catch_up"`` drops its backlog."""
-        self.ticks = self.skipped = self.overruns = 0
+        self.ticks = self.skipped = self.overruns = self.phase_shift_ns = 0
         self.overrunning = False
+        with self._shift_lock:
+            self._shift_requested = self._slew_left = 0
         clock, period = self.clock, self.period_ns
         t0 = deadline = clock.now_ns()
         step = 0
-        while not stop.is_set() and (max_ticks is None or self.ticks < max_ticks):
-            if clock.sleep_until_ns(deadline, stop):
-                break
-            body(step, clock.now_ns())
-            self.ticks += 1
-            step += 1
-            now = clock.now_ns()
-            if self._new_period is not None:  # a new rate: the grid restarts now
-                period = self.period_ns = self._new_period
-                self._new_period = None
-                t0, deadline = now - step * period, now
-                continue
-            if self.late == "catch_up":
-                deadline += period
-                lag = now - deadline
-                self.overrunning = lag > self.max_lag_ns
-                if self.overrunning:  # too far behind: drop the backlog
-                    self.overruns += 1
-                    if on_reanchor is not None:
-                        on_reanchor(lag)
-                    deadline = now
-            elif self.late == "skip":
-                behind = (now - t0) // period
-                if behind > step:  # whole ticks missed: skip them, never burst
-                    self.skipped += int(behind - step)
-                    step = int(behind)
-                deadline = t0 + step * period
-            else:
-                deadline += period
-                self.overrunning = now > deadline
-                if self.overrunning:  # count it and re-anchor instead of bursting
-                    self.overruns += 1
-                    deadline = now
+        if self.late == "skip":
+            self._origin_ns = t0
+        try:
+            while not stop.is_set() and (max_ticks is None or self.ticks < max_ticks):
+                if clock.sleep_until_ns(deadline, stop):
+                    break
+                body(step, clock.now_ns())
+                self.ticks += 1
+                step += 1
+                now = clock.now_ns()
+                if self._new_period is not None:  # a new rate: the grid restarts now
+                    period = self.period_ns = self._new_period
+                    self.max_slew_ns = min(200_000, period // 50)
+                    self._new_period = None
+                    t0, deadline = now - step * period, now
+                    if self.late == "skip":
+                        self._origin_ns = t0
+                    continue
+                if self.late == "catch_up":
+                    deadline += period
+                    lag = now - deadline
+                    self.overrunning = lag > self.max_lag_ns
+                    if self.overrunning:  # too far behind: drop the backlog
+                        self.overruns += 1
+                        if on_reanchor is not None:
+                            on_reanchor(lag)
+                        deadline = now
+                elif self.late == "skip":
+                    t0 += self._slew()
+                    self._origin_ns = t0
+                    behind = (now - t0) // period
+                    if behind > step:  # whole ticks missed: skip them, never burst
+                        self.skipped += int(behind - step)
+                        step = int(behind)
+                    deadline = t0 + step * period
+                else:
+                    deadline += period
+                    self.overrunning = now > deadline
+                    if self.overrunning:  # count it and re-anchor instead of bursting
+                        self.overruns += 1
+                        deadline = now
+        finally:
+            self._origin_ns = None
 
 
 class LoopThreads:

@@ -33,6 +33,10 @@ Threads: the inference worker calls :meth:`infer_once`, the control loop :meth:`
 the executor the input and service methods; the components share state only through the
 thread-safe input buffer and timeline, and the mode is published under one lock
 (:meth:`publish_mode`), so a service and the control loop never latch modes out of order.
+Each chunk placed on the timeline is also shown to tick alignment
+(:mod:`~moe_policy_ros.core.phase`, ``policy.align_ticks``), which may ask the control loop to
+move its tick grid to just after the chunks arrive
+(:meth:`~moe_policy_ros.core.loop.PeriodicLoop.shift_phase`, under the loop's own lock).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import JOINTS, InputBuffer, joint_command
 from moe_policy_ros.core.loop import PeriodicLoop
 from moe_policy_ros.core.manifest import Manifest
+from moe_policy_ros.core.phase import TickAligner
 from moe_policy_ros.core.preprocess import (
     CameraPipeline,
     Frame,
@@ -250,12 +255,20 @@ class ControlPath:
         self.period_s = p.control_period_s
         self.timeline = ChunkTimeline(self.joint_names, action_joints, p.execution, self.period_s)
         self.control_loop = PeriodicLoop(p.control_rate_hz, clock, late="skip")
+        #: moves the control ticks to just after the chunks arrive (``policy.align_ticks``)
+        self.aligner = TickAligner(
+            self.control_loop.period_ns, margin_ns=round(p.align_ticks_margin_ms * 1e6)
+        ) if p.align_ticks else None
+        self._arrival: tuple[int, int] | None = None  # newest chunk: (obs stamp, monotonic)
         self.safety = SafetyFilter(cfg.robot, cfg.safety, self.period_s)
         self.arbiter = CommandArbiter(cfg.handover, self.safety, clock)
         self._teleop: tuple[np.ndarray, int] | None = None
         self._deadman: tuple[bool, int] | None = None
         self._mode_lock = threading.Lock()
         self._mode_published = -1
+        # control_step and send_on_arrival (chunk mode, the worker thread) decide one at a time
+        self._tick_lock = threading.Lock()
+        self._last_tick: tuple[int, TickOutput] | None = None
         self.reset_stats()
         self._last_mode: Mode | None = None  # the arbiter's mode at the last tick
 
@@ -272,6 +285,10 @@ class ControlPath:
         self.timeline.clear()
         self.safety.reset()
         self._last_mode = None
+        self._last_tick = None
+        self._arrival = None
+        if self.aligner is not None:
+            self.aligner.reset()
 
     def overrunning(self) -> bool:
         """Whether inference is overrunning its period (:class:`PolicyPipeline`: the worker)."""
@@ -305,13 +322,67 @@ class ControlPath:
                                  guided)
         if offered == ADDED:
             self.policy_warm = True
+            self._chunk_arrived(stamp_ns)
         return offered
+
+    def _chunk_arrived(self, stamp_ns: int) -> None:
+        """Note when the chunk of the observation stamped ``stamp_ns`` arrived (for the wait
+        to the tick that takes it) and let tick alignment move the grid."""
+        now = self.clock.now_ns()
+        self._arrival = (stamp_ns, now)
+        if self.aligner is not None:
+            loop = self.control_loop
+            shift = self.aligner.arrived(now, loop.grid_origin_ns, loop.slewing)
+            if shift is not None:
+                loop.shift_phase(shift)
 
     # ------------------------------------------------------------------ control
 
     def control_step(self, step: int, now_ns: int, now_ros_ns: int) -> ControlOutput:
         """One control period at monotonic ``now_ns`` and ROS time ``now_ros_ns``:
         timeline -> arbiter (modes, blend, safety filter) -> what to publish."""
+        with self._tick_lock:
+            out = self._control_step(step, now_ns, now_ros_ns)
+            self._last_tick = (step, out.tick)
+        return out
+
+    def send_on_arrival(self, now_ros_ns: int) -> list[tuple[Arm, Trajectory]]:
+        """Chunk mode with ``execution.send_on_arrival``: the trajectories of the chunk just
+        placed, sent now (the inference worker, between ticks) instead of at the next tick.
+
+        Only when the last tick was policy-driven under AUTONOMY with its engage blend done:
+        the trajectory is the one that tick would have sent had the chunk been there (its
+        filtered command first, then the chunk through the same limits); the next tick finds
+        no pending chunk and decides as always (a HOLD replaces the trajectory). Otherwise, or
+        in stream mode, nothing: the next tick sends it.
+        """
+        ex = self.cfg.policy.execution
+        if ex.mode != "chunk" or not ex.send_on_arrival:
+            return []
+        with self._tick_lock:
+            last = self._last_tick
+            if last is None or self.arbiter.mode != Mode.AUTONOMY:
+                return []
+            step, tick = last
+            if (not tick.policy_sent or tick.sent is None
+                    or (tick.blend_alpha is not None and tick.blend_alpha < 1.0)):
+                return []
+            pending = self.timeline.take_pending(step + 1)
+            if pending is None:
+                return []
+            trajectories = self._trajectories(step, tick, pending, now_ros_ns)
+            self._count_first_command(pending, self.clock.now_ns(), now_ros_ns)
+        return trajectories
+
+    def _count_first_command(self, pending: TimedChunk, now_ns: int, now_ros_ns: int) -> None:
+        """The first command computed from ``pending`` left now: observation-to-command (ROS
+        clock) and the wait since the chunk arrived (monotonic)."""
+        self.control_stats.obs_to_cmd.add((now_ros_ns - pending.stamp_ns) / 1e6)
+        arrival = self._arrival
+        if arrival is not None and arrival[0] == pending.stamp_ns:
+            self.control_stats.tick_wait.add((now_ns - arrival[1]) / 1e6)
+
+    def _control_step(self, step: int, now_ns: int, now_ros_ns: int) -> ControlOutput:
         self.control_stats.tick(now_ns)
         inputs, timeline = self.inputs, self.timeline
         timeline.mark(step, now_ros_ns)
@@ -349,8 +420,7 @@ class ControlPath:
             else:
                 trajectories = self._trajectories(step, out, pending, now_ros_ns)
             if out.policy_sent and pending is not None:
-                # observation -> first command computed from it, on the ROS clock
-                self.control_stats.obs_to_cmd.add((now_ros_ns - pending.stamp_ns) / 1e6)
+                self._count_first_command(pending, now_ns, now_ros_ns)
         return ControlOutput(out, now_ros_ns, out.sent, shadow, commands, trajectories)
 
     def _trajectories(
@@ -674,7 +744,9 @@ class PolicyPipeline(ControlPath):
             router_task(self.infer_stats, m.family, self.policy.strategy.name,
                         m.experts.labels, self._now_s()),
             control_task(self.control_stats, self.clock.now_ns(), p.control_rate_hz,
-                         self.control_loop.skipped, p.execution.mode, active),
+                         self.control_loop.skipped, p.execution.mode, active,
+                         None if self.aligner is None
+                         else self.control_loop.phase_shift_ns / 1e6),
             safety_task(self.safety.diagnostics(), self.arbiter.mode.value,
                         self.arbiter.mode_changes),
         ]

@@ -134,6 +134,10 @@ class LatencyWindow:
     def __len__(self) -> int:
         return len(self._values)
 
+    def values(self) -> list[float]:
+        """The samples in the window, oldest first."""
+        return list(self._values)
+
     def summary(self) -> LatencySummary:
         return _summary(self._values)
 

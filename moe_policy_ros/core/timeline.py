@@ -192,6 +192,17 @@ class ChunkTimeline:
                 proposal = np.full(self.num_joints, np.nan)
         return proposal, pending
 
+    def take_pending(self, step: int) -> TimedChunk | None:
+        """The chunk added since the last take when its first step is due by ``step`` (the
+        chunk mode's early send, between ticks); None otherwise, or after a non-finite chunk
+        (the next :meth:`take` reports it)."""
+        with self._lock:
+            pending = self._pending
+            if pending is None or pending.start_step > step or self._nan_latched:
+                return None
+            self._pending = None
+            return pending
+
 
 def chunk_trajectory(
     chunk: TimedChunk,

@@ -34,7 +34,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from moe_policy_ros.core.config import RuntimeConfig
 from moe_policy_ros.core.diagnostics import HARDWARE_ID, TaskStatus, status_name
 from moe_policy_ros.core.imageconv import depth_to_raw, rgb_to_raw
-from moe_policy_ros.core.pipeline import ControlOutput, RouterUpdate
+from moe_policy_ros.core.pipeline import Arm, ControlOutput, RouterUpdate
 from moe_policy_ros.core.preprocess import CompressedFrame, RawFrame
 from moe_policy_ros.core.trajectory import Trajectory, TrajectoryPoint
 from moe_policy_ros.session import COMMAND_QOS, MONITOR_QOS, ns_to_stamp, stamp_to_ns
@@ -204,8 +204,13 @@ def control_msgs(out: ControlOutput, joint_names: Sequence[str]) -> list[tuple[s
         for key, q in (("shadow/command", out.shadow), ("command", out.sent)) if q is not None
     ]
     msgs += [(f"cmd/{arm.name}", command_msg(values)) for arm, values in out.commands]
-    msgs += [(f"traj/{arm.name}", trajectory_msg(traj)) for arm, traj in out.trajectories]
-    return msgs
+    return msgs + trajectory_msgs(out.trajectories)
+
+
+def trajectory_msgs(trajectories: Iterable[tuple[Arm, Trajectory]]) -> list[tuple[str, Any]]:
+    """One ``traj/<arm>`` JointTrajectory per arm (chunk mode: at a tick, or when the chunk
+    arrives)."""
+    return [(f"traj/{arm.name}", trajectory_msg(traj)) for arm, traj in trajectories]
 
 
 # ---------------------------------------------------------------------- router

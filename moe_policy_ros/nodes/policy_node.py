@@ -12,7 +12,8 @@ runs the threads:
 * the **inference worker** runs :meth:`PolicyPipeline.infer_once` at ``inference_rate_hz``
   (``inference_trigger: timer``) or on each new camera frame with that rate as a ceiling
   (``frame``; :mod:`~moe_policy_ros.core.trigger`), ONNX Runtime releasing the GIL, and
-  publishes the router state of each chunk taken;
+  publishes the router state of each chunk taken and, in chunk mode, its trajectories
+  (:meth:`PolicyPipeline.send_on_arrival`);
 * the **control loop** runs :meth:`PolicyPipeline.control_step` at ``control_rate_hz`` on
   absolute monotonic deadlines. It never waits for inference, and publishes what the safety
   filter actually sent.
@@ -47,7 +48,7 @@ from moe_policy_ros.core.diagnostics import lifecycle_task
 from moe_policy_ros.core.loop import LoopThreads, set_realtime_priority
 from moe_policy_ros.core.manifest import BundleError
 from moe_policy_ros.core.pipeline import PolicyPipeline, build_pipeline
-from moe_policy_ros.core.timeline import NONFINITE
+from moe_policy_ros.core.timeline import ADDED, NONFINITE
 from moe_policy_ros.nodes.common import (
     guarded_input,
     log_mode_events,
@@ -63,6 +64,7 @@ from moe_policy_ros.nodes.convert import (
     joint_state_fields,
     policy_publishers,
     router_publications,
+    trajectory_msgs,
 )
 from moe_policy_ros.nodes.params import declare_parameters, nested_parameters
 from moe_policy_ros.session import LATCHED_QOS, SENSOR_QOS, resolve_share_path, stamp_to_ns
@@ -260,6 +262,9 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(
                 "policy output contains NaN/Inf: holding", throttle_duration_sec=2.0
             )
+        if res is not None and res.offered == ADDED:
+            # chunk mode: the new chunk's trajectories leave now, not at the next tick
+            self._publish(trajectory_msgs(pipe.send_on_arrival(self._now_ns())))
         if res is not None and res.router is not None:
             self._publish(router_publications(res.router, pipe.gate_label))
 

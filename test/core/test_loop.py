@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 
@@ -213,3 +214,37 @@ def test_realtime_priority_applies_to_the_calling_thread_or_says_why_not() -> No
         assert "priority 10" in str(out["refused"]) and "rtprio" in str(out["refused"])
         assert out["policy"] == os.SCHED_OTHER
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own thread is untouched
+
+
+@pytest.mark.parametrize("shift_ms", [5.0, -3.0])
+def test_a_phase_shift_is_slewed_in_within_the_slew_bound_and_the_steps_go_on(
+    shift_ms: float,
+) -> None:
+    clock = FakeClock(start_ns=1_000 * MS)
+    loop = PeriodicLoop(50.0, clock)  # 20 ms period: at most 0.2 ms per tick
+    assert loop.max_slew_ns == 200_000 and loop.grid_origin_ns is None
+    calls: list[tuple[int, int]] = []
+    origins: list[int | None] = []
+
+    def body(step: int, now_ns: int) -> None:
+        calls.append((step, now_ns))
+        origins.append(loop.grid_origin_ns)
+        if step == 2:
+            loop.shift_phase(round(shift_ms * MS))
+
+    loop.run(body, threading.Event(), max_ticks=50)
+    periods = [b - a for (_, a), (_, b) in itertools.pairwise(calls)]
+    slewing = round(abs(shift_ms) / 0.2)
+    assert [s for s, _ in calls] == list(range(50))  # no tick skipped, numbering goes on
+    assert all(abs(p - 20 * MS) <= 200_000 for p in periods)
+    assert periods[:2] == [20 * MS] * 2 and periods[2 + slewing:] == [20 * MS] * (47 - slewing)
+    assert calls[-1][1] == 1_000 * MS + 49 * 20 * MS + round(shift_ms * MS)
+    assert loop.phase_shift_ns == round(shift_ms * MS) and not loop.slewing
+    assert origins[0] == 1_000 * MS and origins[-1] == 1_000 * MS + round(shift_ms * MS)
+    assert loop.grid_origin_ns is None  # not running any more
+
+
+def test_only_a_skip_grid_takes_a_phase_shift() -> None:
+    loop = PeriodicLoop(10.0, FakeClock(), late="reanchor")
+    with pytest.raises(ValueError, match="'reanchor'"):
+        loop.shift_phase(MS)

@@ -4,6 +4,7 @@ the shipped parameter file, a FakeClock for the monotonic side and hand-written 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -364,6 +365,68 @@ def test_chunk_mode_sends_one_point_while_holding_and_the_chunk_under_autonomy(
     assert follow.tick.policy_sent and follow.sent is not None and follow.trajectories == []
 
 
+def test_chunk_mode_sends_a_new_chunk_when_it_arrives_not_at_the_next_tick(
+    policy: MoEPolicy, bundle: LoadedBundle
+) -> None:
+    rig = _rig(policy, bundle, policy__execution__mode="chunk", handover__blend_time_s=0.0)
+    pipe = rig.pipe
+    rig.engage()
+    last = rig.tick()  # policy-driven, blend done: the decision the early send stands on
+    assert last.tick.policy_sent and pipe.arbiter.mode == Mode.AUTONOMY
+    n = pipe.control_stats.obs_to_cmd.summary().count
+    obs_ros = rig.ros - 3 * MS  # a frame taken 3 ms ago ...
+    rig.sense(age_ns=3 * MS)
+    assert pipe.infer_once(rig.ros).offered == ADDED
+    rig.clock.advance_ns(2 * MS)  # ... whose chunk is ready 2 ms later, mid-period
+    sent = pipe.send_on_arrival(rig.ros + 2 * MS)
+    assert [a.name for a, _ in sent] == ["left_arm", "right_arm"]
+    right = sent[1][1]
+    assert right.start_time_ns == obs_ros and len(right.points) > 5
+    # the last tick's filtered command first, then the chunk one period apart
+    assert right.points[0].positions == pytest.approx(tuple(last.sent[7:]))
+    assert np.allclose(np.diff([p.time_from_start for p in right.points]), 0.02)
+    o2c = pipe.control_stats.obs_to_cmd.values()
+    assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(5.0)  # not at the next tick
+    assert pipe.control_stats.tick_wait.values()[-1] == pytest.approx(2.0)
+    assert pipe.send_on_arrival(rig.ros) == []  # sent once
+    follow = rig.tick()  # the next tick finds no new chunk: the controller executes it
+    assert follow.tick.policy_sent and follow.trajectories == []
+    assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
+
+
+@pytest.mark.parametrize("case", ["hold", "blending", "stream", "off"])
+def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
+    policy: MoEPolicy, bundle: LoadedBundle, case: str
+) -> None:
+    """Under HOLD, while the engage blend runs, in stream mode or with send_on_arrival off,
+    the early send sends nothing and the next tick decides (and, in chunk mode, sends)."""
+    changes: dict[str, Any] = {
+        "policy__execution__mode": "stream" if case == "stream" else "chunk",
+        "policy__execution__send_on_arrival": case != "off",
+        "handover__blend_time_s": 0.5 if case == "blending" else 0.0,
+    }
+    rig = _rig(policy, bundle, **changes)
+    pipe = rig.pipe
+    if case == "hold":
+        rig.sense()
+        rig.tick()
+    else:
+        rig.engage()
+        rig.tick()
+    rig.sense()
+    assert pipe.infer_once(rig.ros).offered == ADDED
+    assert pipe.send_on_arrival(rig.ros) == []
+    out = rig.tick()
+    if case == "stream":
+        assert out.commands and out.trajectories == []
+    else:
+        assert [a.name for a, _ in out.trajectories] == ["left_arm", "right_arm"]
+    if case == "hold":
+        assert out.tick.mode == Mode.HOLD and len(out.trajectories[0][1].points) == 1
+    if case == "blending":
+        assert out.tick.blend_alpha is not None and out.tick.blend_alpha < 1.0
+
+
 def test_teleop_drives_and_the_policy_runs_in_its_shadow(
     policy: MoEPolicy, bundle: LoadedBundle
 ) -> None:
@@ -466,6 +529,71 @@ def test_diagnostic_tasks_one_per_concern(rig: Rig) -> None:
     assert control[Key.TARGET_RATE_HZ] == 50.0
     assert dict(tasks[1].values)["chunks"] == 1
     assert dict(tasks[4].values)[Key.MODE] == "HOLD"
+
+
+def _camera_run(pipe: PolicyPipeline, clock: FakeClock, ticks: int, offset_ns: int,
+                mark: int) -> tuple[list[float], list[float]]:
+    """The control loop itself (``pipe.control_loop.run`` on the FakeClock) with a 15 Hz
+    camera whose chunks arrive ``offset_ns`` after each frame (plus up to 0.4 ms): frames are
+    sensed and inferred at their arrival instants between the ticks, autonomy engages after
+    the first chunk. The chunk-to-tick waits before and after tick ``mark`` (ms)."""
+    rng = np.random.default_rng(3)
+    c0 = clock.now_ns()
+    arrivals = [c0 + round(k * 1e9 / 15) + offset_ns + int(rng.integers(0, 400_000))
+                for k in range(1, ticks // 3)]
+    q = np.zeros(len(pipe.joint_names))
+    image = np.full((96, 128, 3), 90, np.uint8)
+
+    def arrive(t: int) -> None:
+        clock.advance_ns(max(0, t - clock.now_ns()))
+        ros = T0_ROS + clock.now_ns() - c0
+        stamp = ros - offset_ns  # the frame was taken offset_ns before its chunk arrived
+        pipe.inputs.put_joint_state(pipe.joint_names, q, [], stamp, ros)
+        for cam in pipe.camera_pipelines:
+            pipe.inputs.put_image(cam, image, stamp, ros)
+        assert pipe.infer_once(ros) is not None
+
+    waits = pipe.control_stats.tick_wait
+    before: list[float] = []
+
+    def body(step: int, now: int) -> None:
+        nonlocal before
+        pipe.control_step(step, now, T0_ROS + now - c0)
+        if pipe.policy_warm and pipe.arbiter.mode != Mode.AUTONOMY:
+            pipe.arbiter.engage_autonomy(True)  # once a tick has seen the first chunk
+        if step == mark:
+            before = waits.values()
+            waits.reset()
+        # the chunks that arrive before the next tick (0.25 ms short of it: a slewing grid
+        # may move it by up to 0.2 ms), at their instants
+        origin = pipe.control_loop.grid_origin_ns
+        assert origin is not None
+        while arrivals and arrivals[0] < origin + (step + 1) * PERIOD_NS - 250_000:
+            arrive(arrivals.pop(0))
+
+    pipe.control_loop.run(body, threading.Event(), max_ticks=ticks)
+    return before, waits.values()
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_tick_alignment_moves_the_ticks_to_just_after_the_chunks(
+    policy: MoEPolicy, bundle: LoadedBundle, align: bool
+) -> None:
+    """15 Hz camera, 50 Hz control, chunks 0.5 ms after a tick of the start-up grid: they wait
+    19.5 ms for it. Aligned, the loop slews its grid so that no chunk waits more than two
+    thirds of a period plus the margin; unaligned the 19.5 ms wait stays."""
+    rig = _rig(policy, bundle, policy__align_ticks=align)
+    pipe, clock = rig.pipe, rig.clock
+    before, after = _camera_run(pipe, clock, 450, offset_ns=20 * MS + MS // 2, mark=200)
+    assert max(before) >= 19.0
+    shift = dict(pipe.diagnostic_tasks(T0_ROS, True)[3].values)[Key.TICK_SHIFT_MS]
+    if align:
+        assert max(after) <= 20 * 2 / 3 + 1.0 + 0.4 + 0.01
+        assert min(after) >= 0.5  # none just missed its tick
+        assert pipe.aligner is not None and pipe.aligner.shifts == 1
+        assert shift != "off" and abs(shift) > 1.0
+    else:
+        assert max(after) >= 19.0 and shift == "off"
 
 
 # ---------------------------------------------------------------------------- rtc
