@@ -64,6 +64,9 @@ def main() -> int:
                     help="policy.control_thread_priority (SCHED_FIFO 1-99; 0 = normal)")
     ap.add_argument("--align-ticks", choices=("true", "false"), default=None,
                     help="policy.align_ticks (default: the parameter's default)")
+    ap.add_argument("--send-on-arrival", choices=("true", "false"), default=None,
+                    help="policy.execution.send_on_arrival (chunk mode; default: the "
+                    "parameter's default)")
     ap.add_argument("--idle", action="store_true",
                     help="no images: no decoding or inference, the node holds")
     args = ap.parse_args()
@@ -91,7 +94,10 @@ def main() -> int:
                                ("policy__gil_switch_interval_ms", args.switch_interval_ms),
                                ("policy__control_thread_priority", args.priority),
                                ("policy__align_ticks",
-                                None if args.align_ticks is None else args.align_ticks == "true"))
+                                None if args.align_ticks is None else args.align_ticks == "true"),
+                               ("policy__execution__send_on_arrival",
+                                None if args.send_on_arrival is None
+                                else args.send_on_arrival == "true"))
                               if v is not None})
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
@@ -165,6 +171,7 @@ def main() -> int:
         "gil_switch_interval_ms": args.switch_interval_ms,
         "control_thread_priority": args.priority,
         "align_ticks": args.align_ticks,
+        "send_on_arrival": args.send_on_arrival,
         # the node's windows at the end of the run (obs-to-command: frame stamp -> first
         # command computed from it; inference: the policy call)
         "obs_to_command_p50_ms": last(samples, Key.OBS_TO_COMMAND_P50_MS),
