@@ -16,7 +16,10 @@ and does not depend on the machine. Loops:
 Per cell: success k/N with its Wilson 95% interval, missed deadlines per episode (the robot
 had no policy command between two chunks: it waited, or a chunk ran out), the command age
 p50/p99 (a command's tick minus the stamp of the newest chunk it came from) and the idle time
-per episode. Everything else comes from the parameter file (default: ``make demo``'s),
+per episode, and the seams: the policy command's largest joint change (mrad) from one tick to
+the next where the newest chunk in use changed, beside the same at the other ticks (a
+continuous merge keeps the first close to the second). Everything else comes from the
+parameter file (default: ``make demo``'s),
 including the inference trigger and rate.
 
     python bench/latency_robustness.py BUNDLE --task transfer_cube --episodes 50 \\
@@ -64,6 +67,8 @@ def cell(results: list[EpisodeResult], period_ms: float) -> dict[str, Any]:
     k = sum(r.success for r in results)
     ages = np.concatenate([np.asarray(r.command_ages_ms) for r in results] or [np.zeros(0)])
     idle = [float(sum(r.idle_gaps_ms)) for r in results]
+    seams = np.concatenate([np.asarray(r.seam_jumps_mrad) for r in results] or [np.zeros(0)])
+    steps = np.concatenate([np.asarray(r.step_jumps_mrad) for r in results] or [np.zeros(0)])
     return {
         "episodes": n,
         "successes": k,
@@ -73,6 +78,12 @@ def cell(results: list[EpisodeResult], period_ms: float) -> dict[str, Any]:
         "command_age_ms_p50": percentile(ages, 50),
         "command_age_ms_p99": percentile(ages, 99),
         "idle_ms_per_episode": float(np.mean(idle)) if n else None,
+        # the policy command's largest joint change (mrad) at a switch to a newer chunk and
+        # between the other policy-driven ticks: how continuous the seams are
+        "seam_jump_mrad_p50": percentile(seams, 50),
+        "seam_jump_mrad_p99": percentile(seams, 99),
+        "step_jump_mrad_p50": percentile(steps, 50),
+        "step_jump_mrad_p99": percentile(steps, 99),
         "errors": [f"seed {r.seed}: {r.error}" for r in results if r.error],
         "period_ms": period_ms,
     }
@@ -135,15 +146,21 @@ def markdown(report: dict[str, Any]) -> str:
             lo, hi = c["ci95"]
             age50, age99 = c["command_age_ms_p50"], c["command_age_ms_p99"]
             ages = "-" if age50 is None else f"{age50:.0f}/{age99:.0f}"
+            seam = c.get("seam_jump_mrad_p50")
+            seams = "" if seam is None else (
+                f"; seam {seam:.0f}/{c['seam_jump_mrad_p99']:.0f} mrad "
+                f"(other steps {c['step_jump_mrad_p50']:.0f}/{c['step_jump_mrad_p99']:.0f})")
             row.append(
                 f"{c['successes']}/{c['episodes']} ({100 * lo:.0f}-{100 * hi:.0f}%); "
                 f"missed {c['missed_deadlines_per_episode']:.1f}; age {ages} ms; "
-                f"idle {c['idle_ms_per_episode']:.0f} ms"
+                f"idle {c['idle_ms_per_episode']:.0f} ms{seams}"
             )
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append("Cell: success k/N (Wilson 95% CI); missed deadlines per episode; command age "
-                 "p50/p99; idle time per episode (simulated time).")
+                 "p50/p99; idle time per episode (simulated time); the policy command's "
+                 "largest joint change p50/p99 at a switch to a newer chunk (seam) and between "
+                 "other ticks.")
     return "\n".join(lines)
 
 

@@ -143,6 +143,11 @@ class EpisodeResult:
     # waited for inference).
     command_ages_ms: list[float] = field(default_factory=list)
     idle_gaps_ms: list[float] = field(default_factory=list)
+    # The policy's command (the timeline's proposal, before the safety filter) from one
+    # policy-driven tick to the next, largest joint change in mrad: at the ticks where the
+    # newest chunk in use changed (the seams between chunks) and at the others.
+    seam_jumps_mrad: list[float] = field(default_factory=list)
+    step_jumps_mrad: list[float] = field(default_factory=list)
 
     @property
     def missed_deadlines(self) -> int:
@@ -152,6 +157,10 @@ class EpisodeResult:
         d = asdict(self)
         d.pop("latencies_ms")
         d.pop("command_ages_ms")
+        for key in ("seam_jumps_mrad", "step_jumps_mrad"):
+            values = d.pop(key)
+            d[f"{key[:-5]}_mrad_p50"] = percentile(values, 50)
+            d[f"{key[:-5]}_mrad_p99"] = percentile(values, 99)
         d["command_age_ms_p50"] = percentile(self.command_ages_ms, 50)
         d["command_age_ms_p99"] = percentile(self.command_ages_ms, 99)
         d["missed_deadlines"] = self.missed_deadlines
@@ -179,6 +188,8 @@ class _ClosedLoop:
 
         self.settings = settings or LoopSettings()
         self.config = config
+        # the last policy command and its chunk (seam jumps; reset per episode)
+        self._last_command: tuple[np.ndarray, tuple[int, int]] | None = None
         robot = tuple(config.robot.joint_names)
         sim_joints = tuple(JOINT_NAMES)
         unknown = sorted({*robot} - {*sim_joints})
@@ -244,11 +255,28 @@ class _ClosedLoop:
         """A chunk placed on the timeline from ``start_step`` (for the commands' age)."""
         self._sources.append((start_step, stamp_ns))
 
-    def _command_age_ms(self, step: int, now_ns: int) -> float | None:
+    def _source(self, step: int) -> tuple[int, int] | None:
+        """The newest chunk in use at ``step``: (start step, observation stamp)."""
         for start, stamp in reversed(self._sources):
             if start <= step:
-                return (now_ns - stamp) / 1e6
+                return start, stamp
         return None
+
+    def _command_age_ms(self, step: int, now_ns: int) -> float | None:
+        source = self._source(step)
+        return None if source is None else (now_ns - source[1]) / 1e6
+
+    def _count_jump(self, res: EpisodeResult, command: np.ndarray | None, step: int) -> None:
+        """After autonomy engaged: the change of the policy's command since the last
+        policy-driven tick, as a seam when the newest chunk in use changed in between."""
+        source = self._source(step)
+        last, self._last_command = self._last_command, None
+        if command is None or source is None:
+            return
+        if last is not None:
+            jump = float(np.max(np.abs(command - last[0]))) * 1e3
+            (res.seam_jumps_mrad if source != last[1] else res.step_jumps_mrad).append(jump)
+        self._last_command = (command.copy(), source)
 
     def _count_command(self, res: EpisodeResult, policy_sent: bool, step: int, now_ns: int,
                        gap: int, period_ms: float) -> int:
@@ -267,6 +295,7 @@ class _ClosedLoop:
         sim.reset(res.seed)
         self._usage = np.zeros(self.num_experts, np.int64)
         self._sources: list[tuple[int, int]] = []
+        self._last_command = None
         self._reset(res.seed)
         # One clock for the monotonic and the ROS time of the node; not at 0, a stamp the
         # input buffer refuses.
@@ -317,6 +346,7 @@ class _ClosedLoop:
                 refusal = "" if ok else why
             if res.engaged_step is not None:
                 gap = self._count_command(res, tick.policy_sent, step, now_ns, gap, period_ms)
+                self._count_jump(res, tick.policy_command if tick.policy_sent else None, step)
             if out.sent is not None:
                 target = sim.targets
                 target[self._to_robot] = out.sent

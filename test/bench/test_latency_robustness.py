@@ -53,8 +53,13 @@ def test_latency_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cells["rtc@200"]["missed_deadlines_per_episode"] == 0
     # a 200 ms delay ages every command by at least 200 ms (simulated time, deterministic)
     assert cells["rtc@200"]["command_age_ms_p50"] >= cells["rtc@0"]["command_age_ms_p50"] + 200
+    # every loop switches chunks: the seams and the other steps are both measured
+    for c in cells.values():
+        assert 0 <= c["seam_jump_mrad_p50"] <= c["seam_jump_mrad_p99"]
+        assert 0 <= c["step_jump_mrad_p50"] <= c["step_jump_mrad_p99"]
     table = md.read_text()
     assert table.startswith("| loop | +0 ms | +200 ms |") and "| rtc | 0/1" in table
+    assert "; seam " in table
 
 
 def test_unknown_loop_is_named() -> None:

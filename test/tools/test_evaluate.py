@@ -131,6 +131,12 @@ def test_a_scripted_demonstration_succeeds_through_the_control_path(tmp_path: Pa
         # chunk of step 0 starts at step 1; engage is asked after tick 1, AUTONOMY from tick 2
         assert res.error == "" and res.engaged_step == 2, res.error
         assert res.success and res.success_step is not None
+        # chunks cut from one smooth recording: the switches between them (seams) move the
+        # command no more than the steps inside a chunk do
+        seams, steps = np.array(res.seam_jumps_mrad), np.array(res.step_jumps_mrad)
+        assert len(seams) > 50 and len(steps) > 50
+        assert np.percentile(seams, 99) <= 1.1 * np.percentile(steps, 99)
+        assert np.median(seams) <= 1.1 * np.median(steps)
         missing = runner.run(4)
     assert not missing.success and "no episode recorded from seed 4" in missing.error
 
