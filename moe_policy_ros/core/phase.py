@@ -15,11 +15,13 @@ phase that makes the longest wait shortest: just after the last arrival of the c
 ends the largest empty stretch of the period (plus ``margin``, for arrivals later than any in
 the window), where the longest wait is one period minus that stretch plus the margin (13.3 +
 margin ms for the three clusters above, margin alone for one cluster). It asks for the shift
-when that is ``hysteresis`` shorter than the longest wait of the grid as it is, so phases
-spread evenly over the period (rates that share no rhythm) leave the grid alone; and when an
-arrival came within half the margin of a tick while the phases do have an empty stretch of
-two margins or more: a camera clock drifting against the control clock carries the cluster
-before a tick toward it, and an arrival that crosses the tick waits a whole period. The control
+when that is ``hysteresis`` shorter than the longest wait of the grid as it is, leaving out
+the ``spare`` longest (one frame delayed past its cluster's tick must not drag the grid to
+another cluster), so phases spread evenly over the period (rates that share no rhythm) leave
+the grid alone; and when more than ``spare`` arrivals came within half the margin of a tick
+while the phases have an empty stretch of two margins or more: a camera clock drifting against
+the control clock carries the cluster before a tick toward it, and an arrival that crosses the
+tick waits a whole period. The control
 loop slews the shift in (:meth:`~moe_policy_ros.core.loop.PeriodicLoop.shift_phase`, at most
 2% of a period per tick), so its period jitter stays within that while the grid moves.
 
@@ -65,7 +67,7 @@ class TickAligner:
 
     def __init__(
         self, period_ns: int, *, margin_ns: int, window: int = 45, every: int = 5,
-        hysteresis_ns: int | None = None,
+        hysteresis_ns: int | None = None, spare: int = 1,
     ) -> None:
         if period_ns <= 0:
             raise ValueError(f"period must be > 0 ns (got {period_ns})")
@@ -80,6 +82,9 @@ class TickAligner:
         self.every = every
         self.hysteresis_ns = period_ns // 20 if hysteresis_ns is None else hysteresis_ns
         self.window = window
+        #: arrivals of the window that may wait longer without moving the grid (a frame
+        #: delayed past its cluster's tick must not drag the grid to another cluster)
+        self.spare = spare
         self._arrivals: deque[int] = deque(maxlen=window)
         self._since = 0
         self.shifts = 0  # shifts asked for
@@ -100,16 +105,17 @@ class TickAligner:
         self._since = 0
         period = self.period_ns
         phases = [(t - origin_ns) % period for t in self._arrivals]
-        waits = [(-p) % period for p in phases]
+        waits = sorted(((-p) % period for p in phases), reverse=True)
         choices = tick_choices(phases, period, self.margin_ns)
         if not choices:
             return None
         best_wait = min(w for _, w in choices)
-        gain = max(waits) - best_wait
+        gain = waits[min(self.spare, len(waits) - 1)] - best_wait
         # A camera drifting against the control clock carries the cluster before a tick
-        # toward it; re-centre before an arrival crosses the tick (and waits a whole period)
+        # toward it; re-centre before its arrivals cross the tick (and wait a whole period)
         # when the phases have an empty stretch worth aligning to at all.
-        crowding = min(waits) < self.margin_ns // 2 and period - best_wait >= 2 * self.margin_ns
+        close = sum(w < self.margin_ns // 2 for w in waits)
+        crowding = close > self.spare and period - best_wait >= 2 * self.margin_ns
         if gain < self.hysteresis_ns and not crowding:
             return None
         # Of the choices about as good as the best (clusters of a 3:10 rhythm are), the one

@@ -51,6 +51,20 @@ def test_three_clusters_wait_at_most_two_thirds_of_a_period_plus_the_margin() ->
     assert min(waits[60:]) >= 0.5 * MS  # no arrival just misses its tick
 
 
+def test_one_delayed_frame_does_not_drag_the_grid_to_another_cluster() -> None:
+    """A frame 5 ms late lands just after its cluster's tick (it waits a period): one
+    outlier in the window, and the grid stays where the other 44 arrivals put it."""
+    aligner = TickAligner(T, margin_ns=MS)
+    arrivals = _arrivals(15.0, 300, offset_ns=500_000, noise_ns=400_000)
+    origin, _ = _run(aligner, arrivals[:150], origin=0)
+    assert aligner.shifts == 1
+    late = arrivals[150:]
+    late[0] += 5 * MS
+    _, waits = _run(aligner, late, origin)
+    assert aligner.shifts == 1
+    assert sorted(waits)[-2] <= (T * 2) // 3 + MS + 400_000  # only the late frame waited
+
+
 @pytest.mark.parametrize("drift", [1e-4, -1e-4])
 def test_a_drifting_camera_clock_is_followed_before_an_arrival_crosses_a_tick(
     drift: float,
