@@ -348,10 +348,11 @@ class PolicyConfig(_Strict):
     )
 
     align_ticks: bool = Field(
-        default=True,
+        default=False,
         description="move the control loop's tick grid (slewed, at most 2% of a period per "
         "tick) so that ticks fall just after the chunks arrive: a chunk waits less for the "
-        "first command computed from it (core/phase.py)",
+        "first command computed from it (core/phase.py; opt-in: no clear gain measured live, "
+        "docs/benchmarks.md)",
     )
     align_ticks_margin_ms: float = Field(
         default=1.0,
