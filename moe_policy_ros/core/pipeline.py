@@ -338,41 +338,53 @@ class ControlPath:
 
     # ------------------------------------------------------------------ control
 
-    def control_step(self, step: int, now_ns: int, now_ros_ns: int) -> ControlOutput:
+    def control_step(
+        self, step: int, now_ns: int, now_ros_ns: int,
+        publish: Callable[[ControlOutput], None] | None = None,
+    ) -> ControlOutput:
         """One control period at monotonic ``now_ns`` and ROS time ``now_ros_ns``:
-        timeline -> arbiter (modes, blend, safety filter) -> what to publish."""
+        timeline -> arbiter (modes, blend, safety filter) -> what to publish.
+
+        ``publish(out)`` runs under the tick lock that :meth:`send_on_arrival` holds too, so
+        what a tick and an early send decide reaches the controllers in the order decided."""
         with self._tick_lock:
             out = self._control_step(step, now_ns, now_ros_ns)
             self._last_tick = (step, out.tick)
+            if publish is not None:
+                publish(out)
         return out
 
-    def send_on_arrival(self, now_ros_ns: int) -> list[tuple[Arm, Trajectory]]:
-        """Chunk mode with ``execution.send_on_arrival``: the trajectories of the chunk just
-        placed, sent now (the inference worker, between ticks) instead of at the next tick.
+    def send_on_arrival(
+        self, now_ros_ns: int, publish: Callable[[list[tuple[Arm, Trajectory]]], None]
+    ) -> bool:
+        """Chunk mode with ``execution.send_on_arrival``: ``publish`` the trajectories of the
+        chunk just placed now (the inference worker, between ticks) instead of at the next
+        tick; True when it did.
 
         Only when the last tick was policy-driven under AUTONOMY with its engage blend done:
         the trajectory is the one that tick would have sent had the chunk been there (its
         filtered command first, then the chunk through the same limits); the next tick finds
-        no pending chunk and decides as always (a HOLD replaces the trajectory). Otherwise, or
-        in stream mode, nothing: the next tick sends it.
+        no pending chunk and decides as always (a HOLD replaces the trajectory). ``publish``
+        runs under the tick lock, so a HOLD decided by a tick after this decision is also
+        published after it. Otherwise, or in stream mode, nothing: the next tick sends it.
         """
         ex = self.cfg.policy.execution
         if ex.mode != "chunk" or not ex.send_on_arrival:
-            return []
+            return False
         with self._tick_lock:
             last = self._last_tick
             if last is None or self.arbiter.mode != Mode.AUTONOMY:
-                return []
+                return False
             step, tick = last
             if (not tick.policy_sent or tick.sent is None
                     or (tick.blend_alpha is not None and tick.blend_alpha < 1.0)):
-                return []
+                return False
             pending = self.timeline.take_pending(step + 1)
             if pending is None:
-                return []
-            trajectories = self._trajectories(step, tick, pending, now_ros_ns)
+                return False
+            publish(self._trajectories(step, tick, pending, now_ros_ns))
             self._count_first_command(pending, self.clock.now_ns(), now_ros_ns)
-        return trajectories
+        return True
 
     def _count_first_command(self, pending: TimedChunk, now_ns: int, now_ros_ns: int) -> None:
         """The first command computed from ``pending`` left now: observation-to-command (ROS

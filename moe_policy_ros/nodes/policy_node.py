@@ -47,7 +47,7 @@ from moe_policy_ros.core.config import ConfigError, RuntimeConfig, config_from_p
 from moe_policy_ros.core.diagnostics import lifecycle_task
 from moe_policy_ros.core.loop import LoopThreads, set_realtime_priority
 from moe_policy_ros.core.manifest import BundleError
-from moe_policy_ros.core.pipeline import PolicyPipeline, build_pipeline
+from moe_policy_ros.core.pipeline import ControlOutput, PolicyPipeline, build_pipeline
 from moe_policy_ros.core.timeline import ADDED, NONFINITE
 from moe_policy_ros.nodes.common import (
     guarded_input,
@@ -264,7 +264,8 @@ class PolicyNode(LifecycleNode):
             )
         if res is not None and res.offered == ADDED:
             # chunk mode: the new chunk's trajectories leave now, not at the next tick
-            self._publish(trajectory_msgs(pipe.send_on_arrival(self._now_ns())))
+            pipe.send_on_arrival(self._now_ns(),
+                                 lambda trajs: self._publish(trajectory_msgs(trajs)))
         if res is not None and res.router is not None:
             self._publish(router_publications(res.router, pipe.gate_label))
 
@@ -286,10 +287,14 @@ class PolicyNode(LifecycleNode):
         pipe = self._pipe
         if pipe is None:
             return
-        out = pipe.control_step(step, now, self._now_ns())
-        log_mode_events(self.get_logger(), out.tick.events)
-        self._publish_mode()
-        self._publish(control_msgs(out, pipe.joint_names))
+
+        def emit(out: ControlOutput) -> None:
+            log_mode_events(self.get_logger(), out.tick.events)
+            self._publish_mode()
+            self._publish(control_msgs(out, pipe.joint_names))
+
+        # under the tick lock, so ordered with what send_on_arrival publishes
+        pipe.control_step(step, now, self._now_ns(), emit)
 
     def _control_failed(self, err: Exception) -> None:
         self.get_logger().error(

@@ -378,7 +378,9 @@ def test_chunk_mode_sends_a_new_chunk_when_it_arrives_not_at_the_next_tick(
     rig.sense(age_ns=3 * MS)
     assert pipe.infer_once(rig.ros).offered == ADDED
     rig.clock.advance_ns(2 * MS)  # ... whose chunk is ready 2 ms later, mid-period
-    sent = pipe.send_on_arrival(rig.ros + 2 * MS)
+    published: list[Any] = []
+    assert pipe.send_on_arrival(rig.ros + 2 * MS, published.extend)
+    sent = published
     assert [a.name for a, _ in sent] == ["left_arm", "right_arm"]
     right = sent[1][1]
     assert right.start_time_ns == obs_ros and len(right.points) > 5
@@ -388,10 +390,62 @@ def test_chunk_mode_sends_a_new_chunk_when_it_arrives_not_at_the_next_tick(
     o2c = pipe.control_stats.obs_to_cmd.values()
     assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(5.0)  # not at the next tick
     assert pipe.control_stats.tick_wait.values()[-1] == pytest.approx(2.0)
-    assert pipe.send_on_arrival(rig.ros) == []  # sent once
+    assert not pipe.send_on_arrival(rig.ros, published.extend)  # sent once
+    assert len(published) == 2
     follow = rig.tick()  # the next tick finds no new chunk: the controller executes it
     assert follow.tick.policy_sent and follow.trajectories == []
     assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
+
+
+def test_a_tick_cannot_come_between_the_early_decision_and_its_publication(
+    policy: MoEPolicy, bundle: LoadedBundle
+) -> None:
+    """The early send publishes under the tick lock: a tick that starts meanwhile (and might
+    decide HOLD) waits, so its own publication comes after the trajectory's, never before."""
+    rig = _rig(policy, bundle, policy__execution__mode="chunk", handover__blend_time_s=0.0)
+    pipe = rig.pipe
+    rig.engage()
+    rig.tick()
+    rig.sense()
+    assert pipe.infer_once(rig.ros).offered == ADDED
+    order: list[str] = []
+
+    def tick() -> None:
+        pipe.control_step(rig.step, rig.clock.now_ns(), rig.ros)
+        order.append("tick")
+
+    def publish(_trajectories: Any) -> None:
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        ticker.join(timeout=0.2)  # blocked on the lock while this publication runs
+        order.append("trajectory")
+        publish.ticker = ticker  # type: ignore[attr-defined]
+
+    assert pipe.send_on_arrival(rig.ros, publish)
+    publish.ticker.join(timeout=5.0)  # type: ignore[attr-defined]
+    assert order == ["trajectory", "tick"]
+
+    # and the other way round: an early send that starts while a tick publishes waits for it
+    rig.sense()
+    assert pipe.infer_once(rig.ros).offered == ADDED
+    order.clear()
+
+    def early() -> None:
+        order.append("early sent" if pipe.send_on_arrival(rig.ros, lambda _t: None)
+                     else "early: nothing")
+
+    def tick_publish(_out: Any) -> None:
+        sender = threading.Thread(target=early)
+        sender.start()
+        sender.join(timeout=0.2)
+        order.append("tick")
+        tick_publish.sender = sender  # type: ignore[attr-defined]
+
+    rig.clock.advance_ns(PERIOD_NS)  # the next period: the new chunk is due at this tick
+    rig.ros += PERIOD_NS
+    pipe.control_step(rig.step + 1, rig.clock.now_ns(), rig.ros, tick_publish)
+    tick_publish.sender.join(timeout=5.0)  # type: ignore[attr-defined]
+    assert order == ["tick", "early: nothing"]  # the tick took the chunk itself
 
 
 @pytest.mark.parametrize("case", ["hold", "blending", "stream", "off"])
@@ -415,7 +469,8 @@ def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
         rig.tick()
     rig.sense()
     assert pipe.infer_once(rig.ros).offered == ADDED
-    assert pipe.send_on_arrival(rig.ros) == []
+    published: list[Any] = []
+    assert not pipe.send_on_arrival(rig.ros, published.extend) and published == []
     out = rig.tick()
     if case == "stream":
         assert out.commands and out.trajectories == []
