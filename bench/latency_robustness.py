@@ -11,7 +11,8 @@ and does not depend on the machine. Loops:
   while inference runs, then executes ``--sync-horizon`` steps of the chunk (default: all of
   it), then observes again;
 * ``ensemble``, ``blend``, ``rtc``: the asynchronous pipeline with that merge mode (the robot
-  keeps executing the held chunks while the next is computed; rtc needs a flow bundle).
+  keeps executing the held chunks while the next is computed; rtc needs a flow bundle);
+  ``rtc_residual``: rtc with ``execution.rtc_residual_blend`` (``core/rtc.py``).
 
 Per cell: success k/N with its Wilson 95% interval, missed deadlines per episode (the robot
 had no policy command between two chunks: it waited, or a chunk ran out), the command age
@@ -53,11 +54,16 @@ from moe_policy_ros.rollout import (  # noqa: E402
     resolve_bundle,
 )
 
-LOOPS = ("sync", "ensemble", "blend", "rtc")
+LOOPS = ("sync", "ensemble", "blend", "rtc", "rtc_residual")
 
 
-def _with_merge(cfg: RuntimeConfig, merge: str) -> RuntimeConfig:
-    ex = cfg.policy.execution.model_copy(update={"merge": merge})
+def _with_merge(cfg: RuntimeConfig, loop: str) -> RuntimeConfig:
+    """The asynchronous pipeline with merge ``loop``; ``rtc_residual`` is rtc with
+    ``execution.rtc_residual_blend`` (core/rtc.py, low-rank chunks)."""
+    update: dict[str, Any] = {"merge": "rtc" if loop == "rtc_residual" else loop}
+    if loop == "rtc_residual":
+        update["rtc_residual_blend"] = True
+    ex = cfg.policy.execution.model_copy(update=update)
     return cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"execution": ex})})
 
 

@@ -231,7 +231,8 @@ class ExecutionConfig(_Strict):
     chunk replaces the old one; see ``core/rtc.py``). ``rtc_execution_horizon`` is the paper's
     s, ``rtc_max_guidance_weight`` its beta (the clip on the guidance weight),
     ``rtc_delay_window`` the number of recent inference delays whose maximum is the frozen
-    prefix d. ``send_on_arrival`` (chunk mode): the trajectory of a new chunk leaves when the
+    prefix d; ``rtc_residual_blend`` blends in action space what guidance could not reach of
+    the committed commands (low-rank SMP chunks; ``core/rtc.py``). ``send_on_arrival`` (chunk mode): the trajectory of a new chunk leaves when the
     chunk is computed, not up to a control period later at the next tick, as long as the last
     tick was policy-driven with its engage blend done; the next tick decides as before (a
     hold it decides replaces the trajectory).
@@ -259,6 +260,12 @@ class ExecutionConfig(_Strict):
         ge=1,
         description="rtc: the frozen prefix d is the largest inference delay (control steps) "
         "among the last this many chunks",
+    )
+    rtc_residual_blend: bool = Field(
+        default=False,
+        description="rtc: blend what the guided chunk still misses of the committed commands "
+        "in action space with the same soft mask (low-rank SMP chunks cannot reach them by "
+        "guidance alone; core/rtc.py)",
     )
     latency_compensation: bool = Field(
         default=True, description="skip chunk steps elapsed since the observation"

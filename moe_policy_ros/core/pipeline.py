@@ -681,7 +681,8 @@ class PolicyPipeline(ControlPath):
             horizon = self.bundle.manifest.action.chunk_length
             committed = self.timeline.committed(start, horizon)[:, self._action_idx]
             guidance = RtcGuidance(committed, self.delays.estimate(),
-                                   ex.rtc_execution_horizon, ex.rtc_max_guidance_weight)
+                                   ex.rtc_execution_horizon, ex.rtc_max_guidance_weight,
+                                   residual_blend=ex.rtc_residual_blend)
         return InferRequest(obs, latest.positions.copy(), start, guidance)
 
     def finish_inference(

@@ -46,6 +46,16 @@ Design notes
   finite differences work on every existing bundle and backend (ONNX Runtime, TensorRT,
   torch) unchanged. The block-diagonal structure is checked on the first guided chunk of a
   policy (:func:`check_block_diagonal`; ``MoEPolicy`` raises if it does not hold).
+* **Low-rank chunks (a departure, opt-in: ``residual_blend``).** Guidance moves the sample
+  only within the chunks the policy can produce. An SMP chunk lives in the span of its active
+  skills' state-dependent bases (2 skills x rank 4 = 8 coefficients for a 25 x 14 chunk), and
+  the committed commands come from the previous chunk, another observation's basis, so only
+  their projection onto the new span is reachable: in closed loop on the trained SMP bundle
+  rtc's switches to a new chunk jumped twice as far as its steps inside a chunk
+  (``docs/benchmarks.md``). With ``residual_blend`` the sampled chunk ``A`` becomes
+  ``A + W (Y - A)`` over the known rows (the same soft mask ``W``): the committed commands
+  where ``W = 1``, the policy's own sample where ``W = 0``, and for a policy whose guidance
+  did reach ``Y`` nothing changes.
 """
 
 from __future__ import annotations
@@ -84,6 +94,9 @@ class RtcGuidance:
     execution_horizon: int
     max_guidance_weight: float = 5.0
     fd_eps: float = 1e-2
+    #: after the guided sample, blend what it still misses of the committed commands in
+    #: action space with the same soft mask (see the module's "Low-rank chunks")
+    residual_blend: bool = False
 
     def __post_init__(self) -> None:
         c = np.asarray(self.committed)
@@ -240,6 +253,7 @@ def guidance_for(
     delay: _Delay,
     execution_horizon: int,
     max_guidance_weight: float,
+    residual_blend: bool = False,
 ) -> RtcGuidance:
     """The guidance for a chunk whose observation is at control ``step``: the scheduler's
     committed commands from ``step`` on (``ChunkScheduler.committed``) and the frozen prefix
@@ -249,4 +263,5 @@ def guidance_for(
         delay_steps=delay.estimate(),
         execution_horizon=execution_horizon,
         max_guidance_weight=max_guidance_weight,
+        residual_blend=residual_blend,
     )

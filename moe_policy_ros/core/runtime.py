@@ -398,7 +398,10 @@ class MoEPolicy:
             velocity, x0, self.steps, basis, w, target.reshape(-1), mask,
             g.max_guidance_weight, g.fd_eps,
         )  # fmt: skip
-        return compose_skills(enc["basis"][0], idx, w, x1).reshape(h, a)
+        chunk = compose_skills(enc["basis"][0], idx, w, x1).reshape(h, a)
+        if g.residual_blend:  # what the chunk's span could not reach, blended in (core/rtc)
+            chunk = chunk + mask.reshape(h, a) * (target - chunk)
+        return chunk
 
     def infer(self, obs: Observation, guidance: RtcGuidance | None = None) -> PolicyOutput:
         """One chunk; ``guidance`` (flow family only) runs the RTC-guided sampler."""

@@ -287,3 +287,37 @@ def test_guidance_is_the_same_for_any_basis_scale() -> None:
     unguided = guided_flow_sample(v_unit, x0, 10, q, w, target, 0 * mask, 5.0)
     plain = np.einsum("jmr,jr->m", q, unguided)
     assert np.abs(plain - chunk).max() > 0.1  # the guidance moved the chunk
+
+
+def test_residual_blend_reaches_the_committed_commands_a_low_rank_chunk_cannot(
+    tmp_path: Path,
+) -> None:
+    """Three skills of rank 1 span 3 of a 6 x 2 chunk's 12 dimensions: guidance cannot bring
+    the sample onto committed commands from another chunk, so the frozen prefix still
+    differs. With ``residual_blend`` the prefix is the committed commands exactly (W = 1),
+    the rows past the overlap are the policy's own sample (W = 0), and in between the
+    residual is blended with the soft mask."""
+    torch.manual_seed(0)
+    model = build_model({**SMP_FULL_SPAN, "rank": 1})
+    export_bundle(model, tmp_path, name="smp_rank1", routing=RoutingConfig(strategy="dense", k=3))
+    policy = MoEPolicy(load_bundle(tmp_path), make_backend("onnxruntime", intra_op_threads=1))
+    h = policy.manifest.action.chunk_length
+    rng = np.random.default_rng(2)
+    committed = policy.infer(synthetic_observation(policy.manifest, seed=1)).actions[2:]
+    committed = committed + 0.5 * rng.standard_normal(committed.shape)  # off the new span
+    obs = synthetic_observation(policy.manifest, seed=3)
+    d, s = 2, 1
+    chunks = {}
+    for blend in (False, True):
+        policy.reset()
+        chunks[blend] = policy.infer(
+            obs, guidance=RtcGuidance(committed, d, s, 5.0, residual_blend=blend)).actions
+    plain, blended = chunks[False], chunks[True]
+    n = committed.shape[0]
+    assert np.abs(plain[:d] - committed[:d]).max() > 0.05  # guidance alone: not reachable
+    np.testing.assert_allclose(blended[:d], committed[:d], atol=1e-6)
+    w = soft_mask(h, d, s, n)[:, None]
+    want = plain.copy()
+    want[:n] = plain[:n] + w[:n] * (committed - plain[:n])
+    np.testing.assert_allclose(blended, want, atol=1e-6)
+    np.testing.assert_array_equal(blended[h - s:], plain[h - s:])  # past the overlap: W = 0
