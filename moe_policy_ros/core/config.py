@@ -262,10 +262,10 @@ class ExecutionConfig(_Strict):
         "among the last this many chunks",
     )
     rtc_residual_blend: bool = Field(
-        default=False,
+        default=True,
         description="rtc: blend what the guided chunk still misses of the committed commands "
         "in action space with the same soft mask (low-rank SMP chunks cannot reach them by "
-        "guidance alone; core/rtc.py)",
+        "guidance alone; core/rtc.py); false: the paper's method alone",
     )
     latency_compensation: bool = Field(
         default=True, description="skip chunk steps elapsed since the observation"
