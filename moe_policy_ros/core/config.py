@@ -232,10 +232,11 @@ class ExecutionConfig(_Strict):
     s, ``rtc_max_guidance_weight`` its beta (the clip on the guidance weight),
     ``rtc_delay_window`` the number of recent inference delays whose maximum is the frozen
     prefix d; ``rtc_residual_blend`` blends in action space what guidance could not reach of
-    the committed commands (low-rank SMP chunks; ``core/rtc.py``). ``send_on_arrival`` (chunk mode): the trajectory of a new chunk leaves when the
-    chunk is computed, not up to a control period later at the next tick, as long as the last
-    tick was policy-driven with its engage blend done; the next tick decides as before (a
-    hold it decides replaces the trajectory).
+    the committed commands (low-rank SMP chunks; ``core/rtc.py``). ``send_on_arrival`` (chunk
+    mode): the trajectory of a new chunk leaves when the chunk is computed, not up to a
+    control period later at the next tick, as long as the last tick was policy-driven with
+    its engage blend done; the next tick decides as before (a hold it decides replaces the
+    trajectory).
     """
 
     mode: Literal["chunk", "stream"] = Field(

@@ -47,17 +47,18 @@ Design notes
   torch) unchanged. The block-diagonal structure is checked on the first guided chunk of a
   policy (:func:`check_block_diagonal`; ``MoEPolicy`` raises if it does not hold).
 * **Low-rank chunks (a departure: ``residual_blend``, on in the node by default through
-  ``execution.rtc_residual_blend``; off in :class:`RtcGuidance` itself).** Guidance moves the sample
-  only within the chunks the policy can produce. An SMP chunk lives in the span of its active
-  skills' state-dependent bases (2 skills x rank 4 = 8 coefficients for a 25 x 14 chunk), and
-  the committed commands come from the previous chunk, another observation's basis, so only
-  their projection onto the new span is reachable: in closed loop on the trained SMP bundle
-  rtc's switches to a new chunk jumped twice as far as its steps inside a chunk
-  (``docs/benchmarks.md``). With ``residual_blend`` the sampled chunk ``A`` becomes
-  ``A + W (Y - A)`` over the known rows (the same soft mask ``W``): the committed commands
-  where ``W = 1``, the policy's own sample where ``W = 0``, and for a policy whose guidance
-  did reach ``Y`` nothing changes. Measured on the same bundle and seeds: seam p50/p99 18 / 49
-  mrad at +0 ms inference delay (79 / 292 without), 26 / 101 at +100 ms (93 / 324).
+  ``execution.rtc_residual_blend``; off in :class:`RtcGuidance` itself).** Guidance moves
+  the sample only within the chunks the policy can produce. An SMP chunk lives in the span
+  of its active skills' state-dependent bases (2 skills x rank 4 = 8 coefficients for a
+  25 x 14 chunk), and the committed commands come from the previous chunk, another
+  observation's basis, so only their projection onto the new span is reachable: in closed
+  loop on the trained SMP bundle rtc's switches to a new chunk jumped twice as far as its
+  steps inside a chunk (``docs/benchmarks.md``). With ``residual_blend`` the sampled chunk
+  ``A`` becomes ``A + W (Y - A)`` over the known rows (the same soft mask ``W``): the
+  committed commands where ``W = 1``, the policy's own sample where ``W = 0``, and for a
+  policy whose guidance did reach ``Y`` nothing changes. Measured on the same bundle and
+  seeds: seam p50/p99 18 / 49 mrad at +0 ms inference delay (79 / 292 without), 26 / 101 at
+  +100 ms (93 / 324).
 """
 
 from __future__ import annotations
