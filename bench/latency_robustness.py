@@ -58,11 +58,12 @@ LOOPS = ("sync", "ensemble", "blend", "rtc", "rtc_residual")
 
 
 def _with_merge(cfg: RuntimeConfig, loop: str) -> RuntimeConfig:
-    """The asynchronous pipeline with merge ``loop``; ``rtc_residual`` is rtc with
-    ``execution.rtc_residual_blend`` (core/rtc.py, low-rank chunks)."""
+    """The asynchronous pipeline with merge ``loop``; ``rtc`` is the paper's method alone,
+    ``rtc_residual`` rtc with ``execution.rtc_residual_blend`` (core/rtc.py, low-rank
+    chunks), whatever the parameter file says."""
     update: dict[str, Any] = {"merge": "rtc" if loop == "rtc_residual" else loop}
-    if loop == "rtc_residual":
-        update["rtc_residual_blend"] = True
+    if loop in ("rtc", "rtc_residual"):
+        update["rtc_residual_blend"] = loop == "rtc_residual"
     ex = cfg.policy.execution.model_copy(update=update)
     return cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"execution": ex})})
 
