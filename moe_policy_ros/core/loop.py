@@ -72,13 +72,16 @@ class PeriodicLoop:
         self.skipped = 0  # "skip": grid points passed without a tick
         self.overruns = 0  # "reanchor": iterations that ended after the next deadline
         self.overrunning = False  # "reanchor": the last iteration overran
-        #: "skip": the most the grid moves per iteration while a shift is slewed in
-        self.max_slew_ns = min(200_000, self.period_ns // 50)
         self._shift_lock = threading.Lock()
         self._shift_requested = 0  # ns, not yet taken by the loop thread
         self._slew_left = 0  # ns, taken, still to apply
         self._origin_ns: int | None = None  # "skip": the grid's t0 (None: not running)
         self.phase_shift_ns = 0  # total shift applied since run() started
+
+    @property
+    def max_slew_ns(self) -> int:
+        """``"skip"``: the most the grid moves per iteration while a shift is slewed in."""
+        return min(200_000, self.period_ns // 50)
 
     def shift_phase(self, delta_ns: int) -> None:
         """Move the grid by ``delta_ns`` (later when positive), slewed in over the next
@@ -102,6 +105,8 @@ class PeriodicLoop:
 
     def _slew(self) -> int:
         """This iteration's part of the pending shift (loop thread)."""
+        if not (self._shift_requested or self._slew_left):
+            return 0  # nothing to move (alignment off): no lock on the control path
         with self._shift_lock:
             self._slew_left += self._shift_requested
             self._shift_requested = 0
@@ -143,7 +148,6 @@ class PeriodicLoop:
                 now = clock.now_ns()
                 if self._new_period is not None:  # a new rate: the grid restarts now
                     period = self.period_ns = self._new_period
-                    self.max_slew_ns = min(200_000, period // 50)
                     self._new_period = None
                     t0, deadline = now - step * period, now
                     if self.late == "skip":

@@ -287,14 +287,15 @@ class PolicyNode(LifecycleNode):
         pipe = self._pipe
         if pipe is None:
             return
+        # published under the tick lock, so ordered with what send_on_arrival publishes
+        pipe.control_step(step, now, self._now_ns(), self._emit)
 
-        def emit(out: ControlOutput) -> None:
-            log_mode_events(self.get_logger(), out.tick.events)
-            self._publish_mode()
-            self._publish(control_msgs(out, pipe.joint_names))
-
-        # under the tick lock, so ordered with what send_on_arrival publishes
-        pipe.control_step(step, now, self._now_ns(), emit)
+    def _emit(self, out: ControlOutput) -> None:
+        """One tick's mode events, latched mode, commands or trajectories."""
+        log_mode_events(self.get_logger(), out.tick.events)
+        self._publish_mode()
+        assert self._pipe is not None
+        self._publish(control_msgs(out, self._pipe.joint_names))
 
     def _control_failed(self, err: Exception) -> None:
         self.get_logger().error(
