@@ -262,14 +262,11 @@ class _ClosedLoop:
                 return start, stamp
         return None
 
-    def _command_age_ms(self, step: int, now_ns: int) -> float | None:
-        source = self._source(step)
-        return None if source is None else (now_ns - source[1]) / 1e6
-
-    def _count_jump(self, res: EpisodeResult, command: np.ndarray | None, step: int) -> None:
-        """After autonomy engaged: the change of the policy's command since the last
-        policy-driven tick, as a seam when the newest chunk in use changed in between."""
-        source = self._source(step)
+    def _count_jump(
+        self, res: EpisodeResult, command: np.ndarray | None, source: tuple[int, int] | None
+    ) -> None:
+        """The change of the policy's command since the last policy-driven tick, as a seam
+        when the newest chunk in use (``source``) changed in between."""
         last, self._last_command = self._last_command, None
         if command is None or source is None:
             return
@@ -278,14 +275,16 @@ class _ClosedLoop:
             (res.seam_jumps_mrad if source != last[1] else res.step_jumps_mrad).append(jump)
         self._last_command = (command.copy(), source)
 
-    def _count_command(self, res: EpisodeResult, policy_sent: bool, step: int, now_ns: int,
-                       gap: int, period_ms: float) -> int:
-        """After autonomy engaged: the age of this tick's policy command, and the idle gap
-        (ticks without one) it ends; returns the gap so far."""
-        age = self._command_age_ms(step, now_ns) if policy_sent else None
-        if age is None:
+    def _count_command(self, res: EpisodeResult, command: np.ndarray | None, step: int,
+                       now_ns: int, gap: int, period_ms: float) -> int:
+        """After autonomy engaged: this tick's policy ``command`` (None: none sent), its age,
+        its jump from the last one, and the idle gap (ticks without one) it ends; returns
+        the gap so far."""
+        source = None if command is None else self._source(step)
+        self._count_jump(res, command, source)
+        if source is None:
             return gap + 1
-        res.command_ages_ms.append(age)
+        res.command_ages_ms.append((now_ns - source[1]) / 1e6)
         if gap:
             res.idle_gaps_ms.append(gap * period_ms)
         return 0
@@ -345,8 +344,8 @@ class _ClosedLoop:
                 ok, why = arb.engage_autonomy(True)
                 refusal = "" if ok else why
             if res.engaged_step is not None:
-                gap = self._count_command(res, tick.policy_sent, step, now_ns, gap, period_ms)
-                self._count_jump(res, tick.policy_command if tick.policy_sent else None, step)
+                command = tick.policy_command if tick.policy_sent else None
+                gap = self._count_command(res, command, step, now_ns, gap, period_ms)
             if out.sent is not None:
                 target = sim.targets
                 target[self._to_robot] = out.sent
