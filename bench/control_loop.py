@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--align-ticks", choices=("true", "false"), default=None,
                     help="policy.align_ticks (default: the parameter's default)")
     ap.add_argument("--send-on-arrival", choices=("true", "false"), default=None,
-                    help="policy.execution.send_on_arrival (chunk mode; default: the "
+                    help="policy.execution.send_on_arrival (default: the "
                     "parameter's default)")
     ap.add_argument("--idle", action="store_true",
                     help="no images: no decoding or inference, the node holds")

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -355,21 +355,29 @@ class ControlPath:
         return out
 
     def send_on_arrival(
-        self, now_ros_ns: int, publish: Callable[[list[tuple[Arm, Trajectory]]], None]
+        self, now_ros_ns: int, publish: Callable[[ControlOutput], None]
     ) -> bool:
-        """Chunk mode with ``execution.send_on_arrival``: ``publish`` the trajectories of the
-        chunk just placed now (the inference worker, between ticks) instead of at the next
-        tick; True when it did.
+        """``execution.send_on_arrival``: ``publish`` what the chunk just placed changes now
+        (the inference worker, between ticks) instead of at the next tick; True when it did.
 
-        Only when the last tick was policy-driven under AUTONOMY with its engage blend done:
-        the trajectory is the one that tick would have sent had the chunk been there (its
-        filtered command first, then the chunk through the same limits); the next tick finds
-        no pending chunk and decides as always (a HOLD replaces the trajectory). ``publish``
-        runs under the tick lock, so a HOLD decided by a tick after this decision is also
-        published after it. Otherwise, or in stream mode, nothing: the next tick sends it.
+        Only when the last tick was policy-driven under AUTONOMY with its engage blend done,
+        and on that tick's decision:
+
+        * chunk mode: the trajectories that tick would have sent had the chunk been there
+          (its filtered command first, then the chunk through the same limits), when the
+          chunk's first step is due by the next tick;
+        * stream mode: the command of the last tick's step, revised with the chunk merged in
+          and filtered from the state before that tick (:meth:`SafetyFilter.revise`), when
+          the chunk covers that step (its frame was taken before the tick; a frame taken
+          after it starts at the next step, which the next tick sends). A revision the filter
+          refuses (it would hold) sends nothing.
+
+        The next tick finds no pending chunk and decides as always (a HOLD replaces what was
+        sent). ``publish`` runs under the tick lock, so what a later tick decides is also
+        published after it. Operator overrides (deadman, teleop) are judged at the ticks.
         """
         ex = self.cfg.policy.execution
-        if ex.mode != "chunk" or not ex.send_on_arrival:
+        if not ex.send_on_arrival:
             return False
         with self._tick_lock:
             last = self._last_tick
@@ -379,12 +387,46 @@ class ControlPath:
             if (not tick.policy_sent or tick.sent is None
                     or (tick.blend_alpha is not None and tick.blend_alpha < 1.0)):
                 return False
-            pending = self.timeline.take_pending(step + 1)
-            if pending is None:
-                return False
-            publish(self._trajectories(step, tick, pending, now_ros_ns))
+            if ex.mode == "chunk":
+                pending = self.timeline.take_pending(step + 1)
+                if pending is None:
+                    return False
+                out = ControlOutput(replace(tick, events=()), now_ros_ns, None, None, [],
+                                    self._trajectories(step, tick, pending, now_ros_ns))
+            else:
+                revised = self._revise(step, tick, now_ros_ns)
+                if revised is None:
+                    return False
+                out, pending = revised
+                self._last_tick = (step, out.tick)
+            publish(out)
             self._count_first_command(pending, self.clock.now_ns(), now_ros_ns)
         return True
+
+    def _revise(
+        self, step: int, tick: TickOutput, now_ros_ns: int
+    ) -> tuple[ControlOutput, TimedChunk] | None:
+        """Stream mode's early send: ``step``'s command revised with the new chunk."""
+        revised = self.timeline.revise(step)
+        if revised is None:
+            return None
+        proposal, pending = revised
+        inputs = self.inputs
+        joints = inputs.joints()
+        stale = inputs.stale_sources(now_ros_ns)
+        measured = None if joints is None or JOINTS in stale else joints.positions
+        result = self.safety.revise(
+            proposal, measured,
+            stale=tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS),
+            overrun=self.overrunning(), ood_energy=self.ood_energy,
+        )
+        if result is None or result.sent is None:
+            return None
+        sent = result.sent
+        out = replace(tick, sent=sent, candidate=proposal, policy_command=proposal,
+                                  filter=result, events=())
+        commands = [(arm, sent[arm.cols]) for arm in self.arms]
+        return ControlOutput(out, now_ros_ns, sent, None, commands, []), pending
 
     def _count_first_command(self, pending: TimedChunk, now_ns: int, now_ros_ns: int) -> None:
         """The first command computed from ``pending`` left now: observation-to-command (ROS

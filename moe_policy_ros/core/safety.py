@@ -57,6 +57,15 @@ For the commands ``q_k`` returned by one filter (no ``reset`` in between), per j
 
 Commands that already respect the limits pass through unchanged (the filter is transparent).
 Interventions are counted per kind, in control ticks on which they acted.
+
+Revising the last command (``revise``)
+--------------------------------------
+Stream mode's early send replaces the command of the current control step, already sent,
+with one computed from a chunk that arrived after the tick. ``revise`` filters the new
+proposal from the state *before* that tick (``q_{k-1}``, its step), so the guarantee above
+holds for the sequence of the commands that stand at the end of each tick; it refuses (None,
+nothing changed) when the last command held or was not anchored, or when the revision would
+hold (a hazard): the next tick decides that.
 """
 
 from __future__ import annotations
@@ -202,7 +211,9 @@ class SafetyFilter:
         self._lock = threading.Lock()
         self._last: np.ndarray | None = None
         self._step = np.zeros(self.n)
+        self._before: tuple[np.ndarray, np.ndarray] | None = None  # (last, step) before it
         self._holding = False
+        self._revisions = 0
         self._counts = dict.fromkeys(KINDS, 0)
         self._ticks = 0
         self._holds_entered = 0
@@ -250,6 +261,7 @@ class SafetyFilter:
         with self._lock:
             self._last = None
             self._step = np.zeros(self.n)
+            self._before = None
             self._holding = False
 
     # ------------------------------------------------------------------ filter
@@ -322,17 +334,62 @@ class SafetyFilter:
 
         # anchor: the previous sent command, or the measured position at rest
         if self._last is None:
+            self._before = None
             if m is None:
                 return self._finish(None, ivs, holding, hazard, hold_reason)
             self._last = np.clip(m, self.q_min, self.q_max)
             self._step = np.zeros(self.n)
+        self._before = (self._last, self._step)
+        return self._commit(None if holding else p, m, ivs, holding, hazard, hold_reason)
+
+    def _commit(
+        self,
+        p: np.ndarray | None,
+        m: np.ndarray | None,
+        ivs: list[Intervention],
+        holding: bool,
+        hazard: bool,
+        hold_reason: str,
+        revision: bool = False,
+    ) -> FilterResult:
+        """Limit ``p`` (None: brake) from the anchored state and make it the last command."""
         last = self._last
-        q, frozen = self._limited(None if holding else p, m, ivs)
+        assert last is not None
+        q, frozen = self._limited(p, m, ivs)
         new_step = q - last
         new_step[frozen] = 0.0
         self._step = new_step
         self._last = q
-        return self._finish(q.copy(), ivs, holding, hazard, hold_reason)
+        return self._finish(q.copy(), ivs, holding, hazard, hold_reason, revision)
+
+    def revise(
+        self,
+        proposed: np.ndarray,
+        measured: np.ndarray | None,
+        *,
+        stale: Sequence[str] = (),
+        overrun: bool = False,
+        ood_energy: float | None = None,
+    ) -> FilterResult | None:
+        """Replace the command the last :meth:`filter` call sent with ``proposed``, filtered
+        from the state before that call (module docstring, "Revising the last command").
+
+        None, with nothing changed, when the last call held or had no anchor, or when the
+        revision would hold (a hazard: the next tick holds then).
+        """
+        with self._lock:
+            if self._before is None or self._holding:
+                return None
+            m = None if measured is None else self._vector(measured)
+            p = self._vector(proposed)
+            checks = [self._check_measured(measured, m), self._check_stale(stale),
+                      self._check_command(proposed, p, overrun), self._check_ood(ood_energy)]
+            ivs = [iv for iv in checks if iv is not None]
+            if any(iv.hold for iv in ivs):
+                return None
+            self._last, self._step = self._before
+            self._revisions += 1
+            return self._commit(p, m, ivs, False, False, "", revision=True)
 
     # ------------------------------------------------------------------ hazard checks
 
@@ -460,8 +517,10 @@ class SafetyFilter:
         holding: bool,
         hazard: bool,
         hold_reason: str,
+        revision: bool = False,
     ) -> FilterResult:
-        self._ticks += 1
+        if not revision:  # a revision replaces its tick's command: the same tick
+            self._ticks += 1
         for iv in ivs:
             self._counts[iv.kind] += 1
         if holding and not self._holding:
@@ -491,7 +550,8 @@ class SafetyFilter:
         The level is the worst since the previous call (so a one-tick NaN between two 1 Hz
         diagnostics updates is still reported), or the current tick's if worse; reading
         resets that window. Values hold the per-kind intervention counts (ticks on which
-        each acted), ticks filtered, holds entered and the current state.
+        each acted, revisions included), ticks filtered, revisions (stream mode's early send),
+        holds entered and the current state.
         """
         with self._lock:
             cur = self._last_result
@@ -504,6 +564,7 @@ class SafetyFilter:
             values = {f"count.{k}": str(v) for k, v in self._counts.items()}
             values["ticks"] = str(self._ticks)
             values["holds_entered"] = str(self._holds_entered)
+            values["revisions"] = str(self._revisions)
             values["holding"] = str(self._holding)
             values["velocity_scale"] = f"{self.cfg.velocity_scale:g}"
             values["acceleration_scale"] = f"{self.cfg.acceleration_scale:g}"

@@ -9,9 +9,12 @@ run the same code:
   does not command hold their measured position.
 * **The latency step.** The chunk of an observation taken at step ``s`` starts at ``s + 1``
   (``actions[i]`` is for step ``s + 1 + i``). The control loop marks each tick with its ROS
-  time (:meth:`ChunkTimeline.mark`); with latency compensation, an observation stamped ``n``
-  whole periods before the last mark is placed ``n`` steps earlier, so the steps that elapsed
-  while it was being processed are skipped instead of executed late.
+  time (:meth:`ChunkTimeline.mark`); with latency compensation, an observation is placed at
+  the period it was taken in: stamped up to ``n`` periods before the last mark (``n`` the
+  smallest whole number of periods covering its age), it starts ``n`` steps earlier, so the
+  steps that elapsed while it was being processed are skipped instead of executed late. A
+  frame taken just before a tick whose chunk arrives just after it starts at that tick's step
+  (stream mode's early send revises that step's command, :meth:`ChunkTimeline.revise`).
 * **Order.** A chunk from an observation older than the newest chunk's (inputs arrived out of
   order) keeps step alignment by dropping its steps before the newest start; a chunk that
   would be dropped whole is refused (:data:`LATE`).
@@ -103,8 +106,8 @@ class ChunkTimeline:
         """The control step a chunk from an observation stamped ``obs_stamp_ns`` starts at."""
         with self._lock:
             step, ros_ns = self._anchor
-        if self.latency_compensation:
-            step -= max(0, (ros_ns - obs_stamp_ns) // self.period_ns)
+        if self.latency_compensation and obs_stamp_ns < ros_ns:
+            step -= -((obs_stamp_ns - ros_ns) // self.period_ns)  # ceil(age / period)
         return step + 1
 
     def committed(self, step: int, horizon: int) -> np.ndarray:
@@ -191,6 +194,22 @@ class ChunkTimeline:
                 self._pending = pending = None
                 proposal = np.full(self.num_joints, np.nan)
         return proposal, pending
+
+    def revise(self, step: int) -> tuple[np.ndarray, TimedChunk] | None:
+        """Stream mode's early send, between ticks: the chunk added since the last take when
+        it covers ``step`` (the step whose command the last tick already sent) and the
+        command now proposed for that step with it merged in; None otherwise, or after a
+        non-finite chunk (the next :meth:`take` reports it)."""
+        with self._lock:
+            pending = self._pending
+            if (pending is None or self._nan_latched
+                    or not pending.start_step <= step < pending.start_step + len(pending.actions)):
+                return None
+            proposal = self.scheduler.action_at(step)
+            if proposal is None:  # the chunk ends before the step: nothing to revise with
+                return None
+            self._pending = None
+            return proposal, pending
 
     def take_pending(self, step: int) -> TimedChunk | None:
         """The chunk added since the last take when its first step is due by ``step`` (the

@@ -12,8 +12,9 @@ runs the threads:
 * the **inference worker** runs :meth:`PolicyPipeline.infer_once` at ``inference_rate_hz``
   (``inference_trigger: timer``) or on each new camera frame with that rate as a ceiling
   (``frame``; :mod:`~moe_policy_ros.core.trigger`), ONNX Runtime releasing the GIL, and
-  publishes the router state of each chunk taken and, in chunk mode, its trajectories
-  (:meth:`PolicyPipeline.send_on_arrival`);
+  publishes the router state of each chunk taken and what the chunk changes at once (chunk
+  mode: its trajectories; stream mode: the current step's command, revised;
+  :meth:`PolicyPipeline.send_on_arrival`);
 * the **control loop** runs :meth:`PolicyPipeline.control_step` at ``control_rate_hz`` on
   absolute monotonic deadlines. It never waits for inference, and publishes what the safety
   filter actually sent.
@@ -64,7 +65,6 @@ from moe_policy_ros.nodes.convert import (
     joint_state_fields,
     policy_publishers,
     router_publications,
-    trajectory_msgs,
 )
 from moe_policy_ros.nodes.params import declare_parameters, nested_parameters
 from moe_policy_ros.session import LATCHED_QOS, SENSOR_QOS, resolve_share_path, stamp_to_ns
@@ -263,9 +263,8 @@ class PolicyNode(LifecycleNode):
                 "policy output contains NaN/Inf: holding", throttle_duration_sec=2.0
             )
         if res is not None and res.offered == ADDED:
-            # chunk mode: the new chunk's trajectories leave now, not at the next tick
-            pipe.send_on_arrival(self._now_ns(),
-                                 lambda trajs: self._publish(trajectory_msgs(trajs)))
+            # the new chunk's trajectories (chunk mode) or revised command (stream) leave now
+            pipe.send_on_arrival(self._now_ns(), self._emit)
         if res is not None and res.router is not None:
             self._publish(router_publications(res.router, pipe.gate_label))
 
@@ -291,7 +290,8 @@ class PolicyNode(LifecycleNode):
         pipe.control_step(step, now, self._now_ns(), self._emit)
 
     def _emit(self, out: ControlOutput) -> None:
-        """One tick's mode events, latched mode, commands or trajectories."""
+        """One tick's (or early send's) mode events, latched mode, commands or
+        trajectories."""
         log_mode_events(self.get_logger(), out.tick.events)
         self._publish_mode()
         assert self._pipe is not None

@@ -35,6 +35,7 @@ from moe_policy_ros.core.handover import Mode
 from moe_policy_ros.core.imageconv import ImageError
 from moe_policy_ros.core.inputs import InputError
 from moe_policy_ros.core.pipeline import (
+    ControlOutput,
     PolicyPipeline,
     build_pipeline,
     configure_problems,
@@ -378,9 +379,11 @@ def test_chunk_mode_sends_a_new_chunk_when_it_arrives_not_at_the_next_tick(
     rig.sense(age_ns=3 * MS)
     assert pipe.infer_once(rig.ros).offered == ADDED
     rig.clock.advance_ns(2 * MS)  # ... whose chunk is ready 2 ms later, mid-period
-    published: list[Any] = []
-    assert pipe.send_on_arrival(rig.ros + 2 * MS, published.extend)
-    sent = published
+    published: list[ControlOutput] = []
+    assert pipe.send_on_arrival(rig.ros + 2 * MS, published.append)
+    early = published[0]
+    assert early.sent is None and early.commands == [] and early.tick.events == ()
+    sent = early.trajectories
     assert [a.name for a, _ in sent] == ["left_arm", "right_arm"]
     right = sent[1][1]
     assert right.start_time_ns == obs_ros and len(right.points) > 5
@@ -390,8 +393,8 @@ def test_chunk_mode_sends_a_new_chunk_when_it_arrives_not_at_the_next_tick(
     o2c = pipe.control_stats.obs_to_cmd.values()
     assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(5.0)  # not at the next tick
     assert pipe.control_stats.tick_wait.values()[-1] == pytest.approx(2.0)
-    assert not pipe.send_on_arrival(rig.ros, published.extend)  # sent once
-    assert len(published) == 2
+    assert not pipe.send_on_arrival(rig.ros, published.append)  # sent once
+    assert len(published) == 1
     follow = rig.tick()  # the next tick finds no new chunk: the controller executes it
     assert follow.tick.policy_sent and follow.trajectories == []
     assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
@@ -448,12 +451,114 @@ def test_a_tick_cannot_come_between_the_early_decision_and_its_publication(
     assert order == ["tick", "early: nothing"]  # the tick took the chunk itself
 
 
+def _sense_at(rig: Rig, taken_ns: int, received_ns: int) -> None:
+    """A joint state and a camera frame taken at ROS time ``taken_ns``, received at
+    ``received_ns``."""
+    inputs = rig.pipe.inputs
+    inputs.put_joint_state(rig.pipe.joint_names, rig.q, [], taken_ns, received_ns)
+    for cam in rig.pipe.camera_pipelines:
+        assert rig.pipe.image_arrived(cam, taken_ns, received_ns)
+        inputs.put_image(cam, rig.image, taken_ns, received_ns)
+
+
+def _stream_rig(policy: MoEPolicy, bundle: LoadedBundle, merge: str, early: bool) -> Rig:
+    """Stream mode, engaged, three ticks under AUTONOMY on one chunk."""
+    rig = _rig(policy, bundle, policy__execution__mode="stream", policy__execution__merge=merge,
+               policy__execution__send_on_arrival=early, handover__blend_time_s=0.0)
+    rig.engage()
+    for _ in range(3):
+        assert rig.tick().tick.policy_sent
+    return rig
+
+
+@pytest.mark.parametrize("merge", ["replace", "ensemble", "blend"])
+def test_stream_mode_revises_the_current_step_with_a_chunk_from_before_its_tick(
+    policy: MoEPolicy, bundle: LoadedBundle, merge: str
+) -> None:
+    """A frame taken 2 ms before a tick, its chunk ready 3 ms after: the chunk covers that
+    tick's step, and the early send replaces the step's command with the one the tick would
+    have sent had the chunk been there (a twin pipeline where it was), at once, instead of
+    the next step's command a period later."""
+    rig = _stream_rig(policy, bundle, merge, early=True)
+    twin = _stream_rig(policy, bundle, merge, early=False)
+    pipe = rig.pipe
+    taken = rig.ros - 2 * MS  # rig.ros: the next tick's ROS time
+
+    # the twin: the chunk is in before the tick
+    _sense_at(twin, taken, taken + MS)
+    assert twin.pipe.infer_once(taken + MS).offered == ADDED
+    twin_tick = twin.tick()
+    assert twin_tick.tick.policy_sent
+
+    # the rig: the tick runs on the older chunks, then the chunk arrives
+    _sense_at(rig, taken, taken + MS)
+    before = rig.tick()
+    n = pipe.control_stats.obs_to_cmd.summary().count
+    assert pipe.infer_once(taken + MS).offered == ADDED
+    assert pipe.timeline.start_step(taken) == rig.step - 1  # the step just ticked
+    rig.clock.advance_ns(-PERIOD_NS + 3 * MS)  # back to 3 ms after the tick
+    published: list[ControlOutput] = []
+    assert pipe.send_on_arrival(taken + 5 * MS, published.append)
+    (early,) = published
+    np.testing.assert_allclose(early.sent, twin_tick.sent, atol=1e-12)
+    if merge == "replace":  # the new plan differs from what the tick sent
+        assert not np.allclose(early.sent, before.sent, atol=1e-6)
+    assert [a.name for a, _ in early.commands] == ["left_arm", "right_arm"]
+    np.testing.assert_allclose(early.commands[1][1], early.sent[7:])
+    assert early.trajectories == [] and early.tick.events == ()
+    assert early.stamp_ns == taken + 5 * MS
+    o2c = pipe.control_stats.obs_to_cmd.values()
+    assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(5.0)  # not 22 ms at the next tick
+    assert pipe.safety.diagnostics()[2]["revisions"] == "1"
+    assert not pipe.send_on_arrival(taken + 6 * MS, published.append)  # revised once
+
+    # the next ticks go on as in the twin, and count no second first command
+    rig.clock.advance_ns(PERIOD_NS - 3 * MS)
+    for _ in range(3):
+        np.testing.assert_allclose(rig.tick().sent, twin.tick().sent, atol=1e-12)
+    assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
+
+
+def test_stream_mode_leaves_a_chunk_from_after_the_tick_to_the_next_tick(
+    policy: MoEPolicy, bundle: LoadedBundle
+) -> None:
+    rig = _stream_rig(policy, bundle, "blend", early=True)
+    pipe = rig.pipe
+    last_tick = rig.ros - PERIOD_NS
+    _sense_at(rig, last_tick + 2 * MS, last_tick + 3 * MS)  # taken after the last tick
+    assert pipe.infer_once(last_tick + 3 * MS).offered == ADDED
+    assert not pipe.send_on_arrival(last_tick + 5 * MS, lambda _out: None)
+    n = pipe.control_stats.obs_to_cmd.summary().count
+    assert rig.tick().tick.policy_sent  # its first step: the next tick sends it
+    assert pipe.control_stats.obs_to_cmd.values()[-1] == pytest.approx(18.0)
+    assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
+
+
+def test_stream_mode_sends_no_revision_the_filter_would_hold(
+    policy: MoEPolicy, bundle: LoadedBundle
+) -> None:
+    """Joint states stale when the chunk arrives: no revision (the next tick holds), and the
+    filter's state is the tick's."""
+    rig = _stream_rig(policy, bundle, "blend", early=True)
+    pipe = rig.pipe
+    taken = rig.ros - 2 * MS
+    _sense_at(rig, taken, taken + MS)
+    tick = rig.tick()
+    assert pipe.infer_once(taken + MS).offered == ADDED
+    published: list[ControlOutput] = []
+    assert not pipe.send_on_arrival(taken + 1_000 * MS, published.append)  # joints stale
+    assert published == []
+    np.testing.assert_allclose(pipe.safety.last_sent, tick.sent)
+    assert pipe.safety.diagnostics()[2]["revisions"] == "0"
+
+
 @pytest.mark.parametrize("case", ["hold", "blending", "stream", "off"])
 def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
     policy: MoEPolicy, bundle: LoadedBundle, case: str
 ) -> None:
-    """Under HOLD, while the engage blend runs, in stream mode or with send_on_arrival off,
-    the early send sends nothing and the next tick decides (and, in chunk mode, sends)."""
+    """Under HOLD, while the engage blend runs, with send_on_arrival off, or in stream mode
+    for a frame taken after the last tick, the early send sends nothing and the next tick
+    decides (and, in chunk mode, sends)."""
     changes: dict[str, Any] = {
         "policy__execution__mode": "stream" if case == "stream" else "chunk",
         "policy__execution__send_on_arrival": case != "off",
@@ -470,7 +575,7 @@ def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
     rig.sense()
     assert pipe.infer_once(rig.ros).offered == ADDED
     published: list[Any] = []
-    assert not pipe.send_on_arrival(rig.ros, published.extend) and published == []
+    assert not pipe.send_on_arrival(rig.ros, published.append) and published == []
     out = rig.tick()
     if case == "stream":
         assert out.commands and out.trajectories == []

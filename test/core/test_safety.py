@@ -91,9 +91,14 @@ def _random_command(rng: np.random.Generator, prev: np.ndarray) -> np.ndarray:
     return prev + rng.normal(0, 0.2, N)
 
 
+@pytest.mark.parametrize("revise", [False, True])
 @pytest.mark.parametrize("seed", range(12))
-def test_randomized_invariants(seed: int) -> None:
+def test_randomized_invariants(seed: int, revise: bool) -> None:
+    """The guarantee of the module docstring, for the commands that stand at the end of each
+    tick; ``revise``: some ticks' commands are then replaced by ``revise`` (stream mode's
+    early send), from a second random stream so the ticks' own inputs stay the same."""
     rng = np.random.default_rng(seed)
+    rev_rng = np.random.default_rng(seed + 1000)
     cfg = dict(
         max_position_deviation=float(rng.uniform(0.05, 1.0)),
         velocity_scale=float(rng.uniform(0.1, 1.0)),
@@ -108,8 +113,31 @@ def test_randomized_invariants(seed: int) -> None:
     dev = f.cfg.max_position_deviation
     sent: list[np.ndarray] = []
     dev_acted: list[np.ndarray] = []
+
+    def check(q: np.ndarray, interventions: tuple, meas_in: np.ndarray | None) -> None:
+        acted = np.zeros(N, dtype=bool)
+        for iv in interventions:
+            if iv.kind == DEVIATION:
+                acted |= np.isin(ROBOT.joint_names, iv.joints)
+        assert np.all(np.isfinite(q))
+        assert np.all(q >= QMIN - TOL) and np.all(q <= QMAX + TOL)
+        if meas_in is not None and np.all(np.isfinite(meas_in)):
+            reachable = (meas_in + dev >= QMIN) & (meas_in - dev <= QMAX)
+            assert np.all(np.abs(q - meas_in)[reachable] <= dev + TOL)
+        ref1 = sent[-1] if sent else None
+        if ref1 is not None:
+            ok_v = ~acted
+            assert np.all(np.abs(q - ref1)[ok_v] <= vdt[ok_v] + TOL)
+        if len(sent) >= 2:
+            ok_a = ~acted & ~dev_acted[-1]
+            acc = np.abs(q - 2 * sent[-1] + sent[-2])
+            assert np.all(acc[ok_a] <= adt2[ok_a] + TOL), (acc - adt2)[ok_a].max()
+        sent.append(q)
+        dev_acted.append(acted)
+
     measured = rng.uniform(QMIN, QMAX)
     prev = measured.copy()
+    revisions = 0
     for _ in range(600):
         # the robot follows the last command with lag, sometimes noise, sometimes a bump
         if sent:
@@ -137,28 +165,61 @@ def test_randomized_invariants(seed: int) -> None:
         if r.sent is None:
             assert not sent  # only possible before anything was ever sent
             continue
-        q = r.sent
-        prev = q
-        acted = np.zeros(N, dtype=bool)
-        for iv in r.interventions:
-            if iv.kind == DEVIATION:
-                acted |= np.isin(ROBOT.joint_names, iv.joints)
-        assert np.all(np.isfinite(q))
-        assert np.all(q >= QMIN - TOL) and np.all(q <= QMAX + TOL)
-        if meas_in is not None and np.all(np.isfinite(meas_in)):
-            reachable = (meas_in + dev >= QMIN) & (meas_in - dev <= QMAX)
-            assert np.all(np.abs(q - meas_in)[reachable] <= dev + TOL)
-        ref1 = sent[-1] if sent else None
-        if ref1 is not None:
-            ok_v = ~acted
-            assert np.all(np.abs(q - ref1)[ok_v] <= vdt[ok_v] + TOL)
-        if len(sent) >= 2:
-            ok_a = ~acted & ~dev_acted[-1]
-            acc = np.abs(q - 2 * sent[-1] + sent[-2])
-            assert np.all(acc[ok_a] <= adt2[ok_a] + TOL), (acc - adt2)[ok_a].max()
-        sent.append(q)
-        dev_acted.append(acted)
+        prev = r.sent
+        check(r.sent, r.interventions, meas_in)
+        if revise and rev_rng.random() < 0.4:
+            moved = measured + rev_rng.normal(0, 0.003, N)  # a little later
+            r2 = f.revise(_random_command(rev_rng, prev), moved)
+            if r.hold:
+                assert r2 is None  # a hold is never revised
+            if r2 is not None:
+                assert r2.sent is not None and not r2.hold
+                revisions += 1
+                sent.pop()
+                dev_acted.pop()
+                prev = r2.sent
+                check(r2.sent, r2.interventions, moved)
+                np.testing.assert_array_equal(f.last_sent, r2.sent)
     assert len(sent) > 500
+    assert (revisions > 100) == revise
+    assert f.diagnostics()[2]["revisions"] == str(revisions)
+    assert f.diagnostics()[2]["ticks"] == "600"
+
+
+def test_revise_refuses_holds_hazards_and_an_unanchored_filter() -> None:
+    f = make_filter()
+    m = np.zeros(N)
+    assert f.revise(m, m) is None  # nothing sent yet
+    f.filter(m, m)
+    r = f.filter(m + 0.01, m)
+    assert r.sent is not None
+    nan = np.full(N, np.nan)
+    assert f.revise(nan, m) is None  # invalid command
+    assert f.revise(m, None) is None  # no measured position
+    assert f.revise(m, m, stale=("cam",)) is None  # hold_on_stale_inputs
+    np.testing.assert_array_equal(f.last_sent, r.sent)  # nothing changed
+    assert f.counts[INVALID] == 0 and f.counts[STALE] == 0  # refusals count nothing
+    warned = f.revise(m, m, overrun=True)  # finish_chunk_then_hold: a warning, not a hold
+    assert warned is not None and warned.level == Level.WARN and not warned.hold
+    f.filter(None, m, hold_reason="HOLD")
+    assert f.revise(m, m) is None  # a hold is never revised
+
+
+def test_revise_limits_the_step_from_the_command_before_the_tick() -> None:
+    """The replaced command is limited from q_{k-1} (and its step), not from q_k: a jump
+    the velocity bound allows once is not allowed twice."""
+    f = make_filter()
+    m = np.zeros(N)
+    f.filter(m, m)
+    first = f.filter(m + 0.5 * f.max_step, m).sent
+    assert first is not None
+    r = f.revise(m + 10 * f.max_step, m)
+    assert r is not None and r.sent is not None
+    assert VELOCITY in r.kinds() or ACCELERATION in r.kinds()
+    assert np.all(np.abs(r.sent - m) <= f.max_step + TOL)
+    fresh = make_filter()
+    fresh.filter(m, m)
+    np.testing.assert_allclose(r.sent, fresh.filter(m + 10 * f.max_step, m).sent)
 
 
 def test_first_command_starts_from_measured_at_rest() -> None:

@@ -53,12 +53,22 @@ def test_chunk_starts_one_step_after_its_observation() -> None:
     assert tl.take(12)[1] is None  # handed out once
 
 
-@pytest.mark.parametrize(("compensate", "start"), [(True, 9), (False, 11)])
-def test_latency_step_places_an_old_observation_earlier(compensate: bool, start: int) -> None:
+@pytest.mark.parametrize(("compensate", "age_ns", "start"), [
+    (True, 2 * PERIOD_NS, 9),  # taken at tick 8: its chunk from 9
+    (True, 2 * PERIOD_NS + 5, 8),  # just before tick 8 (period 7): from 8, its first tick
+    (True, PERIOD_NS // 2, 10),  # half a period before the mark (period 9): from 10
+    (False, 2 * PERIOD_NS + 5, 11),
+])
+def test_latency_step_places_an_old_observation_in_its_own_period(
+    compensate: bool, age_ns: int, start: int
+) -> None:
+    """The chunk of a frame starts at the first tick after the frame was taken, whenever it
+    arrives: the period it was taken in counts, not the whole periods of its age."""
     tl = _timeline(latency_compensation=compensate)
     tl.mark(10, 10 * PERIOD_NS)
-    stamp = 10 * PERIOD_NS - 2 * PERIOD_NS - 5  # just over two periods old: step 8, chunk from 9
+    stamp = 10 * PERIOD_NS - age_ns
     assert tl.start_step(stamp) == start
+    assert tl.start_step(10 * PERIOD_NS + 5) == 11  # taken after the mark: the next step
     tl.offer(_chunk(6, 0.0), stamp)
     np.testing.assert_array_equal(tl.take(11)[0], np.full(3, 11.0 - start))
 
