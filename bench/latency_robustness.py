@@ -23,9 +23,17 @@ continuous merge keeps the first close to the second). Everything else comes fro
 parameter file (default: ``make demo``'s),
 including the inference trigger and rate.
 
+Every loop runs the same seeds, so two loops are compared seed by seed: a second table gives,
+for each loop against ``--reference`` (default ``sync``), the seeds only it succeeded on, the
+seeds only the reference succeeded on, and the two-sided exact McNemar p-value of that split
+(``evaluation.metrics.mcnemar_exact``). Reports of the same seeds and delays run in separate
+processes (loops split for two cores) are put together with ``--combine``.
+
     python bench/latency_robustness.py BUNDLE --task transfer_cube --episodes 50 \\
         --seed-start 1000 --delays 0,100,200,300 [--loops sync,ensemble,blend,rtc] \\
         [--params config/sim_dual_arm.yaml] [--json out.json] [--markdown out.md]
+    python bench/latency_robustness.py --combine a.json b.json [--reference sync] \\
+        [--json all.json] [--markdown all.md]
 """
 
 from __future__ import annotations
@@ -45,7 +53,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from moe_policy_ros.core.config import RuntimeConfig, load_config  # noqa: E402
-from moe_policy_ros.evaluation.metrics import percentile, wilson_interval  # noqa: E402
+from moe_policy_ros.evaluation.metrics import (  # noqa: E402
+    mcnemar_exact,
+    percentile,
+    wilson_interval,
+)
 from moe_policy_ros.rollout import (  # noqa: E402
     EpisodeResult,
     InProcessRunner,
@@ -93,7 +105,45 @@ def cell(results: list[EpisodeResult], period_ms: float) -> dict[str, Any]:
         "step_jump_mrad_p99": percentile(steps, 99),
         "errors": [f"seed {r.seed}: {r.error}" for r in results if r.error],
         "period_ms": period_ms,
+        "succeeded_seeds": [r.seed for r in results if r.success],
     }
+
+
+def paired(report: dict[str, Any], reference: str) -> dict[str, dict[str, Any]]:
+    """Each other loop against ``reference``, seed by seed, per delay (``loop@delay``): the
+    seeds only the loop succeeded on (``only_loop``), only the reference (``only_reference``)
+    and the exact McNemar p-value; empty without the reference loop."""
+    cells, out = report["cells"], {}
+    if reference not in report["loops"]:
+        return out
+    for loop in report["loops"]:
+        if loop == reference:
+            continue
+        for d in report["delays_ms"]:
+            a, r = cells[f"{loop}@{d:g}"], cells[f"{reference}@{d:g}"]
+            mine, theirs = set(a["succeeded_seeds"]), set(r["succeeded_seeds"])
+            b, c = sorted(mine - theirs), sorted(theirs - mine)
+            out[f"{loop}@{d:g}"] = {"only_loop": b, "only_reference": c,
+                                    "p_mcnemar": mcnemar_exact(len(b), len(c))}
+    return out
+
+
+def combine(reports: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+    """Reports of the same bundle, task, seeds and delays (loops run in separate processes)
+    as one, loops in order of appearance; the paired comparison recomputed."""
+    first = reports[0]
+    for r in reports[1:]:
+        for key in ("bundle", "task", "seeds", "delays_ms"):
+            if r[key] != first[key]:
+                raise SystemExit(f"--combine: {key} differs: {first[key]!r} vs {r[key]!r}")
+    loops = [loop for r in reports for loop in r["loops"]]
+    if len(set(loops)) != len(loops):
+        raise SystemExit(f"--combine: a loop appears twice in {loops}")
+    out = dict(first, loops=loops, cells={k: v for r in reports for k, v in r["cells"].items()},
+               command=" ; ".join(r["command"] for r in reports))
+    out["paired"] = paired(out, reference)
+    out["reference"] = reference
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,12 +218,32 @@ def markdown(report: dict[str, Any]) -> str:
                  "p50/p99; idle time per episode (simulated time); the policy command's "
                  "largest joint change p50/p99 at a switch to a newer chunk (seam) and between "
                  "other ticks.")
+    pairs, ref = report.get("paired") or {}, report.get("reference", "sync")
+    if pairs:
+        lines += ["", f"| loop vs {ref} (same seeds) | "
+                  + " | ".join(f"+{d:g} ms" for d in delays) + " |",
+                  "|---" * (len(delays) + 1) + "|"]
+        for loop in report["loops"]:
+            if loop == ref:
+                continue
+            row = [loop]
+            for d in delays:
+                pr = pairs[f"{loop}@{d:g}"]
+                row.append(f"+{len(pr['only_loop'])} / -{len(pr['only_reference'])}, "
+                           f"p = {pr['p_mcnemar']:.2g}")
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", f"Paired cell: +seeds only the loop succeeded on / -seeds only {ref} "
+                  "succeeded on; p: two-sided exact McNemar test of that split."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle")
+    ap.add_argument("bundle", nargs="?", default="")
+    ap.add_argument("--combine", nargs="+", default=[], metavar="JSON",
+                    help="put reports of separate runs together (no episodes are run)")
+    ap.add_argument("--reference", default="sync",
+                    help="the loop every other is compared with, seed by seed")
     ap.add_argument("--task", default="transfer_cube")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed-start", type=int, default=1000)
@@ -189,9 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", default="")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.episodes < 1:
-        raise SystemExit(f"--episodes must be >= 1 (got {args.episodes})")
-    report = run(args)
+    if args.combine:
+        report = combine([json.loads(Path(f).read_text()) for f in args.combine],
+                         args.reference)
+    else:
+        if not args.bundle:
+            raise SystemExit("a bundle is needed (or --combine JSON...)")
+        if args.episodes < 1:
+            raise SystemExit(f"--episodes must be >= 1 (got {args.episodes})")
+        report = run(args)
+        report["paired"] = paired(report, args.reference)
+        report["reference"] = args.reference
     table = markdown(report)
     print(table)
     if args.json:

@@ -1,5 +1,6 @@
-"""Statistics of evaluation runs: the Wilson interval of a success rate and the normalised
-mutual information between two label sequences (dominant expert vs scripted phase).
+"""Statistics of evaluation runs: the Wilson interval of a success rate, the exact McNemar
+test of two methods run on the same seeds, and the normalised mutual information between two
+label sequences (dominant expert vs scripted phase).
 
 Pure numpy; no ROS, no torch.
 """
@@ -31,6 +32,22 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value of two methods run on the same seeds: ``b`` seeds only
+    the first succeeded on, ``c`` only the second (the seeds both or neither succeeded on
+    say nothing about which is better). Under "equally good" each of the ``n = b + c``
+    discordant seeds goes either way with probability 1/2:
+    ``p = min(1, 2 * P(Binomial(n, 1/2) <= min(b, c)))``; 1 when ``n = 0``.
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"need b, c >= 0 (got b={b}, c={c})")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
 
 
 def contingency(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> np.ndarray:

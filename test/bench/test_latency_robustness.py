@@ -60,8 +60,68 @@ def test_latency_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     table = md.read_text()
     assert table.startswith("| loop | +0 ms | +200 ms |") and "| rtc | 0/1" in table
     assert "; seam " in table
+    # the same seeds, so rtc is compared with sync seed by seed
+    assert set(report["paired"]) == {"rtc@0", "rtc@200"}
+    for d in ("0", "200"):
+        pr = report["paired"][f"rtc@{d}"]
+        assert pr["only_loop"] == sorted(set(cells[f"rtc@{d}"]["succeeded_seeds"])
+                                         - set(cells[f"sync@{d}"]["succeeded_seeds"]))
+        assert 0.0 < pr["p_mcnemar"] <= 1.0
+    assert "| loop vs sync (same seeds) | +0 ms | +200 ms |" in table
 
 
 def test_unknown_loop_is_named() -> None:
     with pytest.raises(SystemExit, match="unknown \\['poll'\\]"):
         _bench_module().main([str(REPO / "models/demo_smp"), "--loops", "poll"])
+
+
+def _report(loops: dict[str, dict[int, list[int]]], seeds: list[int]) -> dict:
+    """A report whose cells only say which seeds succeeded (per loop, per delay)."""
+    delays = sorted({d for per in loops.values() for d in per})
+    cells = {}
+    for loop, per in loops.items():
+        for d, won in per.items():
+            cells[f"{loop}@{d:g}"] = {
+                "episodes": len(seeds), "successes": len(won), "ci95": [0.0, 1.0],
+                "missed_deadlines_per_episode": 0.0, "command_age_ms_p50": 40.0,
+                "command_age_ms_p99": 80.0, "idle_ms_per_episode": 0.0, "errors": [],
+                "succeeded_seeds": won,
+            }
+    return {"bundle": "b", "task": "transfer_cube", "seeds": seeds,
+            "delays_ms": [float(d) for d in delays], "loops": list(loops), "cells": cells,
+            "command": "python bench/latency_robustness.py b"}
+
+
+def test_combined_reports_compare_every_loop_with_sync_seed_by_seed(tmp_path: Path) -> None:
+    bench = _bench_module()
+    seeds = list(range(1000, 1020))
+    a = _report({"sync": {0: [1000, 1001], 100: [1000]}}, seeds)
+    b = _report({"rtc": {0: list(range(1000, 1012)), 100: [1001]}}, seeds)
+    paths = []
+    for name, rep in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(rep))
+    out, md = tmp_path / "all.json", tmp_path / "all.md"
+    assert bench.main(["--combine", *map(str, paths), "--json", str(out),
+                       "--markdown", str(md)]) == 0
+    report = json.loads(out.read_text())
+    assert report["loops"] == ["sync", "rtc"]
+    at0, at100 = report["paired"]["rtc@0"], report["paired"]["rtc@100"]
+    assert at0["only_loop"] == list(range(1002, 1012)) and at0["only_reference"] == []
+    assert at0["p_mcnemar"] == pytest.approx(2 / 1024)  # 10 seeds, all one way
+    assert at100["only_loop"] == [1001] and at100["only_reference"] == [1000]
+    assert at100["p_mcnemar"] == 1.0
+    table = md.read_text()
+    assert "| loop vs sync (same seeds) | +0 ms | +100 ms |" in table
+    assert "| rtc | +10 / -0, p = 0.002 | +1 / -1, p = 1 |" in table
+
+
+def test_combine_refuses_reports_of_other_seeds(tmp_path: Path) -> None:
+    bench = _bench_module()
+    a = _report({"sync": {0: []}}, list(range(1000, 1020)))
+    b = _report({"rtc": {0: []}}, list(range(2000, 2020)))
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(json.dumps(a))
+    paths[1].write_text(json.dumps(b))
+    with pytest.raises(SystemExit, match="seeds differs"):
+        bench.main(["--combine", *map(str, paths)])

@@ -9,6 +9,7 @@ import pytest
 
 from moe_policy_ros.evaluation.metrics import (
     contingency,
+    mcnemar_exact,
     normalized_mutual_information,
     percentile,
     wilson_interval,
@@ -22,6 +23,17 @@ def test_wilson_known_values_and_bounds() -> None:
     assert hi == 1.0 and lo == pytest.approx(0.9287, abs=1e-4)
     with pytest.raises(ValueError, match="k=-1"):
         wilson_interval(-1, 5)
+
+
+def test_mcnemar_exact_known_values() -> None:
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024)  # ten discordant seeds, one way
+    assert mcnemar_exact(0, 10) == mcnemar_exact(10, 0)  # symmetric
+    assert mcnemar_exact(3, 1) == pytest.approx(2 * (1 + 4) / 16)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    # 11 vs 2 discordant: p = 2 * (1 + 13 + 78) / 8192
+    assert mcnemar_exact(11, 2) == pytest.approx(2 * 92 / 8192)
+    with pytest.raises(ValueError, match="b=-1"):
+        mcnemar_exact(-1, 3)
 
 
 def test_nmi_of_a_relabelling_is_one_and_of_independent_labels_zero() -> None:
