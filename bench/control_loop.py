@@ -188,6 +188,8 @@ def main() -> int:
         # alignment moved the grid
         "tick_wait_p50_ms": last(samples, Key.TICK_WAIT_P50_MS),
         "tick_wait_p99_ms": last(samples, Key.TICK_WAIT_P99_MS),
+        "chunks_sent_on_arrival": next((v[Key.SENT_ON_ARRIVAL] for _, v in reversed(samples)
+                                        if Key.SENT_ON_ARRIVAL in v), None),
         "tick_shift_ms": next((v[Key.TICK_SHIFT_MS] for _, v in reversed(samples)
                                if Key.TICK_SHIFT_MS in v), None),
         "samples": len(steady),

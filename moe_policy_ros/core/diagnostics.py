@@ -99,6 +99,9 @@ class Key:
     TICK_WAIT_P50_MS = "chunk-to-tick wait p50 (ms)"
     TICK_WAIT_P99_MS = "chunk-to-tick wait p99 (ms)"
     TICK_SHIFT_MS = "tick alignment shift (ms)"
+    # chunks whose first command left on arrival (execution.send_on_arrival) / all chunks
+    # whose first command left, this activation
+    SENT_ON_ARRIVAL = "chunks sent on arrival"
     # the parts of obs-to-command before the policy runs: a camera's stamp -> receipt
     # (inputs task, per camera: "<camera> " + this), and the observation's age when the
     # inference from it starts (inference task: receipt, decoding, waiting for the worker)
@@ -170,13 +173,16 @@ class InferenceStats:
 
 class ControlStats:
     """What the control loop measures: achieved rate, period jitter, obs-to-command latency
-    and its last part, the wait from a chunk's arrival to the tick that takes it."""
+    and its last part, the wait from a chunk's arrival to its first command (at a tick, or
+    on arrival: counted)."""
 
     def __init__(self, period_s: float) -> None:
         self.rate = RateMeter(window_s=2.0)
         self.jitter = JitterMeter(period_s, size=1000)
         self.obs_to_cmd = LatencyWindow(500)
         self.tick_wait = LatencyWindow(500)
+        self.first_commands = 0  # chunks whose first command left (this activation)
+        self.sent_on_arrival = 0  # ... of them, on arrival rather than at a tick
 
     def tick(self, now_ns: int) -> None:
         self.rate.record(now_ns)
@@ -334,6 +340,7 @@ def control_task(
         (Key.TICK_WAIT_P50_MS, wait.p50),
         (Key.TICK_WAIT_P99_MS, wait.p99),
         (Key.TICK_SHIFT_MS, "off" if tick_shift_ms is None else tick_shift_ms),
+        (Key.SENT_ON_ARRIVAL, f"{stats.sent_on_arrival}/{stats.first_commands}"),
         ("execution", execution),
     ])
 

@@ -401,6 +401,7 @@ class ControlPath:
                 self._last_tick = (step, out.tick)
             publish(out)
             self._count_first_command(pending, self.clock.now_ns(), now_ros_ns)
+            self.control_stats.sent_on_arrival += 1
         return True
 
     def _revise(
@@ -431,6 +432,7 @@ class ControlPath:
     def _count_first_command(self, pending: TimedChunk, now_ns: int, now_ros_ns: int) -> None:
         """The first command computed from ``pending`` left now: observation-to-command (ROS
         clock) and the wait since the chunk arrived (monotonic)."""
+        self.control_stats.first_commands += 1
         self.control_stats.obs_to_cmd.add((now_ros_ns - pending.stamp_ns) / 1e6)
         arrival = self._arrival
         if arrival is not None and arrival[0] == pending.stamp_ns:

@@ -510,6 +510,10 @@ def test_stream_mode_revises_the_current_step_with_a_chunk_from_before_its_tick(
     o2c = pipe.control_stats.obs_to_cmd.values()
     assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(5.0)  # not 22 ms at the next tick
     assert pipe.safety.diagnostics()[2]["revisions"] == "1"
+    stats = pipe.control_stats
+    assert stats.sent_on_arrival == 1 and stats.first_commands >= 2
+    control = dict(pipe.diagnostic_tasks(taken + 5 * MS, True)[3].values)
+    assert control[Key.SENT_ON_ARRIVAL] == f"1/{stats.first_commands}"
     assert not pipe.send_on_arrival(taken + 6 * MS, published.append)  # revised once
 
     # the next ticks go on as in the twin, and count no second first command
@@ -530,6 +534,7 @@ def test_stream_mode_leaves_a_chunk_from_after_the_tick_to_the_next_tick(
     assert not pipe.send_on_arrival(last_tick + 5 * MS, lambda _out: None)
     n = pipe.control_stats.obs_to_cmd.summary().count
     assert rig.tick().tick.policy_sent  # its first step: the next tick sends it
+    assert pipe.control_stats.sent_on_arrival == 0
     assert pipe.control_stats.obs_to_cmd.values()[-1] == pytest.approx(18.0)
     assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
 
