@@ -323,44 +323,45 @@ class SafetyFilter:
     ) -> FilterResult:
         """Hazard checks (each may hold), then the limits; a hazard is an intervention that
         holds, so ``hazard`` is derived from the interventions, never tracked beside them."""
-        m = None if measured is None else self._vector(measured)
-        p = None if hold_reason or proposed is None else self._vector(proposed)
-        checks = [self._check_measured(measured, m), self._check_stale(stale)]
-        if not hold_reason:  # the proposal counts only when the caller does not ask to hold
-            checks += [self._check_command(proposed, p, overrun), self._check_ood(ood_energy)]
-        ivs = [iv for iv in checks if iv is not None]
+        m, p, ivs = self._checks(proposed, measured, stale, overrun, ood_energy, hold_reason)
         hazard = any(iv.hold for iv in ivs)
-        holding = hazard or bool(hold_reason)
 
         # anchor: the previous sent command, or the measured position at rest
         if self._last is None:
             self._before = None
             if m is None:
-                return self._finish(None, ivs, holding, hazard, hold_reason)
+                return self._finish(None, ivs, hazard, hold_reason)
             self._last = np.clip(m, self.q_min, self.q_max)
             self._step = np.zeros(self.n)
         self._before = (self._last, self._step)
-        return self._commit(None if holding else p, m, ivs, holding, hazard, hold_reason)
+        return self._commit(p, m, ivs, hazard, hold_reason)
+
+    def _checks(
+        self, proposed: object, measured: object, stale: Sequence[str], overrun: bool,
+        ood_energy: float | None, hold_reason: str,
+    ) -> tuple[np.ndarray | None, np.ndarray | None, list[Intervention]]:
+        """The measured and proposed vectors (None: unusable) and the hazard checks' findings."""
+        m = None if measured is None else self._vector(measured)
+        p = None if hold_reason or proposed is None else self._vector(proposed)
+        checks = [self._check_measured(measured, m), self._check_stale(stale)]
+        if not hold_reason:  # the proposal counts only when the caller does not ask to hold
+            checks += [self._check_command(proposed, p, overrun), self._check_ood(ood_energy)]
+        return m, p, [iv for iv in checks if iv is not None]
 
     def _commit(
-        self,
-        p: np.ndarray | None,
-        m: np.ndarray | None,
-        ivs: list[Intervention],
-        holding: bool,
-        hazard: bool,
-        hold_reason: str,
-        revision: bool = False,
+        self, p: np.ndarray | None, m: np.ndarray | None, ivs: list[Intervention],
+        hazard: bool, hold_reason: str, revision: bool = False,
     ) -> FilterResult:
-        """Limit ``p`` (None: brake) from the anchored state and make it the last command."""
+        """Limit ``p`` from the anchored state (brake instead when holding) and make it the
+        last command."""
         last = self._last
         assert last is not None
-        q, frozen = self._limited(p, m, ivs)
+        q, frozen = self._limited(None if hazard or hold_reason else p, m, ivs)
         new_step = q - last
         new_step[frozen] = 0.0
         self._step = new_step
         self._last = q
-        return self._finish(q.copy(), ivs, holding, hazard, hold_reason, revision)
+        return self._finish(q.copy(), ivs, hazard, hold_reason, revision)
 
     def revise(
         self,
@@ -380,16 +381,12 @@ class SafetyFilter:
         with self._lock:
             if self._before is None or self._holding:
                 return None
-            m = None if measured is None else self._vector(measured)
-            p = self._vector(proposed)
-            checks = [self._check_measured(measured, m), self._check_stale(stale),
-                      self._check_command(proposed, p, overrun), self._check_ood(ood_energy)]
-            ivs = [iv for iv in checks if iv is not None]
+            m, p, ivs = self._checks(proposed, measured, stale, overrun, ood_energy, "")
             if any(iv.hold for iv in ivs):
                 return None
             self._last, self._step = self._before
             self._revisions += 1
-            return self._commit(p, m, ivs, False, False, "", revision=True)
+            return self._commit(p, m, ivs, False, "", revision=True)
 
     # ------------------------------------------------------------------ hazard checks
 
@@ -514,11 +511,11 @@ class SafetyFilter:
         self,
         sent: np.ndarray | None,
         ivs: list[Intervention],
-        holding: bool,
         hazard: bool,
         hold_reason: str,
         revision: bool = False,
     ) -> FilterResult:
+        holding = hazard or bool(hold_reason)
         if not revision:  # a revision replaces its tick's command: the same tick
             self._ticks += 1
         for iv in ivs:

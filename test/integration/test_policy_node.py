@@ -25,6 +25,7 @@ from helpers import REPO
 from helpers.ros import DEMO_BUNDLE
 
 from moe_policy_ros.core.config import load_config
+from moe_policy_ros.core.diagnostics import Key
 from moe_policy_ros.core.manifest import read_manifest
 
 if TYPE_CHECKING:
@@ -136,6 +137,12 @@ def test_stream_mode_router_topics_and_diagnostics(
         assert f"moe_policy: {concern}" in last, sorted(last)
     vals = {kv.key: kv.value for kv in last["moe_policy: control loop"].values}
     assert float(vals["achieved rate (Hz)"]) > 0.6 * CFG.policy.control_rate_hz
+    # a chunk from a frame taken before the last tick revises that tick's command at once
+    # (send_on_arrival): over 3 s of chunks some do, never more than all
+    early, chunks = map(int, vals[Key.SENT_ON_ARRIVAL].split("/"))
+    assert 0 < early <= chunks, vals[Key.SENT_ON_ARRIVAL]
+    svals = {kv.key: kv.value for kv in last["moe_policy: safety"].values}
+    assert int(svals["revisions"]) >= early  # each went through the safety filter
     ivals = {kv.key: kv.value for kv in last["moe_policy: inference"].values}
     assert ivals["backend"].startswith("onnxruntime")
     assert 0 < float(ivals["latency median (ms)"]) < 1000
