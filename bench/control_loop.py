@@ -65,7 +65,10 @@ def main() -> int:
     ap.add_argument("--align-ticks", choices=("true", "false"), default=None,
                     help="policy.align_ticks (default: the parameter's default)")
     ap.add_argument("--send-on-arrival", choices=("true", "false"), default=None,
-                    help="policy.execution.send_on_arrival (default: the "
+                    help="policy.execution.send_on_arrival (chunk mode; default: the "
+                    "parameter's default)")
+    ap.add_argument("--revise-on-arrival", choices=("true", "false"), default=None,
+                    help="policy.execution.revise_on_arrival (stream mode; default: the "
                     "parameter's default)")
     ap.add_argument("--idle", action="store_true",
                     help="no images: no decoding or inference, the node holds")
@@ -97,7 +100,10 @@ def main() -> int:
                                 None if args.align_ticks is None else args.align_ticks == "true"),
                                ("policy__execution__send_on_arrival",
                                 None if args.send_on_arrival is None
-                                else args.send_on_arrival == "true"))
+                                else args.send_on_arrival == "true"),
+                               ("policy__execution__revise_on_arrival",
+                                None if args.revise_on_arrival is None
+                                else args.revise_on_arrival == "true"))
                               if v is not None})
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
@@ -172,6 +178,7 @@ def main() -> int:
         "control_thread_priority": args.priority,
         "align_ticks": args.align_ticks,
         "send_on_arrival": args.send_on_arrival,
+        "revise_on_arrival": args.revise_on_arrival,
         # the node's windows at the end of the run (obs-to-command: frame stamp -> first
         # command computed from it; inference: the policy call)
         "obs_to_command_p50_ms": last(samples, Key.OBS_TO_COMMAND_P50_MS),

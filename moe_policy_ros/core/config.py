@@ -232,12 +232,15 @@ class ExecutionConfig(_Strict):
     s, ``rtc_max_guidance_weight`` its beta (the clip on the guidance weight),
     ``rtc_delay_window`` the number of recent inference delays whose maximum is the frozen
     prefix d; ``rtc_residual_blend`` blends in action space what guidance could not reach of
-    the committed commands (low-rank SMP chunks; ``core/rtc.py``). ``send_on_arrival``: what a new
-    chunk changes leaves when the chunk is computed, not up to a control period later at the
-    next tick, as long as the last tick was policy-driven with its engage blend done (chunk
-    mode: its trajectory; stream mode: the current step's command revised with it, when its
-    frame was taken before that step's tick); the next tick decides as before (a hold it
-    decides replaces what was sent).
+    the committed commands (low-rank SMP chunks; ``core/rtc.py``). ``send_on_arrival`` (chunk
+    mode): a new chunk's trajectory leaves when the chunk is computed, not up to a control
+    period later at the next tick, as long as the last tick was policy-driven with its engage
+    blend done; the next tick decides as before (a hold it decides replaces the trajectory).
+    ``revise_on_arrival`` (stream mode, opt-in): the same for a chunk whose frame was taken
+    before the last tick: that tick's command is revised with it at once, limited from the
+    command before the tick. Obs-to-command then stays under a period, but the controller
+    receives a second command within that period: the filter's bounds hold for the command
+    that stands at the end of each period, not between every two messages.
     """
 
     mode: Literal["chunk", "stream"] = Field(
@@ -279,9 +282,14 @@ class ExecutionConfig(_Strict):
     )
     send_on_arrival: bool = Field(
         default=True,
-        description="send what a new chunk changes as soon as it is computed (chunk mode: "
-        "its trajectory; stream: the current step's command, revised), on the last tick's "
-        "decision (AUTONOMY, blend done), instead of at the next tick",
+        description="chunk mode: send a new chunk's trajectory as soon as it is computed, on "
+        "the last tick's decision (AUTONOMY, blend done), instead of at the next tick",
+    )
+    revise_on_arrival: bool = Field(
+        default=False,
+        description="stream mode: a chunk whose frame was taken before the last tick revises "
+        "that tick's command as soon as it is computed (a second command within the period, "
+        "limited from the command before the tick) instead of waiting for the next tick",
     )
 
 

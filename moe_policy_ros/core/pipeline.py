@@ -266,7 +266,7 @@ class ControlPath:
         self._deadman: tuple[bool, int] | None = None
         self._mode_lock = threading.Lock()
         self._mode_published = -1
-        # control_step and send_on_arrival (chunk mode, the worker thread) decide one at a time
+        # control_step and send_on_arrival (the worker thread) decide one at a time
         self._tick_lock = threading.Lock()
         self._last_tick: tuple[int, TickOutput] | None = None
         self.reset_stats()
@@ -357,8 +357,9 @@ class ControlPath:
     def send_on_arrival(
         self, now_ros_ns: int, publish: Callable[[ControlOutput], None]
     ) -> bool:
-        """``execution.send_on_arrival``: ``publish`` what the chunk just placed changes now
-        (the inference worker, between ticks) instead of at the next tick; True when it did.
+        """``execution.send_on_arrival`` (chunk mode) and ``revise_on_arrival`` (stream
+        mode): ``publish`` what the chunk just placed changes now (the inference worker,
+        between ticks) instead of at the next tick; True when it did.
 
         Only when the last tick was policy-driven under AUTONOMY with its engage blend done,
         and on that tick's decision:
@@ -377,7 +378,7 @@ class ControlPath:
         published after it. Operator overrides (deadman, teleop) are judged at the ticks.
         """
         ex = self.cfg.policy.execution
-        if not ex.send_on_arrival:
+        if not (ex.send_on_arrival if ex.mode == "chunk" else ex.revise_on_arrival):
             return False
         with self._tick_lock:
             last = self._last_tick

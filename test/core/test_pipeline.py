@@ -464,7 +464,7 @@ def _sense_at(rig: Rig, taken_ns: int, received_ns: int) -> None:
 def _stream_rig(policy: MoEPolicy, bundle: LoadedBundle, merge: str, early: bool) -> Rig:
     """Stream mode, engaged, three ticks under AUTONOMY on one chunk."""
     rig = _rig(policy, bundle, policy__execution__mode="stream", policy__execution__merge=merge,
-               policy__execution__send_on_arrival=early, handover__blend_time_s=0.0)
+               policy__execution__revise_on_arrival=early, handover__blend_time_s=0.0)
     rig.engage()
     for _ in range(3):
         assert rig.tick().tick.policy_sent
@@ -557,18 +557,22 @@ def test_stream_mode_sends_no_revision_the_filter_would_hold(
     assert pipe.safety.diagnostics()[2]["revisions"] == "0"
 
 
-@pytest.mark.parametrize("case", ["hold", "blending", "stream", "off"])
+@pytest.mark.parametrize("case", ["hold", "blending", "stream", "off", "stream_default"])
 def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
     policy: MoEPolicy, bundle: LoadedBundle, case: str
 ) -> None:
-    """Under HOLD, while the engage blend runs, with send_on_arrival off, or in stream mode
-    for a frame taken after the last tick, the early send sends nothing and the next tick
-    decides (and, in chunk mode, sends)."""
+    """Under HOLD, while the engage blend runs, with send_on_arrival off, in stream mode for a
+    frame taken after the last tick, or in stream mode by default (revise_on_arrival off:
+    one command per period), the early send sends nothing and the next tick decides (and,
+    in chunk mode, sends)."""
+    stream = case.startswith("stream")
     changes: dict[str, Any] = {
-        "policy__execution__mode": "stream" if case == "stream" else "chunk",
+        "policy__execution__mode": "stream" if stream else "chunk",
         "policy__execution__send_on_arrival": case != "off",
         "handover__blend_time_s": 0.5 if case == "blending" else 0.0,
     }
+    if case == "stream":
+        changes["policy__execution__revise_on_arrival"] = True
     rig = _rig(policy, bundle, **changes)
     pipe = rig.pipe
     if case == "hold":
@@ -577,12 +581,15 @@ def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
     else:
         rig.engage()
         rig.tick()
-    rig.sense()
+    if case == "stream_default":  # taken before the last tick: revise_on_arrival would act
+        _sense_at(rig, rig.ros - PERIOD_NS - 2 * MS, rig.ros - PERIOD_NS + MS)
+    else:
+        rig.sense()
     assert pipe.infer_once(rig.ros).offered == ADDED
     published: list[Any] = []
     assert not pipe.send_on_arrival(rig.ros, published.append) and published == []
     out = rig.tick()
-    if case == "stream":
+    if stream:
         assert out.commands and out.trajectories == []
     else:
         assert [a.name for a, _ in out.trajectories] == ["left_arm", "right_arm"]

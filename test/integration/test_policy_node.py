@@ -90,7 +90,7 @@ def test_stream_mode_router_topics_and_diagnostics(
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import Float32MultiArray, Float64MultiArray, Int32MultiArray, String
 
-    params = write_params(tmp_path)
+    params = write_params(tmp_path, policy__execution__revise_on_arrival=True)
     modes = _latched_mode(ros_client)
     cmds = ros_client.record(Float64MultiArray, LEFT.command_topic)
     rcmds = ros_client.record(Float64MultiArray, CFG.robot.arm("right_arm").command_topic)
@@ -138,7 +138,7 @@ def test_stream_mode_router_topics_and_diagnostics(
     vals = {kv.key: kv.value for kv in last["moe_policy: control loop"].values}
     assert float(vals["achieved rate (Hz)"]) > 0.6 * CFG.policy.control_rate_hz
     # a chunk from a frame taken before the last tick revises that tick's command at once
-    # (send_on_arrival): over 3 s of chunks some do, never more than all
+    # (revise_on_arrival): over 3 s of chunks some do, never more than all
     early, chunks = map(int, vals[Key.SENT_ON_ARRIVAL].split("/"))
     assert 0 < early <= chunks, vals[Key.SENT_ON_ARRIVAL]
     svals = {kv.key: kv.value for kv in last["moe_policy: safety"].values}
