@@ -413,22 +413,24 @@ class ControlPath:
         if revised is None:
             return None
         proposal, pending = revised
-        inputs = self.inputs
-        joints = inputs.joints()
-        stale = inputs.stale_sources(now_ros_ns)
-        measured = None if joints is None or JOINTS in stale else joints.positions
-        result = self.safety.revise(
-            proposal, measured,
-            stale=tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS),
-            overrun=self.overrunning(), ood_energy=self.ood_energy,
-        )
+        measured, stale = self._sensed(now_ros_ns)
+        result = self.safety.revise(proposal, measured, stale=stale,
+                                    overrun=self.overrunning(), ood_energy=self.ood_energy)
         if result is None or result.sent is None:
             return None
         sent = result.sent
         out = replace(tick, sent=sent, candidate=proposal, policy_command=proposal,
-                                  filter=result, events=())
+                      filter=result, events=())
         commands = [(arm, sent[arm.cols]) for arm in self.arms]
         return ControlOutput(out, now_ros_ns, sent, None, commands, []), pending
+
+    def _sensed(self, now_ros_ns: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+        """The measured joint positions (None when missing or stale) and the other stale
+        inputs, as the safety filter takes them."""
+        joints = self.inputs.joints()
+        stale = self.inputs.stale_sources(now_ros_ns)
+        measured = None if joints is None or JOINTS in stale else joints.positions
+        return measured, tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS)
 
     def _count_first_command(self, pending: TimedChunk, now_ns: int, now_ros_ns: int) -> None:
         """The first command computed from ``pending`` left now: observation-to-command (ROS
@@ -441,11 +443,9 @@ class ControlPath:
 
     def _control_step(self, step: int, now_ns: int, now_ros_ns: int) -> ControlOutput:
         self.control_stats.tick(now_ns)
-        inputs, timeline = self.inputs, self.timeline
+        timeline = self.timeline
         timeline.mark(step, now_ros_ns)
-        joints = inputs.joints()
-        stale = inputs.stale_sources(now_ros_ns)
-        measured = None if joints is None or JOINTS in stale else joints.positions
+        measured, stale = self._sensed(now_ros_ns)
         mode, last = self.arbiter.mode, self._last_mode
         if (mode == Mode.AUTONOMY and last is not None and last != Mode.AUTONOMY
                 and self.cfg.policy.execution.restart_on_engage):
@@ -461,7 +461,7 @@ class ControlPath:
                 teleop_stamp_ns=None if teleop is None else teleop[1],
                 deadman=None if deadman is None else deadman[0],
                 deadman_stamp_ns=None if deadman is None else deadman[1],
-                stale_inputs=tuple(f"{k}: {v}" for k, v in stale.items() if k != JOINTS),
+                stale_inputs=stale,
                 policy_warm=self.policy_warm,
                 overrun=self.overrunning(),
                 ood_energy=self.ood_energy,
