@@ -9,12 +9,15 @@ run the same code:
   does not command hold their measured position.
 * **The latency step.** The chunk of an observation taken at step ``s`` starts at ``s + 1``
   (``actions[i]`` is for step ``s + 1 + i``). The control loop marks each tick with its ROS
-  time (:meth:`ChunkTimeline.mark`); with latency compensation, an observation is placed at
-  the period it was taken in: stamped up to ``n`` periods before the last mark (``n`` the
-  smallest whole number of periods covering its age), it starts ``n`` steps earlier, so the
-  steps that elapsed while it was being processed are skipped instead of executed late. A
-  frame taken just before a tick whose chunk arrives just after it starts at that tick's step
-  (stream mode's early send revises that step's command, :meth:`ChunkTimeline.revise`).
+  time (:meth:`ChunkTimeline.mark`); with latency compensation, an observation stamped ``n``
+  whole periods before the last mark is placed ``n`` steps earlier, so the steps that elapsed
+  while it was being processed are skipped instead of executed late. Whole periods, not
+  started ones: ``actions[0]`` is the command for one period after the observation (the
+  training target of an observation at step ``t`` is the action at ``t + 1``), so a frame
+  taken 1 ms before a tick has its first action at the tick after, never at that tick. A
+  chunk that covers the step the last tick already sent (its observation is a period or more
+  older than that tick) can revise that step's command (:meth:`ChunkTimeline.revise`, stream
+  mode's ``revise_on_arrival``).
 * **Order.** A chunk from an observation older than the newest chunk's (inputs arrived out of
   order) keeps step alignment by dropping its steps before the newest start; a chunk that
   would be dropped whole is refused (:data:`LATE`).
@@ -106,8 +109,8 @@ class ChunkTimeline:
         """The control step a chunk from an observation stamped ``obs_stamp_ns`` starts at."""
         with self._lock:
             step, ros_ns = self._anchor
-        if self.latency_compensation and obs_stamp_ns < ros_ns:
-            step -= -((obs_stamp_ns - ros_ns) // self.period_ns)  # ceil(age / period)
+        if self.latency_compensation:
+            step -= max(0, (ros_ns - obs_stamp_ns) // self.period_ns)
         return step + 1
 
     def committed(self, step: int, horizon: int) -> np.ndarray:

@@ -475,18 +475,20 @@ def _stream_rig(policy: MoEPolicy, bundle: LoadedBundle, merge: str, early: bool
 def test_stream_mode_revises_the_current_step_with_a_chunk_from_before_its_tick(
     policy: MoEPolicy, bundle: LoadedBundle, merge: str
 ) -> None:
-    """A frame taken 2 ms before a tick, its chunk ready 3 ms after: the chunk covers that
-    tick's step, and the early send replaces the step's command with the one the tick would
-    have sent had the chunk been there (a twin pipeline where it was), at once, instead of
-    the next step's command a period later."""
+    """A frame taken a period and 2 ms before a tick (its first action is due 2 ms before
+    it), its chunk ready 3 ms after the tick (a slow camera or inference): the chunk covers
+    that tick's step, and the early send replaces the step's command with the one the tick
+    would have sent had the chunk been there (a twin pipeline where it was), at once,
+    instead of the next step's command a period later."""
     rig = _stream_rig(policy, bundle, merge, early=True)
     twin = _stream_rig(policy, bundle, merge, early=False)
     pipe = rig.pipe
-    taken = rig.ros - 2 * MS  # rig.ros: the next tick's ROS time
+    tick_ros = rig.ros  # the next tick's ROS time
+    taken = tick_ros - PERIOD_NS - 2 * MS
 
     # the twin: the chunk is in before the tick
     _sense_at(twin, taken, taken + MS)
-    assert twin.pipe.infer_once(taken + MS).offered == ADDED
+    assert twin.pipe.infer_once(tick_ros - MS).offered == ADDED
     twin_tick = twin.tick()
     assert twin_tick.tick.policy_sent
 
@@ -494,11 +496,11 @@ def test_stream_mode_revises_the_current_step_with_a_chunk_from_before_its_tick(
     _sense_at(rig, taken, taken + MS)
     before = rig.tick()
     n = pipe.control_stats.obs_to_cmd.summary().count
-    assert pipe.infer_once(taken + MS).offered == ADDED
+    assert pipe.infer_once(tick_ros + MS).offered == ADDED
     assert pipe.timeline.start_step(taken) == rig.step - 1  # the step just ticked
     rig.clock.advance_ns(-PERIOD_NS + 3 * MS)  # back to 3 ms after the tick
     published: list[ControlOutput] = []
-    assert pipe.send_on_arrival(taken + 5 * MS, published.append)
+    assert pipe.send_on_arrival(tick_ros + 3 * MS, published.append)
     (early,) = published
     np.testing.assert_allclose(early.sent, twin_tick.sent, atol=1e-12)
     if merge == "replace":  # the new plan differs from what the tick sent
@@ -506,15 +508,15 @@ def test_stream_mode_revises_the_current_step_with_a_chunk_from_before_its_tick(
     assert [a.name for a, _ in early.commands] == ["left_arm", "right_arm"]
     np.testing.assert_allclose(early.commands[1][1], early.sent[7:])
     assert early.trajectories == [] and early.tick.events == ()
-    assert early.stamp_ns == taken + 5 * MS
+    assert early.stamp_ns == tick_ros + 3 * MS
     o2c = pipe.control_stats.obs_to_cmd.values()
-    assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(5.0)  # not 22 ms at the next tick
+    assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(25.0)  # not 42 ms at the next tick
     assert pipe.safety.diagnostics()[2]["revisions"] == "1"
     stats = pipe.control_stats
     assert stats.sent_on_arrival == 1 and stats.first_commands >= 2
-    control = dict(pipe.diagnostic_tasks(taken + 5 * MS, True)[3].values)
+    control = dict(pipe.diagnostic_tasks(tick_ros + 3 * MS, True)[3].values)
     assert control[Key.SENT_ON_ARRIVAL] == f"1/{stats.first_commands}"
-    assert not pipe.send_on_arrival(taken + 6 * MS, published.append)  # revised once
+    assert not pipe.send_on_arrival(tick_ros + 4 * MS, published.append)  # revised once
 
     # the next ticks go on as in the twin, and count no second first command
     rig.clock.advance_ns(PERIOD_NS - 3 * MS)
@@ -523,19 +525,24 @@ def test_stream_mode_revises_the_current_step_with_a_chunk_from_before_its_tick(
     assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
 
 
-def test_stream_mode_leaves_a_chunk_from_after_the_tick_to_the_next_tick(
-    policy: MoEPolicy, bundle: LoadedBundle
+@pytest.mark.parametrize("taken_ms", [2, -2])
+def test_stream_mode_leaves_a_chunk_due_at_the_next_tick_to_that_tick(
+    policy: MoEPolicy, bundle: LoadedBundle, taken_ms: int
 ) -> None:
+    """A frame taken 2 ms after the last tick, or 2 ms before it with its chunk ready after
+    it: its first action is due one period after the frame, at the next tick, so nothing is
+    revised early (sending it now would run the plan a period ahead)."""
     rig = _stream_rig(policy, bundle, "blend", early=True)
     pipe = rig.pipe
     last_tick = rig.ros - PERIOD_NS
-    _sense_at(rig, last_tick + 2 * MS, last_tick + 3 * MS)  # taken after the last tick
+    taken = last_tick + taken_ms * MS
+    _sense_at(rig, taken, last_tick + 3 * MS)
     assert pipe.infer_once(last_tick + 3 * MS).offered == ADDED
     assert not pipe.send_on_arrival(last_tick + 5 * MS, lambda _out: None)
     n = pipe.control_stats.obs_to_cmd.summary().count
     assert rig.tick().tick.policy_sent  # its first step: the next tick sends it
     assert pipe.control_stats.sent_on_arrival == 0
-    assert pipe.control_stats.obs_to_cmd.values()[-1] == pytest.approx(18.0)
+    assert pipe.control_stats.obs_to_cmd.values()[-1] == pytest.approx(20.0 - taken_ms)
     assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
 
 
@@ -546,10 +553,10 @@ def test_stream_mode_sends_no_revision_the_filter_would_hold(
     filter's state is the tick's."""
     rig = _stream_rig(policy, bundle, "blend", early=True)
     pipe = rig.pipe
-    taken = rig.ros - 2 * MS
+    taken = rig.ros - PERIOD_NS - 2 * MS  # its chunk covers the next tick's step
     _sense_at(rig, taken, taken + MS)
     tick = rig.tick()
-    assert pipe.infer_once(taken + MS).offered == ADDED
+    assert pipe.infer_once(rig.ros - PERIOD_NS + MS).offered == ADDED
     published: list[ControlOutput] = []
     assert not pipe.send_on_arrival(taken + 1_000 * MS, published.append)  # joints stale
     assert published == []
@@ -581,8 +588,8 @@ def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
     else:
         rig.engage()
         rig.tick()
-    if case == "stream_default":  # taken before the last tick: revise_on_arrival would act
-        _sense_at(rig, rig.ros - PERIOD_NS - 2 * MS, rig.ros - PERIOD_NS + MS)
+    if case == "stream_default":  # a period older than the last tick: revise_on_arrival
+        _sense_at(rig, rig.ros - 2 * PERIOD_NS - 2 * MS, rig.ros - PERIOD_NS + MS)  # would act
     else:
         rig.sense()
     assert pipe.infer_once(rig.ros).offered == ADDED

@@ -54,16 +54,19 @@ def test_chunk_starts_one_step_after_its_observation() -> None:
 
 
 @pytest.mark.parametrize(("compensate", "age_ns", "start"), [
-    (True, 2 * PERIOD_NS, 9),  # taken at tick 8: its chunk from 9
-    (True, 2 * PERIOD_NS + 5, 8),  # just before tick 8 (period 7): from 8, its first tick
-    (True, PERIOD_NS // 2, 10),  # half a period before the mark (period 9): from 10
+    (True, 2 * PERIOD_NS, 9),  # taken at tick 8: its first action at 9
+    (True, 2 * PERIOD_NS + 5, 9),  # 5 ns before tick 8: its first action due at ~tick 9
+    (True, 3 * PERIOD_NS - 5, 9),  # just after tick 7: due just after tick 8, so at 9
+    (True, PERIOD_NS // 2, 11),  # half a period before the mark: due after it, at 11
     (False, 2 * PERIOD_NS + 5, 11),
 ])
-def test_latency_step_places_an_old_observation_in_its_own_period(
+def test_latency_step_skips_the_whole_periods_of_an_observations_age(
     compensate: bool, age_ns: int, start: int
 ) -> None:
-    """The chunk of a frame starts at the first tick after the frame was taken, whenever it
-    arrives: the period it was taken in counts, not the whole periods of its age."""
+    """actions[0] is the command for one period after the observation (the training target
+    of the observation at step t is the action at t + 1): an observation ``n`` whole periods
+    old at the last mark starts ``n`` steps earlier, never at a tick before its first action
+    is due."""
     tl = _timeline(latency_compensation=compensate)
     tl.mark(10, 10 * PERIOD_NS)
     stamp = 10 * PERIOD_NS - age_ns

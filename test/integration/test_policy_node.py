@@ -64,12 +64,15 @@ def _latched_mode(client: RosClient) -> list[tuple[float, Any]]:
 def node_with_robot(
     ros: ModuleType, ros_client: RosClient
 ) -> Callable[..., AbstractContextManager[None]]:
-    """``with node_with_robot(params, log, autostart=True):`` the policy node process, fed
-    by a FakeRobot standing at the bundle's home pose."""
+    """``with node_with_robot(params, log, autostart=True, stamp_offset_s=0.0):`` the policy
+    node process, fed by a FakeRobot standing at the bundle's home pose (its stamps shifted
+    by ``stamp_offset_s``: negative for a sensor whose data is that old on arrival)."""
 
     @contextmanager
-    def run(params: Path, log: Path, autostart: bool = True) -> Iterator[None]:
+    def run(params: Path, log: Path, autostart: bool = True,
+            stamp_offset_s: float = 0.0) -> Iterator[None]:
         robot = ros.FakeRobot(ros_client, NAMES, ros.bundle_home(BUNDLE, NAMES))
+        robot.stamp_offset_s = stamp_offset_s
         try:
             with ros.policy_node(params, log, autostart):
                 yield
@@ -98,7 +101,9 @@ def test_stream_mode_router_topics_and_diagnostics(
     active = ros_client.record(Int32MultiArray, "/moe_policy/router/active")
     dominant = ros_client.record(String, "/moe_policy/router/dominant")
     diags = ros_client.record(DiagnosticArray, "/diagnostics")
-    with node_with_robot(params, tmp_path / "node.log"):
+    # camera and joint data 50 ms old on arrival (a camera's exposure-to-host latency): each
+    # chunk's first action is due before the last tick, so revise_on_arrival revises it
+    with node_with_robot(params, tmp_path / "node.log", stamp_offset_s=-0.05):
         wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD mode")
         refused = ros.engage(ros_client)
         assert refused == "", f"engage refused: {refused}"
@@ -137,8 +142,9 @@ def test_stream_mode_router_topics_and_diagnostics(
         assert f"moe_policy: {concern}" in last, sorted(last)
     vals = {kv.key: kv.value for kv in last["moe_policy: control loop"].values}
     assert float(vals["achieved rate (Hz)"]) > 0.6 * CFG.policy.control_rate_hz
-    # a chunk from a frame taken before the last tick revises that tick's command at once
-    # (revise_on_arrival): over 3 s of chunks some do, never more than all
+    # a chunk whose first action was due by the last tick revises that tick's command at
+    # once (revise_on_arrival): with 50 ms old data, over 3 s of chunks some do, never more
+    # than all
     early, chunks = map(int, vals[Key.SENT_ON_ARRIVAL].split("/"))
     assert 0 < early <= chunks, vals[Key.SENT_ON_ARRIVAL]
     svals = {kv.key: kv.value for kv in last["moe_policy: safety"].values}
