@@ -236,11 +236,12 @@ class ExecutionConfig(_Strict):
     mode): a new chunk's trajectory leaves when the chunk is computed, not up to a control
     period later at the next tick, as long as the last tick was policy-driven with its engage
     blend done; the next tick decides as before (a hold it decides replaces the trajectory).
-    ``revise_on_arrival`` (stream mode, opt-in): the same for a chunk whose frame was taken
-    before the last tick: that tick's command is revised with it at once, limited from the
-    command before the tick. Obs-to-command then stays under a period, but the controller
-    receives a second command within that period: the filter's bounds hold for the command
-    that stands at the end of each period, not between every two messages.
+    ``revise_on_arrival`` (stream mode, opt-in): the same for a chunk whose first action was
+    due by the last tick (its observation a whole period or more older than that tick: a slow
+    camera or a timer-triggered inference): that tick's command is revised with it at once,
+    limited from the command before the tick. The controller then receives a second command
+    within that period: the filter's bounds hold for the command that stands at the end of
+    each period, not between every two messages.
     """
 
     mode: Literal["chunk", "stream"] = Field(
@@ -287,9 +288,9 @@ class ExecutionConfig(_Strict):
     )
     revise_on_arrival: bool = Field(
         default=False,
-        description="stream mode: a chunk whose frame was taken before the last tick revises "
-        "that tick's command as soon as it is computed (a second command within the period, "
-        "limited from the command before the tick) instead of waiting for the next tick",
+        description="stream mode: a chunk whose first action was due by the last tick (data a "
+        "period or more old) revises that tick's command as soon as it is computed (a second "
+        "command within the period, limited from the command before the tick)",
     )
 
 

@@ -369,9 +369,10 @@ class ControlPath:
           chunk's first step is due by the next tick;
         * stream mode: the command of the last tick's step, revised with the chunk merged in
           and filtered from the state before that tick (:meth:`SafetyFilter.revise`), when
-          the chunk covers that step (its frame was taken before the tick; a frame taken
-          after it starts at the next step, which the next tick sends). A revision the filter
-          refuses (it would hold) sends nothing.
+          the chunk covers that step (its observation is a whole period or more older than
+          the tick, so its first action was due by then; a fresher one's first action is due
+          at the next tick, which sends it). A revision the filter refuses (it would hold)
+          sends nothing.
 
         The next tick finds no pending chunk and decides as always (a HOLD replaces what was
         sent). ``publish`` runs under the tick lock, so what a later tick decides is also
