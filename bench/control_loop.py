@@ -46,6 +46,11 @@ r.close(); c.close()
 """
 
 
+def _flag(value: str | None) -> bool | None:
+    """A ``true``/``false`` option as a parameter value (None: not given)."""
+    return None if value is None else value == "true"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=30.0)
@@ -96,14 +101,11 @@ def main() -> int:
                            **{k: v for k, v in (
                                ("policy__gil_switch_interval_ms", args.switch_interval_ms),
                                ("policy__control_thread_priority", args.priority),
-                               ("policy__align_ticks",
-                                None if args.align_ticks is None else args.align_ticks == "true"),
+                               ("policy__align_ticks", _flag(args.align_ticks)),
                                ("policy__execution__send_on_arrival",
-                                None if args.send_on_arrival is None
-                                else args.send_on_arrival == "true"),
+                                _flag(args.send_on_arrival)),
                                ("policy__execution__revise_on_arrival",
-                                None if args.revise_on_arrival is None
-                                else args.revise_on_arrival == "true"))
+                                _flag(args.revise_on_arrival)))
                               if v is not None})
     client = RosClient("bench_probe")
     samples: list[tuple[float, dict[str, str]]] = []
@@ -154,6 +156,10 @@ def main() -> int:
         vals = [v[key] for t, v in rows if t >= t0 + args.settle and key in v]
         return float(vals[-1]) if vals and vals[-1] != "n/a" else None
 
+    def newest(key: str) -> str | None:
+        # a text value of the control task, as last reported
+        return next((v[key] for _, v in reversed(samples) if key in v), None)
+
     def last_camera(key: str) -> float | None:
         # "<camera> <key>" in the inputs task; the fake robot has one camera
         cams = {k for _, v in inputs for k in v if k.endswith(" " + key)}
@@ -195,10 +201,8 @@ def main() -> int:
         # alignment moved the grid
         "tick_wait_p50_ms": last(samples, Key.TICK_WAIT_P50_MS),
         "tick_wait_p99_ms": last(samples, Key.TICK_WAIT_P99_MS),
-        "chunks_sent_on_arrival": next((v[Key.SENT_ON_ARRIVAL] for _, v in reversed(samples)
-                                        if Key.SENT_ON_ARRIVAL in v), None),
-        "tick_shift_ms": next((v[Key.TICK_SHIFT_MS] for _, v in reversed(samples)
-                               if Key.TICK_SHIFT_MS in v), None),
+        "chunks_sent_on_arrival": newest(Key.SENT_ON_ARRIVAL),
+        "tick_shift_ms": newest(Key.TICK_SHIFT_MS),
         "samples": len(steady),
     }, indent=2))
     return 0

@@ -128,9 +128,9 @@ def paired(report: dict[str, Any], reference: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def combine(reports: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+def combine(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Reports of the same bundle, task, seeds and delays (loops run in separate processes)
-    as one, loops in order of appearance; the paired comparison recomputed."""
+    as one, loops in order of appearance (the paired comparison is made by the caller)."""
     first = reports[0]
     for r in reports[1:]:
         for key in ("bundle", "task", "seeds", "delays_ms"):
@@ -139,11 +139,8 @@ def combine(reports: list[dict[str, Any]], reference: str) -> dict[str, Any]:
     loops = [loop for r in reports for loop in r["loops"]]
     if len(set(loops)) != len(loops):
         raise SystemExit(f"--combine: a loop appears twice in {loops}")
-    out = dict(first, loops=loops, cells={k: v for r in reports for k, v in r["cells"].items()},
-               command=" ; ".join(r["command"] for r in reports))
-    out["paired"] = paired(out, reference)
-    out["reference"] = reference
-    return out
+    return dict(first, loops=loops, cells={k: v for r in reports for k, v in r["cells"].items()},
+                command=" ; ".join(r["command"] for r in reports))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -190,12 +187,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _header(first: str, delays: list[float]) -> list[str]:
+    """A table's head: ``first``, then a column per delay."""
+    return ["| " + first + " | " + " | ".join(f"+{d:g} ms" for d in delays) + " |",
+            "|---" * (len(delays) + 1) + "|"]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """One table: a row per loop, a column per delay; each cell success (CI), missed
     deadlines per episode, command age p50/p99, idle ms per episode."""
     delays = report["delays_ms"]
-    head = "| loop | " + " | ".join(f"+{d:g} ms" for d in delays) + " |"
-    lines = [head, "|---" * (len(delays) + 1) + "|"]
+    lines = _header("loop", delays)
     for loop in report["loops"]:
         row = [loop]
         for d in delays:
@@ -220,9 +222,7 @@ def markdown(report: dict[str, Any]) -> str:
                  "other ticks.")
     pairs, ref = report.get("paired") or {}, report.get("reference", "sync")
     if pairs:
-        lines += ["", f"| loop vs {ref} (same seeds) | "
-                  + " | ".join(f"+{d:g} ms" for d in delays) + " |",
-                  "|---" * (len(delays) + 1) + "|"]
+        lines += ["", *_header(f"loop vs {ref} (same seeds)", delays)]
         for loop in report["loops"]:
             if loop == ref:
                 continue
@@ -260,16 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.combine:
-        report = combine([json.loads(Path(f).read_text()) for f in args.combine],
-                         args.reference)
+        report = combine([json.loads(Path(f).read_text()) for f in args.combine])
     else:
         if not args.bundle:
             raise SystemExit("a bundle is needed (or --combine JSON...)")
         if args.episodes < 1:
             raise SystemExit(f"--episodes must be >= 1 (got {args.episodes})")
         report = run(args)
-        report["paired"] = paired(report, args.reference)
-        report["reference"] = args.reference
+    report["paired"] = paired(report, args.reference)
+    report["reference"] = args.reference
     table = markdown(report)
     print(table)
     if args.json:

@@ -99,8 +99,8 @@ class Key:
     TICK_WAIT_P50_MS = "chunk-to-tick wait p50 (ms)"
     TICK_WAIT_P99_MS = "chunk-to-tick wait p99 (ms)"
     TICK_SHIFT_MS = "tick alignment shift (ms)"
-    # chunks whose first command left on arrival (execution.send_on_arrival) / all chunks
-    # whose first command left, this activation
+    # chunks whose first command left on arrival (execution.send_on_arrival in chunk mode,
+    # revise_on_arrival in stream mode) / all chunks whose first command left, this activation
     SENT_ON_ARRIVAL = "chunks sent on arrival"
     # the parts of obs-to-command before the policy runs: a camera's stamp -> receipt
     # (inputs task, per camera: "<camera> " + this), and the observation's age when the

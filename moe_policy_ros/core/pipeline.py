@@ -417,13 +417,17 @@ class ControlPath:
         measured, stale = self._sensed(now_ros_ns)
         result = self.safety.revise(proposal, measured, stale=stale,
                                     overrun=self.overrunning(), ood_energy=self.ood_energy)
-        if result is None or result.sent is None:
+        if result is None:
             return None
         sent = result.sent
+        assert sent is not None  # a revision is never a hold
         out = replace(tick, sent=sent, candidate=proposal, policy_command=proposal,
                       filter=result, events=())
-        commands = [(arm, sent[arm.cols]) for arm in self.arms]
-        return ControlOutput(out, now_ros_ns, sent, None, commands, []), pending
+        return ControlOutput(out, now_ros_ns, sent, None, self._commands(sent), []), pending
+
+    def _commands(self, sent: np.ndarray) -> list[tuple[Arm, np.ndarray]]:
+        """Stream mode: a robot-order command as one forward command per arm."""
+        return [(arm, sent[arm.cols]) for arm in self.arms]
 
     def _sensed(self, now_ros_ns: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
         """The measured joint positions (None when missing or stale) and the other stale
@@ -474,7 +478,7 @@ class ControlPath:
         trajectories: list[tuple[Arm, Trajectory]] = []
         if out.sent is not None:
             if self.cfg.policy.execution.mode == "stream":
-                commands = [(arm, out.sent[arm.cols]) for arm in self.arms]
+                commands = self._commands(out.sent)
             else:
                 trajectories = self._trajectories(step, out, pending, now_ros_ns)
             if out.policy_sent and pending is not None:

@@ -328,8 +328,8 @@ class SafetyFilter:
 
         # anchor: the previous sent command, or the measured position at rest
         if self._last is None:
-            self._before = None
             if m is None:
+                self._before = None  # nothing sent: nothing to revise
                 return self._finish(None, ivs, hazard, hold_reason)
             self._last = np.clip(m, self.q_min, self.q_max)
             self._step = np.zeros(self.n)

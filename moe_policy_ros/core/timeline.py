@@ -204,14 +204,12 @@ class ChunkTimeline:
         command now proposed for that step with it merged in; None otherwise, or after a
         non-finite chunk (the next :meth:`take` reports it)."""
         with self._lock:
-            pending = self._pending
-            if (pending is None or self._nan_latched
-                    or not pending.start_step <= step < pending.start_step + len(pending.actions)):
-                return None
-            proposal = self.scheduler.action_at(step)
-            if proposal is None:  # the chunk ends before the step: nothing to revise with
+            pending = self._due(step)
+            if pending is None or step >= pending.start_step + len(pending.actions):
                 return None
             self._pending = None
+            proposal = self.scheduler.action_at(step)
+            assert proposal is not None  # the pending chunk itself covers the step
             return proposal, pending
 
     def take_pending(self, step: int) -> TimedChunk | None:
@@ -219,11 +217,18 @@ class ChunkTimeline:
         chunk mode's early send, between ticks); None otherwise, or after a non-finite chunk
         (the next :meth:`take` reports it)."""
         with self._lock:
-            pending = self._pending
-            if pending is None or pending.start_step > step or self._nan_latched:
-                return None
-            self._pending = None
+            pending = self._due(step)
+            if pending is not None:
+                self._pending = None
             return pending
+
+    def _due(self, step: int) -> TimedChunk | None:
+        """The pending chunk when its first step is due by ``step`` and no non-finite chunk
+        is latched (under the lock)."""
+        pending = self._pending
+        if pending is None or pending.start_step > step or self._nan_latched:
+            return None
+        return pending
 
 
 def chunk_trajectory(
