@@ -236,12 +236,13 @@ class ExecutionConfig(_Strict):
     mode): a new chunk's trajectory leaves when the chunk is computed, not up to a control
     period later at the next tick, as long as the last tick was policy-driven with its engage
     blend done; the next tick decides as before (a hold it decides replaces the trajectory).
-    ``revise_on_arrival`` (stream mode, opt-in): the same for a chunk whose first action was
-    due by the last tick (its observation a whole period or more older than that tick: a slow
-    camera or a timer-triggered inference): that tick's command is revised with it at once,
-    limited from the command before the tick. The controller then receives a second command
-    within that period: the filter's bounds hold for the command that stands at the end of
-    each period, not between every two messages.
+    ``revise_on_arrival`` (stream mode, opt-in): a new chunk due by the next tick revises the
+    setpoint at once: the command for that instant on the way from the last tick's command
+    to the next tick's with the chunk merged in (a fraction ``f`` of the period has passed:
+    that fraction of the step; ``SafetyFilter.revise``), and the next tick keeps to that way.
+    The controller then receives a second command within that period, on the path the ticks
+    make; the filter's bounds hold between every two messages in time (speed; slope changes
+    of at most ``(1 + f) A dt`` at the tick after a revision).
     """
 
     mode: Literal["chunk", "stream"] = Field(
@@ -288,9 +289,9 @@ class ExecutionConfig(_Strict):
     )
     revise_on_arrival: bool = Field(
         default=False,
-        description="stream mode: a chunk whose first action was due by the last tick (data a "
-        "period or more old) revises that tick's command as soon as it is computed (a second "
-        "command within the period, limited from the command before the tick)",
+        description="stream mode: a new chunk due by the next tick revises the setpoint as "
+        "soon as it is computed: the command for that instant on the way to the next tick's "
+        "command with the chunk merged in (a second command within the period)",
     )
 
 

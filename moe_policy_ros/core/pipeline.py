@@ -268,7 +268,7 @@ class ControlPath:
         self._mode_published = -1
         # control_step and send_on_arrival (the worker thread) decide one at a time
         self._tick_lock = threading.Lock()
-        self._last_tick: tuple[int, TickOutput] | None = None
+        self._last_tick: tuple[int, TickOutput, int] | None = None  # step, output, monotonic
         self.reset_stats()
         self._last_mode: Mode | None = None  # the arbiter's mode at the last tick
 
@@ -349,7 +349,7 @@ class ControlPath:
         what a tick and an early send decide reaches the controllers in the order decided."""
         with self._tick_lock:
             out = self._control_step(step, now_ns, now_ros_ns)
-            self._last_tick = (step, out.tick)
+            self._last_tick = (step, out.tick, now_ns)
             if publish is not None:
                 publish(out)
         return out
@@ -367,12 +367,11 @@ class ControlPath:
         * chunk mode: the trajectories that tick would have sent had the chunk been there
           (its filtered command first, then the chunk through the same limits), when the
           chunk's first step is due by the next tick;
-        * stream mode: the command of the last tick's step, revised with the chunk merged in
-          and filtered from the state before that tick (:meth:`SafetyFilter.revise`), when
-          the chunk covers that step (its observation is a whole period or more older than
-          the tick, so its first action was due by then; a fresher one's first action is due
-          at the next tick, which sends it). A revision the filter refuses (it would hold)
-          sends nothing.
+        * stream mode: the setpoint for now, on the way from the last tick's command to the
+          next tick's with the chunk merged in (:meth:`SafetyFilter.revise`: a fraction of
+          the period has passed, so that fraction of the step), when the chunk covers the
+          next tick's step; the next tick sends its command as always, kept to that way. A
+          revision the filter refuses (it would hold) sends nothing.
 
         The next tick finds no pending chunk and decides as always (a HOLD replaces what was
         sent). ``publish`` runs under the tick lock, so what a later tick decides is also
@@ -385,7 +384,7 @@ class ControlPath:
             last = self._last_tick
             if last is None or self.arbiter.mode != Mode.AUTONOMY:
                 return False
-            step, tick = last
+            step, tick, tick_ns = last
             if (not tick.policy_sent or tick.sent is None
                     or (tick.blend_alpha is not None and tick.blend_alpha < 1.0)):
                 return False
@@ -396,26 +395,30 @@ class ControlPath:
                 out = ControlOutput(replace(tick, events=()), now_ros_ns, None, None, [],
                                     self._trajectories(step, tick, pending, now_ros_ns))
             else:
-                revised = self._revise(step, tick, now_ros_ns)
+                revised = self._revise(step, tick, tick_ns, now_ros_ns)
                 if revised is None:
                     return False
                 out, pending = revised
-                self._last_tick = (step, out.tick)
+                self._last_tick = (step, out.tick, tick_ns)
             publish(out)
             self._count_first_command(pending, self.clock.now_ns(), now_ros_ns)
             self.control_stats.sent_on_arrival += 1
         return True
 
     def _revise(
-        self, step: int, tick: TickOutput, now_ros_ns: int
+        self, step: int, tick: TickOutput, tick_ns: int, now_ros_ns: int
     ) -> tuple[ControlOutput, TimedChunk] | None:
-        """Stream mode's early send: ``step``'s command revised with the new chunk."""
-        revised = self.timeline.revise(step)
+        """Stream mode's early send: the setpoint for now, on the way to step ``step + 1``'s
+        command with the new chunk (the last tick, ``step``, ran at monotonic ``tick_ns``)."""
+        fraction = (self.clock.now_ns() - tick_ns) / self.control_loop.period_ns
+        if not 0.0 <= fraction < 1.0:  # the next tick is due: it sends the chunk
+            return None
+        revised = self.timeline.revise(step + 1)
         if revised is None:
             return None
         proposal, pending = revised
         measured, stale = self._sensed(now_ros_ns)
-        result = self.safety.revise(proposal, measured, stale=stale,
+        result = self.safety.revise(proposal, measured, fraction, stale=stale,
                                     overrun=self.overrunning(), ood_energy=self.ood_energy)
         if result is None:
             return None

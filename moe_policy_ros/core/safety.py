@@ -58,14 +58,23 @@ For the commands ``q_k`` returned by one filter (no ``reset`` in between), per j
 Commands that already respect the limits pass through unchanged (the filter is transparent).
 Interventions are counted per kind, in control ticks on which they acted.
 
-Revising the last command (``revise``)
---------------------------------------
-Stream mode's early send replaces the command of the current control step, already sent,
-with one computed from a chunk that arrived after the tick. ``revise`` filters the new
-proposal from the state *before* that tick (``q_{k-1}``, its step), so the guarantee above
-holds for the sequence of the commands that stand at the end of each tick; it refuses (None,
-nothing changed) when the last command held or was not anchored, or when the revision would
-hold (a hazard): the next tick decides that.
+Setpoints between ticks (``revise``)
+------------------------------------
+Stream mode's early send (``execution.revise_on_arrival``) publishes, when a chunk arrives a
+fraction ``f`` of a period after tick ``k``, the setpoint for that instant: ``r = q_k + f (F -
+q_k)``, where ``F`` is what tick ``k+1`` would send for the new proposal from the current
+state (every limit above applied; the state does not change). ``r`` lies on the segment to a
+command that satisfies the guarantee as tick ``k+1``'s, so the setpoint path is the one the
+ticks make, only sampled sooner. Tick ``k+1`` then keeps within ``(1 - f) A dt^2`` of ``F``
+and within ``V (1 - f) dt`` of ``r`` (both windows contain ``F``, so they always meet the
+others): on the setpoint path, the speed stays within ``V`` between any two messages and the
+slope changes by at most ``A dt`` at the revision (``(1 + f) A dt`` at the tick after it);
+the commands at the ticks keep the exact guarantee above. A second revision in the same
+period goes on from the first (``r_2 = r_1 + (f_2 - f_1) / (1 - f_1) (F_2 - r_1)``, ``F_2``
+within the first one's windows). ``revise`` refuses (None, nothing changed) when the last
+tick held or had no anchor, when ``f`` is not after the period's last revision and below 1,
+or when the proposal would hold (a hazard: the next tick decides that). Exceptions as above:
+a deviation clamp may leave the windows.
 """
 
 from __future__ import annotations
@@ -211,7 +220,8 @@ class SafetyFilter:
         self._lock = threading.Lock()
         self._last: np.ndarray | None = None
         self._step = np.zeros(self.n)
-        self._before: tuple[np.ndarray, np.ndarray] | None = None  # (last, step) before it
+        # this period's last revision: (fraction, setpoint sent, its next-tick command)
+        self._revision: tuple[float, np.ndarray, np.ndarray] | None = None
         self._holding = False
         self._revisions = 0
         self._counts = dict.fromkeys(KINDS, 0)
@@ -261,7 +271,7 @@ class SafetyFilter:
         with self._lock:
             self._last = None
             self._step = np.zeros(self.n)
-            self._before = None
+            self._revision = None
             self._holding = False
 
     # ------------------------------------------------------------------ filter
@@ -329,11 +339,9 @@ class SafetyFilter:
         # anchor: the previous sent command, or the measured position at rest
         if self._last is None:
             if m is None:
-                self._before = None  # nothing sent: nothing to revise
                 return self._finish(None, ivs, hazard, hold_reason)
             self._last = np.clip(m, self.q_min, self.q_max)
             self._step = np.zeros(self.n)
-        self._before = (self._last, self._step)
         return self._commit(p, m, ivs, hazard, hold_reason)
 
     def _checks(
@@ -350,10 +358,10 @@ class SafetyFilter:
 
     def _commit(
         self, p: np.ndarray | None, m: np.ndarray | None, ivs: list[Intervention],
-        hazard: bool, hold_reason: str, revision: bool = False,
+        hazard: bool, hold_reason: str,
     ) -> FilterResult:
         """Limit ``p`` from the anchored state (brake instead when holding) and make it the
-        last command."""
+        last command: the tick ends the period (and its revisions)."""
         last = self._last
         assert last is not None
         q, frozen = self._limited(None if hazard or hold_reason else p, m, ivs)
@@ -361,32 +369,48 @@ class SafetyFilter:
         new_step[frozen] = 0.0
         self._step = new_step
         self._last = q
-        return self._finish(q.copy(), ivs, hazard, hold_reason, revision)
+        self._revision = None
+        return self._finish(q.copy(), ivs, hazard, hold_reason)
 
     def revise(
         self,
         proposed: np.ndarray,
         measured: np.ndarray | None,
+        fraction: float,
         *,
         stale: Sequence[str] = (),
         overrun: bool = False,
         ood_energy: float | None = None,
     ) -> FilterResult | None:
-        """Replace the command the last :meth:`filter` call sent with ``proposed``, filtered
-        from the state before that call (module docstring, "Revising the last command").
+        """The setpoint ``fraction`` of a period after the last tick, on the way to the
+        command the next tick would send for ``proposed`` (module docstring, "Setpoints
+        between ticks"); the next tick keeps to that way.
 
-        None, with nothing changed, when the last call held or had no anchor, or when the
-        revision would hold (a hazard: the next tick holds then).
+        None, with nothing changed, when the last tick held or had no anchor, when
+        ``fraction`` is not after this period's last revision and below 1, or when the
+        proposal would hold (a hazard: the next tick holds then).
         """
         with self._lock:
-            if self._before is None or self._holding:
+            last = self._last
+            if last is None or self._holding:
                 return None
+            f = float(fraction)
+            if self._revision is None:
+                f0, r0 = 0.0, last
+                if not 0.0 <= f < 1.0:
+                    return None
+            else:
+                f0, r0, _aim = self._revision
+                if not f0 < f < 1.0:
+                    return None
             m, p, ivs = self._checks(proposed, measured, stale, overrun, ood_energy, "")
             if any(iv.hold for iv in ivs):
                 return None
-            self._last, self._step = self._before
+            target, _frozen = self._limited(p, m, ivs)
+            r = r0 + (f - f0) / (1.0 - f0) * (target - r0)
+            self._revision = (f, r, target)
             self._revisions += 1
-            return self._commit(p, m, ivs, False, "", revision=True)
+            return self._finish(r.copy(), ivs, False, "", revision=True)
 
     # ------------------------------------------------------------------ hazard checks
 
@@ -482,6 +506,8 @@ class SafetyFilter:
             ):
                 self._note(ivs, kind, before, after, _cut_text(kind, unit, scale))
         q = np.clip(last + step, self.q_min, self.q_max)
+        if self._revision is not None:  # keep to the way this period's revision set out on
+            q = self._keep_to_revision(q, ivs if p is not None else None)
 
         # deviation from the measured position (position limits win)
         frozen = np.zeros(self.n, dtype=bool)
@@ -493,6 +519,24 @@ class SafetyFilter:
                                 f"rad on {js}")
             q = np.clip(qd, self.q_min, self.q_max)
         return q, frozen
+
+    def _keep_to_revision(
+        self, q: np.ndarray, ivs: list[Intervention] | None
+    ) -> np.ndarray:
+        """``q`` within ``(1 - f) A dt^2`` of the command the revision aimed at and within
+        ``V (1 - f) dt`` of the setpoint it sent (module docstring); a joint whose windows do
+        not meet (a deviation clamp moved the aim) keeps ``q``."""
+        assert self._revision is not None
+        f, r, target = self._revision
+        left = 1.0 - f
+        lo = np.maximum(target - left * self.max_dstep, r - left * self.max_step)
+        hi = np.minimum(target + left * self.max_dstep, r + left * self.max_step)
+        kept = np.where(lo <= hi, np.clip(q, lo, hi), q)
+        if ivs is not None:
+            self._note(ivs, ACCELERATION, q, kept,
+                       _cut_text("acceleration_limit", "rad/s^2 (after a revision)",
+                                 self.dt**2))
+        return kept
 
     def _note(
         self, ivs: list[Intervention], kind: str, before: np.ndarray, after: np.ndarray,
@@ -516,7 +560,7 @@ class SafetyFilter:
         revision: bool = False,
     ) -> FilterResult:
         holding = hazard or bool(hold_reason)
-        if not revision:  # a revision replaces its tick's command: the same tick
+        if not revision:  # a revision is a setpoint between two ticks, not a tick
             self._ticks += 1
         for iv in ivs:
             self._counts[iv.kind] += 1

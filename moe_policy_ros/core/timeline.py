@@ -14,10 +14,9 @@ run the same code:
   while it was being processed are skipped instead of executed late. Whole periods, not
   started ones: ``actions[0]`` is the command for one period after the observation (the
   training target of an observation at step ``t`` is the action at ``t + 1``), so a frame
-  taken 1 ms before a tick has its first action at the tick after, never at that tick. A
-  chunk that covers the step the last tick already sent (its observation is a period or more
-  older than that tick) can revise that step's command (:meth:`ChunkTimeline.revise`, stream
-  mode's ``revise_on_arrival``).
+  taken 1 ms before a tick has its first action at the tick after, never at that tick. In
+  stream mode with ``revise_on_arrival`` a chunk due by the next tick sets the setpoint on
+  its way to that tick's command as soon as it arrives (:meth:`ChunkTimeline.revise`).
 * **Order.** A chunk from an observation older than the newest chunk's (inputs arrived out of
   order) keeps step alignment by dropping its steps before the newest start; a chunk that
   would be dropped whole is refused (:data:`LATE`).
@@ -200,9 +199,9 @@ class ChunkTimeline:
 
     def revise(self, step: int) -> tuple[np.ndarray, TimedChunk] | None:
         """Stream mode's early send, between ticks: the chunk added since the last take when
-        it covers ``step`` (the step whose command the last tick already sent) and the
-        command now proposed for that step with it merged in; None otherwise, or after a
-        non-finite chunk (the next :meth:`take` reports it)."""
+        it covers ``step`` (the next tick's) and the command now proposed for that step with
+        it merged in; None otherwise, or after a non-finite chunk (the next :meth:`take`
+        reports it)."""
         with self._lock:
             pending = self._due(step)
             if pending is None or step >= pending.start_step + len(pending.actions):

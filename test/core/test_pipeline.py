@@ -472,77 +472,52 @@ def _stream_rig(policy: MoEPolicy, bundle: LoadedBundle, merge: str, early: bool
 
 
 @pytest.mark.parametrize("merge", ["replace", "ensemble", "blend"])
-def test_stream_mode_revises_the_current_step_with_a_chunk_from_before_its_tick(
-    policy: MoEPolicy, bundle: LoadedBundle, merge: str
+@pytest.mark.parametrize("taken_ms", [2, -2, -22])
+def test_stream_mode_sends_the_setpoint_on_the_way_as_a_chunk_arrives(
+    policy: MoEPolicy, bundle: LoadedBundle, merge: str, taken_ms: int
 ) -> None:
-    """A frame taken a period and 2 ms before a tick (its first action is due 2 ms before
-    it), its chunk ready 3 ms after the tick (a slow camera or inference): the chunk covers
-    that tick's step, and the early send replaces the step's command with the one the tick
-    would have sent had the chunk been there (a twin pipeline where it was), at once,
-    instead of the next step's command a period later."""
+    """A frame taken ``taken_ms`` after the last tick (before it: its chunk arrives after the
+    tick; 22 ms before: a period-old frame, its first action due by then), its chunk ready
+    5 ms after the tick: the early send is the setpoint for that instant, a quarter of the way
+    from the tick's command to the command the next tick sends with the chunk (a twin
+    pipeline without early sends, same chunk), never that command early; the next ticks go
+    on as in the twin."""
     rig = _stream_rig(policy, bundle, merge, early=True)
     twin = _stream_rig(policy, bundle, merge, early=False)
     pipe = rig.pipe
-    tick_ros = rig.ros  # the next tick's ROS time
-    taken = tick_ros - PERIOD_NS - 2 * MS
-
-    # the twin: the chunk is in before the tick
-    _sense_at(twin, taken, taken + MS)
-    assert twin.pipe.infer_once(tick_ros - MS).offered == ADDED
-    twin_tick = twin.tick()
-    assert twin_tick.tick.policy_sent
-
-    # the rig: the tick runs on the older chunks, then the chunk arrives
-    _sense_at(rig, taken, taken + MS)
-    before = rig.tick()
+    last_tick = rig.ros - PERIOD_NS
+    before = pipe.safety.last_sent
+    assert before is not None
     n = pipe.control_stats.obs_to_cmd.summary().count
-    assert pipe.infer_once(tick_ros + MS).offered == ADDED
-    assert pipe.timeline.start_step(taken) == rig.step - 1  # the step just ticked
-    rig.clock.advance_ns(-PERIOD_NS + 3 * MS)  # back to 3 ms after the tick
+    for r in (rig, twin):
+        r.clock.advance_ns(-PERIOD_NS + 5 * MS)  # back to 5 ms after the last tick
+        _sense_at(r, last_tick + taken_ms * MS, last_tick + 3 * MS)
+        assert r.pipe.infer_once(last_tick + 5 * MS).offered == ADDED
     published: list[ControlOutput] = []
-    assert pipe.send_on_arrival(tick_ros + 3 * MS, published.append)
+    assert not twin.pipe.send_on_arrival(last_tick + 5 * MS, published.append)
+    assert pipe.send_on_arrival(last_tick + 5 * MS, published.append)
     (early,) = published
-    np.testing.assert_allclose(early.sent, twin_tick.sent, atol=1e-12)
-    if merge == "replace":  # the new plan differs from what the tick sent
-        assert not np.allclose(early.sent, before.sent, atol=1e-6)
+    assert not pipe.send_on_arrival(last_tick + 6 * MS, published.append)  # once per chunk
+    for r in (rig, twin):
+        r.clock.advance_ns(PERIOD_NS - 5 * MS)
+    nxt, twin_nxt = rig.tick(), twin.tick()
+    np.testing.assert_allclose(nxt.sent, twin_nxt.sent, atol=1e-12)  # the tick as without
+    np.testing.assert_allclose(early.sent, before + 0.25 * (twin_nxt.sent - before), atol=1e-9)
+    assert not np.allclose(twin_nxt.sent, before, atol=1e-6)  # the arm moves
     assert [a.name for a, _ in early.commands] == ["left_arm", "right_arm"]
     np.testing.assert_allclose(early.commands[1][1], early.sent[7:])
     assert early.trajectories == [] and early.tick.events == ()
-    assert early.stamp_ns == tick_ros + 3 * MS
+    assert early.stamp_ns == last_tick + 5 * MS
     o2c = pipe.control_stats.obs_to_cmd.values()
-    assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(25.0)  # not 42 ms at the next tick
+    # not 18, 22 or 42 ms at the next tick
+    assert len(o2c) == n + 1 and o2c[-1] == pytest.approx(5.0 - taken_ms)
     assert pipe.safety.diagnostics()[2]["revisions"] == "1"
     stats = pipe.control_stats
     assert stats.sent_on_arrival == 1 and stats.first_commands >= 2
-    control = dict(pipe.diagnostic_tasks(tick_ros + 3 * MS, True)[3].values)
+    control = dict(pipe.diagnostic_tasks(last_tick + 5 * MS, True)[3].values)
     assert control[Key.SENT_ON_ARRIVAL] == f"1/{stats.first_commands}"
-    assert not pipe.send_on_arrival(tick_ros + 4 * MS, published.append)  # revised once
-
-    # the next ticks go on as in the twin, and count no second first command
-    rig.clock.advance_ns(PERIOD_NS - 3 * MS)
     for _ in range(3):
         np.testing.assert_allclose(rig.tick().sent, twin.tick().sent, atol=1e-12)
-    assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
-
-
-@pytest.mark.parametrize("taken_ms", [2, -2])
-def test_stream_mode_leaves_a_chunk_due_at_the_next_tick_to_that_tick(
-    policy: MoEPolicy, bundle: LoadedBundle, taken_ms: int
-) -> None:
-    """A frame taken 2 ms after the last tick, or 2 ms before it with its chunk ready after
-    it: its first action is due one period after the frame, at the next tick, so nothing is
-    revised early (sending it now would run the plan a period ahead)."""
-    rig = _stream_rig(policy, bundle, "blend", early=True)
-    pipe = rig.pipe
-    last_tick = rig.ros - PERIOD_NS
-    taken = last_tick + taken_ms * MS
-    _sense_at(rig, taken, last_tick + 3 * MS)
-    assert pipe.infer_once(last_tick + 3 * MS).offered == ADDED
-    assert not pipe.send_on_arrival(last_tick + 5 * MS, lambda _out: None)
-    n = pipe.control_stats.obs_to_cmd.summary().count
-    assert rig.tick().tick.policy_sent  # its first step: the next tick sends it
-    assert pipe.control_stats.sent_on_arrival == 0
-    assert pipe.control_stats.obs_to_cmd.values()[-1] == pytest.approx(20.0 - taken_ms)
     assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
 
 
@@ -553,9 +528,10 @@ def test_stream_mode_sends_no_revision_the_filter_would_hold(
     filter's state is the tick's."""
     rig = _stream_rig(policy, bundle, "blend", early=True)
     pipe = rig.pipe
-    taken = rig.ros - PERIOD_NS - 2 * MS  # its chunk covers the next tick's step
+    taken = rig.ros - PERIOD_NS - 2 * MS
     _sense_at(rig, taken, taken + MS)
     tick = rig.tick()
+    rig.clock.advance_ns(-PERIOD_NS + 5 * MS)  # 5 ms after that tick
     assert pipe.infer_once(rig.ros - PERIOD_NS + MS).offered == ADDED
     published: list[ControlOutput] = []
     assert not pipe.send_on_arrival(taken + 1_000 * MS, published.append)  # joints stale
@@ -564,22 +540,21 @@ def test_stream_mode_sends_no_revision_the_filter_would_hold(
     assert pipe.safety.diagnostics()[2]["revisions"] == "0"
 
 
-@pytest.mark.parametrize("case", ["hold", "blending", "stream", "off", "stream_default"])
+@pytest.mark.parametrize("case", ["hold", "blending", "stream_due", "off", "stream_default"])
 def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
     policy: MoEPolicy, bundle: LoadedBundle, case: str
 ) -> None:
-    """Under HOLD, while the engage blend runs, with send_on_arrival off, in stream mode for a
-    frame taken after the last tick, or in stream mode by default (revise_on_arrival off:
-    one command per period), the early send sends nothing and the next tick decides (and,
-    in chunk mode, sends)."""
+    """Under HOLD, while the engage blend runs, with send_on_arrival off, in stream mode when
+    the next tick is due (a period has passed since the last), or in stream mode by default
+    (revise_on_arrival off: one command per period), the early send sends nothing and the
+    next tick decides (and, in chunk mode, sends)."""
     stream = case.startswith("stream")
     changes: dict[str, Any] = {
         "policy__execution__mode": "stream" if stream else "chunk",
         "policy__execution__send_on_arrival": case != "off",
         "handover__blend_time_s": 0.5 if case == "blending" else 0.0,
+        "policy__execution__revise_on_arrival": case == "stream_due",
     }
-    if case == "stream":
-        changes["policy__execution__revise_on_arrival"] = True
     rig = _rig(policy, bundle, **changes)
     pipe = rig.pipe
     if case == "hold":
@@ -588,13 +563,13 @@ def test_a_chunk_waits_for_the_tick_unless_the_last_tick_was_policy_driven(
     else:
         rig.engage()
         rig.tick()
-    if case == "stream_default":  # a period older than the last tick: revise_on_arrival
-        _sense_at(rig, rig.ros - 2 * PERIOD_NS - 2 * MS, rig.ros - PERIOD_NS + MS)  # would act
-    else:
-        rig.sense()
+    rig.sense()
     assert pipe.infer_once(rig.ros).offered == ADDED
     published: list[Any] = []
+    mid = PERIOD_NS // 2 if case == "stream_default" else 0  # revise_on_arrival would send
+    rig.clock.advance_ns(-mid)
     assert not pipe.send_on_arrival(rig.ros, published.append) and published == []
+    rig.clock.advance_ns(mid)
     out = rig.tick()
     if stream:
         assert out.commands and out.trajectories == []

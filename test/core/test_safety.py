@@ -94,9 +94,10 @@ def _random_command(rng: np.random.Generator, prev: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("revise", [False, True])
 @pytest.mark.parametrize("seed", range(12))
 def test_randomized_invariants(seed: int, revise: bool) -> None:
-    """The guarantee of the module docstring, for the commands that stand at the end of each
-    tick; ``revise``: some ticks' commands are then replaced by ``revise`` (stream mode's
-    early send), from a second random stream so the ticks' own inputs stay the same."""
+    """The guarantee of the module docstring for the commands of the ticks; ``revise``: after
+    some ticks one or two setpoints between ticks (stream mode's early send), from a second
+    random stream so the ticks' own inputs stay the same, each on the way to a command that
+    keeps the tick bounds, and the next tick kept to that way."""
     rng = np.random.default_rng(seed)
     rev_rng = np.random.default_rng(seed + 1000)
     cfg = dict(
@@ -114,11 +115,15 @@ def test_randomized_invariants(seed: int, revise: bool) -> None:
     sent: list[np.ndarray] = []
     dev_acted: list[np.ndarray] = []
 
-    def check(q: np.ndarray, interventions: tuple, meas_in: np.ndarray | None) -> None:
+    def deviated(interventions: tuple) -> np.ndarray:
         acted = np.zeros(N, dtype=bool)
         for iv in interventions:
             if iv.kind == DEVIATION:
                 acted |= np.isin(ROBOT.joint_names, iv.joints)
+        return acted
+
+    def check(q: np.ndarray, interventions: tuple, meas_in: np.ndarray | None) -> None:
+        acted = deviated(interventions)
         assert np.all(np.isfinite(q))
         assert np.all(q >= QMIN - TOL) and np.all(q <= QMAX + TOL)
         if meas_in is not None and np.all(np.isfinite(meas_in)):
@@ -134,6 +139,34 @@ def test_randomized_invariants(seed: int, revise: bool) -> None:
             assert np.all(acc[ok_a] <= adt2[ok_a] + TOL), (acc - adt2)[ok_a].max()
         sent.append(q)
         dev_acted.append(acted)
+
+    # this period's revisions: (fraction, setpoint, aim, joints a deviation clamp moved)
+    way: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def check_revision(frac: float, q: np.ndarray, interventions: tuple) -> None:
+        """On the way to an aim ``F`` that keeps the tick bounds from the last tick: the
+        speed since the previous point within V, the slope change there within A dt."""
+        f0, r0 = (0.0, sent[-1]) if not way else way[-1][:2]
+        aim = r0 + (q - r0) * (1 - f0) / (frac - f0)
+        acted = deviated(interventions) | dev_acted[-1]
+        ok = ~acted
+        assert np.all(q >= QMIN - TOL) and np.all(q <= QMAX + TOL)
+        assert np.all(np.abs(q - r0)[ok] <= (frac - f0) * vdt[ok] + 1e-8)
+        assert np.all(np.abs(aim - sent[-1])[ok] <= vdt[ok] + 1e-8)
+        if way:  # slope change at the previous revision
+            ok &= ~way[-1][3]
+            assert np.all(np.abs(aim - way[-1][2])[ok] <= (1 - f0) * adt2[ok] + 1e-8)
+        elif len(sent) >= 2:  # at the tick
+            ok &= ~dev_acted[-2]
+            acc = np.abs(aim - 2 * sent[-1] + sent[-2])
+            assert np.all(acc[ok] <= adt2[ok] + 1e-8)
+        way.append((frac, q, aim, acted))
+
+    def check_kept_to_the_way(q: np.ndarray, interventions: tuple) -> None:
+        frac, r, aim, acted = way[-1]
+        ok = ~acted & ~deviated(interventions)
+        assert np.all(np.abs(q - aim)[ok] <= (1 - frac) * adt2[ok] + 1e-8)
+        assert np.all(np.abs(q - r)[ok] <= (1 - frac) * vdt[ok] + 1e-8)
 
     measured = rng.uniform(QMIN, QMAX)
     prev = measured.copy()
@@ -165,61 +198,107 @@ def test_randomized_invariants(seed: int, revise: bool) -> None:
         if r.sent is None:
             assert not sent  # only possible before anything was ever sent
             continue
+        if way:
+            check_kept_to_the_way(r.sent, r.interventions)
+            way.clear()
         prev = r.sent
         check(r.sent, r.interventions, meas_in)
-        if revise and rev_rng.random() < 0.4:
+        if not (revise and rev_rng.random() < 0.4):
+            continue
+        fracs = np.sort(rev_rng.uniform(0.0, 0.95, int(rev_rng.integers(1, 3))))
+        if len(fracs) == 2 and fracs[1] - fracs[0] < 0.05:
+            fracs = fracs[:1]
+        for frac in fracs:
             moved = measured + rev_rng.normal(0, 0.003, N)  # a little later
-            r2 = f.revise(_random_command(rev_rng, prev), moved)
+            r2 = f.revise(_random_command(rev_rng, prev), moved, float(frac))
             if r.hold:
                 assert r2 is None  # a hold is never revised
             if r2 is not None:
                 assert r2.sent is not None and not r2.hold
                 revisions += 1
-                sent.pop()
-                dev_acted.pop()
-                prev = r2.sent
-                check(r2.sent, r2.interventions, moved)
-                np.testing.assert_array_equal(f.last_sent, r2.sent)
+                check_revision(float(frac), r2.sent, r2.interventions)
+                np.testing.assert_array_equal(f.last_sent, r.sent)  # the tick's state
     assert len(sent) > 500
     assert (revisions > 100) == revise
     assert f.diagnostics()[2]["revisions"] == str(revisions)
     assert f.diagnostics()[2]["ticks"] == "600"
 
 
-def test_revise_refuses_holds_hazards_and_an_unanchored_filter() -> None:
+def test_revise_refuses_holds_hazards_an_unanchored_filter_and_time_going_back() -> None:
     f = make_filter()
     m = np.zeros(N)
-    assert f.revise(m, m) is None  # nothing sent yet
+    assert f.revise(m, m, 0.5) is None  # nothing sent yet
     f.filter(m, m)
     r = f.filter(m + 0.01, m)
     assert r.sent is not None
     nan = np.full(N, np.nan)
-    assert f.revise(nan, m) is None  # invalid command
-    assert f.revise(m, None) is None  # no measured position
-    assert f.revise(m, m, stale=("cam",)) is None  # hold_on_stale_inputs
-    np.testing.assert_array_equal(f.last_sent, r.sent)  # nothing changed
+    assert f.revise(nan, m, 0.5) is None  # invalid command
+    assert f.revise(m, None, 0.5) is None  # no measured position
+    assert f.revise(m, m, 0.5, stale=("cam",)) is None  # hold_on_stale_inputs
+    assert f.revise(m, m, 1.0) is None and f.revise(m, m, -0.1) is None  # not this period
     assert f.counts[INVALID] == 0 and f.counts[STALE] == 0  # refusals count nothing
-    warned = f.revise(m, m, overrun=True)  # finish_chunk_then_hold: a warning, not a hold
+    warned = f.revise(m, m, 0.5, overrun=True)  # finish_chunk_then_hold: a warning, no hold
     assert warned is not None and warned.level == Level.WARN and not warned.hold
+    assert f.revise(m, m, 0.4) is None and f.revise(m, m, 0.5) is None  # not after it
+    assert f.revise(m, m, 0.6) is not None
+    np.testing.assert_array_equal(f.last_sent, r.sent)  # a revision leaves the tick's state
     f.filter(None, m, hold_reason="HOLD")
-    assert f.revise(m, m) is None  # a hold is never revised
+    assert f.revise(m, m, 0.5) is None  # a hold is never revised
 
 
-def test_revise_limits_the_step_from_the_command_before_the_tick() -> None:
-    """The replaced command is limited from q_{k-1} (and its step), not from q_k: a jump
-    the velocity bound allows once is not allowed twice."""
-    f = make_filter()
+def test_a_revision_is_the_setpoint_on_the_way_to_the_next_ticks_command() -> None:
+    """A fraction f of a period after a tick the setpoint is that fraction of the step the
+    next tick would take for the same proposal (a twin filter takes it): never the next
+    tick's command early, and the next tick sends that command."""
     m = np.zeros(N)
-    f.filter(m, m)
-    first = f.filter(m + 0.5 * f.max_step, m).sent
-    assert first is not None
-    r = f.revise(m + 10 * f.max_step, m)
-    assert r is not None and r.sent is not None
-    assert VELOCITY in r.kinds() or ACCELERATION in r.kinds()
-    assert np.all(np.abs(r.sent - m) <= f.max_step + TOL)
-    fresh = make_filter()
-    fresh.filter(m, m)
-    np.testing.assert_allclose(r.sent, fresh.filter(m + 10 * f.max_step, m).sent)
+    f, twin = make_filter(), make_filter()
+    for flt in (f, twin):
+        flt.filter(m, m)
+        flt.filter(m + 0.5 * flt.max_dstep, m)
+    tick = f.last_sent
+    assert tick is not None
+    target = m + 10 * f.max_step  # far: the acceleration bound cuts the step
+    aim = twin.filter(target, m).sent
+    assert aim is not None
+    r = f.revise(target, m, 0.25)
+    assert r is not None and r.sent is not None and ACCELERATION in r.kinds()
+    np.testing.assert_allclose(r.sent, tick + 0.25 * (aim - tick), atol=1e-12)
+    r2 = f.revise(target, m, 0.75)  # a second one goes on along the same way
+    assert r2 is not None and r2.sent is not None
+    np.testing.assert_allclose(r2.sent, tick + 0.75 * (aim - tick), atol=1e-12)
+    nxt = f.filter(target, m).sent
+    np.testing.assert_allclose(nxt, aim, atol=1e-12)
+    assert f.diagnostics()[2]["revisions"] == "2"
+
+
+def test_the_tick_after_a_revision_keeps_to_its_way() -> None:
+    """The proposal turns round after a revision (or the tick holds): the tick's command
+    stays within (1 - f) A dt^2 of the revision's aim, so the setpoint path bends by at most
+    A dt at the revision, where the twin without it may turn by the full acceleration bound."""
+    m = np.zeros(N)
+    f, twin = make_filter(), make_filter()
+    for flt in (f, twin):
+        flt.filter(m, m)
+        flt.filter(m + 0.5 * flt.max_dstep, m)
+    ahead, back = m + 10 * f.max_step, m - 10 * f.max_step
+    aim = make_filter()
+    aim.filter(m, m)
+    aim.filter(m + 0.5 * aim.max_dstep, m)
+    aimed = aim.filter(ahead, m).sent
+    assert aimed is not None
+    assert f.revise(ahead, m, 0.8) is not None
+    kept = f.filter(back, m)
+    free = twin.filter(back, m).sent
+    assert kept.sent is not None and free is not None and ACCELERATION in kept.kinds()
+    assert np.all(np.abs(kept.sent - aimed) <= 0.2 * f.max_dstep + TOL)
+    assert np.all(np.abs(free - aimed) > 0.2 * f.max_dstep)  # what the window prevented
+    held = make_filter()
+    held.filter(m, m)
+    held.filter(m + 0.5 * held.max_dstep, m)
+    assert held.revise(ahead, m, 0.8) is not None
+    braked = held.filter(None, m, hold_reason="HOLD").sent
+    assert braked is not None
+    assert np.all(np.abs(braked - aimed) <= 0.2 * held.max_dstep + TOL)
 
 
 def test_first_command_starts_from_measured_at_rest() -> None:
