@@ -13,7 +13,8 @@ runs the threads:
   (``inference_trigger: timer``) or on each new camera frame with that rate as a ceiling
   (``frame``; :mod:`~moe_policy_ros.core.trigger`), ONNX Runtime releasing the GIL, and
   publishes the router state of each chunk taken and what the chunk changes at once (chunk
-  mode: its trajectories; stream mode: the current step's command, revised;
+  mode: its trajectories; stream mode: the setpoint for that instant, on the way to the next
+  tick's command;
   :meth:`PolicyPipeline.send_on_arrival`);
 * the **control loop** runs :meth:`PolicyPipeline.control_step` at ``control_rate_hz`` on
   absolute monotonic deadlines. It never waits for inference, and publishes what the safety
