@@ -42,6 +42,7 @@ move its tick grid to just after the chunks arrive
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,6 +106,9 @@ __all__ = [
     "build_pipeline",
     "configure_problems",
 ]
+
+#: the early sends whose longest duration sets how near the next tick one may start
+EARLY_SEND_WINDOW = 50
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,9 @@ class ControlPath:
         # control_step and send_on_arrival (the worker thread) decide one at a time
         self._tick_lock = threading.Lock()
         self._last_tick: tuple[int, TickOutput, int] | None = None  # step, output, monotonic
+        # how long the last early sends held the tick lock (ns): none starts closer than the
+        # longest of them to the next tick, so none delays it
+        self._send_ns: deque[int] = deque(maxlen=EARLY_SEND_WINDOW)
         self.reset_stats()
         self._last_mode: Mode | None = None  # the arbiter's mode at the last tick
 
@@ -375,7 +382,10 @@ class ControlPath:
 
         The next tick finds no pending chunk and decides as always (a HOLD replaces what was
         sent). ``publish`` runs under the tick lock, so what a later tick decides is also
-        published after it. Operator overrides (deadman, teleop) are judged at the ticks.
+        published after it; an early send that could still hold the lock when the next tick
+        is due (the next tick is nearer than the longest of the last
+        :data:`EARLY_SEND_WINDOW` early sends took) is left to that tick, so it never delays
+        a tick. Operator overrides (deadman, teleop) are judged at the ticks.
         """
         ex = self.cfg.policy.execution
         if not (ex.send_on_arrival if ex.mode == "chunk" else ex.revise_on_arrival):
@@ -388,6 +398,9 @@ class ControlPath:
             if (not tick.policy_sent or tick.sent is None
                     or (tick.blend_alpha is not None and tick.blend_alpha < 1.0)):
                 return False
+            start = self.clock.now_ns()
+            if start + max(self._send_ns, default=0) >= tick_ns + self.control_loop.period_ns:
+                return False  # the next tick is (nearly) due: it takes the chunk
             if ex.mode == "chunk":
                 pending = self.timeline.take_pending(step + 1)
                 if pending is None:
@@ -401,7 +414,9 @@ class ControlPath:
                 out, pending = revised
                 self._last_tick = (step, out.tick, tick_ns)
             publish(out)
-            self._count_first_command(pending, self.clock.now_ns(), now_ros_ns)
+            sent_ns = self.clock.now_ns()
+            self._send_ns.append(sent_ns - start)
+            self._count_first_command(pending, sent_ns, now_ros_ns)
             self.control_stats.sent_on_arrival += 1
         return True
 

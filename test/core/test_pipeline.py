@@ -374,6 +374,7 @@ def test_chunk_mode_sends_a_new_chunk_when_it_arrives_not_at_the_next_tick(
     rig.engage()
     last = rig.tick()  # policy-driven, blend done: the decision the early send stands on
     assert last.tick.policy_sent and pipe.arbiter.mode == Mode.AUTONOMY
+    rig.clock.advance_ns(-PERIOD_NS // 2)  # mid-period on the loop's clock
     n = pipe.control_stats.obs_to_cmd.summary().count
     obs_ros = rig.ros - 3 * MS  # a frame taken 3 ms ago ...
     rig.sense(age_ns=3 * MS)
@@ -395,6 +396,7 @@ def test_chunk_mode_sends_a_new_chunk_when_it_arrives_not_at_the_next_tick(
     assert pipe.control_stats.tick_wait.values()[-1] == pytest.approx(2.0)
     assert not pipe.send_on_arrival(rig.ros, published.append)  # sent once
     assert len(published) == 1
+    rig.clock.advance_ns(PERIOD_NS // 2 - 2 * MS)
     follow = rig.tick()  # the next tick finds no new chunk: the controller executes it
     assert follow.tick.policy_sent and follow.trajectories == []
     assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
@@ -409,6 +411,7 @@ def test_a_tick_cannot_come_between_the_early_decision_and_its_publication(
     pipe = rig.pipe
     rig.engage()
     rig.tick()
+    rig.clock.advance_ns(-PERIOD_NS // 2)  # mid-period on the loop's clock
     rig.sense()
     assert pipe.infer_once(rig.ros).offered == ADDED
     order: list[str] = []
@@ -519,6 +522,45 @@ def test_stream_mode_sends_the_setpoint_on_the_way_as_a_chunk_arrives(
     for _ in range(3):
         np.testing.assert_allclose(rig.tick().sent, twin.tick().sent, atol=1e-12)
     assert pipe.control_stats.obs_to_cmd.summary().count == n + 1
+
+
+@pytest.mark.parametrize("mode", ["stream", "chunk"])
+def test_an_early_send_never_starts_nearer_the_next_tick_than_the_longest_took(
+    policy: MoEPolicy, bundle: LoadedBundle, mode: str
+) -> None:
+    """An early send that took 3 ms (its publication): a chunk ready 2 ms before the next
+    tick is left to that tick (an early send then could delay it), one ready 4 ms before is
+    sent at once."""
+    if mode == "stream":
+        rig = _stream_rig(policy, bundle, "blend", early=True)
+    else:
+        rig = _rig(policy, bundle, policy__execution__mode="chunk", handover__blend_time_s=0.0)
+        rig.engage()
+        for _ in range(3):
+            assert rig.tick().tick.policy_sent
+    pipe = rig.pipe
+
+    def slow(_out: Any) -> None:
+        rig.clock.advance_ns(3 * MS)
+
+    def arrives(before_tick_ms: int) -> bool:
+        """A frame 1 ms old, its chunk ready ``before_tick_ms`` before the next tick; the
+        early send's answer, then that tick."""
+        rig.clock.advance_ns(-before_tick_ms * MS)
+        now = rig.ros - before_tick_ms * MS
+        _sense_at(rig, now - MS, now)
+        assert pipe.infer_once(now).offered == ADDED
+        sent = pipe.send_on_arrival(now, slow)
+        rig.clock.advance_ns(rig.ros - now - (3 * MS if sent else 0))
+        n = pipe.control_stats.first_commands
+        assert rig.tick().tick.policy_sent
+        assert pipe.control_stats.first_commands == n + (0 if sent else 1)  # the tick's
+        return sent
+
+    assert arrives(15)  # the first: 3 ms
+    assert not arrives(2)
+    assert arrives(4)
+    assert pipe.control_stats.sent_on_arrival == 2
 
 
 def test_stream_mode_sends_no_revision_the_filter_would_hold(

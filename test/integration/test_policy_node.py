@@ -102,7 +102,7 @@ def test_stream_mode_router_topics_and_diagnostics(
     dominant = ros_client.record(String, "/moe_policy/router/dominant")
     diags = ros_client.record(DiagnosticArray, "/diagnostics")
     # camera and joint data 50 ms old on arrival (a camera's exposure-to-host latency): each
-    # chunk's first action is due before the last tick, so revise_on_arrival revises it
+    # chunk covers the next tick's step, so revise_on_arrival sends the setpoint on the way
     with node_with_robot(params, tmp_path / "node.log", stamp_offset_s=-0.05):
         wait_for(lambda: any(m.data == "HOLD" for _t, m in modes), 60, "latched HOLD mode")
         refused = ros.engage(ros_client)
@@ -142,9 +142,8 @@ def test_stream_mode_router_topics_and_diagnostics(
         assert f"moe_policy: {concern}" in last, sorted(last)
     vals = {kv.key: kv.value for kv in last["moe_policy: control loop"].values}
     assert float(vals["achieved rate (Hz)"]) > 0.6 * CFG.policy.control_rate_hz
-    # a chunk whose first action was due by the last tick revises that tick's command at
-    # once (revise_on_arrival): with 50 ms old data, over 3 s of chunks some do, never more
-    # than all
+    # a chunk due by the next tick sends the setpoint on the way to that tick's command at
+    # once (revise_on_arrival): over 3 s of chunks some do, never more than all
     early, chunks = map(int, vals[Key.SENT_ON_ARRIVAL].split("/"))
     assert 0 < early <= chunks, vals[Key.SENT_ON_ARRIVAL]
     svals = {kv.key: kv.value for kv in last["moe_policy: safety"].values}
