@@ -107,7 +107,7 @@ __all__ = [
     "configure_problems",
 ]
 
-#: the early sends whose longest duration sets how near the next tick one may start
+#: the stream revisions whose longest duration sets how near the next tick one may start
 EARLY_SEND_WINDOW = 50
 
 
@@ -273,8 +273,8 @@ class ControlPath:
         # control_step and send_on_arrival (the worker thread) decide one at a time
         self._tick_lock = threading.Lock()
         self._last_tick: tuple[int, TickOutput, int] | None = None  # step, output, monotonic
-        # how long the last early sends held the tick lock (ns): none starts closer than the
-        # longest of them to the next tick, so none delays it
+        # how long the last stream revisions held the tick lock (ns): none starts closer than
+        # the longest of them to the next tick, so none delays it
         self._send_ns: deque[int] = deque(maxlen=EARLY_SEND_WINDOW)
         self.reset_stats()
         self._last_mode: Mode | None = None  # the arbiter's mode at the last tick
@@ -382,10 +382,12 @@ class ControlPath:
 
         The next tick finds no pending chunk and decides as always (a HOLD replaces what was
         sent). ``publish`` runs under the tick lock, so what a later tick decides is also
-        published after it; an early send that could still hold the lock when the next tick
-        is due (the next tick is nearer than the longest of the last
-        :data:`EARLY_SEND_WINDOW` early sends took) is left to that tick, so it never delays
-        a tick. Operator overrides (deadman, teleop) are judged at the ticks.
+        published after it. In stream mode a revision that could still hold the lock when
+        the next tick is due (the next tick is nearer than the longest of the last
+        :data:`EARLY_SEND_WINDOW` revisions took) is left to that tick, so it never delays a
+        tick; in chunk mode a chunk left to the tick would cost the tick the same work (it
+        sends the trajectories then), so a chunk goes at once until the tick is due.
+        Operator overrides (deadman, teleop) are judged at the ticks.
         """
         ex = self.cfg.policy.execution
         if not (ex.send_on_arrival if ex.mode == "chunk" else ex.revise_on_arrival):
@@ -399,7 +401,8 @@ class ControlPath:
                     or (tick.blend_alpha is not None and tick.blend_alpha < 1.0)):
                 return False
             start = self.clock.now_ns()
-            if start + max(self._send_ns, default=0) >= tick_ns + self.control_loop.period_ns:
+            margin = max(self._send_ns, default=0) if ex.mode == "stream" else 0
+            if start + margin >= tick_ns + self.control_loop.period_ns:
                 return False  # the next tick is (nearly) due: it takes the chunk
             if ex.mode == "chunk":
                 pending = self.timeline.take_pending(step + 1)
@@ -415,7 +418,8 @@ class ControlPath:
                 self._last_tick = (step, out.tick, tick_ns)
             publish(out)
             sent_ns = self.clock.now_ns()
-            self._send_ns.append(sent_ns - start)
+            if ex.mode == "stream":
+                self._send_ns.append(sent_ns - start)
             self._count_first_command(pending, sent_ns, now_ros_ns)
             self.control_stats.sent_on_arrival += 1
         return True
