@@ -400,9 +400,9 @@ class ControlPath:
             if (not tick.policy_sent or tick.sent is None
                     or (tick.blend_alpha is not None and tick.blend_alpha < 1.0)):
                 return False
-            start = self.clock.now_ns()
+            start, period_ns = self.clock.now_ns(), self.control_loop.period_ns
             margin = max(self._send_ns, default=0) if ex.mode == "stream" else 0
-            if start + margin >= tick_ns + self.control_loop.period_ns:
+            if start + margin >= tick_ns + period_ns:
                 return False  # the next tick is (nearly) due: it takes the chunk
             if ex.mode == "chunk":
                 pending = self.timeline.take_pending(step + 1)
@@ -411,7 +411,7 @@ class ControlPath:
                 out = ControlOutput(replace(tick, events=()), now_ros_ns, None, None, [],
                                     self._trajectories(step, tick, pending, now_ros_ns))
             else:
-                revised = self._revise(step, tick, tick_ns, now_ros_ns)
+                revised = self._revise(step, tick, (start - tick_ns) / period_ns, now_ros_ns)
                 if revised is None:
                     return False
                 out, pending = revised
@@ -425,13 +425,10 @@ class ControlPath:
         return True
 
     def _revise(
-        self, step: int, tick: TickOutput, tick_ns: int, now_ros_ns: int
+        self, step: int, tick: TickOutput, fraction: float, now_ros_ns: int
     ) -> tuple[ControlOutput, TimedChunk] | None:
-        """Stream mode's early send: the setpoint for now, on the way to step ``step + 1``'s
-        command with the new chunk (the last tick, ``step``, ran at monotonic ``tick_ns``)."""
-        fraction = (self.clock.now_ns() - tick_ns) / self.control_loop.period_ns
-        if not 0.0 <= fraction < 1.0:  # the next tick is due: it sends the chunk
-            return None
+        """Stream mode's early send: the setpoint for now, ``fraction`` of a period after the
+        last tick (``step``), on the way to step ``step + 1``'s command with the new chunk."""
         revised = self.timeline.revise(step + 1)
         if revised is None:
             return None
