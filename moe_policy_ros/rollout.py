@@ -92,6 +92,8 @@ class LoopSettings:
     sync_horizon: int = 0  # control steps per chunk in the sync loop; 0 = the chunk length
     #: frame trigger: the cameras' rate (Hz) when the parameter file has no expected_rate_hz
     camera_rate_hz: float = DEFAULT_CAMERA_RATE_HZ
+    #: physics at each reset before the episode, arms held (objects at rest; AlohaSim.reset)
+    settle_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.inference_delay_s) and self.inference_delay_s >= 0):
@@ -102,6 +104,8 @@ class LoopSettings:
             raise ValueError(f"sync_horizon must be >= 0 (got {self.sync_horizon})")
         if not self.camera_rate_hz > 0:
             raise ValueError(f"camera_rate_hz must be > 0 (got {self.camera_rate_hz})")
+        if not (math.isfinite(self.settle_s) and 0.0 <= self.settle_s <= 10.0):
+            raise ValueError(f"settle_s must be within 0..10 s (got {self.settle_s})")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (got {self.max_steps})")
         if len(self.render_size) != 2 or min(self.render_size) < 1:
@@ -197,7 +201,7 @@ class _ClosedLoop:
             raise ValueError(f"robot joints {unknown} are not joints of the ALOHA sim")
         self._robot_joints = robot
         self._to_robot = np.array([sim_joints.index(j) for j in robot])
-        self.sim = AlohaSim(task, seed=None)
+        self.sim = AlohaSim(task, seed=None, settle_s=self.settings.settle_s)
         self.task = task
         p = config.policy
         self._period_s = p.control_period_s

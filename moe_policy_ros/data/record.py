@@ -104,6 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"policy node will (default {DEFAULT_PARAMS}, make demo's; 'none': the script's raw "
         "targets)",
     )
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=0.0,
+        help="seconds of physics at each reset before the episode, arms held, so that it "
+        "starts with the objects at rest (they spawn 3 cm above the table; default 0)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -119,9 +126,12 @@ class RecordConfig:
     # Parameter file whose robot limits, safety filter and handover shape the commands, as
     # the policy node will shape the policy's ("" = the script's targets unfiltered).
     params: str = ""
+    # Physics run at each reset before the episode (objects at rest; AlohaSim.reset).
+    settle_s: float = 0.0
 
     def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the directory's ``meta.json``."""
+        """The fields a resumed run must share with the directory's ``meta.json``
+        (``settle_s`` only when set, so datasets recorded before it existed still resume)."""
         return {
             "task": self.task,
             "steps": self.steps,
@@ -130,6 +140,7 @@ class RecordConfig:
             "render_size": list(self.render_size),
             "keep_failed": self.keep_failed,
             "params": self.params,
+            **({"settle_s": self.settle_s} if self.settle_s else {}),
         }
 
 
@@ -153,7 +164,7 @@ class Recorder:
         self.cfg = cfg
         self._scripted = scripted
         self.ee = scripted.EndEffectorSim(cfg.task)
-        self.sim = AlohaSim(cfg.task, seed=0)
+        self.sim = AlohaSim(cfg.task, seed=0, settle_s=cfg.settle_s)
         h, w = cfg.render_size
         self.cams = {c: self.sim.camera(c, width=w, height=h) for c in cfg.cameras}
         self.control = _ControlPath(cfg.params, self.sim.joint_names, cfg.fps) if cfg.params \
@@ -434,7 +445,11 @@ def run(args: argparse.Namespace) -> int:
         image_size=tuple(args.image_size),
         keep_failed=args.keep_failed,
         params="" if args.params.lower() == "none" else args.params,
+        settle_s=args.settle_s,
     )
+    if not (math.isfinite(args.settle_s) and 0.0 <= args.settle_s <= 10.0):
+        print(f"record: --settle-s {args.settle_s} must be within 0..10 s", file=sys.stderr)
+        return 2
     if args.steps < 1:
         print(f"record: --steps {args.steps} must be >= 1", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes.util
 import importlib.util
 import logging
+import math
 import os
 import sys
 import time
@@ -206,7 +207,13 @@ class AlohaSim:
     may live in another thread when it draws :meth:`snapshot` states.
     """
 
-    def __init__(self, task: str = "transfer_cube", seed: int | None = 0) -> None:
+    def __init__(
+        self, task: str = "transfer_cube", seed: int | None = 0, settle_s: float = 0.0
+    ) -> None:
+        if not (math.isfinite(settle_s) and 0.0 <= settle_s <= 10.0):
+            raise ValueError(f"settle_s must be within 0..10 s, got {settle_s}")
+        #: physics run at each reset with the arms held at the start pose, before the episode
+        self.settle_s = float(settle_s)
         if task not in _XML:
             raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
         self.task = task
@@ -291,7 +298,13 @@ class AlohaSim:
     # ------------------------------------------------------------------ control
 
     def reset(self, seed: int | None = None) -> None:
-        """Start pose for both arms, object poses sampled from ``seed`` (None: random)."""
+        """Start pose for both arms, object poses sampled from ``seed`` (None: random).
+
+        gym-aloha places the objects 3 cm above the table; they fall and come to rest in the
+        first 0.1-0.2 s. With ``settle_s`` the scene runs that long with the arms held at the
+        start pose before the episode begins (the clock back at 0), so the episode starts at
+        rest, as a real scene does and as a robot that holds before autonomy is engaged
+        sees it."""
         self.seed = seed
         set_start_state(
             self.model,
@@ -304,6 +317,11 @@ class AlohaSim:
         )
         self._right_touched = False
         self.set_targets(self.joint_positions())
+        settle = round(self.settle_s / self.timestep)
+        if settle:
+            self.step(settle)
+            self._right_touched = False
+            self.data.time = 0.0
 
     def set_targets(self, targets: np.ndarray) -> None:
         """Position targets for our 14 joints (rad; grippers 0 closed .. 1 open)."""

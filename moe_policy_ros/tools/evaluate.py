@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render-size", type=_size, default=DEFAULT_RENDER_SIZE,
                         metavar="HxW", help="in-process: sim camera render size before resizing "
                         "(ROS 2 mode: the aloha_sim node's cameras parameters)")
+    parser.add_argument("--settle-s", type=float, default=0.0,
+                        help="in-process: seconds of physics at each reset before the episode, "
+                        "arms held, so that it starts with the objects at rest as through ROS 2 "
+                        "(the node holds about 0.4 s before autonomy is engaged; default 0)")
     parser.add_argument("--episode-timeout", type=float, default=600.0,
                         help="wall-clock seconds before an episode counts as failed")
     parser.add_argument("--log-level", default="warn", help="ROS 2 mode: the nodes' log level")
@@ -93,7 +97,11 @@ def make_runner(args: argparse.Namespace, bundle: Path, params: Path) -> Episode
         max_steps=args.max_steps,
         render_size=tuple(args.render_size),
         episode_timeout_s=args.episode_timeout,
+        settle_s=args.settle_s,
     )
+    if args.settle_s and not args.in_process:
+        raise ValueError(f"--settle-s {args.settle_s} needs --in-process (through ROS 2 the "
+                         "scene settles while the node holds before autonomy is engaged)")
     if args.in_process and args.replay is not None:
         from moe_policy_ros.rollout import ReplayRunner
 
@@ -196,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
             "routing": {"strategy": args.routing, "k": args.k, "tau": args.tau},
             **_router_info(runner),
             "max_steps": args.max_steps,
+            "settle_s": args.settle_s,
             "render_size": list(args.render_size),
             "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
             "wall_s": wall,

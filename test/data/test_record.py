@@ -189,6 +189,9 @@ def test_progress_bar_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         main([*argv, "--render-size", "640"])
     assert "HxW" in capsys.readouterr().err
+    assert main([*other, *SHORT, "--settle-s", "-1"]) == 2
+    assert "--settle-s -1.0 must be within 0..10 s" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_script_interpolates_waypoints_and_labels_phases() -> None:

@@ -98,6 +98,30 @@ def test_seeded_reset_is_reproducible_and_in_range(cube: AlohaSim) -> None:
     assert 0.0 <= x <= 0.2 and 0.4 <= y <= 0.6 and z == pytest.approx(0.05)
 
 
+def test_settle_starts_the_episode_with_the_cube_at_rest(cube: AlohaSim) -> None:
+    """gym-aloha spawns the cube 3 cm above the table: without settling it falls during the
+    episode's first 0.2 s; with ``settle_s`` the episode starts with it at rest, the arms at
+    the start pose and the clock at 0."""
+    cube.reset(5)
+    z0 = cube.object_qpos()[2]
+    cube.step(100)  # 0.2 s
+    fallen = z0 - cube.object_qpos()[2]
+    assert fallen > 0.02
+    settled = AlohaSim("transfer_cube", seed=5, settle_s=0.3)
+    assert settled.time == 0.0 and not settled.success()
+    assert settled.object_qpos()[2] == pytest.approx(z0 - fallen, abs=1e-3)
+    np.testing.assert_allclose(settled.targets, cube.targets)
+    assert np.max(np.abs(settled.joint_positions() - settled.targets)) < 0.02  # held
+    start = settled.object_qpos().copy()
+    settled.step(100)
+    np.testing.assert_allclose(settled.object_qpos(), start, atol=1e-4)  # at rest
+    settled.reset(5)  # every reset settles
+    np.testing.assert_allclose(settled.object_qpos()[:3], start[:3], atol=1e-6)
+    for bad in (-0.1, float("nan"), 11.0):
+        with pytest.raises(ValueError, match="settle_s"):
+            AlohaSim("transfer_cube", settle_s=bad)
+
+
 def test_insertion_reset_places_peg_and_socket() -> None:
     sim = AlohaSim("insertion", seed=1)
     poses = sim.object_qpos()

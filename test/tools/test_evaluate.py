@@ -103,6 +103,26 @@ def test_replay_without_in_process_says_what_to_pass(
 
     assert main(["evaluate", "--episodes", "1", "--replay", str(tmp_path)]) == 2
     assert "--replay needs --in-process" in capsys.readouterr().err
+    assert main(["evaluate", "--episodes", "1", "--settle-s", "0.3"]) == 2
+    assert "--settle-s 0.3 needs --in-process" in capsys.readouterr().err
+
+
+def test_a_settled_start_reaches_the_in_process_episode() -> None:
+    """LoopSettings.settle_s: the episode's first observation shows the cube at rest on the
+    table, not 3 cm above it."""
+    params = default_params_file()
+    cfg = load_config(params)
+    bundle = resolve_bundle(cfg.policy.bundle, params)
+    with pytest.raises(ValueError, match="settle_s"):
+        LoopSettings(settle_s=-1.0)
+    heights = {}
+    for settle in (0.0, 0.3):
+        settings = LoopSettings(max_steps=5, render_size=(96, 128), settle_s=settle)
+        with InProcessRunner(bundle, "transfer_cube", cfg, settings=settings) as runner:
+            assert runner.run(1000).error == ""
+            runner.sim.reset(1000)
+            heights[settle] = runner.sim.object_qpos()[2]
+    assert heights[0.0] == pytest.approx(0.05) and heights[0.3] < 0.025
 
 
 def test_a_scripted_demonstration_succeeds_through_the_control_path(tmp_path: Path) -> None:
