@@ -340,10 +340,12 @@ def record_dataset(
     old = read_meta(out) if out.is_dir() else {}
     ident = cfg.identity()
     if old:
-        for key, val in {**ident, "seed_start": seed_start}.items():
-            if old.get(key) != val:
+        # settle_s: 0 where a dataset recorded before it existed has none
+        for key, val in {**ident, "seed_start": seed_start, "settle_s": cfg.settle_s}.items():
+            have = old.get(key, 0.0 if key == "settle_s" else None)
+            if have != val:
                 raise DatasetError(
-                    f"{out / 'meta.json'}: existing dataset has {key}={old.get(key)!r}, this run "
+                    f"{out / 'meta.json'}: existing dataset has {key}={have!r}, this run "
                     f"asks for {val!r}; record into another directory"
                 )
     kept, failed_kept = _kept_on_disk(out) if out.is_dir() else ({}, [])

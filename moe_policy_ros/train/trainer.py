@@ -278,6 +278,7 @@ class RolloutRecord:
     seeds: list[int]
     val_loss: float | None
     errors: list[str]
+    settle_s: float = 0.0  # the episodes' settled start (AlohaSim.reset), as the dataset's
 
 
 class Trainer:
@@ -528,7 +529,9 @@ class Trainer:
         export_trained(cpu, self.checkpoint(cpu), bundle, name=f"{self.out.name}_step{self.step}")
         params = Path(cfg.rollout_params) if cfg.rollout_params else default_params_file()
         seeds = list(range(cfg.rollout_seed_start, cfg.rollout_seed_start + cfg.rollout_episodes))
-        settings = LoopSettings(max_steps=cfg.rollout_max_steps)
+        # episodes start as the demonstrations did (settled at reset when they were recorded so)
+        settle_s = float(self.data.meta.get("settle_s", 0.0))
+        settings = LoopSettings(max_steps=cfg.rollout_max_steps, settle_s=settle_s)
         results = []
         with InProcessRunner(bundle, task, load_config(params), settings=settings) as runner:
             for s in seeds:
@@ -540,6 +543,7 @@ class Trainer:
             seeds=seeds,
             val_loss=self.last_val,
             errors=[f"seed {r.seed}: {r.error}" for r in results if r.error],
+            settle_s=settle_s,
         )
         self.rollouts.append(rec)
         return rec

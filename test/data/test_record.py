@@ -174,6 +174,8 @@ def test_rerun_resumes_and_refuses_other_settings(
     rc = main([*argv, "--steps", "41", *SHORT[2:], "--keep-failed"])
     assert rc == 2
     assert "steps=40" in capsys.readouterr().err
+    assert main([*argv, *SHORT, "--keep-failed", "--settle-s", "0.3"]) == 2  # recorded unsettled
+    assert "has settle_s=0.0, this run asks for 0.3" in capsys.readouterr().err
 
 
 def test_progress_bar_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -210,6 +210,21 @@ def test_rollouts_during_training_pick_the_best_checkpoint(dataset: Path, tmp_pa
     # no success in 5 steps: the tie goes to the lower validation loss
     vals = {r["step"]: r["val_loss"] for r in rollouts}
     assert best["step"] == min(vals, key=lambda s: vals[s])
+    assert all(r["settle_s"] == 0.0 for r in rollouts)
+
+
+def test_rollouts_start_settled_when_the_demonstrations_did(tmp_path: Path) -> None:
+    """A dataset recorded with ``record --settle-s 0.3``: the rollouts' episodes start from
+    the scene settled as long."""
+    torch.set_num_threads(1)
+    data = _write_dataset(tmp_path / "ds", episodes=2)
+    write_meta(data, {"task": "transfer_cube", "fps": 50.0, "settle_s": 0.3})
+    run = tmp_path / "run"
+    cfg = _config(data, run, steps=10, eval_every=10, rollout_episodes=1, rollout_max_steps=3,
+                  val_fraction=0.5)
+    Trainer(cfg, progress=False).train()
+    (rollout,) = [m for m in _metrics(run) if m["kind"] == "rollout"]
+    assert rollout["settle_s"] == 0.3 and rollout["episodes"] == 1
 
 
 def test_random_shift_moves_whole_images() -> None:
