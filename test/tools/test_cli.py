@@ -223,13 +223,19 @@ def test_monitor_once_against_an_engaged_policy_node(
             t0 = time.monotonic()
             out = cli("monitor", "--once", "--timeout", "60", "--no-color", timeout=90)
             took = time.monotonic() - t0
+            # the modes the node reported since it was engaged (on a loaded 2-core box the
+            # 10 Hz inference timer can starve past a chunk, and the node rightly holds)
+            since_engaged = [x.data for _t, x in modes]
+            since_engaged = since_engaged[since_engaged.index("AUTONOMY"):]
     finally:
         robot.close()
         client.close()
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
     frame = out.stdout
     print(frame)
-    assert "moe_policy_ros monitor" in frame and "mode: AUTONOMY" in frame, frame
+    shown = re.search(r"mode: (\S+)", frame)
+    assert "moe_policy_ros monitor" in frame and shown, frame
+    assert shown.group(1) in since_engaged, (since_engaged, frame)  # what the node said
     bars = [ln for ln in frame.splitlines()
             if re.match(r"^[* ] \S+\s+\d\.\d\d [#.]+$", ln)]
     assert [b[2:].split()[0] for b in bars] == list(m.experts.labels), frame
