@@ -208,8 +208,8 @@ def test_demo_bundles_present() -> None:
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     # the package installs models/ into its share: the demo bundles plus the trained ones
     # (3-11 MB each: one per family that does a task, the dense baselines, the SMP flow
-    # bundle), never datasets or checkpoints
-    assert total < 48 * 1024 * 1024, f"models/ holds {total / 2**20:.1f} MiB"
+    # bundles), never datasets or checkpoints
+    assert total < 56 * 1024 * 1024, f"models/ holds {total / 2**20:.1f} MiB"
     ada, smp = read_manifest(root / "demo_adamoe"), read_manifest(root / "demo_smp")
     assert ada.family == "adamoe" and ada.experts.count == 8
     assert (ada.routing.strategy, ada.routing.k) == ("topk", 2)
