@@ -534,7 +534,7 @@ class SafetyFilter:
         kept = np.where(lo <= hi, np.clip(q, lo, hi), q)
         if ivs is not None:
             self._note(ivs, ACCELERATION, q, kept,
-                       _cut_text("acceleration_limit", "rad/s^2 (after a revision)",
+                       _cut_text(ACCELERATION, "rad/s^2 (after a revision)",
                                  self.dt**2))
         return kept
 
